@@ -1,0 +1,229 @@
+//! Aggregator configuration: serde types with named defaults, layered by figment
+//! (TOML file, then `AGGREGATOR_` environment, then CLI flags), then validated into
+//! [`Settings`] with parsed durations and sizes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use logship_common::units;
+use serde::{Deserialize, Serialize};
+
+/// The file's shape, as written by the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    pub listen: String,
+    /// Where the embedded sled database lives.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, compressed, as sent on the wire.
+    pub max_body_bytes: String,
+    /// Largest request body after decompression: the guard against compression bombs.
+    pub max_decoded_bytes: String,
+    /// Concurrent connections served; past it a connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time (slowloris guard).
+    pub header_read_timeout: String,
+    /// A client must send its whole body within this time.
+    pub body_read_timeout: String,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: String,
+    /// Most concurrent `follow=true` downloads.
+    pub max_followers: usize,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens allowed to `POST /store/batch`; none = open.
+    pub write_tokens: Vec<String>,
+    /// Bearer tokens allowed to read `/store/*`; none = open.
+    pub read_tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Lines per second each host may ingest; 0 = unlimited.
+    pub per_host_lines_per_sec: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Backend: only "sled" so far.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// sled page cache size.
+    pub cache_capacity: String,
+    /// Drop generations older than this (not enforced yet; accepted so configs stay valid).
+    pub retention: Option<String>,
+    /// Drop oldest generations past this size (not enforced yet).
+    pub max_disk_bytes: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: "sled".into(),
+            cache_capacity: "64MiB".into(),
+            retention: None,
+            max_disk_bytes: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:3000".into(),
+            data_dir: PathBuf::from("./data"),
+            max_body_bytes: "16MiB".into(),
+            max_decoded_bytes: "64MiB".into(),
+            max_connections: 1024,
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "60s".into(),
+            shutdown_timeout: "10s".into(),
+            max_followers: 256,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+fn sz(key: &str, s: &str) -> Result<u64, ConfigError> {
+    units::size(key, s).map_err(ConfigError)
+}
+
+fn dur(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    units::duration(key, s).map_err(ConfigError)
+}
+
+/// Validated runtime settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub max_decoded_bytes: u64,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_followers: usize,
+    pub write_tokens: Vec<String>,
+    pub read_tokens: Vec<String>,
+    pub per_host_lines_per_sec: u32,
+    pub cache_capacity: u64,
+}
+
+/// A configuration error naming the key (and line, when the TOML file is at fault).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Overrides from the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Layers defaults, the TOML file (if any), `AGGREGATOR_*` variables and flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            // toml's own parser reports the line and key of any mistake; figment does not.
+            toml::from_str::<Config>(&text)
+                .map_err(|e| ConfigError(units::toml_error(path, &text, &e)))?;
+            fig = fig.merge(Toml::string(&text));
+        }
+        fig = fig
+            .merge(Env::prefixed("AGGREGATOR_").split("__"))
+            .merge(Serialized::defaults(overrides));
+        fig.extract().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Parses durations, sizes and addresses.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if self.store.kind != "sled" {
+            return Err(ConfigError(format!(
+                "store.type: unknown store {:?} (available: \"sled\")",
+                self.store.kind
+            )));
+        }
+        if self.store.retention.is_some() || self.store.max_disk_bytes.is_some() {
+            tracing::warn!("store.retention and store.max_disk_bytes are not enforced yet");
+        }
+        Ok(Settings {
+            listen: self.listen.parse().map_err(|e| {
+                ConfigError(format!("listen: {:?} is not an address: {e}", self.listen))
+            })?,
+            data_dir: self.data_dir.clone(),
+            max_body_bytes: sz("max_body_bytes", &self.max_body_bytes)?,
+            max_decoded_bytes: sz("max_decoded_bytes", &self.max_decoded_bytes)?,
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: dur("header_read_timeout", &self.header_read_timeout)?,
+            body_read_timeout: dur("body_read_timeout", &self.body_read_timeout)?,
+            shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
+            max_followers: self.max_followers,
+            write_tokens: self.auth.write_tokens.clone(),
+            read_tokens: self.auth.read_tokens.clone(),
+            per_host_lines_per_sec: self.limits.per_host_lines_per_sec,
+            cache_capacity: sz("store.cache_capacity", &self.store.cache_capacity)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:0\"\nmax_bodybytes = \"1MiB\"\n").expect("write");
+        let e = Config::load(Some(&p), &Overrides::default())
+            .expect_err("typo")
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("max_bodybytes"), "{e}");
+        std::fs::write(&p, "header_read_timeout = \"ten\"\n").expect("write");
+        let c = Config::load(Some(&p), &Overrides::default()).expect("loads");
+        let e = c.validate().expect_err("bad duration").to_string();
+        assert!(e.contains("header_read_timeout"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:1\"\n[limits]\nper_host_lines_per_sec = 5\n",
+        )
+        .expect("write");
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            data_dir: None,
+        };
+        let s = Config::load(Some(&p), &o)
+            .expect("loads")
+            .validate()
+            .expect("valid");
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.per_host_lines_per_sec, 5);
+    }
+}

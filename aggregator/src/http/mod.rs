@@ -1,0 +1,8 @@
+//! The HTTP layer: routes, request parsing, bodies and error answers.
+
+pub mod body;
+pub mod download;
+pub mod error;
+pub mod ingest;
+pub mod query;
+pub mod routes;

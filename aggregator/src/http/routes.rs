@@ -1,0 +1,144 @@
+//! The route table: `match (method, path)`, small handlers for the listings, and per-request
+//! metrics. Every error leaves here as a JSON answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response};
+
+use super::body::{full, Body};
+use super::error::ApiError;
+use super::query::Params;
+use super::{download, ingest};
+use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
+use crate::store::FileInfo;
+use crate::App;
+
+/// Serves one request; never fails at the hyper level.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let started = Instant::now();
+    let (route, result) = route(&app, req).await;
+    let resp = result.unwrap_or_else(|e| {
+        app.metrics
+            .errors
+            .get_or_create(&ErrorLabels { kind: e.kind() })
+            .inc();
+        if e.status.is_server_error() {
+            tracing::warn!(route, status = %e.status, error = %e.message, "request failed");
+        } else {
+            tracing::debug!(route, status = %e.status, error = %e.message, "request rejected");
+        }
+        e.into_response()
+    });
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    app.metrics
+        .latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+) -> (&'static str, Result<Response<Body>, ApiError>) {
+    let method = req.method().clone();
+    match req.uri().path() {
+        "/ruok" => (
+            "ruok",
+            only(&method, &Method::GET, "GET").map(|()| text("imok", "text/plain")),
+        ),
+        "/store/batch" => match only(&method, &Method::POST, "POST") {
+            Ok(()) => ("batch", ingest::ingest(app, req).await),
+            Err(e) => ("batch", Err(e)),
+        },
+        "/store/log" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("log", download::download(app, req).await),
+            Err(e) => ("log", Err(e)),
+        },
+        "/store/hosts" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("hosts", hosts(app, &req).await),
+            Err(e) => ("hosts", Err(e)),
+        },
+        "/store/files" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("files", files(app, &req).await),
+            Err(e) => ("files", Err(e)),
+        },
+        "/metrics" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => {
+                app.metrics.store_size.set(app.store.size_on_disk() as i64);
+                let ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ("metrics", Ok(text(app.metrics.render(), ctype)))
+            }
+            Err(e) => ("metrics", Err(e)),
+        },
+        path => {
+            let shown: String = path.chars().take(100).collect();
+            (
+                "unknown",
+                Err(ApiError::not_found(format!("no route {shown}"))),
+            )
+        }
+    }
+}
+
+fn only(method: &Method, expected: &Method, allow: &'static str) -> Result<(), ApiError> {
+    if method == expected || (expected == Method::GET && method == Method::HEAD) {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed(allow))
+    }
+}
+
+fn text(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    text(value.to_string(), "application/json")
+}
+
+async fn hosts(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    app.authorize(req, &app.settings.read_tokens)?;
+    Params::parse(req.uri().query(), &[])?;
+    let hosts = app.store.hosts().await?;
+    Ok(json(&serde_json::json!({ "hosts": hosts })))
+}
+
+async fn files(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    app.authorize(req, &app.settings.read_tokens)?;
+    let p = Params::parse(req.uri().query(), &["host"])?;
+    let files = app.store.files(p.optional("host")).await?;
+    Ok(json(
+        &serde_json::json!({ "files": files.iter().map(file_json).collect::<Vec<_>>() }),
+    ))
+}
+
+fn file_json(f: &FileInfo) -> serde_json::Value {
+    let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
+    serde_json::json!({
+        "host": f.host,
+        "file": f.file,
+        "generations": f.generations.iter().map(|g| serde_json::json!({
+            "generation": g.name,
+            "lines": g.lines,
+            "max_line": g.max_line,
+            "first_write": rfc3339(g.first_write),
+            "last_write": rfc3339(g.last_write),
+        })).collect::<Vec<_>>(),
+    })
+}

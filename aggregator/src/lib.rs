@@ -1,0 +1,171 @@
+//! The aggregator: receives batches of log lines over HTTP, stores them durably and
+//! idempotently, and serves them back byte-identical.
+//!
+//! - [`config`]: the TOML/env/flag configuration and its validated [`Settings`](config::Settings);
+//! - [`server`]: the accept loop, connection cap, graceful shutdown;
+//! - [`http`]: routes — ingest, download, listings, metrics — and their error answers;
+//! - [`store`]: the `Store` trait and its sled implementation (bucketed lines, group commit);
+//! - [`metrics`]: the Prometheus registry.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use config::Settings;
+use http::error::ApiError;
+use metrics::Metrics;
+use store::Store;
+
+type HostLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
+/// State shared by every request.
+pub struct App {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    /// Per-host lines/s limit; `None` when unlimited.
+    limiter: Option<(HostLimiter, NonZeroU32)>,
+    /// Tells followers which file just received lines (a hash of host and file), so they
+    /// wake on ingest instead of polling the store.
+    written: broadcast::Sender<u64>,
+    /// Flips to true at shutdown so long-lived responses end.
+    stopping: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(settings: Settings, store: Arc<dyn Store>) -> Arc<Self> {
+        let limiter = NonZeroU32::new(settings.per_host_lines_per_sec)
+            .map(|rate| (RateLimiter::keyed(Quota::per_second(rate)), rate));
+        Arc::new(App {
+            settings,
+            store,
+            metrics: Metrics::new(),
+            limiter,
+            written: broadcast::channel(1024).0,
+            stopping: watch::channel(false).0,
+        })
+    }
+
+    /// Checks the bearer token against `tokens`; an empty list means open access.
+    pub fn authorize<B>(&self, req: &Request<B>, tokens: &[String]) -> Result<(), ApiError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token (Authorization: Bearer …)",
+                )
+            })?;
+        if tokens
+            .iter()
+            .any(|t| t.as_bytes() == given.trim().as_bytes())
+        {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bearer token not accepted",
+            ))
+        }
+    }
+
+    /// Applies the per-host rate limit to a request's lines.
+    pub fn check_rate(&self, batches: &[logship_wire::FileBatch<'_>]) -> Result<(), ApiError> {
+        let Some((limiter, burst)) = &self.limiter else {
+            return Ok(());
+        };
+        for (host, lines) in http::ingest::lines_per_host(batches) {
+            // A batch larger than one second's quota waits for a full bucket instead of
+            // being refused forever.
+            let n = lines.min(*burst);
+            let verdict = match limiter.check_key_n(&host.to_owned(), n) {
+                Ok(v) => v,
+                Err(_) => Ok(()),
+            };
+            if let Err(not_until) = verdict {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("host {host:?} is over its limit of {burst} lines/s"),
+                )
+                .retry_after(wait.as_secs_f64().ceil() as u64));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes followers of `host`/`file`.
+    pub fn notify_written(&self, host: &str, file: &str) {
+        let _ = self.written.send(file_hash(host, file));
+    }
+
+    /// Subscribes to ingest events.
+    pub fn subscribe_written(&self) -> broadcast::Receiver<u64> {
+        self.written.subscribe()
+    }
+
+    /// A receiver that turns true when the server begins to stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    fn begin_shutdown(&self) {
+        let _ = self.stopping.send(true);
+    }
+}
+
+/// A stable hash of a host and file, the key of ingest events.
+pub fn file_hash(host: &str, file: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in host.bytes().chain([0u8]).chain(file.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Runs the aggregator on `listener` until `shutdown` resolves; flushes the store last.
+pub async fn run(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let app = App::new(settings, store.clone());
+    if let Some((_, _)) = &app.limiter {
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                if let Some((l, _)) = &app.limiter {
+                    l.retain_recent();
+                }
+            }
+        });
+    }
+    server::serve(app, listener, shutdown).await;
+    store.flush().await?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `aggregator` binary: parse flags, load config, open the store, bind, run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use logship_aggregator::config::{Config, Overrides};
+use logship_aggregator::store::{SledOptions, SledStore};
+
+/// Receives log batches from agents, stores them durably, serves them back.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file (then AGGREGATOR_* variables, then these flags).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:3000]; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory of the embedded sled database [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Validate and print the resolved configuration, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    logship_common::init_tracing();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aggregator: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    let settings = config.validate()?;
+    if cli.check_config {
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("rendering the configuration")?
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let store = SledStore::open(
+            &settings.data_dir,
+            &SledOptions {
+                cache_capacity: settings.cache_capacity,
+            },
+        )
+        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "aggregator listening");
+        // One stable line on stdout, so scripts and tests learn the port when it was 0.
+        println!("aggregator listening on http://{addr}");
+        logship_aggregator::run(
+            settings,
+            Arc::new(store),
+            listener,
+            logship_common::shutdown_signal(),
+        )
+        .await
+    })
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the aggregator, rendered at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+}
+
+/// Every metric the aggregator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub lines_received: Counter,
+    pub lines_new: Counter,
+    pub bytes_received: Counter,
+    pub connections_open: Gauge,
+    pub connections_rejected: Counter,
+    pub followers: Gauge,
+    pub store_size: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aggregator");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer (headers) by route",
+            latency.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Error answers by kind", errors.clone());
+        let lines_received = Counter::default();
+        registry.register(
+            "lines_received",
+            "Lines acknowledged (resends included)",
+            lines_received.clone(),
+        );
+        let lines_new = Counter::default();
+        registry.register(
+            "lines_stored",
+            "Lines stored that were not stored before",
+            lines_new.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register(
+            "bytes_received",
+            "Line content bytes acknowledged",
+            bytes_received.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections being served",
+            connections_open.clone(),
+        );
+        let connections_rejected = Counter::default();
+        registry.register(
+            "connections_rejected",
+            "Connections answered 503 because max_connections was reached",
+            connections_rejected.clone(),
+        );
+        let followers = Gauge::default();
+        registry.register("followers", "Open follow=true downloads", followers.clone());
+        let store_size = Gauge::default();
+        registry.register(
+            "store_size_bytes",
+            "Bytes the store takes on disk",
+            store_size.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            errors,
+            lines_received,
+            lines_new,
+            bytes_received,
+            connections_open,
+            connections_rejected,
+            followers,
+            store_size,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

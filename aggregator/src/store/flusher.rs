@@ -1,0 +1,115 @@
+//! Group commit: one task flushes sled; every writer waits for the first flush that started
+//! after its write.
+//!
+//! Concurrent `flush_async` calls can deadlock in sled 0.34 (sled issue 1308), so a single
+//! flusher is both the fix and what makes durability cheap: one fsync covers every request
+//! that arrived while the previous one ran.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+use super::StoreError;
+
+/// State published after each flush.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    /// Number of the last completed flush.
+    done: u64,
+    /// Whether that flush succeeded.
+    ok: bool,
+}
+
+/// Handle shared by writers; the flusher task owns the other end.
+#[derive(Debug)]
+pub struct GroupCommit {
+    /// Number the next flush to start will carry.
+    next: AtomicU64,
+    wake: Notify,
+    done: watch::Receiver<Flushed>,
+}
+
+impl GroupCommit {
+    /// Starts the flusher task for `db`.
+    pub fn start(db: sled::Db) -> Arc<Self> {
+        let (tx, rx) = watch::channel(Flushed { done: 0, ok: true });
+        let gc = Arc::new(GroupCommit {
+            next: AtomicU64::new(1),
+            wake: Notify::new(),
+            done: rx,
+        });
+        let weak = Arc::downgrade(&gc);
+        tokio::spawn(async move {
+            loop {
+                let Some(gc) = weak.upgrade() else { return };
+                gc.wake.notified().await;
+                // Writers that read `next` before this increment are covered by this flush;
+                // later ones wait for the next.
+                let number = gc.next.fetch_add(1, Ordering::SeqCst);
+                drop(gc);
+                let db = db.clone();
+                let ok = match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "store flush failed");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store flush task failed");
+                        false
+                    }
+                };
+                if tx.send(Flushed { done: number, ok }).is_err() {
+                    return;
+                }
+            }
+        });
+        gc
+    }
+
+    /// Resolves once everything written before this call is on disk.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = self.next.load(Ordering::SeqCst);
+        let mut rx = self.done.clone();
+        // `notify_one` stores a permit if the flusher is busy, so no wake-up is lost.
+        self.wake.notify_one();
+        let state = rx
+            .wait_for(|f| f.done >= ticket)
+            .await
+            .map_err(|_| StoreError::Unavailable("flusher stopped".into()))?;
+        if state.ok {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("flushing to disk failed".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("open");
+        let gc = GroupCommit::start(db.clone());
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let (gc, db) = (gc.clone(), db.clone());
+            tasks.push(tokio::spawn(async move {
+                db.insert(i.to_be_bytes(), &b"v"[..]).expect("insert");
+                gc.durable().await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join").expect("durable");
+        }
+        let flushes = gc.next.load(Ordering::SeqCst) - 1;
+        assert!(
+            flushes >= 1 && flushes < 64,
+            "{flushes} flushes for 64 writers"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Storage behind one trait, so the embedded sled store and a distributed backend are
+//! interchangeable to the HTTP layer.
+//!
+//! Semantics every backend keeps (the prototype's): each (host, file, generation, line) is
+//! its own last-write-wins cell, so any resend is idempotent; a write returns only once it
+//! is durable.
+
+mod bucket;
+mod flusher;
+mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use logship_wire::FileBatch;
+
+pub use sled_store::{SledOptions, SledStore};
+
+/// A boxed future, so the trait stays object safe (`Arc<dyn Store>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a store operation failed; callers map these to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not read or write (disk full, I/O error): retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be decoded: a bug or corruption, never the client's fault.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What one write added.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Lines received (including overwrites of lines already stored).
+    pub lines: u64,
+    /// Content bytes received.
+    pub bytes: u64,
+    /// Lines that were not stored before.
+    pub new_lines: u64,
+}
+
+/// One generation of one file as listed by `/store/files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationInfo {
+    /// The agent's opaque generation id.
+    pub name: String,
+    /// Backend-internal numeric id; also the creation order, so generations sort oldest first.
+    pub id: u64,
+    /// Distinct lines stored.
+    pub lines: u64,
+    /// Highest line number stored.
+    pub max_line: u64,
+    pub first_write: SystemTime,
+    pub last_write: SystemTime,
+}
+
+/// A file and its generations, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    pub host: String,
+    pub file: String,
+    pub generations: Vec<GenerationInfo>,
+}
+
+/// A slice of a download: rendered bytes (each line followed by `\n` unless partial) and
+/// where to continue.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub data: Vec<u8>,
+    /// Line number to continue from, or `None` when the requested range is exhausted.
+    pub next: Option<u64>,
+}
+
+/// The storage interface the aggregator serves from.
+pub trait Store: Send + Sync + 'static {
+    /// Stores every line of every batch, last write wins; resolves once durable.
+    fn write<'a>(
+        &'a self,
+        batches: &'a [FileBatch<'a>],
+    ) -> BoxFuture<'a, Result<WriteStats, StoreError>>;
+
+    /// All hosts, sorted.
+    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// All files (of one host, if given), sorted by host then file.
+    fn files<'a>(
+        &'a self,
+        host: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>>;
+
+    /// The generations of one file, oldest first; empty if unknown.
+    fn generations<'a>(
+        &'a self,
+        host: &'a str,
+        file: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GenerationInfo>, StoreError>>;
+
+    /// Renders lines `from..=to` of generation `id`, stopping after about `max_bytes`.
+    fn read_chunk(
+        &self,
+        id: u64,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
+
+    /// Bytes the store takes on disk, for metrics.
+    fn size_on_disk(&self) -> u64;
+
+    /// Makes everything written durable; called at shutdown.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}

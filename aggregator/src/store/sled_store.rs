@@ -1,0 +1,541 @@
+//! The embedded default store: one sled tree, three key kinds.
+//!
+//! ```text
+//! 'H' ‖ host                                        → ()              host index
+//! 'F' ‖ u16 len ‖ host ‖ u16 len ‖ file ‖ generation  → Meta (48 bytes)  one per generation
+//! 'L' ‖ id u64 BE ‖ bucket u64 BE                   → bucket          128 lines per record
+//! ```
+//! Length-prefixed names keep any byte in a name from colliding with another name; big-endian
+//! numbers make one range scan return a generation's lines in order. A generation's metadata
+//! and its buckets change in one `apply_batch`, so they never disagree after a crash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use logship_wire::FileBatch;
+
+use super::bucket::{self, Entry, LINES_PER_BUCKET};
+use super::flusher::GroupCommit;
+use super::{BoxFuture, Chunk, FileInfo, GenerationInfo, Store, StoreError, WriteStats};
+
+const HOST: u8 = b'H';
+const FILE: u8 = b'F';
+const LINES: u8 = b'L';
+/// Writers to the same generation serialise on one of these (read-merge-write of buckets).
+const LOCK_STRIPES: usize = 64;
+
+/// Tuning for the sled store.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// sled's page cache; sled's own default (1 GiB) is far more than a log store needs.
+    pub cache_capacity: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_capacity: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The sled-backed [`Store`].
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    commit: Arc<GroupCommit>,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// Per-generation metadata, stored fixed-width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    id: u64,
+    lines: u64,
+    max_line: u64,
+    first_write_ms: u64,
+    last_write_ms: u64,
+}
+
+impl Meta {
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, v) in [
+            self.id,
+            self.lines,
+            self.max_line,
+            self.first_write_ms,
+            self.last_write_ms,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() != 40 {
+            return Err(StoreError::Corrupt(format!(
+                "metadata of {} bytes",
+                b.len()
+            )));
+        }
+        let n = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(a)
+        };
+        Ok(Meta {
+            id: n(0),
+            lines: n(1),
+            max_line: n(2),
+            first_write_ms: n(3),
+            last_write_ms: n(4),
+        })
+    }
+}
+
+fn unavailable(e: sled::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn put_name(key: &mut Vec<u8>, name: &str) {
+    // Names are validated to at most 4096 bytes, so a u16 length always fits.
+    key.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+}
+
+fn file_prefix(host: &str, file: Option<&str>) -> Vec<u8> {
+    let mut key = vec![FILE];
+    put_name(&mut key, host);
+    if let Some(file) = file {
+        put_name(&mut key, file);
+    }
+    key
+}
+
+fn line_key(id: u64, bucket: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = LINES;
+    key[1..9].copy_from_slice(&id.to_be_bytes());
+    key[9..17].copy_from_slice(&bucket.to_be_bytes());
+    key
+}
+
+/// Splits a file key back into (host, file, generation).
+fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
+    let mut rest = key.strip_prefix(&[FILE])?;
+    let mut take = || {
+        let (len, tail) = rest.split_at_checked(2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (name, tail) = tail.split_at_checked(len)?;
+        rest = tail;
+        String::from_utf8(name.to_vec()).ok()
+    };
+    let host = take()?;
+    let file = take()?;
+    let generation = String::from_utf8(rest.to_vec()).ok()?;
+    Some((host, file, generation))
+}
+
+fn to_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and starts its group-commit flusher.
+    pub fn open(dir: &Path, opts: &SledOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(unavailable)?;
+        let commit = GroupCommit::start(db.clone());
+        Ok(SledStore {
+            inner: Arc::new(Inner {
+                db,
+                commit,
+                stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// Applies one file's lines, merging them into their buckets. Not yet durable.
+    fn apply(&self, fb: &FileBatch<'_>, now: u64) -> Result<WriteStats, StoreError> {
+        if fb.lines.is_empty() {
+            return Ok(WriteStats::default());
+        }
+        let mut key = file_prefix(&fb.host, Some(&fb.file));
+        key.extend_from_slice(fb.generation.as_bytes());
+        let stripe = xxh(&key) as usize % LOCK_STRIPES;
+        let _guard = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+
+        let mut batch = sled::Batch::default();
+        let existing = self.db.get(&key).map_err(unavailable)?;
+        let fresh = existing.is_none();
+        let mut meta = match existing {
+            Some(v) => Meta::decode(&v)?,
+            None => {
+                let mut host_key = vec![HOST];
+                host_key.extend_from_slice(fb.host.as_bytes());
+                batch.insert(host_key, &[][..]);
+                Meta {
+                    id: self.db.generate_id().map_err(unavailable)?,
+                    lines: 0,
+                    max_line: 0,
+                    first_write_ms: now,
+                    last_write_ms: now,
+                }
+            }
+        };
+
+        // Group by bucket; within a batch a later copy of a line wins, as across batches.
+        let mut buckets: BTreeMap<u64, BTreeMap<u8, Entry<'_>>> = BTreeMap::new();
+        let mut stats = WriteStats::default();
+        for l in &fb.lines {
+            let offset = (l.number % LINES_PER_BUCKET) as u8;
+            buckets
+                .entry(l.number / LINES_PER_BUCKET)
+                .or_default()
+                .insert(
+                    offset,
+                    Entry {
+                        offset,
+                        partial: l.partial,
+                        content: &l.content,
+                    },
+                );
+            stats.lines += 1;
+            stats.bytes += l.content.len() as u64;
+            meta.max_line = if fresh && stats.lines == 1 {
+                l.number
+            } else {
+                meta.max_line.max(l.number)
+            };
+        }
+        for (b, entries) in buckets {
+            let lk = line_key(meta.id, b);
+            let new: Vec<Entry<'_>> = entries.into_values().collect();
+            let old = self.db.get(lk).map_err(unavailable)?;
+            let old_entries = match &old {
+                Some(v) => bucket::decode(v).ok_or_else(|| {
+                    StoreError::Corrupt(format!("bucket {b} of generation {}", meta.id))
+                })?,
+                None => Vec::new(),
+            };
+            let (merged, added) = bucket::merge(&old_entries, &new);
+            stats.new_lines += added;
+            batch.insert(&lk[..], merged);
+        }
+        meta.lines += stats.new_lines;
+        meta.last_write_ms = now;
+        batch.insert(key, &meta.encode()[..]);
+        self.db.apply_batch(batch).map_err(unavailable)?;
+        Ok(stats)
+    }
+
+    fn generations(&self, host: &str, file: &str) -> Result<Vec<GenerationInfo>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(file_prefix(host, Some(file))) {
+            let (k, v) = item.map_err(unavailable)?;
+            let Some((_, _, generation)) = parse_file_key(&k) else {
+                return Err(StoreError::Corrupt("unreadable file key".into()));
+            };
+            out.push(info(generation, Meta::decode(&v)?));
+        }
+        out.sort_by_key(|g| g.id);
+        Ok(out)
+    }
+
+    fn files(&self, host: Option<&str>) -> Result<Vec<FileInfo>, StoreError> {
+        let prefix = host.map_or_else(|| vec![FILE], |h| file_prefix(h, None));
+        let mut out: Vec<FileInfo> = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(unavailable)?;
+            let Some((host, file, generation)) = parse_file_key(&k) else {
+                return Err(StoreError::Corrupt("unreadable file key".into()));
+            };
+            let g = info(generation, Meta::decode(&v)?);
+            match out.last_mut() {
+                Some(f) if f.host == host && f.file == file => f.generations.push(g),
+                _ => out.push(FileInfo {
+                    host,
+                    file,
+                    generations: vec![g],
+                }),
+            }
+        }
+        for f in &mut out {
+            f.generations.sort_by_key(|g| g.id);
+        }
+        Ok(out)
+    }
+
+    fn read_chunk(
+        &self,
+        id: u64,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Chunk, StoreError> {
+        let mut chunk = Chunk::default();
+        if from > to {
+            return Ok(chunk);
+        }
+        let (first, last) = (from / LINES_PER_BUCKET, to / LINES_PER_BUCKET);
+        for item in self.db.range(line_key(id, first)..=line_key(id, last)) {
+            let (k, v) = item.map_err(unavailable)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[9..17]);
+            let base = u64::from_be_bytes(b) * LINES_PER_BUCKET;
+            let entries = bucket::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
+            })?;
+            for e in entries {
+                let n = base + u64::from(e.offset);
+                if n < from || n > to {
+                    continue;
+                }
+                chunk.data.extend_from_slice(e.content);
+                if !e.partial {
+                    chunk.data.push(b'\n');
+                }
+            }
+            let next = base + LINES_PER_BUCKET;
+            if chunk.data.len() >= max_bytes && next <= to {
+                chunk.next = Some(next);
+                return Ok(chunk);
+            }
+        }
+        Ok(chunk)
+    }
+}
+
+fn info(name: String, m: Meta) -> GenerationInfo {
+    GenerationInfo {
+        name,
+        id: m.id,
+        lines: m.lines,
+        max_line: m.max_line,
+        first_write: to_time(m.first_write_ms),
+        last_write: to_time(m.last_write_ms),
+    }
+}
+
+fn xxh(b: &[u8]) -> u64 {
+    // FNV-1a: stable and dependency-free; only spreads lock stripes.
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Runs blocking sled work off the async reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+impl Store for SledStore {
+    fn write<'a>(
+        &'a self,
+        batches: &'a [FileBatch<'a>],
+    ) -> BoxFuture<'a, Result<WriteStats, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            // block_in_place keeps the borrowed batch usable without copying it into a task.
+            let stats = tokio::task::block_in_place(|| {
+                let mut total = WriteStats::default();
+                for fb in batches {
+                    let s = self.inner.apply(fb, now)?;
+                    total.lines += s.lines;
+                    total.bytes += s.bytes;
+                    total.new_lines += s.new_lines;
+                }
+                Ok::<_, StoreError>(total)
+            })?;
+            self.inner.commit.durable().await?;
+            Ok(stats)
+        })
+    }
+
+    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || {
+            inner
+                .db
+                .scan_prefix([HOST])
+                .map(|item| {
+                    let (k, _) = item.map_err(unavailable)?;
+                    String::from_utf8(k[1..].to_vec())
+                        .map_err(|_| StoreError::Corrupt("host key is not UTF-8".into()))
+                })
+                .collect()
+        }))
+    }
+
+    fn files<'a>(
+        &'a self,
+        host: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>> {
+        let inner = self.inner.clone();
+        let host = host.map(str::to_owned);
+        Box::pin(blocking(move || inner.files(host.as_deref())))
+    }
+
+    fn generations<'a>(
+        &'a self,
+        host: &'a str,
+        file: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GenerationInfo>, StoreError>> {
+        let inner = self.inner.clone();
+        let (host, file) = (host.to_owned(), file.to_owned());
+        Box::pin(blocking(move || inner.generations(&host, &file)))
+    }
+
+    fn read_chunk(
+        &self,
+        id: u64,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || inner.read_chunk(id, from, to, max_bytes)))
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.inner.commit.durable().await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use logship_wire::Line;
+
+    use super::*;
+
+    fn batch<'a>(generation: &'a str, lines: &[(u64, &'a str)]) -> FileBatch<'a> {
+        FileBatch {
+            host: Cow::Borrowed("h"),
+            file: Cow::Borrowed("/var/log/x"),
+            generation: Cow::Borrowed(generation),
+            lines: lines
+                .iter()
+                .map(|&(number, s)| Line {
+                    number,
+                    content: Cow::Borrowed(s.as_bytes()),
+                    partial: false,
+                })
+                .collect(),
+        }
+    }
+
+    async fn read_all(store: &SledStore, id: u64) -> String {
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let c = store
+                .read_chunk(id, from, u64::MAX >> 16, 10)
+                .await
+                .expect("read");
+            out.extend_from_slice(&c.data);
+            match c.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_order_resends_across_buckets_read_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open");
+        let lines: Vec<(u64, String)> = (0..400).map(|i| (i, format!("line {i}"))).collect();
+        let refs: Vec<(u64, &str)> = lines.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        let (a, b) = refs.split_at(250);
+        store.write(&[batch("g1", b)]).await.expect("write");
+        let s = store.write(&[batch("g1", a)]).await.expect("write");
+        assert_eq!(s.new_lines, 250);
+        let s = store.write(&[batch("g1", &refs)]).await.expect("resend");
+        assert_eq!(s.new_lines, 0, "a resend adds nothing");
+        store
+            .write(&[batch("g1", &[(5, "five, rewritten")])])
+            .await
+            .expect("overwrite");
+        let gens = store.generations("h", "/var/log/x").await.expect("gens");
+        assert_eq!(gens.len(), 1);
+        assert_eq!((gens[0].lines, gens[0].max_line), (400, 399));
+        let expected: String = (0..400)
+            .map(|i| {
+                if i == 5 {
+                    "five, rewritten\n".to_owned()
+                } else {
+                    format!("line {i}\n")
+                }
+            })
+            .collect();
+        assert_eq!(read_all(&store, gens[0].id).await, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn generations_are_separate_and_ordered_by_creation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open");
+        store
+            .write(&[batch("zzz-old", &[(0, "old")])])
+            .await
+            .expect("write");
+        store
+            .write(&[batch("aaa-new", &[(0, "new")])])
+            .await
+            .expect("write");
+        let gens = store.generations("h", "/var/log/x").await.expect("gens");
+        let names: Vec<&str> = gens.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, vec!["zzz-old", "aaa-new"]);
+        assert_eq!(read_all(&store, gens[0].id).await, "old\n");
+        assert_eq!(read_all(&store, gens[1].id).await, "new\n");
+        assert_eq!(store.hosts().await.expect("hosts"), vec!["h".to_owned()]);
+        let files = store.files(Some("h")).await.expect("files");
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].generations.len(), 2);
+    }
+
+    #[test]
+    fn file_keys_round_trip_with_awkward_names() {
+        let mut k = file_prefix("h\u{e9}", Some("/a/\u{1F600}"));
+        k.extend_from_slice(b"gen");
+        assert_eq!(
+            parse_file_key(&k),
+            Some(("h\u{e9}".into(), "/a/\u{1F600}".into(), "gen".into()))
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! The batch wire format, defined once for both sides: the agent encodes, the aggregator
+//! decodes.
+//!
+//! Two forms reach `POST /store/batch`:
+//! - [`compact`]: the project's own binary form — one host/file/generation, a start line and
+//!   many lines, lossless for any bytes (invalid UTF-8, `\r`, NUL). The agent always sends it.
+//! - [`prototype`]: the Clojure prototype's JSON form, kept so old clients keep working.
+//!
+//! Both decode into the same [`FileBatch`] list, so the aggregator has one ingest path.
+
+pub mod compact;
+pub mod prototype;
+
+use std::borrow::Cow;
+
+/// `Content-Type` of the compact form.
+pub const COMPACT_CONTENT_TYPE: &str = "application/x-logship-batch";
+
+/// Largest accepted line number. Far above any real file (2^48 lines) yet small enough that
+/// `start + count` and bucket arithmetic can never overflow a `u64`.
+pub const MAX_LINE_NUMBER: u64 = (1 << 48) - 1;
+/// Longest accepted host name, in bytes.
+pub const MAX_HOST_BYTES: usize = 255;
+/// Longest accepted file name, in bytes (Linux `PATH_MAX`).
+pub const MAX_FILE_BYTES: usize = 4096;
+/// Longest accepted generation id, in bytes.
+pub const MAX_GENERATION_BYTES: usize = 128;
+/// Generation used for lines that arrive without one (the prototype's JSON form).
+pub const DEFAULT_GENERATION: &str = "0";
+
+/// The lines of one generation of one file, as decoded from either wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBatch<'a> {
+    pub host: Cow<'a, str>,
+    pub file: Cow<'a, str>,
+    pub generation: Cow<'a, str>,
+    pub lines: Vec<Line<'a>>,
+}
+
+/// One line: its 0-based number, its bytes without the `\n`, and whether it is a partial
+/// last line (no `\n` yet), which is served back without a trailing `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub number: u64,
+    pub content: Cow<'a, [u8]>,
+    pub partial: bool,
+}
+
+/// Why a body could not be decoded. Each message names what was wrong, for the 400 answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The JSON body did not parse or had the wrong shape.
+    #[error("malformed JSON batch: {0}")]
+    Json(String),
+    /// The compact body ended before the structure it announced.
+    #[error("truncated compact batch: {0}")]
+    Truncated(&'static str),
+    /// The compact body does not start with the magic bytes.
+    #[error("not a compact batch: bad magic bytes")]
+    BadMagic,
+    /// A field is present but not acceptable.
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// Bytes follow the announced lines.
+    #[error("{0} unexpected trailing bytes after the last line")]
+    Trailing(usize),
+}
+
+impl DecodeError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        DecodeError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks the names every batch carries; shared by both forms so they reject the same input.
+pub fn validate_names(host: &str, file: &str, generation: &str) -> Result<(), DecodeError> {
+    check_name("host", host, MAX_HOST_BYTES)?;
+    check_name("file", file, MAX_FILE_BYTES)?;
+    check_name("generation", generation, MAX_GENERATION_BYTES)
+}
+
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), DecodeError> {
+    if value.is_empty() {
+        return Err(DecodeError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(DecodeError::invalid(
+            field,
+            format!("{} bytes, at most {max} allowed", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(DecodeError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a body in either form: compact when it starts with the magic bytes (or the
+/// content type says so), JSON otherwise.
+pub fn decode<'a>(
+    body: &'a [u8],
+    content_type: Option<&str>,
+) -> Result<Vec<FileBatch<'a>>, DecodeError> {
+    let compact = match content_type.map(|c| c.split(';').next().unwrap_or("").trim()) {
+        Some(COMPACT_CONTENT_TYPE) => true,
+        Some("application/json") => false,
+        _ => body.starts_with(compact::MAGIC),
+    };
+    if compact {
+        Ok(vec![compact::decode(body)?])
+    } else {
+        prototype::decode(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_form_without_content_type() {
+        let mut w = compact::Writer::new("h", "/f", "g", 3);
+        w.push(b"x", false);
+        let body = w.finish();
+        let batches = decode(&body, None).expect("compact decodes");
+        assert_eq!(batches[0].lines[0].number, 3);
+        let json = br#"{"batch":[{"host":"h","file":"/f","line-num":1,"content":"a"}]}"#;
+        let batches = decode(json, None).expect("json decodes");
+        assert_eq!(batches[0].lines[0].content.as_ref(), b"a");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(validate_names("", "/f", "g").is_err());
+        assert!(validate_names("h", "/f\n", "g").is_err());
+        assert!(validate_names("h", &"x".repeat(5000), "g").is_err());
+        assert!(validate_names("h", "/f", "g").is_ok());
+    }
+}
