@@ -1,1 +1,4 @@
+//! One end-to-end test binary: every test starts the real binaries (see `util`).
+//! Modules group the tests by the issue they prove.
 
+mod aggregator_api;

@@ -1,1 +1,359 @@
+//! Helpers for the end-to-end tests: start the real `aggregator` and `agent` binaries on
+//! ephemeral ports in temporary directories, talk HTTP to them, and poll with deadlines.
+//! Every spawned process is killed when its handle drops.
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The directory holding the binaries built with this test (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOGSHIP_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-… → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, which must have been built (`cargo build --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", self.name);
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:") * 1024
+    }
+
+    /// Current resident memory (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:") * 1024
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A running aggregator on an ephemeral port.
+#[derive(Debug)]
+pub struct Aggregator {
+    pub proc: Proc,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+impl Aggregator {
+    /// Starts `aggregator --listen 127.0.0.1:0 --data-dir DIR [extra…]` and waits for its
+    /// "listening" line (10 s at most).
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Aggregator {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`start`](Self::start) but on a given address (to restart on the same port).
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Aggregator {
+        let mut cmd = Command::new(bin("aggregator"));
+        cmd.args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn aggregator");
+        let stdout = child.stdout.take().expect("stdout");
+        let proc = Proc {
+            child,
+            name: "aggregator",
+        };
+        let base = read_listen_line(stdout, "aggregator listening on ", Duration::from_secs(10))
+            .expect("aggregator did not report its address within 10 s");
+        Aggregator {
+            proc,
+            base,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    /// The bytes of `GET /store/log?host=&file=[&extra]`, or the status on failure.
+    pub fn log(&self, host: &str, file: &str, extra: &str) -> Result<Vec<u8>, u16> {
+        let url = format!(
+            "{}/store/log?host={}&file={}{}",
+            self.base,
+            enc(host),
+            enc(file),
+            extra
+        );
+        let r = get(&url);
+        if r.status == 200 {
+            Ok(r.body)
+        } else {
+            Err(r.status)
+        }
+    }
+}
+
+/// Reads the child's stdout until a line starting with `prefix` appears; keeps draining
+/// the rest in the background so the child never blocks on a full pipe.
+fn read_listen_line(
+    stdout: impl Read + Send + 'static,
+    prefix: &'static str,
+    timeout: Duration,
+) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    let _ = tx.send(rest.trim().to_owned());
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
+    let mut body = Vec::new();
+    resp.into_reader()
+        .read_to_end(&mut body)
+        .expect("read the response body");
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str) -> Answer {
+    answer(agent().get(url).call())
+}
+
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    answer(req.call())
+}
+
+pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
+    let mut req = agent().post(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    answer(req.send_bytes(body))
+}
+
+/// Posts a compact batch of `lines` starting at `start`.
+pub fn post_compact(
+    agg: &Aggregator,
+    host: &str,
+    file: &str,
+    generation: &str,
+    start: u64,
+    lines: &[&[u8]],
+) -> Answer {
+    let mut w = logship_wire::compact::Writer::new(host, file, generation, start);
+    for l in lines {
+        w.push(l, false);
+    }
+    post(
+        &agg.url("/store/batch"),
+        &w.finish(),
+        &[("Content-Type", logship_wire::COMPACT_CONTENT_TYPE)],
+    )
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub proc: Proc,
+}
+
+impl Agent {
+    /// Starts `agent --config CONFIG`.
+    pub fn start(config: &Path) -> Agent {
+        let child = Command::new(bin("agent"))
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agent");
+        Agent {
+            proc: Proc {
+                child,
+                name: "agent",
+            },
+        }
+    }
+}
+
+/// Writes `n` lines `"{prefix} line {i} …"` (of varied length) to `path`, appending.
+pub fn append_lines(path: &Path, prefix: &str, range: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    let mut buf = Vec::new();
+    for i in range {
+        let pad = "x".repeat(i % 37);
+        writeln!(buf, "{prefix} line {i} {pad}").expect("format");
+    }
+    f.write_all(&buf).expect("append");
+}
