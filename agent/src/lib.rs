@@ -1,1 +1,128 @@
+//! The agent: tails many log files and ships them to the aggregator without losing or
+//! duplicating a line.
+//!
+//! - [`config`]: TOML/env/flag configuration, validated into [`config::Settings`];
+//! - [`source`]: sources (`file`: glob discovery with notify and polling);
+//! - [`pipeline`]: one tailer → batcher → sender per file identity;
+//! - [`tailer`], [`batcher`], [`sender`]: the three stages;
+//! - [`sink`]: sinks (`aggregator` over HTTP, `stdout`);
+//! - [`checkpoint`]: acknowledged positions, saved atomically;
+//! - [`backoff`], [`metrics`]: retry delays and Prometheus metrics.
 
+pub mod backoff;
+pub mod batcher;
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod sender;
+pub mod sink;
+pub mod source;
+pub mod tailer;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use batcher::Budget;
+use checkpoint::Checkpoints;
+use config::Settings;
+use metrics::Metrics;
+use pipeline::Pipelines;
+use sender::{Limit, SendEnv};
+
+/// Runs the agent until `shutdown` resolves, then drains: tailers stop reading, batchers
+/// seal what was read, senders wait for acks up to `shutdown_timeout`, checkpoints are
+/// written last.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let checkpoints = Arc::new(Checkpoints::open(&settings.state_dir).with_context(|| {
+        format!(
+            "opening the state directory {}",
+            settings.state_dir.display()
+        )
+    })?);
+    let sink = sink::build(&settings.sink)?;
+    if let Some(addr) = settings.metrics_listen {
+        metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("binding metrics_listen {addr}"))?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let budget = Budget::new(settings.max_buffered_bytes);
+    let pipes = Pipelines {
+        host: Arc::from(settings.host.as_str()),
+        send: Arc::new(SendEnv {
+            sink,
+            checkpoints: checkpoints.clone(),
+            metrics: metrics.clone(),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            global_lines: Limit::per_second(u64::from(settings.lines_per_sec)),
+            global_bytes: Limit::per_second(settings.bytes_per_sec),
+            dead_letter_dir: settings.state_dir.join("dead-letter"),
+        }),
+        metrics: metrics.clone(),
+        checkpoints: checkpoints.clone(),
+        budget: budget.clone(),
+        open_files: Arc::new(Semaphore::new(settings.max_open_files)),
+        shutdown: stop_rx,
+        done: done_tx,
+    };
+
+    let saver = {
+        let (cps, m, every) = (
+            checkpoints.clone(),
+            metrics.clone(),
+            settings.checkpoint_interval,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let cps2 = cps.clone();
+                match tokio::task::spawn_blocking(move || cps2.save()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "saving checkpoints failed"),
+                    Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+                }
+                m.checkpoint_age.set(cps.age_secs());
+                m.buffered_kib.set(budget.used_kib() as i64);
+            }
+        })
+    };
+
+    let mut by_kind: BTreeMap<String, Vec<config::SourceSettings>> = BTreeMap::new();
+    for s in &settings.sources {
+        by_kind.entry(s.kind.clone()).or_default().push(s.clone());
+    }
+    let mut sources = Vec::new();
+    for (kind, list) in by_kind {
+        let src = source::build(&kind, list, &settings)?;
+        sources.push(tokio::spawn(src.run(pipes.clone())));
+    }
+    tracing::info!(host = %settings.host, files = source::expand(&settings.sources).len(), "agent running");
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for s in sources {
+        let _ = s.await;
+    }
+    drop(pipes);
+    tracing::info!(timeout = ?settings.shutdown_timeout, "draining: waiting for acknowledgements");
+    match tokio::time::timeout(settings.shutdown_timeout, done_rx.recv()).await {
+        Ok(_) => tracing::info!("all pipelines drained"),
+        Err(_) => tracing::warn!(
+            "shutdown deadline passed; unacknowledged lines will be resent on restart"
+        ),
+    }
+    saver.abort();
+    checkpoints
+        .save()
+        .context("saving checkpoints at shutdown")?;
+    tracing::info!("checkpoints saved; bye");
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The batcher: turns the tailer's chunks into request bodies. A batch closes at
+//! `batch_lines`, `batch_bytes`, or `linger` after its first line, whichever comes first,
+//! and when the generation changes. Lines are appended straight into the compact wire
+//! encoding, so the body is ready to send when the batch closes.
+//!
+//! Each sealed batch holds permits from the agent-wide buffer budget until it is
+//! acknowledged: the memory of everything waiting or in flight is bounded whatever the
+//! backlog, and the wait for a permit is back-pressure up to the tailer.
+
+use std::sync::Arc;
+
+use logship_wire::compact::Writer;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::PipelineOptions;
+use crate::tailer::Chunk;
+
+/// A closed batch, ready for the sender.
+#[derive(Debug)]
+pub struct Batch {
+    /// The compact body, uncompressed.
+    pub body: Vec<u8>,
+    pub generation: Arc<str>,
+    pub first_line: u64,
+    pub lines: u32,
+    /// Content bytes (without newlines).
+    pub bytes: u64,
+    /// Position to checkpoint once acknowledged: byte offset and next line number.
+    pub end_offset: u64,
+    pub end_line: u64,
+    /// Budget held until the batch is acknowledged.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The agent-wide budget of buffered batch bytes, counted in KiB permits.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    /// Total permits: a batch never asks for more, or it would wait forever.
+    units: u32,
+}
+
+impl Budget {
+    pub fn new(bytes: u64) -> Self {
+        let units = u32::try_from((bytes / 1024).max(1))
+            .unwrap_or(u32::MAX >> 3)
+            .min(Semaphore::MAX_PERMITS as u32);
+        Budget {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
+    }
+
+    /// Waits until `bytes` fit in the budget.
+    pub async fn acquire(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let want = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.units);
+        self.sem.clone().acquire_many_owned(want).await.ok()
+    }
+
+    /// KiB of the budget in use.
+    pub fn used_kib(&self) -> u64 {
+        u64::from(self.units) - self.sem.available_permits() as u64
+    }
+}
+
+/// An open batch.
+struct Open {
+    writer: Writer,
+    generation: Arc<str>,
+    bytes: u64,
+    end_offset: u64,
+    end_line: u64,
+    deadline: Instant,
+}
+
+/// One file's batcher state.
+struct Batcher {
+    host: Arc<str>,
+    file: Arc<str>,
+    options: PipelineOptions,
+    budget: Budget,
+    output: mpsc::Sender<Batch>,
+    open: Option<Open>,
+}
+
+/// The sender went away.
+struct Gone;
+
+impl Batcher {
+    /// Appends one line; seals first when it cannot join the open batch, and after it
+    /// when the batch is full.
+    async fn push(
+        &mut self,
+        generation: &Arc<str>,
+        line: u64,
+        content: &[u8],
+        partial: bool,
+        end: (u64, u64),
+    ) -> Result<(), Gone> {
+        if let Some(o) = &self.open {
+            // A new generation (after truncation) or a gap never shares a batch.
+            if &o.generation != generation || o.writer.start() + u64::from(o.writer.count()) != line
+            {
+                self.seal().await?;
+            }
+        }
+        let linger = self.options.linger;
+        let o = self.open.get_or_insert_with(|| Open {
+            writer: Writer::new(&self.host, &self.file, generation, line),
+            generation: generation.clone(),
+            bytes: 0,
+            end_offset: 0,
+            end_line: 0,
+            deadline: Instant::now() + linger,
+        });
+        o.writer.push(content, partial);
+        o.bytes += content.len() as u64;
+        (o.end_offset, o.end_line) = end;
+        // A partial line always ends its batch: it is the last line read so far.
+        if partial
+            || o.writer.count() as usize >= self.options.batch_lines
+            || o.writer.encoded_len() >= self.options.batch_bytes
+        {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
+        let mut line = chunk.first_line;
+        let mut pos = 0usize;
+        for &end in &chunk.ends {
+            let nl =
+                memchr::memchr(b'\n', &chunk.data[pos..]).map_or(chunk.data.len(), |i| pos + i);
+            self.push(
+                &chunk.generation,
+                line,
+                &chunk.data[pos..nl],
+                false,
+                (end, line + 1),
+            )
+            .await?;
+            pos = (nl + 1).min(chunk.data.len());
+            line += 1;
+        }
+        if let Some(start) = chunk.partial {
+            self.push(
+                &chunk.generation,
+                line,
+                &chunk.data[pos..],
+                true,
+                (start, line),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open batch: takes its budget, hands it to the sender.
+    async fn seal(&mut self) -> Result<(), Gone> {
+        let Some(o) = self.open.take() else {
+            return Ok(());
+        };
+        let first_line = o.writer.start();
+        let lines = o.writer.count();
+        let body = o.writer.finish();
+        let permit = self.budget.acquire(body.len()).await;
+        self.output
+            .send(Batch {
+                body,
+                generation: o.generation,
+                first_line,
+                lines,
+                bytes: o.bytes,
+                end_offset: o.end_offset,
+                end_line: o.end_line,
+                permit,
+            })
+            .await
+            .map_err(|_| Gone)
+    }
+}
+
+/// Runs one file's batcher until the tailer's channel closes; seals what is left.
+pub async fn run(
+    host: Arc<str>,
+    file: Arc<str>,
+    options: PipelineOptions,
+    budget: Budget,
+    mut input: mpsc::Receiver<Chunk>,
+    output: mpsc::Sender<Batch>,
+) {
+    let mut b = Batcher {
+        host,
+        file,
+        options,
+        budget,
+        output,
+        open: None,
+    };
+    loop {
+        let chunk = match &b.open {
+            Some(o) => {
+                let deadline = o.deadline;
+                tokio::select! {
+                    c = input.recv() => c,
+                    () = tokio::time::sleep_until(deadline) => {
+                        if b.seal().await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            None => input.recv().await,
+        };
+        let Some(chunk) = chunk else { break };
+        if b.add(chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = b.seal().await;
+}

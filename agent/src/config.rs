@@ -1,0 +1,618 @@
+//! Agent configuration in two layers: serde types that mirror the TOML (every key has a
+//! named default), layered by figment (file, then `AGENT_` environment, then flags), then
+//! validated into [`Settings`] — parsed durations, sizes, compiled globs. Every error names
+//! the key, and the line when the TOML file is at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use logship_common::units;
+use serde::{Deserialize, Serialize};
+
+/// The file's shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Host name stored with every line; default: the machine's hostname.
+    pub host: Option<String>,
+    /// Where checkpoints and dead letters live; default: `agent-state` beside the config.
+    pub state_dir: Option<PathBuf>,
+    /// Address of the agent's own Prometheus endpoint; off when absent.
+    pub metrics_listen: Option<String>,
+    /// How long shutdown waits for outstanding acknowledgements. Default "30s".
+    pub shutdown_timeout: Option<String>,
+    /// How often acknowledged positions are written to disk. Default "1s".
+    pub checkpoint_interval: Option<String>,
+    /// Fallback scan for new, grown or rotated files when notify misses something. Default "5s".
+    pub poll_interval: Option<String>,
+    #[serde(default)]
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub defaults: SourceConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `"aggregator"` (HTTP) or `"stdout"` (JSON lines, for dry runs).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `POST /store/batch` URL of the aggregator.
+    pub url: Option<String>,
+    /// Bearer token sent with every request.
+    pub token: Option<String>,
+    /// `"none"`, `"gzip"` or `"zstd"`.
+    pub compression: String,
+    /// Deadline of one request.
+    pub timeout: String,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: "aggregator".into(),
+            url: None,
+            token: None,
+            compression: "zstd".into(),
+            timeout: "30s".into(),
+        }
+    }
+}
+
+/// `[[sources]]` and `[defaults]`: every option is optional so a source inherits what it
+/// does not set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `"file"`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Paths and globs (`*`, `?`, `[..]`, `**`); absolute, or relative to the config file.
+    pub paths: Option<Vec<String>>,
+    /// Globs of paths never to ship.
+    pub exclude: Option<Vec<String>>,
+    pub batch_lines: Option<usize>,
+    pub batch_bytes: Option<String>,
+    pub linger: Option<String>,
+    /// `"beginning"` or `"end"`, for files without a checkpoint.
+    pub read_from: Option<String>,
+    pub max_line_bytes: Option<String>,
+    /// A last line without `\n` is shipped (as partial) after this long.
+    pub partial_line_timeout: Option<String>,
+    /// Close a file's descriptor after this long without new data.
+    pub close_inactive: Option<String>,
+    /// After a rotation, keep reading the old file this long for late writes.
+    pub rotate_wait: Option<String>,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub retry: Option<RetryConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub lines_per_sec: Option<u32>,
+    pub bytes_per_sec: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub initial: Option<String>,
+    pub max: Option<String>,
+}
+
+/// `[limits]`, across all files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub bytes_per_sec: Option<String>,
+    pub lines_per_sec: Option<u32>,
+    /// Requests in flight at once.
+    pub max_in_flight: Option<usize>,
+    /// Bytes of sealed batches waiting or in flight; bounds memory whatever the backlog.
+    pub max_buffered_bytes: Option<String>,
+    /// Descriptors of log files held open at once; default: a quarter of `ulimit -n`.
+    pub max_open_files: Option<usize>,
+}
+
+/// Where to start a file that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
+
+/// Validated options of one source's pipelines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineOptions {
+    pub batch_lines: usize,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: usize,
+    pub partial_line_timeout: Duration,
+    pub close_inactive: Duration,
+    pub rotate_wait: Duration,
+    pub lines_per_sec: u32,
+    pub bytes_per_sec: u64,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// One validated `[[sources]]` entry.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub kind: String,
+    /// Absolute patterns as written (after resolving relative ones).
+    pub patterns: Vec<String>,
+    pub include: GlobSet,
+    pub exclude: GlobSet,
+    /// Directories to watch and walk: the literal prefix of each pattern.
+    pub roots: Vec<PathBuf>,
+    pub options: PipelineOptions,
+}
+
+/// Validated sink settings.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub kind: String,
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub compression: Compression,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Validated runtime settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub state_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub shutdown_timeout: Duration,
+    pub checkpoint_interval: Duration,
+    pub poll_interval: Duration,
+    pub sink: SinkSettings,
+    pub sources: Vec<SourceSettings>,
+    pub bytes_per_sec: u64,
+    pub lines_per_sec: u32,
+    pub max_in_flight: usize,
+    pub max_buffered_bytes: u64,
+    pub max_open_files: usize,
+}
+
+/// A config error: the key at fault, the line when known, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Command-line overrides, the top layer.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The loaded config plus what is needed to point at lines.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    path: PathBuf,
+    text: String,
+}
+
+impl Loaded {
+    /// Reads `path` (TOML), then `AGENT_*` variables (`AGENT_SINK__URL` sets `sink.url`),
+    /// then `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        // toml reports unknown keys and wrong types with a span; figment would lose the line.
+        toml::from_str::<Config>(&text)
+            .map_err(|e| ConfigError(units::toml_error(path, &text, &e)))?;
+        let config: Config = Figment::new()
+            .merge(Toml::string(&text))
+            .merge(Env::prefixed("AGENT_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Ok(Loaded {
+            config,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// Validates into runtime settings; errors carry `file:line: key: …`.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        validate(&self.config, &self.path).map_err(|(key, msg)| {
+            let at = line_of(&self.text, &key)
+                .map(|l| format!("{}:{l}: ", self.path.display()))
+                .unwrap_or_else(|| format!("{}: ", self.path.display()));
+            ConfigError(format!("{at}{key}: {msg}"))
+        })
+    }
+}
+
+/// An error during validation: the dotted key (`sources[1].linger`) and the message.
+type KeyError = (String, String);
+
+fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let dur = |key: &str, v: &Option<String>, d: &str| {
+        units::duration(key, v.as_deref().unwrap_or(d))
+            .map_err(|m| (key.to_owned(), strip_key(key, m)))
+    };
+    let size = |key: &str, v: &Option<String>, d: &str| {
+        units::size(key, v.as_deref().unwrap_or(d)).map_err(|m| (key.to_owned(), strip_key(key, m)))
+    };
+    let host = match &c.host {
+        Some(h) if h.trim().is_empty() => return Err(("host".into(), "must not be empty".into())),
+        Some(h) => h.clone(),
+        None => gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    logship_wire::validate_names(&host, "/x", "g")
+        .map_err(|e| ("host".to_owned(), e.to_string()))?;
+    let state_dir = match &c.state_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => base.join(d),
+        None => base.join("agent-state"),
+    };
+    let metrics_listen = c
+        .metrics_listen
+        .as_deref()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| ("metrics_listen".to_owned(), format!("{s:?}: {e}")))
+        })
+        .transpose()?;
+
+    let sink = validate_sink(&c.sink)?;
+    if c.sources.is_empty() {
+        return Err((
+            "sources".into(),
+            "at least one [[sources]] entry is required".into(),
+        ));
+    }
+    if c.defaults.paths.is_some() || c.defaults.kind.is_some() {
+        return Err((
+            "defaults".into(),
+            "`type` and `paths` belong in [[sources]], not [defaults]".into(),
+        ));
+    }
+    let mut sources = Vec::new();
+    for (i, s) in c.sources.iter().enumerate() {
+        sources.push(validate_source(i, s, &c.defaults, &base)?);
+    }
+    let open_default = (nofile_limit() / 4).clamp(16, 16_384) as usize;
+    Ok(Settings {
+        host,
+        state_dir,
+        metrics_listen,
+        shutdown_timeout: dur("shutdown_timeout", &c.shutdown_timeout, "30s")?,
+        checkpoint_interval: dur("checkpoint_interval", &c.checkpoint_interval, "1s")?,
+        poll_interval: dur("poll_interval", &c.poll_interval, "5s")?.max(Duration::from_millis(10)),
+        sink,
+        sources,
+        bytes_per_sec: size("limits.bytes_per_sec", &c.limits.bytes_per_sec, "0")?,
+        lines_per_sec: c.limits.lines_per_sec.unwrap_or(0),
+        max_in_flight: c.limits.max_in_flight.unwrap_or(64).max(1),
+        max_buffered_bytes: size(
+            "limits.max_buffered_bytes",
+            &c.limits.max_buffered_bytes,
+            "64MiB",
+        )?
+        .max(1 << 20),
+        max_open_files: c.limits.max_open_files.unwrap_or(open_default).max(4),
+    })
+}
+
+fn strip_key(key: &str, msg: String) -> String {
+    msg.strip_prefix(&format!("{key}: "))
+        .map(str::to_owned)
+        .unwrap_or(msg)
+}
+
+fn validate_sink(s: &SinkConfig) -> Result<SinkSettings, KeyError> {
+    let compression = match s.compression.as_str() {
+        "none" => Compression::None,
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        other => {
+            return Err((
+                "sink.compression".into(),
+                format!("{other:?} is not one of \"none\", \"gzip\", \"zstd\""),
+            ))
+        }
+    };
+    if !crate::sink::KINDS.contains(&s.kind.as_str()) {
+        return Err((
+            "sink.type".into(),
+            format!(
+                "unknown sink {:?}; available: {}",
+                s.kind,
+                crate::sink::KINDS.join(", ")
+            ),
+        ));
+    }
+    if s.kind == "aggregator" {
+        match &s.url {
+            None => return Err(("sink.url".into(), "required for the aggregator sink".into())),
+            Some(u) => {
+                let uri: hyper::Uri = u
+                    .parse()
+                    .map_err(|e| ("sink.url".to_owned(), format!("{u:?}: {e}")))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err((
+                        "sink.url".into(),
+                        format!("{u:?} must be an http:// URL such as http://127.0.0.1:3000/store/batch"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(SinkSettings {
+        kind: s.kind.clone(),
+        url: s.url.clone(),
+        token: s.token.clone(),
+        compression,
+        timeout: units::duration("sink.timeout", &s.timeout)
+            .map_err(|m| ("sink.timeout".to_owned(), strip_key("sink.timeout", m)))?,
+    })
+}
+
+fn validate_source(
+    i: usize,
+    s: &SourceConfig,
+    d: &SourceConfig,
+    base: &Path,
+) -> Result<SourceSettings, KeyError> {
+    let key = |k: &str| format!("sources[{i}].{k}");
+    // A source's own value wins over [defaults], which wins over the built-in default.
+    macro_rules! pick {
+        ($field:ident) => {
+            s.$field.clone().or_else(|| d.$field.clone())
+        };
+    }
+    let dur = |k: &str, v: Option<String>, dflt: &str| {
+        let k = key(k);
+        units::duration(&k, v.as_deref().unwrap_or(dflt)).map_err(|m| (k.clone(), strip_key(&k, m)))
+    };
+    let size = |k: &str, v: Option<String>, dflt: &str| {
+        let k = key(k);
+        units::size(&k, v.as_deref().unwrap_or(dflt)).map_err(|m| (k.clone(), strip_key(&k, m)))
+    };
+    let kind = s.kind.clone().unwrap_or_else(|| "file".into());
+    if !crate::source::KINDS.contains(&kind.as_str()) {
+        return Err((
+            key("type"),
+            format!(
+                "unknown source {kind:?}; available: {}",
+                crate::source::KINDS.join(", ")
+            ),
+        ));
+    }
+    let paths = s.paths.clone().unwrap_or_default();
+    if paths.is_empty() {
+        return Err((key("paths"), "at least one path or glob is required".into()));
+    }
+    let mut include = GlobSetBuilder::new();
+    let mut patterns = Vec::new();
+    let mut roots = Vec::new();
+    for p in &paths {
+        let abs = if Path::new(p).is_absolute() {
+            p.clone()
+        } else {
+            base.join(p).to_string_lossy().into_owned()
+        };
+        include.add(glob(&abs).map_err(|m| (key("paths"), m))?);
+        roots.push(literal_root(&abs));
+        patterns.push(abs);
+    }
+    roots.sort();
+    roots.dedup();
+    let mut exclude = GlobSetBuilder::new();
+    for p in pick!(exclude).unwrap_or_default() {
+        let abs = if Path::new(&p).is_absolute() {
+            p.clone()
+        } else {
+            base.join(&p).to_string_lossy().into_owned()
+        };
+        exclude.add(glob(&abs).map_err(|m| (key("exclude"), m))?);
+    }
+    let read_from = match pick!(read_from).as_deref().unwrap_or("beginning") {
+        "beginning" => ReadFrom::Beginning,
+        "end" => ReadFrom::End,
+        other => {
+            return Err((
+                key("read_from"),
+                format!("{other:?} is not \"beginning\" or \"end\""),
+            ))
+        }
+    };
+    let rate = s.rate_limit.clone().unwrap_or_default();
+    let drate = d.rate_limit.clone().unwrap_or_default();
+    let retry = s.retry.clone().unwrap_or_default();
+    let dretry = d.retry.clone().unwrap_or_default();
+    let batch_lines = pick!(batch_lines).unwrap_or(1000);
+    if batch_lines == 0 || batch_lines > 1_000_000 {
+        return Err((
+            key("batch_lines"),
+            format!("{batch_lines} is outside 1..=1000000"),
+        ));
+    }
+    let options = PipelineOptions {
+        batch_lines,
+        batch_bytes: size("batch_bytes", pick!(batch_bytes), "1MiB")?.clamp(1024, 256 << 20)
+            as usize,
+        linger: dur("linger", pick!(linger), "200ms")?,
+        read_from,
+        max_line_bytes: size("max_line_bytes", pick!(max_line_bytes), "1MiB")?.clamp(16, 64 << 20)
+            as usize,
+        partial_line_timeout: dur("partial_line_timeout", pick!(partial_line_timeout), "2s")?,
+        close_inactive: dur("close_inactive", pick!(close_inactive), "5m")?,
+        rotate_wait: dur("rotate_wait", pick!(rotate_wait), "5s")?,
+        lines_per_sec: rate.lines_per_sec.or(drate.lines_per_sec).unwrap_or(0),
+        bytes_per_sec: size(
+            "rate_limit.bytes_per_sec",
+            rate.bytes_per_sec.or(drate.bytes_per_sec),
+            "0",
+        )?,
+        retry_initial: dur("retry.initial", retry.initial.or(dretry.initial), "100ms")?
+            .max(Duration::from_millis(1)),
+        retry_max: dur("retry.max", retry.max.or(dretry.max), "30s")?,
+    };
+    if options.retry_max < options.retry_initial {
+        return Err((key("retry.max"), "must not be below retry.initial".into()));
+    }
+    Ok(SourceSettings {
+        kind,
+        patterns,
+        include: include.build().map_err(|e| (key("paths"), e.to_string()))?,
+        exclude: exclude
+            .build()
+            .map_err(|e| (key("exclude"), e.to_string()))?,
+        roots,
+        options,
+    })
+}
+
+fn glob(pattern: &str) -> Result<Glob, String> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("bad glob {pattern:?}: {}", e.kind()))
+}
+
+/// The deepest directory of `pattern` without glob characters: what to watch and walk.
+pub fn literal_root(pattern: &str) -> PathBuf {
+    let mut root = PathBuf::from("/");
+    let components: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, c) in components.iter().enumerate() {
+        let is_last = i + 1 == components.len();
+        if is_last || c.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        root.push(c);
+    }
+    root
+}
+
+/// The soft `ulimit -n`.
+fn nofile_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// Line (1-based) of a dotted key such as `sources[1].retry.max` in the TOML text.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        item = item.get(name)?;
+        span = item.span().or(span);
+        if let Some(i) = index {
+            item = item.get(i)?;
+            span = item.span().or(span);
+        }
+    }
+    // Keys in tables report the value's span; arrays of tables report their header's.
+    let start = match item {
+        toml_edit::Item::Value(v) => v.span().map(|s| s.start),
+        _ => span.map(|s| s.start),
+    }?;
+    Some(text[..start.min(text.len())].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text).map_err(|e| e.to_string())?;
+        Loaded::load(&p, &Overrides::default())
+            .and_then(|l| l.validate())
+            .map_err(|e| e.to_string())
+    }
+
+    const SINK: &str = "[sink]\nurl = \"http://127.0.0.1:3000/store/batch\"\n";
+
+    #[test]
+    fn every_kind_of_mistake_names_key_and_line() {
+        let cases = [
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nlingr = \"1s\"\n"), "agent.toml:5:", "lingr"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nlinger = \"soon\"\n"), "agent.toml:5:", "sources[0].linger"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a/[b\"]\n"), "agent.toml:4:", "sources[0].paths"),
+            ("[[sources]]\npaths = [\"/a\"]\n".to_owned(), "agent.toml", "sink.url"),
+            (format!("{SINK}[defaults]\nretry = {{ initial = \"1s\", max = \"x\" }}\n[[sources]]\npaths = [\"/a\"]\n"), "agent.toml", "retry.max"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nbatch_lines = \"many\"\n"), "agent.toml:5:", "invalid type"),
+            (format!("{SINK}compression = \"lz4\"\n[[sources]]\npaths = [\"/a\"]\n"), "agent.toml:3:", "sink.compression"),
+        ];
+        for (text, at, key) in cases {
+            let e = load(&text).expect_err(&text);
+            assert!(
+                e.contains(at) && e.contains(key),
+                "{e:?} should contain {at:?} and {key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sources_inherit_defaults_and_override_them() {
+        let s = load(&format!(
+            "{SINK}[defaults]\nbatch_lines = 7\nlinger = \"1s\"\n[[sources]]\npaths = [\"/a/*.log\"]\n[[sources]]\npaths = [\"/b/**/*.log\"]\nbatch_lines = 9\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.sources[0].options.batch_lines, 7);
+        assert_eq!(s.sources[1].options.batch_lines, 9);
+        assert_eq!(s.sources[1].options.linger, Duration::from_secs(1));
+        assert_eq!(s.sources[1].roots, vec![PathBuf::from("/b")]);
+        assert!(s.sources[1].include.is_match("/b/x/y/z.log"));
+        assert!(
+            !s.sources[0].include.is_match("/a/x/z.log"),
+            "* does not cross directories"
+        );
+    }
+
+    #[test]
+    fn literal_roots() {
+        assert_eq!(literal_root("/var/log/app.log"), PathBuf::from("/var/log"));
+        assert_eq!(literal_root("/var/log/*/x.log"), PathBuf::from("/var/log"));
+        assert_eq!(literal_root("/srv/**/*.log"), PathBuf::from("/srv"));
+    }
+}

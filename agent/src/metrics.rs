@@ -1,0 +1,207 @@
+//! The agent's Prometheus metrics, served at `metrics_listen` when configured.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    lines_read: Family<FileLabel, Counter>,
+    bytes_read: Family<FileLabel, Counter>,
+    lines_acked: Family<FileLabel, Counter>,
+    bytes_acked: Family<FileLabel, Counter>,
+    /// Bytes of each file not yet acknowledged.
+    pub unshipped: Family<FileLabel, Gauge>,
+    pub retries: Counter,
+    pub dead_letters: Counter,
+    pub lines_truncated: Counter,
+    pub truncations: Counter,
+    pub files_open: Gauge,
+    pub files_tracked: Gauge,
+    pub deleted_held: Gauge,
+    pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub buffered_kib: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("agent");
+        let m = Metrics {
+            lines_read: Family::default(),
+            bytes_read: Family::default(),
+            lines_acked: Family::default(),
+            bytes_acked: Family::default(),
+            unshipped: Family::default(),
+            retries: Counter::default(),
+            dead_letters: Counter::default(),
+            lines_truncated: Counter::default(),
+            truncations: Counter::default(),
+            files_open: Gauge::default(),
+            files_tracked: Gauge::default(),
+            deleted_held: Gauge::default(),
+            checkpoint_age: Gauge::default(),
+            buffered_kib: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "lines_read",
+            "Complete lines read, per file",
+            m.lines_read.clone(),
+        );
+        r.register("bytes_read", "Bytes read, per file", m.bytes_read.clone());
+        r.register(
+            "lines_acked",
+            "Lines acknowledged by the sink, per file",
+            m.lines_acked.clone(),
+        );
+        r.register(
+            "bytes_acked",
+            "Line bytes acknowledged by the sink, per file",
+            m.bytes_acked.clone(),
+        );
+        r.register(
+            "unshipped_bytes",
+            "Bytes of the file not yet acknowledged",
+            m.unshipped.clone(),
+        );
+        r.register(
+            "retries",
+            "Failed attempts that will be retried",
+            m.retries.clone(),
+        );
+        r.register(
+            "dead_letter_batches",
+            "Batches the sink refused, written to the dead-letter directory",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "lines_truncated",
+            "Lines cut to max_line_bytes",
+            m.lines_truncated.clone(),
+        );
+        r.register(
+            "truncations",
+            "Files found truncated (new generation)",
+            m.truncations.clone(),
+        );
+        r.register(
+            "files_open",
+            "Log file descriptors held",
+            m.files_open.clone(),
+        );
+        r.register(
+            "files_tracked",
+            "Files being tailed",
+            m.files_tracked.clone(),
+        );
+        r.register(
+            "deleted_files_held",
+            "Files rotated away or deleted, still being drained",
+            m.deleted_held.clone(),
+        );
+        r.register(
+            "checkpoint_age_seconds",
+            "Seconds since checkpoints were last saved",
+            m.checkpoint_age.clone(),
+        );
+        r.register(
+            "buffered_kib",
+            "KiB of batches waiting or in flight",
+            m.buffered_kib.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    fn label(file: &str) -> FileLabel {
+        FileLabel {
+            file: file.to_owned(),
+        }
+    }
+
+    pub fn lines_read(&self, file: &str, n: u64) {
+        if n > 0 {
+            self.lines_read.get_or_create(&Self::label(file)).inc_by(n);
+        }
+    }
+
+    pub fn bytes_read(&self, file: &str, n: u64) {
+        self.bytes_read.get_or_create(&Self::label(file)).inc_by(n);
+    }
+
+    pub fn acked(&self, file: &str, lines: u64, bytes: u64) {
+        let l = Self::label(file);
+        self.lines_acked.get_or_create(&l).inc_by(lines);
+        self.bytes_acked.get_or_create(&l).inc_by(bytes);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "agent metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let m = m.clone();
+                    async move {
+                        let mut resp = if req.uri().path() == "/metrics" {
+                            Response::new(Full::new(Bytes::from(m.render())))
+                        } else {
+                            let mut r = Response::new(Full::new(Bytes::from_static(
+                                b"{\"error\":\"no such route; try /metrics\"}",
+                            )));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        };
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}

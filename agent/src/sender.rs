@@ -1,0 +1,252 @@
+//! The sender: delivers one file's batches in order, one at a time, and moves the file's
+//! checkpoint after each acknowledgement.
+//!
+//! Retry policy (what the sink's [`Outcome`] means here): retryable failures are retried
+//! without end with full-jitter backoff, honouring `Retry-After` — the pipeline parks, and
+//! its bounded channels carry the back-pressure up to the tailer. 413 splits the batch in
+//! halves. Any other refusal is a poison batch: logged, counted, written to the dead-letter
+//! directory, and the pipeline moves on. Rate limits (per file and agent-wide) and the cap
+//! on requests in flight apply before each attempt.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::backoff::Backoff;
+use crate::batcher::Batch;
+use crate::checkpoint::{Checkpoint, Checkpoints, FileId};
+use crate::config::PipelineOptions;
+use crate::metrics::Metrics;
+use crate::sink::{Outcome, Sink};
+use crate::tailer::Control;
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// A lines/s or bytes/s limit; 0 means none.
+#[derive(Debug)]
+pub struct Limit {
+    limiter: Option<(Direct, u32)>,
+}
+
+impl Limit {
+    pub fn per_second(rate: u64) -> Self {
+        let rate = u32::try_from(rate).unwrap_or(u32::MAX);
+        Limit {
+            limiter: NonZeroU32::new(rate)
+                .map(|r| (RateLimiter::direct(Quota::per_second(r)), rate)),
+        }
+    }
+
+    /// Waits until `n` units may pass; amounts above one second's quota pass in slices.
+    pub async fn take(&self, mut n: u64) {
+        let Some((l, burst)) = &self.limiter else {
+            return;
+        };
+        while n > 0 {
+            let k = n.min(u64::from(*burst)) as u32;
+            if let Some(k) = NonZeroU32::new(k) {
+                let _ = l.until_n_ready(k).await;
+            }
+            n -= u64::from(k);
+        }
+    }
+}
+
+/// What every sender shares.
+#[derive(Debug)]
+pub struct SendEnv {
+    pub sink: Arc<dyn Sink>,
+    pub checkpoints: Arc<Checkpoints>,
+    pub metrics: Arc<Metrics>,
+    pub in_flight: Arc<Semaphore>,
+    pub global_lines: Limit,
+    pub global_bytes: Limit,
+    pub dead_letter_dir: PathBuf,
+}
+
+impl std::fmt::Debug for dyn Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
+
+/// One file's sender.
+pub struct Sender {
+    pub env: Arc<SendEnv>,
+    pub file: Arc<str>,
+    pub id: FileId,
+    pub options: PipelineOptions,
+    pub ctl: Arc<Control>,
+}
+
+enum Delivery {
+    Done,
+    TooLarge,
+    Rejected(String),
+}
+
+impl Sender {
+    /// Delivers batches until the batcher closes the channel.
+    pub async fn run(self, mut input: mpsc::Receiver<Batch>) {
+        let lines = Limit::per_second(u64::from(self.options.lines_per_sec));
+        let bytes = Limit::per_second(self.options.bytes_per_sec);
+        let mut backoff = Backoff::new(self.options.retry_initial, self.options.retry_max);
+        while let Some(batch) = input.recv().await {
+            lines.take(u64::from(batch.lines)).await;
+            bytes.take(batch.bytes).await;
+            self.env.global_lines.take(u64::from(batch.lines)).await;
+            self.env.global_bytes.take(batch.bytes).await;
+            self.deliver(batch.body, &mut backoff).await;
+            self.env.checkpoints.ack(Checkpoint {
+                file: self.file.to_string(),
+                id: self.id,
+                generation: batch.generation.to_string(),
+                offset: batch.end_offset,
+                line: batch.end_line,
+            });
+            self.env
+                .metrics
+                .acked(&self.file, u64::from(batch.lines), batch.bytes);
+            drop(batch.permit);
+        }
+        if self.ctl.finished.load(Ordering::SeqCst) {
+            tracing::info!(file = %self.file, "rotated file drained and acknowledged");
+            self.env.checkpoints.remove(self.id);
+        }
+    }
+
+    /// Delivers a body, splitting on 413 and dead-lettering what is refused.
+    async fn deliver(&self, body: Vec<u8>, backoff: &mut Backoff) {
+        let mut stack = vec![body];
+        while let Some(b) = stack.pop() {
+            match self.attempt_until_answered(&b, backoff).await {
+                Delivery::Done => {}
+                Delivery::TooLarge => match split(&b) {
+                    Some((first, second)) => {
+                        tracing::info!(file = %self.file, "batch too large for the sink; splitting");
+                        stack.push(second);
+                        stack.push(first);
+                    }
+                    None => {
+                        self.dead_letter(&b, "a single line is larger than the sink accepts (413)")
+                    }
+                },
+                Delivery::Rejected(reason) => self.dead_letter(&b, &reason),
+            }
+        }
+    }
+
+    async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
+        loop {
+            let outcome = {
+                let _permit = self.env.in_flight.acquire().await;
+                self.env.sink.send(body).await
+            };
+            match outcome {
+                Outcome::Ok => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(file = %self.file, attempts = backoff.attempts(), "delivered after retries");
+                    }
+                    backoff.reset();
+                    return Delivery::Done;
+                }
+                Outcome::TooLarge => return Delivery::TooLarge,
+                Outcome::Reject { reason } => return Delivery::Rejected(reason),
+                Outcome::Retry { reason, after } => {
+                    self.env.metrics.retries.inc();
+                    let delay = backoff.next(after);
+                    let n = backoff.attempts();
+                    // First failure and then every tenth: enough to see, not a flood.
+                    if n == 1 || n % 10 == 0 {
+                        tracing::warn!(file = %self.file, attempt = n, %reason, ?delay, "delivery failed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps a refused batch for the operator and moves on.
+    fn dead_letter(&self, body: &[u8], reason: &str) {
+        self.env.metrics.dead_letters.inc();
+        let name = format!(
+            "{}-{:x}.lsb",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            xxhash_rust::xxh3::xxh3_64(body)
+        );
+        let path = self.env.dead_letter_dir.join(name);
+        let written = std::fs::create_dir_all(&self.env.dead_letter_dir)
+            .and_then(|()| std::fs::write(&path, body));
+        match written {
+            Ok(()) => {
+                tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory")
+            }
+            Err(e) => {
+                tracing::error!(file = %self.file, %reason, error = %e, "batch refused and could not be kept")
+            }
+        }
+    }
+}
+
+/// Splits a compact body into two halves; `None` for a single line.
+fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let b = logship_wire::compact::decode(body).ok()?;
+    if b.lines.len() < 2 {
+        return None;
+    }
+    let (a, c) = b.lines.split_at(b.lines.len() / 2);
+    let enc = |lines: &[logship_wire::Line<'_>]| {
+        let mut w =
+            logship_wire::compact::Writer::new(&b.host, &b.file, &b.generation, lines[0].number);
+        for l in lines {
+            w.push(&l.content, l.partial);
+        }
+        w.finish()
+    };
+    Some((enc(a), enc(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_line_and_number() {
+        let mut w = logship_wire::compact::Writer::new("h", "/f", "g", 10);
+        for l in [&b"a"[..], b"b", b"c"] {
+            w.push(l, false);
+        }
+        let (x, y) = split(&w.finish()).expect("splits");
+        let (x, y) = (
+            logship_wire::compact::decode(&x).expect("x"),
+            logship_wire::compact::decode(&y).expect("y"),
+        );
+        let nums: Vec<u64> = x.lines.iter().chain(&y.lines).map(|l| l.number).collect();
+        assert_eq!(nums, vec![10, 11, 12]);
+        let mut one = logship_wire::compact::Writer::new("h", "/f", "g", 0);
+        one.push(b"only", false);
+        assert!(split(&one.finish()).is_none());
+    }
+
+    #[tokio::test]
+    async fn limits_slice_amounts_above_the_burst() {
+        // governor keeps its own clock, so this runs in real time, kept short.
+        let l = Limit::per_second(1000);
+        let t = std::time::Instant::now();
+        l.take(1000).await; // the burst passes at once
+        l.take(1300).await; // more than a second's quota must wait ~1.3 s
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(1200),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}

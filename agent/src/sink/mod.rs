@@ -1,0 +1,51 @@
+//! Sinks: where batches go. A sink answers one attempt with an [`Outcome`]; the sender
+//! owns retries, splitting and dead letters, so every sink gets them for free.
+//!
+//! Adding a sink: one file implementing [`Sink`], one line in [`build`] and in [`KINDS`].
+
+mod aggregator;
+mod stdout;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SinkSettings;
+
+/// Sink types the config accepts.
+pub const KINDS: &[&str] = &["aggregator", "stdout"];
+
+/// A boxed future, so sinks are object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged: durable at the destination.
+    Ok,
+    /// Try again later (connect error, timeout, 408, 429, 5xx); `after` from `Retry-After`.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// The body is too large (413): split it.
+    TooLarge,
+    /// Will never be accepted (other 4xx): dead-letter it.
+    Reject { reason: String },
+}
+
+/// A destination for compact batch bodies.
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers one compact body once.
+    fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome>;
+}
+
+/// Builds the configured sink.
+pub fn build(s: &SinkSettings) -> anyhow::Result<Arc<dyn Sink>> {
+    Ok(match s.kind.as_str() {
+        "aggregator" => Arc::new(aggregator::AggregatorSink::new(s)?),
+        "stdout" => Arc::new(stdout::StdoutSink),
+        other => anyhow::bail!("unknown sink type {other:?}"),
+    })
+}

@@ -1,0 +1,395 @@
+//! The `file` source: discovery of files matching the configured globs.
+//!
+//! notify (inotify) watches the literal root directory of every pattern — directories, not
+//! files, so thousands of files cost a handful of watches — and a poll every
+//! `poll_interval` catches what events miss (overflow, filesystems without inotify). Each
+//! path is checked by identity (device + inode):
+//! - a new identity at a path starts a pipeline (resuming its checkpoint if it has one);
+//! - a different identity at a known path is a rotation: the old pipeline drains, a new one
+//!   starts;
+//! - a vanished path tells its pipeline to drain and finish (deleted files are held only
+//!   until drained and acknowledged);
+//! - an identity already being tailed under another path is not shipped twice.
+//!
+//! At start, checkpoints whose file is no longer at its path are looked for by identity
+//! beside it: a file rotated while the agent was stopped is finished, then the new one read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::Source;
+use crate::checkpoint::FileId;
+use crate::config::SourceSettings;
+use crate::pipeline::Pipelines;
+use crate::tailer::{generation_of, Control, Start};
+
+/// Events buffered from notify; past this the next poll rescans everything.
+const EVENT_QUEUE: usize = 8192;
+
+pub struct FileSource {
+    sources: Vec<SourceSettings>,
+    poll_interval: Duration,
+}
+
+impl FileSource {
+    pub fn new(sources: Vec<SourceSettings>, poll_interval: Duration) -> Self {
+        FileSource {
+            sources,
+            poll_interval,
+        }
+    }
+}
+
+/// A path being tailed.
+struct Tracked {
+    id: FileId,
+    /// Size at the last check; a poll wakes the tailer only when it changed.
+    len: u64,
+    ctl: Arc<Control>,
+}
+
+struct Discovery {
+    sources: Vec<SourceSettings>,
+    pipes: Pipelines,
+    by_path: HashMap<PathBuf, Tracked>,
+    /// Every identity with a running pipeline (including rotated files being drained).
+    active: HashMap<FileId, Arc<Control>>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: Vec<PathBuf>,
+}
+
+impl Source for FileSource {
+    fn run(self: Box<Self>, pipes: Pipelines) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let (tx, mut rx) = mpsc::channel::<PathBuf>(EVENT_QUEUE);
+            let overflow = Arc::new(AtomicBool::new(false));
+            let overflow2 = overflow.clone();
+            let watcher =
+                notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                    Ok(ev) => {
+                        for p in ev.paths {
+                            if tx.try_send(p).is_err() {
+                                overflow2.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file watch error; relying on polling");
+                        overflow2.store(true, Ordering::Relaxed);
+                    }
+                });
+            let watcher = match watcher {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch files; polling only");
+                    None
+                }
+            };
+            let mut d = Discovery {
+                sources: self.sources,
+                pipes,
+                by_path: HashMap::new(),
+                active: HashMap::new(),
+                watcher,
+                watched: Vec::new(),
+            };
+            let mut shutdown = d.pipes.shutdown.clone();
+            d.watch_roots();
+            d.scan().await;
+            d.resume_orphans().await;
+            let mut tick = tokio::time::interval(self.poll_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    Some(path) = rx.recv() => {
+                        d.on_event(path).await;
+                        // Drain what else is queued without waiting.
+                        while let Ok(p) = rx.try_recv() {
+                            d.on_event(p).await;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        overflow.store(false, Ordering::Relaxed);
+                        d.watch_roots();
+                        d.scan().await;
+                        d.reap();
+                    }
+                    _ = shutdown.changed() => break,
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+/// Every file the sources match now, in order, with its source index (first match wins).
+pub fn expand(sources: &[SourceSettings]) -> Vec<(PathBuf, usize)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in sources.iter().enumerate() {
+        for root in &s.roots {
+            for p in walk(root, s) {
+                if seen.insert(p.clone()) {
+                    out.push((p, i));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Files under `root` matching source `s`.
+fn walk(root: &Path, s: &SourceSettings) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .max_depth(max_depth(root, s))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_type().is_dir())
+        .map(walkdir::DirEntry::into_path)
+        .filter(|p| matches(s, p))
+        .collect()
+}
+
+fn matches(s: &SourceSettings, p: &Path) -> bool {
+    s.include.is_match(p) && !s.exclude.is_match(p)
+}
+
+/// How deep below `root` a pattern can match: unbounded with `**`.
+fn max_depth(root: &Path, s: &SourceSettings) -> usize {
+    let root_len = root.components().count();
+    s.patterns
+        .iter()
+        .filter(|p| Path::new(p).starts_with(root))
+        .map(|p| {
+            if p.contains("**") {
+                usize::MAX
+            } else {
+                Path::new(p).components().count().saturating_sub(root_len)
+            }
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+impl Discovery {
+    /// Watches each root that exists (roots created later are picked up by the poll).
+    fn watch_roots(&mut self) {
+        let Some(w) = &mut self.watcher else { return };
+        for s in &self.sources {
+            for root in &s.roots {
+                if self.watched.contains(root) || !root.is_dir() {
+                    continue;
+                }
+                let mode = if max_depth(root, s) > 1 {
+                    RecursiveMode::Recursive
+                } else {
+                    RecursiveMode::NonRecursive
+                };
+                match w.watch(root, mode) {
+                    Ok(()) => self.watched.push(root.clone()),
+                    Err(e) => {
+                        tracing::warn!(root = %root.display(), error = %e, "cannot watch; polling it")
+                    }
+                }
+            }
+        }
+    }
+
+    fn source_of(&self, p: &Path) -> Option<usize> {
+        self.sources.iter().position(|s| matches(s, p))
+    }
+
+    async fn on_event(&mut self, path: PathBuf) {
+        if path.is_dir() {
+            // A directory appeared (or changed): look inside for matching files.
+            let found: Vec<PathBuf> = self
+                .sources
+                .iter()
+                .filter(|s| s.roots.iter().any(|r| path.starts_with(r)))
+                .flat_map(|s| walk(&path, s))
+                .collect();
+            for p in found {
+                self.check(&p, true).await;
+            }
+            return;
+        }
+        self.check(&path, true).await;
+    }
+
+    /// Full scan: new files, grown files, rotations, deletions.
+    async fn scan(&mut self) {
+        for (p, _) in expand(&self.sources) {
+            self.check(&p, false).await;
+        }
+        let known: Vec<PathBuf> = self.by_path.keys().cloned().collect();
+        for p in known {
+            if !p.exists() {
+                self.check(&p, false).await;
+            }
+        }
+    }
+
+    /// Compares what is at `path` with what is tracked there and acts on the difference.
+    async fn check(&mut self, path: &Path, event: bool) {
+        let meta = std::fs::metadata(path)
+            .ok()
+            .filter(std::fs::Metadata::is_file);
+        let Some(meta) = meta else {
+            if let Some(t) = self.by_path.remove(path) {
+                tracing::info!(file = %path.display(), "file deleted or renamed away; draining it");
+                self.retire(&t);
+            }
+            return;
+        };
+        let id = FileId::of(&meta);
+        if let Some(t) = self.by_path.get_mut(path) {
+            if t.id == id {
+                if event || t.len != meta.len() {
+                    t.len = meta.len();
+                    t.ctl.wake.notify_one();
+                }
+                return;
+            }
+            tracing::info!(file = %path.display(), "file rotated; draining the old one, following the new one");
+            if let Some(t) = self.by_path.remove(path) {
+                self.retire(&t);
+            }
+        }
+        let Some(source) = self.source_of(path) else {
+            return;
+        };
+        if let Some(ctl) = self.active.get(&id) {
+            // Already tailed under another name (renamed into a watched name): once is enough.
+            ctl.wake.notify_one();
+            return;
+        }
+        self.start(path, source, meta.len()).await;
+    }
+
+    /// Tells a pipeline its path is gone; it drains the file and finishes.
+    fn retire(&self, t: &Tracked) {
+        if !t.ctl.rotated.swap(true, Ordering::SeqCst) {
+            self.pipes.metrics.deleted_held.inc();
+        }
+        t.ctl.wake.notify_one();
+    }
+
+    async fn start(&mut self, path: &Path, source: usize, len: u64) {
+        let Ok(permit) = self.pipes.open_files.clone().acquire_owned().await else {
+            return;
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot open");
+                return;
+            }
+        };
+        let Ok(meta) = file.metadata() else { return };
+        let id = FileId::of(&meta);
+        let name = path.to_string_lossy().into_owned();
+        let options = &self.sources[source].options;
+        let start = match self.pipes.checkpoints.get(id) {
+            Some(cp) => Start::Checkpoint(cp),
+            None => Start::Fresh(options.read_from),
+        };
+        match self.pipes.start(
+            name,
+            path.to_path_buf(),
+            file,
+            permit,
+            id,
+            start,
+            options,
+            false,
+        ) {
+            Ok(ctl) => {
+                tracing::debug!(file = %path.display(), "tailing");
+                self.active.insert(id, ctl.clone());
+                self.by_path
+                    .insert(path.to_path_buf(), Tracked { id, len, ctl });
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot start tailing"),
+        }
+    }
+
+    /// Checkpoints whose file is not at its path any more: finish a renamed file found
+    /// beside it by identity; forget the rest.
+    async fn resume_orphans(&mut self) {
+        for cp in self.pipes.checkpoints.all() {
+            if self.active.contains_key(&cp.id) {
+                continue;
+            }
+            let dir = Path::new(&cp.file).parent().map(Path::to_path_buf);
+            let found = dir
+                .and_then(|d| std::fs::read_dir(d).ok())
+                .into_iter()
+                .flatten()
+                .find_map(|e| {
+                    let p = e.ok()?.path();
+                    let m = std::fs::metadata(&p).ok()?;
+                    (m.is_file() && FileId::of(&m) == cp.id).then_some(p)
+                });
+            let source = self.source_of(Path::new(&cp.file));
+            let (Some(p), Some(source)) = (found, source) else {
+                tracing::warn!(file = %cp.file, "checkpointed file is gone; lines written after the checkpoint may be lost");
+                self.pipes.checkpoints.remove(cp.id);
+                continue;
+            };
+            let Ok(permit) = self.pipes.open_files.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok(file) = File::open(&p) else { continue };
+            if generation_of(&file, cp.id).ok().flatten().as_deref() != Some(cp.generation.as_str())
+            {
+                self.pipes.checkpoints.remove(cp.id);
+                continue;
+            }
+            tracing::info!(file = %cp.file, found = %p.display(), "finishing a file rotated while the agent was stopped");
+            let options = self.sources[source].options.clone();
+            let id = cp.id;
+            match self.pipes.start(
+                cp.file.clone(),
+                p,
+                file,
+                permit,
+                id,
+                Start::Checkpoint(cp),
+                &options,
+                true,
+            ) {
+                Ok(ctl) => {
+                    self.pipes.metrics.deleted_held.inc();
+                    self.active.insert(id, ctl);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resume rotated file"),
+            }
+        }
+    }
+
+    /// Forgets pipelines that have ended.
+    fn reap(&mut self) {
+        let metrics = &self.pipes.metrics;
+        self.active.retain(|_, ctl| {
+            let ended = ctl.exited.load(Ordering::SeqCst);
+            if ended && ctl.rotated.load(Ordering::SeqCst) {
+                metrics.deleted_held.dec();
+            }
+            !ended
+        });
+        self.by_path
+            .retain(|_, t| !t.ctl.exited.load(Ordering::SeqCst));
+    }
+}

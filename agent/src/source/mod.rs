@@ -1,0 +1,35 @@
+//! Sources: where lines come from. A source finds its streams and starts one pipeline per
+//! stream through [`Pipelines`]; it runs until the agent stops.
+//!
+//! Adding a source: one file implementing [`Source`], one line in [`build`] and in [`KINDS`].
+
+mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::config::{Settings, SourceSettings};
+use crate::pipeline::Pipelines;
+
+/// Source types the config accepts.
+pub const KINDS: &[&str] = &["file"];
+
+/// A running source.
+pub trait Source: Send + 'static {
+    /// Finds streams and starts their pipelines until `pipelines.shutdown` turns true.
+    fn run(self: Box<Self>, pipelines: Pipelines) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Builds one source of kind `kind` from every `[[sources]]` entry of that kind.
+pub fn build(
+    kind: &str,
+    sources: Vec<SourceSettings>,
+    settings: &Settings,
+) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match kind {
+        "file" => Box::new(file::FileSource::new(sources, settings.poll_interval)),
+        other => anyhow::bail!("unknown source type {other:?}"),
+    })
+}
+
+pub use file::expand;

@@ -1,0 +1,515 @@
+//! The tailer: one file identity's reader, a small state machine.
+//!
+//! It reads from its checkpoint (or the start or end), splits complete lines, numbers them
+//! exactly (0-based, counting from the file's start even when it starts at the end), and
+//! hands them to the batcher in chunks through a bounded channel — awaiting that send is the
+//! back-pressure that parks it when the aggregator is slow or down.
+//!
+//! Lifecycle events it handles itself: growth (woken by notify or the poll), truncation
+//! (size below the read position: a new generation from offset 0), a partial last line
+//! (held until `\n` or `partial_line_timeout`), over-long lines (truncated, never split),
+//! idle descriptors (closed, reopened by identity), and rotation (told by discovery: drain
+//! the old file, wait `rotate_wait` for late writes, finish).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::checkpoint::{Checkpoint, FileId};
+use crate::config::{PipelineOptions, ReadFrom};
+use crate::metrics::Metrics;
+
+/// Bytes read per `read` call.
+const READ_BYTES: usize = 128 * 1024;
+/// Bytes read per turn before yielding, so one busy file cannot starve the others.
+const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
+/// Bytes of the start of a file that identify its generation (up to the first `\n`).
+const FINGERPRINT_BYTES: usize = 1024;
+
+/// Lines read from a file, handed to the batcher.
+#[derive(Debug)]
+pub struct Chunk {
+    pub generation: Arc<str>,
+    /// Number of the first line in `data`.
+    pub first_line: u64,
+    /// Line contents, each followed by `\n`; the last one has none when `partial` is set.
+    pub data: Vec<u8>,
+    /// File offset just after each complete line (for checkpoints).
+    pub ends: Vec<u64>,
+    /// The last line is partial and starts at this offset (its checkpoint stays there).
+    pub partial: Option<u64>,
+}
+
+impl Chunk {
+    fn new(generation: Arc<str>, first_line: u64) -> Self {
+        Chunk {
+            generation,
+            first_line,
+            data: Vec::with_capacity(64 * 1024),
+            ends: Vec::new(),
+            partial: None,
+        }
+    }
+
+    /// Lines in the chunk, partial one included.
+    pub fn count(&self) -> usize {
+        self.ends.len() + usize::from(self.partial.is_some())
+    }
+}
+
+/// Where a tailer starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Resume an acknowledged position.
+    Checkpoint(Checkpoint),
+    /// No checkpoint: the source's `read_from`.
+    Fresh(ReadFrom),
+}
+
+/// Signals from discovery and the agent to one tailer.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Something changed (notify event or poll saw growth).
+    pub wake: Notify,
+    /// The path no longer leads to this file (renamed away or deleted): drain and finish.
+    pub rotated: AtomicBool,
+    /// Set by the tailer when it finished the file (drained after rotation).
+    pub finished: AtomicBool,
+    /// Set when the whole pipeline has ended.
+    pub exited: AtomicBool,
+}
+
+/// Shared limits and signals a tailer needs.
+#[derive(Debug, Clone)]
+pub struct TailerEnv {
+    pub options: PipelineOptions,
+    pub metrics: Arc<Metrics>,
+    /// Descriptor budget across all tailers.
+    pub open_files: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One file's reader.
+#[derive(Debug)]
+pub struct Tailer {
+    /// Where the file was found; reopened by identity from its directory after a rename.
+    path: PathBuf,
+    /// Stored file name.
+    name: String,
+    id: FileId,
+    file: Option<(File, OwnedSemaphorePermit)>,
+    generation: Option<Arc<str>>,
+    /// Offset of the next byte to read.
+    read_pos: u64,
+    /// Offset where the current (incomplete) line starts.
+    line_start: u64,
+    /// Number of the current line.
+    line: u64,
+    /// Bytes of the current line read so far (at most `max_line_bytes`).
+    pending: Vec<u8>,
+    /// The current line exceeded `max_line_bytes`; the rest is being skipped.
+    overflow: bool,
+    /// Length of `pending` when it was last shipped as a partial line.
+    partial_sent: Option<usize>,
+    /// When the current partial line last grew.
+    pending_since: Instant,
+    /// When data was last read.
+    last_data: Instant,
+    env: TailerEnv,
+    ctl: Arc<Control>,
+    buf: Vec<u8>,
+}
+
+/// Why a tailer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Rotated away or deleted, and drained: the file is done.
+    Finished,
+    /// The agent is stopping.
+    Shutdown,
+    /// The batcher is gone.
+    Closed,
+}
+
+/// Computes the generation id of an open file from its identity and first line, or `None`
+/// while the file has no complete first line yet.
+pub fn generation_of(file: &File, id: FileId) -> std::io::Result<Option<String>> {
+    let mut head = vec![0u8; FINGERPRINT_BYTES];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let first = match memchr::memchr(b'\n', &head[..n]) {
+        Some(i) => &head[..=i],
+        None if n == FINGERPRINT_BYTES => &head[..n],
+        None => return Ok(None),
+    };
+    let hash = xxhash_rust::xxh3::xxh3_64(first);
+    Ok(Some(format!("{:x}-{:x}-{hash:016x}", id.dev, id.ino)))
+}
+
+impl Tailer {
+    /// Prepares a tailer for `file` (already open, identity `id`) at `start`.
+    pub fn new(
+        path: PathBuf,
+        name: String,
+        file: File,
+        permit: OwnedSemaphorePermit,
+        id: FileId,
+        start: Start,
+        env: TailerEnv,
+        ctl: Arc<Control>,
+    ) -> std::io::Result<Self> {
+        let now = Instant::now();
+        let mut t = Tailer {
+            path,
+            name,
+            id,
+            file: None,
+            generation: None,
+            read_pos: 0,
+            line_start: 0,
+            line: 0,
+            pending: Vec::new(),
+            overflow: false,
+            partial_sent: None,
+            pending_since: now,
+            last_data: now,
+            env,
+            ctl,
+            buf: vec![0u8; READ_BYTES],
+        };
+        let generation = generation_of(&file, id)?;
+        match start {
+            Start::Checkpoint(cp) if Some(&cp.generation) == generation.as_ref() => {
+                t.read_pos = cp.offset;
+                t.line_start = cp.offset;
+                t.line = cp.line;
+                t.generation = generation.map(Arc::from);
+            }
+            Start::Checkpoint(cp) => {
+                tracing::info!(file = %t.name, old = %cp.generation, "checkpoint belongs to another generation; reading from the start");
+                t.generation = generation.map(Arc::from);
+            }
+            Start::Fresh(ReadFrom::Beginning) => t.generation = generation.map(Arc::from),
+            Start::Fresh(ReadFrom::End) => {
+                t.generation = generation.map(Arc::from);
+                t.skip_to_end(&file)?;
+            }
+        }
+        t.file = Some((file, permit));
+        t.env.metrics.files_open.inc();
+        Ok(t)
+    }
+
+    /// Counts the lines already in the file so numbering stays exact, and starts after the
+    /// last complete line.
+    fn skip_to_end(&mut self, file: &File) -> std::io::Result<()> {
+        let (mut pos, mut lines, mut last_end) = (0u64, 0u64, 0u64);
+        loop {
+            let n = file.read_at(&mut self.buf, pos)?;
+            if n == 0 {
+                break;
+            }
+            for i in memchr::memchr_iter(b'\n', &self.buf[..n]) {
+                lines += 1;
+                last_end = pos + i as u64 + 1;
+            }
+            pos += n as u64;
+        }
+        self.read_pos = last_end;
+        self.line_start = last_end;
+        self.line = lines;
+        Ok(())
+    }
+
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Runs until the file is finished, the agent stops, or the batcher goes away.
+    pub async fn run(mut self, out: mpsc::Sender<Chunk>) -> Exit {
+        let exit = self.run_inner(&out).await;
+        if self.file.take().is_some() {
+            self.env.metrics.files_open.dec();
+        }
+        if exit == Exit::Finished {
+            self.ctl.finished.store(true, Ordering::SeqCst);
+        }
+        exit
+    }
+
+    async fn run_inner(&mut self, out: &mpsc::Sender<Chunk>) -> Exit {
+        let mut shutdown = self.env.shutdown.clone();
+        let mut rotated_at: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                return Exit::Shutdown;
+            }
+            match self.read_available(out).await {
+                Ok(ReadOutcome::Data) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(ReadOutcome::Closed) => return Exit::Closed,
+                Ok(ReadOutcome::Eof) => {}
+                Err(e) => {
+                    tracing::warn!(file = %self.name, error = %e, "read failed; will retry");
+                    self.close();
+                }
+            }
+            let now = Instant::now();
+            if self.ctl.rotated.load(Ordering::SeqCst) {
+                let since = *rotated_at.get_or_insert(now);
+                let quiet = now.duration_since(self.last_data.max(since));
+                if quiet >= self.env.options.rotate_wait || self.file.is_none() {
+                    // Nothing more will come: ship a final partial line as it is.
+                    if self.send_partial(out, true).await.is_err() {
+                        return Exit::Closed;
+                    }
+                    return Exit::Finished;
+                }
+            }
+            if self.partial_due(now) && self.send_partial(out, false).await.is_err() {
+                return Exit::Closed;
+            }
+            let idle = now.duration_since(self.last_data);
+            if self.file.is_some()
+                && rotated_at.is_none()
+                && (idle >= self.env.options.close_inactive
+                    || self.env.open_files.available_permits() == 0)
+            {
+                self.close();
+            }
+            let deadline = self.next_deadline(now, rotated_at);
+            tokio::select! {
+                () = self.ctl.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// The soonest moment something time-based is due.
+    fn next_deadline(&self, now: Instant, rotated_at: Option<Instant>) -> Instant {
+        let o = &self.env.options;
+        let mut d = now + Duration::from_secs(3600);
+        if !self.pending.is_empty() && self.partial_sent != Some(self.pending.len()) {
+            d = d.min(self.pending_since + o.partial_line_timeout);
+        }
+        if let Some(at) = rotated_at {
+            d = d.min(self.last_data.max(at) + o.rotate_wait);
+        }
+        if self.file.is_some() {
+            d = d.min(self.last_data + o.close_inactive);
+        }
+        d.max(now + Duration::from_millis(1))
+    }
+
+    fn partial_due(&self, now: Instant) -> bool {
+        !self.pending.is_empty()
+            && self.partial_sent != Some(self.pending.len())
+            && now.duration_since(self.pending_since) >= self.env.options.partial_line_timeout
+    }
+
+    fn close(&mut self) {
+        if self.file.take().is_some() {
+            self.env.metrics.files_open.dec();
+            tracing::debug!(file = %self.name, "closed idle file");
+        }
+    }
+
+    /// Reopens the file by identity: at its path, or (after a rename) in its directory.
+    async fn reopen(&mut self) -> std::io::Result<bool> {
+        let permit = match self.env.open_files.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return Ok(false),
+        };
+        let candidates = std::iter::once(self.path.clone()).chain(siblings(&self.path));
+        for p in candidates {
+            let Ok(f) = File::open(&p) else { continue };
+            let Ok(meta) = f.metadata() else { continue };
+            if FileId::of(&meta) == self.id {
+                self.path = p;
+                self.file = Some((f, permit));
+                self.env.metrics.files_open.inc();
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads what is available, up to the per-turn cap, and ships complete lines.
+    async fn read_available(&mut self, out: &mpsc::Sender<Chunk>) -> std::io::Result<ReadOutcome> {
+        if self.file.is_none() && !self.reopen().await? {
+            if !self.ctl.rotated.load(Ordering::SeqCst) {
+                tracing::debug!(file = %self.name, "file not found by identity");
+            }
+            return Ok(ReadOutcome::Eof);
+        }
+        let Some((file, _)) = &mut self.file else {
+            return Ok(ReadOutcome::Eof);
+        };
+        let size = file.metadata()?.len();
+        if size < self.read_pos {
+            self.truncated(size);
+        }
+        if self.generation.is_none() {
+            let Some((file, _)) = &self.file else {
+                return Ok(ReadOutcome::Eof);
+            };
+            match generation_of(file, self.id)? {
+                Some(g) => self.generation = Some(Arc::from(g)),
+                None => return Ok(ReadOutcome::Eof),
+            }
+        }
+        let Some(generation) = self.generation.clone() else {
+            return Ok(ReadOutcome::Eof);
+        };
+        let mut chunk = Chunk::new(generation.clone(), self.line);
+        let mut turn = 0usize;
+        let mut any = false;
+        loop {
+            let Some((file, _)) = &mut self.file else {
+                break;
+            };
+            file.seek(SeekFrom::Start(self.read_pos))?;
+            let n = file.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            any = true;
+            self.last_data = Instant::now();
+            self.env.metrics.bytes_read(&self.name, n as u64);
+            self.split_lines(n, &mut chunk);
+            turn += n;
+            if chunk.data.len() >= 64 * 1024 {
+                let next = Chunk::new(generation.clone(), self.line);
+                if out.send(std::mem::replace(&mut chunk, next)).await.is_err() {
+                    return Ok(ReadOutcome::Closed);
+                }
+            }
+            if turn >= MAX_READ_PER_TURN {
+                break;
+            }
+        }
+        if chunk.count() > 0 && out.send(chunk).await.is_err() {
+            return Ok(ReadOutcome::Closed);
+        }
+        Ok(if turn >= MAX_READ_PER_TURN {
+            ReadOutcome::Data
+        } else if any {
+            // Read to EOF this turn; check once more before sleeping.
+            ReadOutcome::Data
+        } else {
+            ReadOutcome::Eof
+        })
+    }
+
+    /// Splits `self.buf[..n]` (read at `read_pos`) into lines appended to `chunk`.
+    fn split_lines(&mut self, n: usize, chunk: &mut Chunk) {
+        let max = self.env.options.max_line_bytes;
+        let base = self.read_pos;
+        let mut start = 0usize;
+        for nl in memchr::memchr_iter(b'\n', &self.buf[..n]) {
+            let piece = &self.buf[start..nl];
+            if self.pending.is_empty() && !self.overflow {
+                let keep = piece.len().min(max);
+                chunk.data.extend_from_slice(&piece[..keep]);
+                if keep < piece.len() {
+                    self.env.metrics.lines_truncated.inc();
+                }
+            } else {
+                let room = max - self.pending.len();
+                let keep = piece.len().min(room);
+                chunk.data.extend_from_slice(&self.pending);
+                chunk.data.extend_from_slice(&piece[..keep]);
+                if self.overflow || keep < piece.len() {
+                    self.env.metrics.lines_truncated.inc();
+                }
+                self.pending.clear();
+                self.overflow = false;
+            }
+            chunk.data.push(b'\n');
+            let end = base + nl as u64 + 1;
+            chunk.ends.push(end);
+            self.line += 1;
+            self.line_start = end;
+            self.partial_sent = None;
+            start = nl + 1;
+        }
+        if start < n {
+            let rest = &self.buf[start..n];
+            let room = max - self.pending.len();
+            let keep = rest.len().min(room);
+            self.pending.extend_from_slice(&rest[..keep]);
+            if keep < rest.len() {
+                self.overflow = true;
+            }
+            self.pending_since = Instant::now();
+        }
+        self.read_pos = base + n as u64;
+        self.env
+            .metrics
+            .lines_read(&self.name, chunk.ends.len() as u64);
+    }
+
+    /// Ships the current partial line (flagged partial) under its own number; the
+    /// checkpoint stays before it, so it is resent complete later.
+    async fn send_partial(&mut self, out: &mpsc::Sender<Chunk>, last: bool) -> Result<(), ()> {
+        if self.pending.is_empty() || self.partial_sent == Some(self.pending.len()) {
+            return Ok(());
+        }
+        let Some(generation) = self.generation.clone() else {
+            return Ok(());
+        };
+        let mut chunk = Chunk::new(generation, self.line);
+        chunk.data.extend_from_slice(&self.pending);
+        chunk.partial = Some(self.line_start);
+        self.partial_sent = Some(self.pending.len());
+        if last {
+            tracing::debug!(file = %self.name, "finishing with a partial last line");
+        }
+        out.send(chunk).await.map_err(|_| ())
+    }
+
+    /// The file shrank below what was read: copytruncate or a truncation. What follows is a
+    /// new generation, numbered from 0.
+    fn truncated(&mut self, size: u64) {
+        tracing::info!(file = %self.name, size, read = self.read_pos, "file truncated; starting a new generation");
+        self.env.metrics.truncations.inc();
+        self.read_pos = 0;
+        self.line_start = 0;
+        self.line = 0;
+        self.pending.clear();
+        self.overflow = false;
+        self.partial_sent = None;
+        self.generation = None;
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadOutcome {
+    Data,
+    Eof,
+    Closed,
+}
+
+/// Other entries of the directory holding `path`: where a renamed file is looked for.
+fn siblings(path: &Path) -> impl Iterator<Item = PathBuf> {
+    path.parent()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+}
