@@ -1,4 +1,5 @@
 //! One end-to-end test binary: every test starts the real binaries (see `util`).
 //! Modules group the tests by the issue they prove.
 
+mod agent_pipeline;
 mod aggregator_api;

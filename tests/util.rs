@@ -357,3 +357,60 @@ pub fn append_lines(path: &Path, prefix: &str, range: std::ops::Range<usize>) {
     }
     f.write_all(&buf).expect("append");
 }
+
+/// Writes `agent.toml` in `dir` shipping `patterns` to `agg` as host `host`, with `extra`
+/// TOML appended to the top level (before the tables) and `source_extra` inside the source.
+pub fn agent_config(
+    dir: &Path,
+    url: &str,
+    host: &str,
+    patterns: &[&str],
+    extra: &str,
+    source_extra: &str,
+) -> PathBuf {
+    let paths: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "host = {host:?}\nstate_dir = {:?}\npoll_interval = \"500ms\"\n{extra}\n[sink]\nurl = {url:?}\n\n[defaults]\nlinger = \"50ms\"\nretry = {{ initial = \"20ms\", max = \"300ms\" }}\n\n[[sources]]\npaths = [{}]\n{source_extra}\n",
+        dir.join("state").to_string_lossy(),
+        paths.join(", ")
+    );
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, text).expect("write agent config");
+    p
+}
+
+/// Whether the aggregator serves `path` (as shipped by `host`) byte-identical to the file.
+pub fn shipped_exactly(agg: &Aggregator, host: &str, path: &Path) -> bool {
+    let want = std::fs::read(path).expect("read source file");
+    agg.log(host, &path.to_string_lossy(), "")
+        .is_ok_and(|got| got == want)
+}
+
+/// The generations listed for `host`/`file`: (name, lines).
+pub fn generations(agg: &Aggregator, host: &str, file: &str) -> Vec<(String, u64)> {
+    let v = get(&agg.url(&format!("/store/files?host={}", enc(host)))).json();
+    v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["file"] == file)
+        .flat_map(|f| f["generations"].as_array().cloned().unwrap_or_default())
+        .map(|g| {
+            (
+                g["generation"].as_str().unwrap_or_default().to_owned(),
+                g["lines"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// Lines in a file.
+pub fn line_count(path: &Path) -> u64 {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+}

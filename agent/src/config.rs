@@ -328,6 +328,14 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
     })
 }
 
+/// The source's own value if set (and `true`), else the default's.
+fn own_or<T>(own: Option<T>, default: Option<T>) -> (Option<T>, bool) {
+    match own {
+        Some(v) => (Some(v), true),
+        None => (default, false),
+    }
+}
+
 fn strip_key(key: &str, msg: String) -> String {
     msg.strip_prefix(&format!("{key}: "))
         .map(str::to_owned)
@@ -389,18 +397,20 @@ fn validate_source(
     base: &Path,
 ) -> Result<SourceSettings, KeyError> {
     let key = |k: &str| format!("sources[{i}].{k}");
-    // A source's own value wins over [defaults], which wins over the built-in default.
+    // A source's own value wins over [defaults], which wins over the built-in default;
+    // errors name where the value was written.
     macro_rules! pick {
         ($field:ident) => {
-            s.$field.clone().or_else(|| d.$field.clone())
+            own_or(s.$field.clone(), d.$field.clone())
         };
     }
-    let dur = |k: &str, v: Option<String>, dflt: &str| {
-        let k = key(k);
+    let origin = |k: &str, own: bool| if own { key(k) } else { format!("defaults.{k}") };
+    let dur = |k: &str, (v, own): (Option<String>, bool), dflt: &str| {
+        let k = origin(k, own);
         units::duration(&k, v.as_deref().unwrap_or(dflt)).map_err(|m| (k.clone(), strip_key(&k, m)))
     };
-    let size = |k: &str, v: Option<String>, dflt: &str| {
-        let k = key(k);
+    let size = |k: &str, (v, own): (Option<String>, bool), dflt: &str| {
+        let k = origin(k, own);
         units::size(&k, v.as_deref().unwrap_or(dflt)).map_err(|m| (k.clone(), strip_key(&k, m)))
     };
     let kind = s.kind.clone().unwrap_or_else(|| "file".into());
@@ -433,7 +443,7 @@ fn validate_source(
     roots.sort();
     roots.dedup();
     let mut exclude = GlobSetBuilder::new();
-    for p in pick!(exclude).unwrap_or_default() {
+    for p in pick!(exclude).0.unwrap_or_default() {
         let abs = if Path::new(&p).is_absolute() {
             p.clone()
         } else {
@@ -441,7 +451,7 @@ fn validate_source(
         };
         exclude.add(glob(&abs).map_err(|m| (key("exclude"), m))?);
     }
-    let read_from = match pick!(read_from).as_deref().unwrap_or("beginning") {
+    let read_from = match pick!(read_from).0.as_deref().unwrap_or("beginning") {
         "beginning" => ReadFrom::Beginning,
         "end" => ReadFrom::End,
         other => {
@@ -455,7 +465,7 @@ fn validate_source(
     let drate = d.rate_limit.clone().unwrap_or_default();
     let retry = s.retry.clone().unwrap_or_default();
     let dretry = d.retry.clone().unwrap_or_default();
-    let batch_lines = pick!(batch_lines).unwrap_or(1000);
+    let batch_lines = pick!(batch_lines).0.unwrap_or(1000);
     if batch_lines == 0 || batch_lines > 1_000_000 {
         return Err((
             key("batch_lines"),
@@ -476,12 +486,16 @@ fn validate_source(
         lines_per_sec: rate.lines_per_sec.or(drate.lines_per_sec).unwrap_or(0),
         bytes_per_sec: size(
             "rate_limit.bytes_per_sec",
-            rate.bytes_per_sec.or(drate.bytes_per_sec),
+            own_or(rate.bytes_per_sec, drate.bytes_per_sec),
             "0",
         )?,
-        retry_initial: dur("retry.initial", retry.initial.or(dretry.initial), "100ms")?
-            .max(Duration::from_millis(1)),
-        retry_max: dur("retry.max", retry.max.or(dretry.max), "30s")?,
+        retry_initial: dur(
+            "retry.initial",
+            own_or(retry.initial, dretry.initial),
+            "100ms",
+        )?
+        .max(Duration::from_millis(1)),
+        retry_max: dur("retry.max", own_or(retry.max, dretry.max), "30s")?,
     };
     if options.retry_max < options.retry_initial {
         return Err((key("retry.max"), "must not be below retry.initial".into()));

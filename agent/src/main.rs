@@ -24,6 +24,14 @@ struct Cli {
     state_dir: Option<PathBuf>,
 }
 
+/// Prints to stdout, ignoring a closed pipe (`| head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn main() -> std::process::ExitCode {
     logship_common::init_tracing();
     match real_main() {
@@ -44,19 +52,20 @@ fn real_main() -> anyhow::Result<()> {
     let loaded = Loaded::load(&cli.config, &overrides)?;
     let settings = loaded.validate()?;
     if cli.check_config {
-        println!("# resolved configuration");
-        println!(
+        out!("# resolved configuration");
+        out!(
             "{}",
             toml::to_string_pretty(&loaded.config).context("rendering the configuration")?
         );
-        println!(
+        out!(
             "# host = {:?}, state_dir = {:?}",
-            settings.host, settings.state_dir
+            settings.host,
+            settings.state_dir
         );
         let files = logship_agent::source::expand(&settings.sources);
-        println!("# {} file(s) would be shipped now:", files.len());
+        out!("# {} file(s) would be shipped now:", files.len());
         for (p, i) in files {
-            println!("{}\t(sources[{i}])", p.display());
+            out!("{}\t(sources[{i}])", p.display());
         }
         return Ok(());
     }

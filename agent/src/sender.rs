@@ -98,6 +98,7 @@ impl Sender {
         let bytes = Limit::per_second(self.options.bytes_per_sec);
         let mut backoff = Backoff::new(self.options.retry_initial, self.options.retry_max);
         while let Some(batch) = input.recv().await {
+            tracing::trace!(file = %self.file, first = batch.first_line, lines = batch.lines, "sending batch");
             lines.take(u64::from(batch.lines)).await;
             bytes.take(batch.bytes).await;
             self.env.global_lines.take(u64::from(batch.lines)).await;
@@ -163,7 +164,7 @@ impl Sender {
                     let delay = backoff.next(after);
                     let n = backoff.attempts();
                     // First failure and then every tenth: enough to see, not a flood.
-                    if n == 1 || n % 10 == 0 {
+                    if n == 1 || n.is_multiple_of(10) {
                         tracing::warn!(file = %self.file, attempt = n, %reason, ?delay, "delivery failed; retrying");
                     }
                     tokio::time::sleep(delay).await;

@@ -12,7 +12,6 @@
 //! the old file, wait `rotate_wait` for late writes, finish).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,9 +255,12 @@ impl Tailer {
             if *shutdown.borrow() {
                 return Exit::Shutdown;
             }
-            match self.read_available(out).await {
+            let outcome = self.read_available(out).await;
+            match outcome {
                 Ok(ReadOutcome::Data) => {
-                    tokio::task::yield_now().await;
+                    // Cooperative budget rather than yield_now: yield_now's deferred wake
+                    // was seen to be lost here (tasks parked for good under load).
+                    tokio::task::consume_budget().await;
                     continue;
                 }
                 Ok(ReadOutcome::Closed) => return Exit::Closed,
@@ -292,6 +294,7 @@ impl Tailer {
                 self.close();
             }
             let deadline = self.next_deadline(now, rotated_at);
+            tracing::trace!(file = %self.name, read_pos = self.read_pos, line = self.line, "tailer idle");
             tokio::select! {
                 () = self.ctl.wake.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
@@ -379,12 +382,9 @@ impl Tailer {
         let mut chunk = Chunk::new(generation.clone(), self.line);
         let mut turn = 0usize;
         let mut any = false;
-        loop {
-            let Some((file, _)) = &mut self.file else {
-                break;
-            };
-            file.seek(SeekFrom::Start(self.read_pos))?;
-            let n = file.read(&mut self.buf)?;
+        while let Some((file, _)) = &self.file {
+            // pread: no seek per read, and the position is ours, not the descriptor's.
+            let n = file.read_at(&mut self.buf, self.read_pos)?;
             if n == 0 {
                 break;
             }
@@ -406,10 +406,8 @@ impl Tailer {
         if chunk.count() > 0 && out.send(chunk).await.is_err() {
             return Ok(ReadOutcome::Closed);
         }
-        Ok(if turn >= MAX_READ_PER_TURN {
-            ReadOutcome::Data
-        } else if any {
-            // Read to EOF this turn; check once more before sleeping.
+        // After reading anything, check once more before sleeping.
+        Ok(if any {
             ReadOutcome::Data
         } else {
             ReadOutcome::Eof

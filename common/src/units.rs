@@ -20,12 +20,19 @@ pub fn duration(key: &str, s: &str) -> Result<Duration, String> {
 /// Renders a TOML error as `file:line: message` (toml reports unknown keys and wrong types
 /// with a span; figment alone would lose the line).
 pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
-    let line = e
-        .span()
-        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    match line {
-        Some(l) => format!("{}:{l}: {}", path.display(), e.message().trim_end()),
-        None => format!("{}: {}", path.display(), e.message().trim_end()),
+    let msg = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return format!("{}: {msg}", path.display());
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    // Quote the line at fault: type errors name no key, the line shows it.
+    let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+    if line_text.is_empty() || msg.contains(line_text) {
+        format!("{}:{line}: {msg}", path.display())
+    } else {
+        let shown: String = line_text.chars().take(120).collect();
+        format!("{}:{line}: {msg} (in `{shown}`)", path.display())
     }
 }
 

@@ -50,10 +50,10 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     Ok(resp)
 }
 
-fn header<'a>(
-    req: &'a Request<Incoming>,
+fn header(
+    req: &Request<Incoming>,
     name: hyper::header::HeaderName,
-) -> Result<Option<&'a str>, ApiError> {
+) -> Result<Option<&str>, ApiError> {
     let mut values = req.headers().get_all(&name).iter();
     let Some(first) = values.next() else {
         return Ok(None);

@@ -108,7 +108,7 @@ mod tests {
         }
         let flushes = gc.next.load(Ordering::SeqCst) - 1;
         assert!(
-            flushes >= 1 && flushes < 64,
+            (1..64).contains(&flushes),
             "{flushes} flushes for 64 writers"
         );
     }
