@@ -1,1 +1,87 @@
-fn main() {}
+//! `logship-bench`: measures the agent, the aggregator and the store the way an operator
+//! would, on deterministic generated logs, and checks every result is complete and exact
+//! before printing a figure. Prints a table; `--json FILE` writes the figures.
+//!
+//! Reference figures (`cat`, raw sled) are measured in the same run, so results read as
+//! ratios on a shared, noisy machine.
+
+mod gen;
+mod proc;
+mod scenarios;
+mod sink;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Benchmarks for logship.
+#[derive(Debug, Parser, Clone)]
+#[command(version)]
+pub struct Args {
+    /// Scenarios to run, comma-separated: ingest, store, agent, system, download, idle, latency.
+    #[arg(
+        long,
+        default_value = "ingest,store,agent,system,download,idle,latency"
+    )]
+    pub scenarios: String,
+    /// Files generated for the agent and system scenarios.
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// Lines per file.
+    #[arg(long, default_value_t = 100_000)]
+    pub lines: usize,
+    /// Concurrent clients in the ingest scenario.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Lines posted in the ingest and store scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ingest_lines: usize,
+    /// Size of the file downloaded in the download scenario, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub download_mib: usize,
+    /// Quiet files watched in the idle scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_files: usize,
+    /// Seconds the idle and latency scenarios last.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Lines per second appended in the latency scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub latency_rate: u64,
+    /// Seed of the generated lines.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory of the agent and aggregator binaries [default: beside this program].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Tiny sizes, for the test suite: checks the command works, not the figures.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.files = 3;
+        args.lines = 3000;
+        args.clients = 2;
+        args.ingest_lines = 20_000;
+        args.download_mib = 4;
+        args.idle_files = 20;
+        args.seconds = 2;
+        args.latency_rate = 500;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(scenarios::run_all(&args))?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}

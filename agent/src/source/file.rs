@@ -75,6 +75,9 @@ impl Source for FileSource {
             let overflow2 = overflow.clone();
             let watcher =
                 notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                    // Reads are not changes (ours included: listing a directory opens it);
+                    // reacting to them would feed back into more reads.
+                    Ok(ev) if ev.kind.is_access() => {}
                     Ok(ev) => {
                         for p in ev.paths {
                             if tx.try_send(p).is_err() {

@@ -1,0 +1,135 @@
+//! Child processes under measurement: CPU seconds and memory from `/proc`, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A measured child process.
+pub struct Measured {
+    pub child: Child,
+    /// Highest RSS seen by the sampler, in bytes.
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Measured {
+    /// Starts `cmd`, sampling its RSS every 20 ms (VmHWM is since start; sampling lets a
+    /// scenario measure the peak of one phase).
+    pub fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let rss = status_kib(pid, "VmRSS:") * 1024;
+                if rss == 0 {
+                    break;
+                }
+                p.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Ok(Measured { child, peak, stop })
+    }
+
+    /// Starts the aggregator on an ephemeral port; returns it and its base URL.
+    pub fn aggregator(bin: &Path, data: &Path) -> anyhow::Result<(Self, String)> {
+        let mut cmd = Command::new(bin.join("aggregator"));
+        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped());
+        let mut m = Self::spawn(cmd)?;
+        let stdout = m
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("aggregator listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow::anyhow!("aggregator did not start"))?;
+        Ok((m, url))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid())
+    }
+
+    pub fn rss(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Highest sampled RSS since start or the last [`reset_peak`](Self::reset_peak).
+    pub fn peak_rss(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).max(self.rss())
+    }
+
+    pub fn reset_peak(&self) {
+        self.peak.store(self.rss(), Ordering::Relaxed);
+    }
+
+    /// SIGTERM, then wait up to `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in seconds (clock ticks of 1/100 s on Linux).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -1,0 +1,101 @@
+//! A discarding HTTP sink for the agent-alone scenario: reads and decodes every body (so
+//! it can check completeness), answers 200 at once, keeps only counts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+
+/// Per file: the set of line numbers seen, as a count of distinct lines and the max.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// file → (distinct lines, content bytes)
+    pub files: HashMap<String, (u64, u64)>,
+    /// file → bitmap of received line numbers
+    bits: HashMap<String, Vec<u64>>,
+}
+
+impl Seen {
+    fn add(&mut self, file: &str, line: u64, bytes: u64) {
+        let bits = self.bits.entry(file.to_owned()).or_default();
+        let (w, b) = ((line / 64) as usize, line % 64);
+        if bits.len() <= w {
+            bits.resize(w + 1, 0);
+        }
+        if bits[w] & (1 << b) == 0 {
+            bits[w] |= 1 << b;
+            let e = self.files.entry(file.to_owned()).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        }
+    }
+
+    pub fn total_lines(&self) -> u64 {
+        self.files.values().map(|v| v.0).sum()
+    }
+}
+
+/// Starts the sink on an ephemeral port.
+pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let zstd = req
+                            .headers()
+                            .get("content-encoding")
+                            .is_some_and(|v| v == "zstd");
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let raw = if zstd {
+                            zstd::decode_all(&body[..]).unwrap_or_default()
+                        } else {
+                            body.to_vec()
+                        };
+                        let (status, text) = match logship_wire::compact::decode(&raw) {
+                            Ok(b) => {
+                                let mut g = seen
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                for l in &b.lines {
+                                    if !l.partial {
+                                        g.add(&b.file, l.number, l.content.len() as u64);
+                                    }
+                                }
+                                (200, "{}")
+                            }
+                            Err(_) => (400, "{\"error\":\"bad batch\"}"),
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, seen))
+}
