@@ -3,3 +3,4 @@
 
 mod agent_pipeline;
 mod aggregator_api;
+mod bench_smoke;

@@ -86,20 +86,6 @@ impl Measured {
     pub fn reset_peak(&self) {
         self.peak.store(self.rss(), Ordering::Relaxed);
     }
-
-    /// SIGTERM, then wait up to `timeout`.
-    pub fn terminate(&mut self, timeout: Duration) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 impl Drop for Measured {
