@@ -4,3 +4,4 @@
 mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
+mod lifecycle;

@@ -365,6 +365,11 @@ impl Tailer {
         };
         let size = file.metadata()?.len();
         if size < self.read_pos {
+            // copytruncate: lines written between our last read and the truncation are
+            // only in the copy. Finish them from there before starting the new generation.
+            if let Err(e) = self.drain_copy(out).await {
+                tracing::warn!(file = %self.name, error = %e, "could not read the truncated file's copy");
+            }
             self.truncated(size);
         }
         if self.generation.is_none() {
@@ -479,6 +484,50 @@ impl Tailer {
             tracing::debug!(file = %self.name, "finishing with a partial last line");
         }
         out.send(chunk).await.map_err(|_| ())
+    }
+
+    /// After a truncation, looks beside the file for its copy (another file whose first
+    /// line is this generation's and which is longer than what was read) and reads the
+    /// rest of the generation from it. Returns whether a copy was found.
+    async fn drain_copy(&mut self, out: &mpsc::Sender<Chunk>) -> std::io::Result<bool> {
+        let Some(generation) = self.generation.clone() else {
+            return Ok(false);
+        };
+        let want = generation.rsplit('-').next().unwrap_or_default().to_owned();
+        for p in siblings(&self.path) {
+            let Ok(copy) = File::open(&p) else { continue };
+            let Ok(meta) = copy.metadata() else { continue };
+            if !meta.is_file() || FileId::of(&meta) == self.id || meta.len() <= self.read_pos {
+                continue;
+            }
+            let Ok(Some(g)) = generation_of(&copy, FileId::of(&meta)) else {
+                continue;
+            };
+            if g.rsplit('-').next() != Some(want.as_str()) {
+                continue;
+            }
+            tracing::info!(file = %self.name, copy = %p.display(), "reading the rest of the truncated generation from its copy");
+            let Some((file, _)) = &mut self.file else {
+                return Ok(false);
+            };
+            let original = std::mem::replace(file, copy);
+            let mut result = Ok(true);
+            loop {
+                match Box::pin(self.read_available(out)).await {
+                    Ok(ReadOutcome::Data) => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Some((file, _)) = &mut self.file {
+                *file = original;
+            }
+            return result;
+        }
+        Ok(false)
     }
 
     /// The file shrank below what was read: copytruncate or a truncation. What follows is a

@@ -1,0 +1,379 @@
+//! Issue 4: rotation, truncation, generations, discovery — with the real binaries and the
+//! real `logrotate`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logship_e2e::*;
+
+/// Writes unique lines to `path` in small bursts, reopening it for every burst (as an
+/// application that reopens its log after rotation), and keeps every byte it wrote.
+struct SteadyWriter {
+    stop: Arc<AtomicBool>,
+    written: Arc<Mutex<Vec<u8>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SteadyWriter {
+    fn start(path: PathBuf, per_burst: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let (s, w) = (stop.clone(), written.clone());
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let mut buf = Vec::new();
+                for _ in 0..per_burst {
+                    writeln!(buf, "steady line {n} {}", "z".repeat((n % 50) as usize))
+                        .expect("fmt");
+                    n += 1;
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .expect("open");
+                f.write_all(&buf).expect("write");
+                w.lock().expect("lock").extend_from_slice(&buf);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        SteadyWriter {
+            stop,
+            written,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("writer thread");
+        }
+        let w = self.written.lock().expect("lock");
+        w.clone()
+    }
+}
+
+impl Drop for SteadyWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Every generation of `file`, oldest first, downloaded and concatenated.
+fn all_generations(agg: &Aggregator, host: &str, file: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (g, _) in generations(agg, host, file) {
+        let part = agg
+            .log(host, file, &format!("&generation={}", enc(&g)))
+            .expect("generation downloads");
+        out.extend_from_slice(&part);
+    }
+    out
+}
+
+fn logrotate(dir: &Path, log: &Path, mode: &str) {
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{} {{\n  {mode}\n  rotate 10\n  missingok\n  nocompress\n}}\n",
+            log.display()
+        ),
+    )
+    .expect("write logrotate.conf");
+    let out = Command::new("logrotate")
+        .args(["-f", "-s"])
+        .arg(dir.join("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .expect("run logrotate (apt-get install logrotate)");
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rotation_under_steady_writes(mode: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let log = logs.join("app.log");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        "",
+        "rotate_wait = \"500ms\"",
+    );
+    let writer = SteadyWriter::start(log.clone(), 20);
+    let _agent = Agent::start(&cfg);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+        logrotate(dir.path(), &log, mode);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let written = writer.finish();
+    let name = log.to_string_lossy().into_owned();
+    // What is on disk now (the live file and its rotated copies) must all be stored, in
+    // the order written, each line once. copytruncate itself loses lines written between
+    // its copy and its truncation; the agent may still have caught those, so the store may
+    // hold more than the disk, never less and never a line twice.
+    let on_disk: Vec<u8> = std::fs::read_dir(&logs)
+        .expect("list logs")
+        .filter_map(Result::ok)
+        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .collect();
+    let check = || -> Result<(), String> {
+        let stored = all_generations(&agg, "h", &name);
+        let index: std::collections::HashMap<&[u8], usize> = written
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .map(|(i, l)| (l, i))
+            .collect();
+        let mut last = None;
+        let mut seen = std::collections::HashSet::new();
+        for l in stored.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let i = *index.get(l).ok_or_else(|| {
+                format!(
+                    "stored a line never written: {:?}",
+                    String::from_utf8_lossy(l)
+                )
+            })?;
+            if !seen.insert(i) || last.is_some_and(|p| p >= i) {
+                return Err(format!("line {i} stored twice or out of order"));
+            }
+            last = Some(i);
+        }
+        for l in on_disk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if !index.get(l).is_some_and(|i| seen.contains(i)) {
+                return Err(format!(
+                    "line on disk not stored: {:?}",
+                    String::from_utf8_lossy(l)
+                ));
+            }
+        }
+        Ok(())
+    };
+    let ok = wait_until(Duration::from_secs(30), || check().is_ok());
+    assert!(ok, "{mode}: {:?}", check());
+    let gens = generations(&agg, "h", &name);
+    assert_eq!(
+        gens.len(),
+        4,
+        "{mode}: one generation per lifetime, got {gens:?}"
+    );
+    // The newest generation is the file as it is now.
+    assert_eq!(
+        agg.log("h", &name, "").expect("newest"),
+        std::fs::read(&log).expect("read")
+    );
+}
+
+#[test]
+fn logrotate_create_during_steady_writes_keeps_every_generation() {
+    rotation_under_steady_writes("create");
+}
+
+#[test]
+fn logrotate_copytruncate_during_steady_writes_keeps_every_generation() {
+    rotation_under_steady_writes("copytruncate");
+}
+
+fn start_pair(dir: &Path, source_extra: &str) -> (Aggregator, PathBuf, PathBuf) {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let agg = Aggregator::start(&dir.join("data"), &[]);
+    let cfg = agent_config(
+        dir,
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        "",
+        source_extra,
+    );
+    (agg, logs, cfg)
+}
+
+#[test]
+fn partial_lines_are_held_then_completed_under_the_same_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "partial_line_timeout = \"300ms\"");
+    let log = logs.join("p.log");
+    std::fs::write(&log, b"one\r\n\0two\xff\n\nhalf").expect("write");
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    assert!(
+        wait_until(Duration::from_secs(10), || agg
+            .log("h", &name, "")
+            .is_ok_and(|b| b == b"one\r\n\0two\xff\n\nhalf")),
+        "the partial last line is shipped after partial_line_timeout, without a newline"
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open");
+    f.write_all(b" done\nnext\n").expect("append");
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    assert_eq!(
+        generations(&agg, "h", &name)[0].1,
+        5,
+        "the completed line kept its number"
+    );
+}
+
+#[test]
+fn long_lines_are_truncated_not_split() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "max_line_bytes = \"100\"");
+    let log = logs.join("long.log");
+    let long = "L".repeat(5000);
+    std::fs::write(&log, format!("short\n{long}\nafter\n")).expect("write");
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    let want = format!("short\n{}\nafter\n", &long[..100]);
+    assert!(wait_until(Duration::from_secs(10), || agg
+        .log("h", &name, "")
+        .is_ok_and(|b| b == want.as_bytes())));
+    assert_eq!(
+        agg.log("h", &name, "&from=2&to=2").expect("line 2"),
+        b"after\n",
+        "numbering unchanged"
+    );
+}
+
+#[test]
+fn delete_and_recreate_starts_a_new_generation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "");
+    let log = logs.join("d.log");
+    append_lines(&log, "first life", 0..500);
+    let first = std::fs::read(&log).expect("read");
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    std::fs::remove_file(&log).expect("delete");
+    append_lines(&log, "second life", 0..300);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    let gens = generations(&agg, "h", &name);
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    let old = agg
+        .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+        .expect("old generation");
+    assert_eq!(old, first, "the first life is intact");
+}
+
+#[test]
+fn rotation_while_the_agent_is_stopped_finishes_the_old_file_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "rotate_wait = \"200ms\"");
+    let log = logs.join("app.log");
+    append_lines(&log, "before", 0..1000);
+    let mut agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    agent.proc.signal("TERM");
+    agent
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent stops");
+    // While the agent is down: the app writes more, then the file is rotated away
+    // (to a name the glob does not match) and a new one begins.
+    append_lines(&log, "late in the old file", 1000..1500);
+    let rotated = logs.join("app.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    append_lines(&log, "new file", 0..200);
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    let old_full = std::fs::read(&rotated).expect("read rotated");
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let gens = generations(&agg, "h", &name);
+            gens.len() == 2
+                && agg
+                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+                    .is_ok_and(|b| b == old_full)
+                && shipped_exactly(&agg, "h", &log)
+        }),
+        "old generation finished from the renamed file, new one shipped: {:?}",
+        generations(&agg, "h", &name)
+    );
+}
+
+#[test]
+fn five_thousand_files_under_ulimit_1024() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    let files: Vec<PathBuf> = (0..5000)
+        .map(|i| logs.join(format!("d{}/f{i}.log", i % 50)))
+        .collect();
+    for f in &files {
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            f,
+            format!("file {} line 0\nfile {} line 1\n", f.display(), f.display()),
+        )
+        .expect("write");
+    }
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/**/*.log", logs.display())],
+        "",
+        "",
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 1024 && exec {} --config {}",
+            bin("agent").display(),
+            cfg.display()
+        ))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn agent under ulimit");
+    let agent = Proc {
+        child,
+        name: "agent",
+    };
+    let all = || {
+        let v = get(&agg.url("/store/files?host=h")).json();
+        v["files"].as_array().map_or(0, |f| {
+            f.iter()
+                .filter(|f| f["generations"][0]["lines"] == 2)
+                .count()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || all() == 5000),
+        "only {} of 5000 files shipped",
+        all()
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", agent.child.id())).map_or(0, |d| d.count());
+    assert!(fds < 1024, "{fds} descriptors open");
+    // Appends to a few of them still arrive (files closed under pressure are reopened).
+    for f in files.iter().step_by(1000) {
+        append_lines(f, "later", 2..4);
+    }
+    assert!(wait_until(Duration::from_secs(30), || files
+        .iter()
+        .step_by(1000)
+        .all(|f| shipped_exactly(&agg, "h", f))));
+}
