@@ -5,3 +5,4 @@ mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
 mod lifecycle;
+mod model;

@@ -7,12 +7,14 @@
 //! - [`tailer`], [`batcher`], [`sender`]: the three stages;
 //! - [`sink`]: sinks (`aggregator` over HTTP, `stdout`);
 //! - [`checkpoint`]: acknowledged positions, saved atomically;
+//! - [`generation`]: generation ids derived from the file itself;
 //! - [`backoff`], [`metrics`]: retry delays and Prometheus metrics.
 
 pub mod backoff;
 pub mod batcher;
 pub mod checkpoint;
 pub mod config;
+pub mod generation;
 pub mod metrics;
 pub mod pipeline;
 pub mod sender;

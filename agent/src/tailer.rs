@@ -23,14 +23,13 @@ use tokio::time::Instant;
 
 use crate::checkpoint::{Checkpoint, FileId};
 use crate::config::{PipelineOptions, ReadFrom};
+use crate::generation;
 use crate::metrics::Metrics;
 
 /// Bytes read per `read` call.
 const READ_BYTES: usize = 128 * 1024;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
-/// Bytes of the start of a file that identify its generation (up to the first `\n`).
-const FINGERPRINT_BYTES: usize = 1024;
 
 /// Lines read from a file, handed to the batcher.
 #[derive(Debug)]
@@ -121,6 +120,8 @@ pub struct Tailer {
     pending_since: Instant,
     /// When data was last read.
     last_data: Instant,
+    /// Since when the file has had data but no complete first line (no generation yet).
+    unnamed_since: Option<Instant>,
     env: TailerEnv,
     ctl: Arc<Control>,
     buf: Vec<u8>,
@@ -135,26 +136,6 @@ pub enum Exit {
     Shutdown,
     /// The batcher is gone.
     Closed,
-}
-
-/// Computes the generation id of an open file from its identity and first line, or `None`
-/// while the file has no complete first line yet.
-pub fn generation_of(file: &File, id: FileId) -> std::io::Result<Option<String>> {
-    let mut head = vec![0u8; FINGERPRINT_BYTES];
-    let mut n = 0;
-    while n < head.len() {
-        match file.read_at(&mut head[n..], n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    let first = match memchr::memchr(b'\n', &head[..n]) {
-        Some(i) => &head[..=i],
-        None if n == FINGERPRINT_BYTES => &head[..n],
-        None => return Ok(None),
-    };
-    let hash = xxhash_rust::xxh3::xxh3_64(first);
-    Ok(Some(format!("{:x}-{:x}-{hash:016x}", id.dev, id.ino)))
 }
 
 impl Tailer {
@@ -184,17 +165,18 @@ impl Tailer {
             partial_sent: None,
             pending_since: now,
             last_data: now,
+            unnamed_since: None,
             env,
             ctl,
             buf: vec![0u8; READ_BYTES],
         };
-        let generation = generation_of(&file, id)?;
+        let generation = generation::derive(&file, id, false)?;
         match start {
-            Start::Checkpoint(cp) if Some(&cp.generation) == generation.as_ref() => {
+            Start::Checkpoint(cp) if generation::belongs(&file, id, &cp.generation) => {
                 t.read_pos = cp.offset;
                 t.line_start = cp.offset;
                 t.line = cp.line;
-                t.generation = generation.map(Arc::from);
+                t.generation = Some(Arc::from(cp.generation.as_str()));
             }
             Start::Checkpoint(cp) => {
                 tracing::info!(file = %t.name, old = %cp.generation, "checkpoint belongs to another generation; reading from the start");
@@ -310,6 +292,9 @@ impl Tailer {
         if !self.pending.is_empty() && self.partial_sent != Some(self.pending.len()) {
             d = d.min(self.pending_since + o.partial_line_timeout);
         }
+        if let Some(since) = self.unnamed_since {
+            d = d.min(since + o.partial_line_timeout);
+        }
         if let Some(at) = rotated_at {
             d = d.min(self.last_data.max(at) + o.rotate_wait);
         }
@@ -376,8 +361,18 @@ impl Tailer {
             let Some((file, _)) = &self.file else {
                 return Ok(ReadOutcome::Eof);
             };
-            match generation_of(file, self.id)? {
-                Some(g) => self.generation = Some(Arc::from(g)),
+            if file.metadata()?.len() == 0 {
+                self.unnamed_since = None;
+                return Ok(ReadOutcome::Eof);
+            }
+            // A first line that stays incomplete is named from what it holds, so it ships.
+            let waited = *self.unnamed_since.get_or_insert_with(Instant::now);
+            let allow_partial = waited.elapsed() >= self.env.options.partial_line_timeout;
+            match generation::derive(file, self.id, allow_partial)? {
+                Some(g) => {
+                    self.generation = Some(Arc::from(g));
+                    self.unnamed_since = None;
+                }
                 None => return Ok(ReadOutcome::Eof),
             }
         }
@@ -493,17 +488,13 @@ impl Tailer {
         let Some(generation) = self.generation.clone() else {
             return Ok(false);
         };
-        let want = generation.rsplit('-').next().unwrap_or_default().to_owned();
         for p in siblings(&self.path) {
             let Ok(copy) = File::open(&p) else { continue };
             let Ok(meta) = copy.metadata() else { continue };
             if !meta.is_file() || FileId::of(&meta) == self.id || meta.len() <= self.read_pos {
                 continue;
             }
-            let Ok(Some(g)) = generation_of(&copy, FileId::of(&meta)) else {
-                continue;
-            };
-            if g.rsplit('-').next() != Some(want.as_str()) {
+            if !generation::same_content(&copy, &generation) {
                 continue;
             }
             tracing::info!(file = %self.name, copy = %p.display(), "reading the rest of the truncated generation from its copy");

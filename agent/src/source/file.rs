@@ -29,8 +29,9 @@ use tokio::sync::mpsc;
 use super::Source;
 use crate::checkpoint::FileId;
 use crate::config::SourceSettings;
+use crate::generation;
 use crate::pipeline::Pipelines;
-use crate::tailer::{generation_of, Control, Start};
+use crate::tailer::{Control, Start};
 
 /// Events buffered from notify; past this the next poll rescans everything.
 const EVENT_QUEUE: usize = 8192;
@@ -355,8 +356,7 @@ impl Discovery {
                 return;
             };
             let Ok(file) = File::open(&p) else { continue };
-            if generation_of(&file, cp.id).ok().flatten().as_deref() != Some(cp.generation.as_str())
-            {
+            if !generation::belongs(&file, cp.id, &cp.generation) {
                 self.pipes.checkpoints.remove(cp.id);
                 continue;
             }
