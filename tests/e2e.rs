@@ -5,4 +5,5 @@ mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
 mod lifecycle;
+mod live;
 mod model;

@@ -177,6 +177,8 @@ fn run_seed(seed: u64) {
                 m.close_generation();
             }
             Op::RestartTerm => {
+                // Give a just-started agent time to install its signal handler.
+                std::thread::sleep(Duration::from_millis(200));
                 agent.proc.signal("TERM");
                 assert!(
                     agent

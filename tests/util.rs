@@ -414,3 +414,43 @@ pub fn free_addr() -> String {
 pub fn line_count(path: &Path) -> u64 {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
 }
+
+/// An open `follow=true` download, read by a background thread into a buffer.
+#[derive(Debug)]
+pub struct Follower {
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pub status: u16,
+}
+
+impl Follower {
+    /// Opens `url` (which should carry `follow=true`) and keeps reading it.
+    pub fn open(url: &str) -> Follower {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(120))
+            .build();
+        let resp = match agent.get(url).call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("follow request failed: {e}"),
+        };
+        let status = resp.status();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            let mut reader = resp.into_reader();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Follower { received, status }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().expect("lock")).into_owned()
+    }
+}

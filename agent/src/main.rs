@@ -73,8 +73,8 @@ fn real_main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(logship_agent::run(
-        settings,
-        logship_common::shutdown_signal(),
-    ))
+    runtime.block_on(async move {
+        let signal = logship_common::shutdown_signal();
+        logship_agent::run(settings, signal).await
+    })
 }

@@ -44,6 +44,8 @@ pub struct App {
     written: broadcast::Sender<u64>,
     /// Flips to true at shutdown so long-lived responses end.
     stopping: watch::Sender<bool>,
+    /// Caps concurrent `follow=true` downloads (503 past the cap).
+    pub followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -51,12 +53,13 @@ impl App {
         let limiter = NonZeroU32::new(settings.per_host_lines_per_sec)
             .map(|rate| (RateLimiter::keyed(Quota::per_second(rate)), rate));
         Arc::new(App {
-            settings,
             store,
             metrics: Metrics::new(),
             limiter,
             written: broadcast::channel(1024).0,
             stopping: watch::channel(false).0,
+            followers: Arc::new(tokio::sync::Semaphore::new(settings.max_followers)),
+            settings,
         })
     }
 

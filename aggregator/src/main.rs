@@ -65,6 +65,7 @@ fn real_main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let signal = logship_common::shutdown_signal();
         let store = SledStore::open(
             &settings.data_dir,
             &SledOptions {
@@ -79,12 +80,6 @@ fn real_main() -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "aggregator listening");
         // One stable line on stdout, so scripts and tests learn the port when it was 0.
         out!("aggregator listening on http://{addr}");
-        logship_aggregator::run(
-            settings,
-            Arc::new(store),
-            listener,
-            logship_common::shutdown_signal(),
-        )
-        .await
+        logship_aggregator::run(settings, Arc::new(store), listener, signal).await
     })
 }

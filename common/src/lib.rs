@@ -6,22 +6,32 @@
 
 pub mod units;
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Registers for SIGINT and SIGTERM now (so a signal during startup is not lost to the
+/// default action) and returns a future that resolves on the first of them. Call it inside
+/// the runtime, before anything slow.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (t, i) => {
+                tracing::warn!(
+                    term = t.is_ok(),
+                    int = i.is_ok(),
+                    "cannot listen for signals; falling back to ctrl-c"
+                );
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }
 
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).

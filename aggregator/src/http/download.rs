@@ -1,6 +1,13 @@
 //! `GET /store/log`: a generation's lines streamed from range scans, a chunk at a time,
 //! so memory stays flat whatever the file's size. A client that stops reading is cut off
 //! after a deadline instead of pinning a task forever.
+//!
+//! `follow=true` keeps the response open: after what is stored it streams each new line
+//! as it lands, woken by ingest (not by polling the store). A follower only ever shows
+//! the next line in order and only complete lines, so it never misses or repeats one even
+//! when batches land out of order. When a newer generation appears and the current one
+//! has been quiet for [`SWITCH_QUIET`], it says so in one marker line and follows the new
+//! one from its start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,22 +15,32 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
-use super::body::{streamed, Body};
+use super::body::{streamed, Body, StreamSender};
 use super::error::ApiError;
 use super::query::Params;
-use crate::store::GenerationInfo;
+use crate::store::{GenerationInfo, Store};
 use crate::App;
 
 /// Bytes rendered per store read; also the unit of back-pressure.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// A client that accepts nothing for this long is disconnected.
 const STALLED_CLIENT: Duration = Duration::from_secs(60);
+/// A follower re-checks the store this often even without ingest events (events can be
+/// dropped for a follower that lags behind the broadcast).
+const FOLLOW_RECHECK: Duration = Duration::from_secs(1);
+/// A follower moves to a newer generation once the current one has been quiet this long
+/// (a rotated file may still be draining into the old one).
+const SWITCH_QUIET: Duration = Duration::from_millis(500);
 
 /// The resolved request: which generation and which lines.
 #[derive(Debug)]
 struct Selection {
+    host: String,
+    file: String,
     generation: GenerationInfo,
     from: u64,
     to: u64,
@@ -35,44 +52,44 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         req.uri().query(),
         &["host", "file", "generation", "from", "to", "tail", "follow"],
     )?;
-    if p.flag("follow")? {
-        return Err(ApiError::bad_request("follow=true is not supported yet"));
-    }
+    let follow = p.flag("follow")?;
     let sel = select(app, &p).await?;
     let (tx, body) = streamed(2);
-    let store = app.store.clone();
-    tokio::spawn(async move {
-        let mut cursor = Some(sel.from);
-        while let Some(from) = cursor {
-            let chunk = match store
-                .read_chunk(sel.generation.id, from, sel.to, CHUNK_BYTES)
-                .await
+    let name = sel.generation.name.clone();
+    if follow {
+        let permit = app.followers.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many followers; retry later",
+            )
+            .retry_after(5)
+        })?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.metrics.followers.inc();
+            follow_stream(&app, sel, &tx).await;
+            app.metrics.followers.dec();
+            drop(permit);
+            tx.finish();
+        });
+    } else {
+        let store = app.store.clone();
+        tokio::spawn(async move {
+            if stream_range(
+                store.as_ref(),
+                sel.generation.id,
+                sel.from,
+                sel.to,
+                false,
+                &tx,
+            )
+            .await
+            .is_some()
             {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "download aborted by a store error");
-                    return;
-                }
-            };
-            cursor = chunk.next;
-            if chunk.data.is_empty() {
-                continue;
+                tx.finish();
             }
-            match tx
-                .sender()
-                .send_timeout(Bytes::from(chunk.data), STALLED_CLIENT)
-                .await
-            {
-                Ok(()) => {}
-                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    tracing::info!("download client stalled; disconnecting");
-                    return;
-                }
-                Err(_) => return, // client went away
-            }
-        }
-        tx.finish();
-    });
+        });
+    }
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -83,10 +100,117 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(&sel.generation.name) {
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&name) {
         h.insert("x-logship-generation", v);
     }
     Ok(resp)
+}
+
+/// Sends lines `from..=to` of generation `id`; returns the line after the last one sent,
+/// or `None` when the client went away, stalled, or the store failed.
+async fn stream_range(
+    store: &dyn Store,
+    id: u64,
+    from: u64,
+    to: u64,
+    contiguous: bool,
+    tx: &StreamSender,
+) -> Option<u64> {
+    let mut cursor = from;
+    loop {
+        let chunk = match store
+            .read_chunk(id, cursor, to, CHUNK_BYTES, contiguous)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "download aborted by a store error");
+                return None;
+            }
+        };
+        if !chunk.data.is_empty() {
+            match tx
+                .sender()
+                .send_timeout(Bytes::from(chunk.data), STALLED_CLIENT)
+                .await
+            {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    tracing::info!("download client stalled; disconnecting");
+                    return None;
+                }
+                Err(_) => return None, // client went away
+            }
+        }
+        match chunk.next {
+            Some(n) => cursor = n,
+            None => {
+                return Some(if contiguous {
+                    chunk.end
+                } else {
+                    to.saturating_add(1)
+                })
+            }
+        }
+    }
+}
+
+/// The follow loop: stored lines first, then new ones as they land, across generations.
+async fn follow_stream(app: &Arc<App>, sel: Selection, tx: &StreamSender) {
+    let mut events = app.subscribe_written();
+    let mut stopping = app.stopping();
+    let key = crate::file_hash(&sel.host, &sel.file);
+    let mut generation = sel.generation;
+    let mut cursor = sel.from;
+    let mut last_progress = Instant::now();
+    loop {
+        let Some(end) = stream_range(
+            app.store.as_ref(),
+            generation.id,
+            cursor,
+            u64::MAX >> 8,
+            true,
+            tx,
+        )
+        .await
+        else {
+            return;
+        };
+        if end != cursor {
+            cursor = end;
+            last_progress = Instant::now();
+        }
+        if last_progress.elapsed() >= SWITCH_QUIET {
+            if let Ok(gens) = app.store.generations(&sel.host, &sel.file).await {
+                if let Some(newer) = gens.into_iter().find(|g| g.id > generation.id) {
+                    let marker = format!("--- logship: new generation {} ---\n", newer.name);
+                    if !tx.send(Bytes::from(marker)).await {
+                        return;
+                    }
+                    generation = newer;
+                    cursor = 0;
+                    last_progress = Instant::now();
+                    continue;
+                }
+            }
+        }
+        // Wait for ingest into this file, a periodic re-check, or shutdown.
+        let deadline = Instant::now() + FOLLOW_RECHECK.min(SWITCH_QUIET);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(h) if h == key => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                _ = stopping.changed() => return,
+                () = tx.sender().closed() => return,
+            }
+        }
+    }
 }
 
 /// Resolves host/file/generation and the line range.
@@ -132,6 +256,8 @@ async fn select(app: &App, p: &Params) -> Result<Selection, ApiError> {
         None => from.unwrap_or(0),
     };
     Ok(Selection {
+        host: host.to_owned(),
+        file: file.to_owned(),
         generation,
         from,
         to,

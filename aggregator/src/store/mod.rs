@@ -71,8 +71,11 @@ pub struct FileInfo {
 #[derive(Debug, Default)]
 pub struct Chunk {
     pub data: Vec<u8>,
-    /// Line number to continue from, or `None` when the requested range is exhausted.
+    /// Line number to continue from, or `None` when the requested range is exhausted (or,
+    /// in contiguous mode, a gap or partial line was reached).
     pub next: Option<u64>,
+    /// The number after the last line rendered (`from` if none).
+    pub end: u64,
 }
 
 /// The storage interface the aggregator serves from.
@@ -100,12 +103,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<GenerationInfo>, StoreError>>;
 
     /// Renders lines `from..=to` of generation `id`, stopping after about `max_bytes`.
+    /// `contiguous` stops at the first missing or partial line (for followers).
     fn read_chunk(
         &self,
         id: u64,
         from: u64,
         to: u64,
         max_bytes: usize,
+        contiguous: bool,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
 
     /// Bytes the store takes on disk, for metrics.

@@ -296,8 +296,12 @@ impl Inner {
         from: u64,
         to: u64,
         max_bytes: usize,
+        contiguous: bool,
     ) -> Result<Chunk, StoreError> {
-        let mut chunk = Chunk::default();
+        let mut chunk = Chunk {
+            end: from,
+            ..Chunk::default()
+        };
         if from > to {
             return Ok(chunk);
         }
@@ -315,14 +319,20 @@ impl Inner {
                 if n < from || n > to {
                     continue;
                 }
+                // A follower must never skip a line that may still arrive, nor show a
+                // partial line it would have to show again.
+                if contiguous && (n != chunk.end || e.partial) {
+                    return Ok(chunk);
+                }
                 chunk.data.extend_from_slice(e.content);
                 if !e.partial {
                     chunk.data.push(b'\n');
                 }
+                chunk.end = n + 1;
             }
             let next = base + LINES_PER_BUCKET;
             if chunk.data.len() >= max_bytes && next <= to {
-                chunk.next = Some(next);
+                chunk.next = Some(if contiguous { chunk.end } else { next });
                 return Ok(chunk);
             }
         }
@@ -420,9 +430,12 @@ impl Store for SledStore {
         from: u64,
         to: u64,
         max_bytes: usize,
+        contiguous: bool,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         let inner = self.inner.clone();
-        Box::pin(blocking(move || inner.read_chunk(id, from, to, max_bytes)))
+        Box::pin(blocking(move || {
+            inner.read_chunk(id, from, to, max_bytes, contiguous)
+        }))
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -463,7 +476,7 @@ mod tests {
         let mut from = 0;
         loop {
             let c = store
-                .read_chunk(id, from, u64::MAX >> 16, 10)
+                .read_chunk(id, from, u64::MAX >> 16, 10, false)
                 .await
                 .expect("read");
             out.extend_from_slice(&c.data);
