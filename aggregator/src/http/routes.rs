@@ -16,6 +16,9 @@ use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
 use crate::store::FileInfo;
 use crate::App;
 
+/// The web page: one self-contained file (HTML, CSS, vanilla JS), no build step.
+const PAGE: &str = include_str!("page.html");
+
 /// Serves one request; never fails at the hyper level.
 pub async fn handle(
     app: Arc<App>,
@@ -55,6 +58,10 @@ async fn route(
 ) -> (&'static str, Result<Response<Body>, ApiError>) {
     let method = req.method().clone();
     match req.uri().path() {
+        "/" | "/index.html" => (
+            "page",
+            only(&method, &Method::GET, "GET").map(|()| text(PAGE, "text/html; charset=utf-8")),
+        ),
         "/ruok" => (
             "ruok",
             only(&method, &Method::GET, "GET").map(|()| text("imok", "text/plain")),
