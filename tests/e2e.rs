@@ -4,6 +4,7 @@
 mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
+mod browser;
 mod lifecycle;
 mod live;
 mod model;

@@ -1,0 +1,195 @@
+//! Issue 7: the web page in headless Chromium, driven over WebDriver (chromedriver's
+//! HTTP API), asserting on the DOM. Saves a screenshot to `target/browser/page.png`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use logship_e2e::*;
+use serde_json::{json, Value};
+
+struct Driver {
+    base: String,
+    session: String,
+    _proc: Proc,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let addr = free_addr();
+        let port = addr.rsplit(':').next().expect("port").to_owned();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium chromium-driver)");
+        let proc = Proc {
+            child,
+            name: "chromedriver",
+        };
+        let base = format!("http://{addr}");
+        assert!(
+            wait_until(Duration::from_secs(15), || ureq::get(&format!(
+                "{base}/status"
+            ))
+            .call()
+            .is_ok()),
+            "chromedriver did not come up"
+        );
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                         "--window-size=1280,800", format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let v: Value = ureq::post(&format!("{base}/session"))
+            .send_json(caps)
+            .expect("new session")
+            .into_json()
+            .expect("session JSON");
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
+        Driver {
+            base,
+            session,
+            _proc: proc,
+            _profile: profile,
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let v: Value = match ureq::post(&url).send_json(body) {
+            Ok(r) => r.into_json().expect("JSON"),
+            Err(ureq::Error::Status(code, r)) => panic!(
+                "webdriver {path}: {code} {}",
+                r.into_string().unwrap_or_default()
+            ),
+            Err(e) => panic!("webdriver {path}: {e}"),
+        };
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.post("url", json!({ "url": url }));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.post("execute/sync", json!({ "script": script, "args": [] }))
+    }
+
+    fn screenshot(&self, to: &PathBuf) {
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let v: Value = ureq::get(&url)
+            .call()
+            .expect("screenshot")
+            .into_json()
+            .expect("JSON");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["value"].as_str().expect("base64"))
+            .expect("decode");
+        std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
+        std::fs::write(to, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+    }
+}
+
+#[test]
+fn page_lists_host_and_file_shows_lines_and_live_tails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let log = logs.join("web.log");
+    append_lines(&log, "page", 0..50);
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "browser-host",
+        &[&format!("{}/*.log", logs.display())],
+        "",
+        "",
+    );
+    let _agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg,
+        "browser-host",
+        &log
+    )));
+    let name = log.to_string_lossy().into_owned();
+
+    let d = Driver::start();
+    d.goto(&agg.url("/"));
+    // The host is listed and (being the only one) selected; the file appears.
+    let files_script =
+        "return [...document.querySelectorAll('#files button')].map(b => b.dataset.file)";
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js(files_script)
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f == name.as_str()))),
+        "file not listed: hosts {:?}, files {:?}",
+        d.js("return document.getElementById('hosts').textContent"),
+        d.js(files_script)
+    );
+    assert!(d
+        .js("return document.getElementById('hosts').textContent")
+        .as_str()
+        .is_some_and(|t| t.contains("browser-host")));
+    // Open the file: its lines, with line numbers.
+    d.js(&format!("[...document.querySelectorAll('#files button')].find(b => b.dataset.file === {name:?}).click()"));
+    let lines_script = "return [...document.querySelectorAll('#log .ln')].map(d => d.children[0].textContent + ' ' + d.children[1].textContent)";
+    assert!(wait_until(Duration::from_secs(10), || d
+        .js(lines_script)
+        .as_array()
+        .is_some_and(|a| a.len() == 50)));
+    let lines = d.js(lines_script);
+    assert_eq!(lines[0], "0 page line 0 ");
+    assert!(lines[49]
+        .as_str()
+        .is_some_and(|l| l.starts_with("49 page line 49 ")));
+    // Live tail: a line appended to the source appears in the open page.
+    d.js("document.getElementById('live').click()");
+    assert!(
+        wait_until(Duration::from_secs(5), || d.js(
+            "return document.getElementById('live').getAttribute('aria-pressed')"
+        ) == "true"),
+        "live tail did not start: {:?}",
+        d.js("return document.getElementById('status').textContent")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    append_lines(&log, "appended live", 50..51);
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js(lines_script)
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l
+                .as_str()
+                .is_some_and(|l| l.starts_with("50 appended live line 50"))))),
+        "appended line not shown live: {:?}",
+        d.js(lines_script).as_array().map(|a| a.len())
+    );
+    // The filter keeps matching lines only.
+    d.js("const f = document.getElementById('filter'); f.value = 'line 4'; f.dispatchEvent(new Event('input')); document.getElementById('keep').click()");
+    let visible =
+        d.js("return [...document.querySelectorAll('#log .ln')].filter(d => !d.hidden).length");
+    assert_eq!(visible, 11, "line 4 and lines 40..49 match");
+    d.js("document.getElementById('keep').click(); const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input'))");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/page.png");
+    d.screenshot(&shot);
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+}
