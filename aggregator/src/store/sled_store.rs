@@ -162,7 +162,9 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
-            .flush_every_ms(Some(1000))
+            // Our group commit flushes on every durable write; a second, timed flusher only
+            // competes with it for the log (seen as multi-second ack stalls).
+            .flush_every_ms(None)
             .open()
             .map_err(unavailable)?;
         let commit = GroupCommit::start(db.clone());
