@@ -52,6 +52,9 @@ pub struct SinkConfig {
     pub token: Option<String>,
     /// `"none"`, `"gzip"` or `"zstd"`.
     pub compression: String,
+    /// zstd level: 1 by default; negative levels (down to -7) are faster with less
+    /// compression. Ignored for gzip and none.
+    pub compression_level: i32,
     /// Deadline of one request.
     pub timeout: String,
 }
@@ -63,6 +66,7 @@ impl Default for SinkConfig {
             url: None,
             token: None,
             compression: "zstd".into(),
+            compression_level: 1,
             timeout: "30s".into(),
         }
     }
@@ -168,6 +172,7 @@ pub struct SinkSettings {
     pub url: Option<String>,
     pub token: Option<String>,
     pub compression: Compression,
+    pub compression_level: i32,
     pub timeout: Duration,
 }
 
@@ -385,6 +390,7 @@ fn validate_sink(s: &SinkConfig) -> Result<SinkSettings, KeyError> {
         url: s.url.clone(),
         token: s.token.clone(),
         compression,
+        compression_level: s.compression_level.clamp(-7, 19),
         timeout: units::duration("sink.timeout", &s.timeout)
             .map_err(|m| ("sink.timeout".to_owned(), strip_key("sink.timeout", m)))?,
     })

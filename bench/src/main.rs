@@ -54,6 +54,9 @@ pub struct Args {
     /// Directory of the agent and aggregator binaries [default: beside this program].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Extra TOML for the agent's `[sink]` table, e.g. `compression = "none"`.
+    #[arg(long, default_value = "")]
+    pub sink_extra: String,
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

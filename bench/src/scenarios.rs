@@ -365,18 +365,19 @@ fn make_files(
 }
 
 fn agent_cmd(
+    args: &Args,
     bins: &Path,
     dir: &Path,
     url: &str,
     pattern: &str,
-    extra: &str,
 ) -> anyhow::Result<Command> {
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "host = \"bench\"\nstate_dir = {:?}\n{extra}\n[sink]\nurl = {url:?}\n[[sources]]\npaths = [{pattern:?}]\n",
-            dir.join("state").to_string_lossy()
+            "host = \"bench\"\nstate_dir = {:?}\n[sink]\nurl = {url:?}\n{}\n[[sources]]\npaths = [{pattern:?}]\n",
+            dir.join("state").to_string_lossy(),
+            args.sink_extra
         ),
     )?;
     let mut cmd = Command::new(bins.join("agent"));
@@ -405,11 +406,11 @@ async fn agent_alone(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> an
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
     let cmd = agent_cmd(
+        args,
         bins,
         dir,
         &format!("http://{addr}/store/batch"),
         &pattern,
-        "",
     )?;
     let t = Instant::now();
     let agent = Measured::spawn(cmd)?;
@@ -493,7 +494,7 @@ async fn system(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow:
     let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
-    let cmd = agent_cmd(bins, dir, &format!("{base}/store/batch"), &pattern, "")?;
+    let cmd = agent_cmd(args, bins, dir, &format!("{base}/store/batch"), &pattern)?;
     let c = client();
     let t = Instant::now();
     let agent = Measured::spawn(cmd)?;
@@ -628,11 +629,11 @@ async fn idle(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::R
     let (addr, seen) = sink::start().await?;
     let pattern = format!("{}/logs/*.log", dir.display());
     let cmd = agent_cmd(
+        args,
         bins,
         dir,
         &format!("http://{addr}/store/batch"),
         &pattern,
-        "",
     )?;
     let agent = Measured::spawn(cmd)?;
     let want = (args.idle_files * 5) as u64;
@@ -665,7 +666,7 @@ async fn latency(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow
     std::fs::write(&path, b"")?;
     let (_agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
     let pattern = format!("{}/logs/*.log", dir.display());
-    let cmd = agent_cmd(bins, dir, &format!("{base}/store/batch"), &pattern, "")?;
+    let cmd = agent_cmd(args, bins, dir, &format!("{base}/store/batch"), &pattern)?;
     let _agent = Measured::spawn(cmd)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let total = (args.latency_rate * args.seconds) as usize;
