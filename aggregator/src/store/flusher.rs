@@ -1,5 +1,5 @@
-//! Group commit: one task flushes sled; every writer waits for the first flush that started
-//! after its write.
+//! Group commit: one task runs the store's flush; every writer waits for the first flush
+//! that started after its write.
 //!
 //! Concurrent `flush_async` calls can deadlock in sled 0.34 (sled issue 1308), so a single
 //! flusher is both the fix and what makes durability cheap: one fsync covers every request
@@ -30,9 +30,12 @@ pub struct GroupCommit {
     done: watch::Receiver<Flushed>,
 }
 
+/// What one commit does (fsync the segments, flush sled).
+pub type FlushFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 impl GroupCommit {
-    /// Starts the flusher task for `db`.
-    pub fn start(db: sled::Db) -> Arc<Self> {
+    /// Starts the flusher task running `flush`.
+    pub fn start(flush: FlushFn) -> Arc<Self> {
         let (tx, rx) = watch::channel(Flushed { done: 0, ok: true });
         let gc = Arc::new(GroupCommit {
             next: AtomicU64::new(1),
@@ -48,8 +51,8 @@ impl GroupCommit {
                 // later ones wait for the next.
                 let number = gc.next.fetch_add(1, Ordering::SeqCst);
                 drop(gc);
-                let db = db.clone();
-                let ok = match tokio::task::spawn_blocking(move || db.flush()).await {
+                let flush = flush.clone();
+                let ok = match tokio::task::spawn_blocking(move || flush()).await {
                     Ok(Ok(_)) => true,
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "store flush failed");
@@ -94,7 +97,10 @@ mod tests {
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path()).expect("open");
-        let gc = GroupCommit::start(db.clone());
+        let db2 = db.clone();
+        let gc = GroupCommit::start(Arc::new(move || {
+            db2.flush().map(|_| ()).map_err(|e| e.to_string())
+        }));
         let mut tasks = Vec::new();
         for i in 0..64u32 {
             let (gc, db) = (gc.clone(), db.clone());

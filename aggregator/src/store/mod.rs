@@ -7,6 +7,7 @@
 
 mod bucket;
 mod flusher;
+mod segments;
 mod sled_store;
 
 use std::future::Future;

@@ -1,9 +1,11 @@
-//! The embedded default store: one sled tree, three key kinds.
+//! The embedded default store: a sled index (one tree, three key kinds) over append-only
+//! segment files holding the line buckets (see `segments.rs` for why).
 //!
 //! ```text
-//! 'H' ‖ host                                        → ()              host index
-//! 'F' ‖ u16 len ‖ host ‖ u16 len ‖ file ‖ generation  → Meta (48 bytes)  one per generation
-//! 'L' ‖ id u64 BE ‖ bucket u64 BE                   → bucket          128 lines per record
+//! 'H' ‖ host                                          → ()                 host index
+//! 'F' ‖ u16 len ‖ host ‖ u16 len ‖ file ‖ generation  → Meta (40 bytes)    one per generation
+//! 'L' ‖ id u64 BE ‖ bucket u64 BE                     → Loc (16 bytes)     where the bucket of
+//!                                                                          128 lines is stored
 //! ```
 //! Length-prefixed names keep any byte in a name from colliding with another name; big-endian
 //! numbers make one range scan return a generation's lines in order. A generation's metadata
@@ -18,6 +20,7 @@ use logship_wire::FileBatch;
 
 use super::bucket::{self, Entry, LINES_PER_BUCKET};
 use super::flusher::GroupCommit;
+use super::segments::{Loc, Segments};
 use super::{BoxFuture, Chunk, FileInfo, GenerationInfo, Store, StoreError, WriteStats};
 
 const HOST: u8 = b'H';
@@ -49,8 +52,13 @@ pub struct SledStore {
 
 struct Inner {
     db: sled::Db,
+    segments: Arc<Segments>,
     commit: Arc<GroupCommit>,
     stripes: Vec<Mutex<()>>,
+    /// Writers hold it shared from appending data to applying its index entry; a commit
+    /// holds it exclusively while it syncs the segments and flushes sled, so a durable
+    /// index entry never names data that is not durable yet.
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// Per-generation metadata, stored fixed-width.
@@ -107,6 +115,10 @@ fn unavailable(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn io_unavailable(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -159,20 +171,33 @@ fn to_time(ms: u64) -> SystemTime {
 impl SledStore {
     /// Opens (or creates) the store in `dir` and starts its group-commit flusher.
     pub fn open(dir: &Path, opts: &SledOptions) -> Result<Self, StoreError> {
+        let segments = Arc::new(Segments::open(&dir.join("segments")).map_err(io_unavailable)?);
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.join("index"))
             .cache_capacity(opts.cache_capacity)
             // Our group commit flushes on every durable write; a second, timed flusher only
             // competes with it for the log (seen as multi-second ack stalls).
             .flush_every_ms(None)
             .open()
             .map_err(unavailable)?;
-        let commit = GroupCommit::start(db.clone());
+        let gate = Arc::new(std::sync::RwLock::new(()));
+        let commit = {
+            let (db, segments, gate) = (db.clone(), segments.clone(), gate.clone());
+            GroupCommit::start(Arc::new(move || {
+                let _exclusive = gate
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                segments.sync().map_err(|e| e.to_string())?;
+                db.flush().map(|_| ()).map_err(|e| e.to_string())
+            }))
+        };
         Ok(SledStore {
             inner: Arc::new(Inner {
                 db,
+                segments,
                 commit,
                 stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                gate,
             }),
         })
     }
@@ -234,10 +259,27 @@ impl Inner {
                 meta.max_line.max(l.number)
             };
         }
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // All merged buckets of this batch go to the segment in one append.
+        let mut data = Vec::new();
+        let mut placed: Vec<(u64, usize, usize)> = Vec::new();
         for (b, entries) in buckets {
-            let lk = line_key(meta.id, b);
             let new: Vec<Entry<'_>> = entries.into_values().collect();
-            let old = self.db.get(lk).map_err(unavailable)?;
+            let old = match self.db.get(line_key(meta.id, b)).map_err(unavailable)? {
+                Some(v) => {
+                    let loc = Loc::decode(&v).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "index of bucket {b} of generation {}",
+                            meta.id
+                        ))
+                    })?;
+                    Some(self.segments.read(loc).map_err(io_unavailable)?)
+                }
+                None => None,
+            };
             let old_entries = match &old {
                 Some(v) => bucket::decode(v).ok_or_else(|| {
                     StoreError::Corrupt(format!("bucket {b} of generation {}", meta.id))
@@ -246,7 +288,17 @@ impl Inner {
             };
             let (merged, added) = bucket::merge(&old_entries, &new);
             stats.new_lines += added;
-            batch.insert(&lk[..], merged);
+            placed.push((b, data.len(), merged.len()));
+            data.extend_from_slice(&merged);
+        }
+        let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
+        for (b, off, len) in placed {
+            let loc = Loc {
+                segment,
+                offset: start + off as u64,
+                len: len as u32,
+            };
+            batch.insert(&line_key(meta.id, b)[..], &loc.encode()[..]);
         }
         meta.lines += stats.new_lines;
         meta.last_write_ms = now;
@@ -313,6 +365,10 @@ impl Inner {
             let mut b = [0u8; 8];
             b.copy_from_slice(&k[9..17]);
             let base = u64::from_be_bytes(b) * LINES_PER_BUCKET;
+            let loc = Loc::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("index at line {base} of generation {id}"))
+            })?;
+            let v = self.segments.read(loc).map_err(io_unavailable)?;
             let entries = bucket::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
             })?;
@@ -441,7 +497,7 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0) + self.inner.segments.size()
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
