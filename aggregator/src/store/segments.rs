@@ -89,6 +89,7 @@ impl Segments {
         let file = Arc::new(
             OpenOptions::new()
                 .create(true)
+                .truncate(false)
                 .read(true)
                 .write(true)
                 .open(path_of(dir, newest))?,
@@ -117,6 +118,7 @@ impl Segments {
             let file = Arc::new(
                 OpenOptions::new()
                     .create(true)
+                    .truncate(false)
                     .read(true)
                     .write(true)
                     .open(path_of(&self.dir, number))?,
