@@ -17,7 +17,7 @@ use crate::tailer::{Control, Start, Tailer, TailerEnv};
 
 /// Chunks queued between a tailer and its batcher.
 const CHUNK_QUEUE: usize = 4;
-/// Sealed batches queued between a batcher and its sender (one more is being sent).
+/// Sealed batches queued between a batcher and its sender (besides those in flight).
 const BATCH_QUEUE: usize = 1;
 
 /// Everything a source needs to start pipelines.

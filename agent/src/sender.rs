@@ -8,6 +8,7 @@
 //! directory, and the pipeline moves on. Rate limits (per file and agent-wide) and the cap
 //! on requests in flight apply before each attempt.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,6 +28,9 @@ use crate::sink::{Outcome, Sink};
 use crate::tailer::Control;
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Batches of one file in flight at once.
+const WINDOW: usize = 4;
 
 /// A lines/s or bytes/s limit; 0 means none.
 #[derive(Debug)]
@@ -94,32 +98,68 @@ enum Delivery {
 impl Sender {
     /// Delivers batches until the batcher closes the channel.
     pub async fn run(self, mut input: mpsc::Receiver<Batch>) {
-        let lines = Limit::per_second(u64::from(self.options.lines_per_sec));
-        let bytes = Limit::per_second(self.options.bytes_per_sec);
-        let mut backoff = Backoff::new(self.options.retry_initial, self.options.retry_max);
-        while let Some(batch) = input.recv().await {
-            tracing::trace!(file = %self.file, first = batch.first_line, lines = batch.lines, "sending batch");
-            lines.take(u64::from(batch.lines)).await;
-            bytes.take(batch.bytes).await;
-            self.env.global_lines.take(u64::from(batch.lines)).await;
-            self.env.global_bytes.take(batch.bytes).await;
-            self.deliver(batch.body, &mut backoff).await;
-            self.env.checkpoints.ack(Checkpoint {
-                file: self.file.to_string(),
-                id: self.id,
-                generation: batch.generation.to_string(),
-                offset: batch.end_offset,
-                line: batch.end_line,
-            });
-            self.env
-                .metrics
-                .acked(&self.file, u64::from(batch.lines), batch.bytes);
-            drop(batch.permit);
+        let this = Arc::new(self);
+        let lines = Limit::per_second(u64::from(this.options.lines_per_sec));
+        let bytes = Limit::per_second(this.options.bytes_per_sec);
+        // Batches in flight for this file, oldest first. Several may be in flight so that
+        // one slow acknowledgement (a long fsync) does not stall the file; checkpoints
+        // still move strictly in order, as each oldest batch completes.
+        let mut in_flight: VecDeque<(tokio::task::JoinHandle<()>, Batch)> = VecDeque::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                done = async {
+                    match in_flight.front_mut() {
+                        Some((handle, _)) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if !in_flight.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(file = %this.file, error = %e, "delivery task failed");
+                    }
+                    if let Some((_, batch)) = in_flight.pop_front() {
+                        this.acknowledged(batch);
+                    }
+                }
+                next = input.recv(), if open && in_flight.len() < WINDOW => match next {
+                    Some(mut batch) => {
+                        tracing::trace!(file = %this.file, first = batch.first_line, lines = batch.lines, "sending batch");
+                        lines.take(u64::from(batch.lines)).await;
+                        bytes.take(batch.bytes).await;
+                        this.env.global_lines.take(u64::from(batch.lines)).await;
+                        this.env.global_bytes.take(batch.bytes).await;
+                        let body = std::mem::take(&mut batch.body);
+                        let task = this.clone();
+                        let handle = tokio::spawn(async move {
+                            let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
+                            task.deliver(body, &mut backoff).await;
+                        });
+                        in_flight.push_back((handle, batch));
+                    }
+                    None => open = false,
+                },
+            }
         }
-        if self.ctl.finished.load(Ordering::SeqCst) {
-            tracing::info!(file = %self.file, "rotated file drained and acknowledged");
-            self.env.checkpoints.remove(self.id);
+        if this.ctl.finished.load(Ordering::SeqCst) {
+            tracing::info!(file = %this.file, "rotated file drained and acknowledged");
+            this.env.checkpoints.remove(this.id);
         }
+    }
+
+    /// Moves the checkpoint past an acknowledged batch and releases its budget.
+    fn acknowledged(&self, batch: Batch) {
+        self.env.checkpoints.ack(Checkpoint {
+            file: self.file.to_string(),
+            id: self.id,
+            generation: batch.generation.to_string(),
+            offset: batch.end_offset,
+            line: batch.end_line,
+        });
+        self.env
+            .metrics
+            .acked(&self.file, u64::from(batch.lines), batch.bytes);
+        drop(batch.permit);
     }
 
     /// Delivers a body, splitting on 413 and dead-lettering what is refused.

@@ -731,6 +731,19 @@ async fn latency(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow
         .zip(&written_at)
         .map(|(v, w)| v.saturating_sub(*w).as_secs_f64() * 1000.0)
         .collect();
+    let slow: Vec<usize> = lat
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l > 1000.0)
+        .map(|(i, _)| i)
+        .collect();
+    if let (Some(a), Some(b)) = (slow.first(), slow.last()) {
+        eprintln!(
+            "  lines slower than 1 s: {} (indexes {a}..={b} of {})",
+            slow.len(),
+            lat.len()
+        );
+    }
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
     r.add(
