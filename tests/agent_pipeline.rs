@@ -58,16 +58,31 @@ fn globs_with_appends_and_new_files_ship_byte_identical() {
     std::fs::write(logs.join("a/excluded.log"), "excluded\n").expect("write");
     let glob = format!("{}/**/*.log", logs.display());
     let excl = format!("exclude = [\"{}/a/excluded.log\"]", logs.display());
+    let metrics_addr = free_addr();
     let cfg = agent_config(
         dir.path(),
         &agg.url("/store/batch"),
         "web-1",
         &[&glob],
-        "",
+        &format!("metrics_listen = {metrics_addr:?}"),
         &excl,
     );
     let _agent = Agent::start(&cfg);
     assert_all_shipped(&agg, "web-1", &files, Duration::from_secs(30));
+    // The agent's own metrics: per-file acked lines and unshipped bytes, checkpoint age.
+    let f0 = files[0].to_string_lossy().into_owned();
+    let acked = format!("agent_lines_acked_total{{file=\"{f0}\"}} 2000");
+    let unshipped = format!("agent_unshipped_bytes{{file=\"{f0}\"}} 0");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = get(&format!("http://{metrics_addr}/metrics")).text();
+            m.contains(&acked)
+                && m.contains(&unshipped)
+                && m.contains("agent_checkpoint_age_seconds")
+        }),
+        "{}",
+        get(&format!("http://{metrics_addr}/metrics")).text()
+    );
     // Appends while running, a file created after start, in a directory created after start.
     for (i, f) in files.iter().enumerate() {
         append_lines(f, &format!("file {i} more"), 2000..2500);

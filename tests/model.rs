@@ -1,7 +1,7 @@
 //! Issue 4: a model-based test of the tailer. Random sequences of write / partial write /
 //! rotate (rename + create) / copytruncate / truncate / delete + recreate / agent restart
 //! (SIGTERM or kill -9) run against the real binaries; a model says what every generation
-//! must hold. Seeds come from `LOGSHIP_MODEL_SEEDS` (e.g. `1-40`), default three; a
+//! must hold. Seeds come from `LOGSHIP_MODEL_SEEDS` (e.g. `1-40`), default five; a
 //! failure names its seed and the operations that led to it.
 
 use std::io::Write;
@@ -216,7 +216,7 @@ fn seeds() -> Vec<u64> {
             Some((a, b)) => (a.parse().unwrap_or(1)..=b.parse().unwrap_or(1)).collect(),
             None => s.split(',').filter_map(|x| x.parse().ok()).collect(),
         },
-        Err(_) => vec![1, 2, 3],
+        Err(_) => vec![1, 2, 3, 4, 5],
     }
 }
 

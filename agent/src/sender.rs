@@ -30,7 +30,7 @@ use crate::tailer::Control;
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 /// Batches of one file in flight at once.
-const WINDOW: usize = 4;
+const WINDOW: usize = 2;
 
 /// A lines/s or bytes/s limit; 0 means none.
 #[derive(Debug)]
@@ -149,6 +149,19 @@ impl Sender {
 
     /// Moves the checkpoint past an acknowledged batch and releases its budget.
     fn acknowledged(&self, batch: Batch) {
+        // Bytes of the file beyond the acknowledged position (while it is still at its path).
+        if let Ok(meta) = std::fs::metadata(&*self.file) {
+            if crate::checkpoint::FileId::of(&meta) == self.id {
+                let behind = meta.len().saturating_sub(batch.end_offset);
+                self.env
+                    .metrics
+                    .unshipped
+                    .get_or_create(&crate::metrics::FileLabel {
+                        file: self.file.to_string(),
+                    })
+                    .set(i64::try_from(behind).unwrap_or(i64::MAX));
+            }
+        }
         self.env.checkpoints.ack(Checkpoint {
             file: self.file.to_string(),
             id: self.id,

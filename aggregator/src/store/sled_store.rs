@@ -184,11 +184,18 @@ impl SledStore {
         let commit = {
             let (db, segments, gate) = (db.clone(), segments.clone(), gate.clone());
             GroupCommit::start(Arc::new(move || {
+                let t = std::time::Instant::now();
                 let _exclusive = gate
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let locked = t.elapsed();
                 segments.sync().map_err(|e| e.to_string())?;
-                db.flush().map(|_| ()).map_err(|e| e.to_string())
+                let synced = t.elapsed();
+                db.flush().map(|_| ()).map_err(|e| e.to_string())?;
+                if t.elapsed() > std::time::Duration::from_millis(100) {
+                    tracing::debug!(?locked, ?synced, total = ?t.elapsed(), "slow commit");
+                }
+                Ok(())
             }))
         };
         Ok(SledStore {
