@@ -437,11 +437,7 @@ fn validate_source(
     let mut patterns = Vec::new();
     let mut roots = Vec::new();
     for p in &paths {
-        let abs = if Path::new(p).is_absolute() {
-            p.clone()
-        } else {
-            base.join(p).to_string_lossy().into_owned()
-        };
+        let abs = absolute_pattern(&base, p);
         include.add(glob(&abs).map_err(|m| (key("paths"), m))?);
         roots.push(literal_root(&abs));
         patterns.push(abs);
@@ -450,11 +446,7 @@ fn validate_source(
     roots.dedup();
     let mut exclude = GlobSetBuilder::new();
     for p in pick!(exclude).0.unwrap_or_default() {
-        let abs = if Path::new(&p).is_absolute() {
-            p.clone()
-        } else {
-            base.join(&p).to_string_lossy().into_owned()
-        };
+        let abs = absolute_pattern(&base, &p);
         exclude.add(glob(&abs).map_err(|m| (key("exclude"), m))?);
     }
     let read_from = match pick!(read_from).0.as_deref().unwrap_or("beginning") {
@@ -516,6 +508,28 @@ fn validate_source(
         roots,
         options,
     })
+}
+
+/// An absolute pattern with `.` and `..` resolved lexically, so stored file names are the
+/// plain paths an operator expects (`/srv/logs/a.log`, not `/srv/conf/../logs/a.log`).
+fn absolute_pattern(base: &Path, pattern: &str) -> String {
+    use std::path::Component;
+    let joined = if Path::new(pattern).is_absolute() {
+        PathBuf::from(pattern)
+    } else {
+        base.join(pattern)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 fn glob(pattern: &str) -> Result<Glob, String> {
@@ -626,6 +640,22 @@ mod tests {
         assert!(
             !s.sources[0].include.is_match("/a/x/z.log"),
             "* does not cross directories"
+        );
+    }
+
+    #[test]
+    fn relative_patterns_are_resolved_lexically() {
+        assert_eq!(
+            absolute_pattern(Path::new("/srv/conf"), "../logs/*.log"),
+            "/srv/logs/*.log"
+        );
+        assert_eq!(
+            absolute_pattern(Path::new("/srv/conf"), "./a/../b.log"),
+            "/srv/conf/b.log"
+        );
+        assert_eq!(
+            absolute_pattern(Path::new("/x"), "/abs/./c.log"),
+            "/abs/c.log"
         );
     }
 
