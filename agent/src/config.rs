@@ -437,7 +437,7 @@ fn validate_source(
     let mut patterns = Vec::new();
     let mut roots = Vec::new();
     for p in &paths {
-        let abs = absolute_pattern(&base, p);
+        let abs = absolute_pattern(base, p);
         include.add(glob(&abs).map_err(|m| (key("paths"), m))?);
         roots.push(literal_root(&abs));
         patterns.push(abs);
@@ -446,7 +446,7 @@ fn validate_source(
     roots.dedup();
     let mut exclude = GlobSetBuilder::new();
     for p in pick!(exclude).0.unwrap_or_default() {
-        let abs = absolute_pattern(&base, &p);
+        let abs = absolute_pattern(base, &p);
         exclude.add(glob(&abs).map_err(|m| (key("exclude"), m))?);
     }
     let read_from = match pick!(read_from).0.as_deref().unwrap_or("beginning") {
