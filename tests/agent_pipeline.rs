@@ -105,21 +105,11 @@ fn globs_with_appends_and_new_files_ship_byte_identical() {
 #[test]
 fn restarts_by_sigterm_and_kill_9_resume_without_loss_or_duplication() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
     let files: Vec<PathBuf> = (0..3).map(|i| logs.join(format!("r{i}.log"))).collect();
     for f in &files {
         append_lines(f, "first", 0..5000);
     }
-    let cfg = agent_config(
-        dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        "",
-        "",
-    );
     let mut agent = Agent::start(&cfg);
     assert_all_shipped(&agg, "h", &files, Duration::from_secs(30));
     agent.proc.signal("TERM");

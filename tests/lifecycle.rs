@@ -188,25 +188,10 @@ fn logrotate_copytruncate_during_steady_writes_keeps_every_generation() {
     rotation_under_steady_writes("copytruncate");
 }
 
-fn start_pair(dir: &Path, source_extra: &str) -> (Aggregator, PathBuf, PathBuf) {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let agg = Aggregator::start(&dir.join("data"), &[]);
-    let cfg = agent_config(
-        dir,
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        "",
-        source_extra,
-    );
-    (agg, logs, cfg)
-}
-
 #[test]
 fn partial_lines_are_held_then_completed_under_the_same_number() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (agg, logs, cfg) = start_pair(dir.path(), "partial_line_timeout = \"300ms\"");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "partial_line_timeout = \"300ms\"");
     let log = logs.join("p.log");
     std::fs::write(&log, b"one\r\n\0two\xff\n\nhalf").expect("write");
     let _agent = Agent::start(&cfg);
@@ -235,7 +220,7 @@ fn partial_lines_are_held_then_completed_under_the_same_number() {
 #[test]
 fn long_lines_are_truncated_not_split() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (agg, logs, cfg) = start_pair(dir.path(), "max_line_bytes = \"100\"");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "max_line_bytes = \"100\"");
     let log = logs.join("long.log");
     let long = "L".repeat(5000);
     std::fs::write(&log, format!("short\n{long}\nafter\n")).expect("write");
@@ -255,7 +240,7 @@ fn long_lines_are_truncated_not_split() {
 #[test]
 fn delete_and_recreate_starts_a_new_generation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (agg, logs, cfg) = start_pair(dir.path(), "");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
     let log = logs.join("d.log");
     append_lines(&log, "first life", 0..500);
     let first = std::fs::read(&log).expect("read");
@@ -280,7 +265,7 @@ fn delete_and_recreate_starts_a_new_generation() {
 #[test]
 fn rotation_while_the_agent_is_stopped_finishes_the_old_file_first() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (agg, logs, cfg) = start_pair(dir.path(), "rotate_wait = \"200ms\"");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "rotate_wait = \"200ms\"");
     let log = logs.join("app.log");
     append_lines(&log, "before", 0..1000);
     let mut agent = Agent::start(&cfg);

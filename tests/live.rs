@@ -7,20 +7,10 @@ use logship_e2e::*;
 #[test]
 fn follow_streams_each_appended_line_once_in_order_across_a_rotation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
+    // linger 50ms (agent_config's default for tests)
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "rotate_wait = \"300ms\"");
     let log = logs.join("live.log");
     append_lines(&log, "before", 0..300);
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
-    // linger 50ms (agent_config's default for tests)
-    let cfg = agent_config(
-        dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        "",
-        "rotate_wait = \"300ms\"",
-    );
     let _agent = Agent::start(&cfg);
     assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
         &agg, "h", &log

@@ -76,14 +76,8 @@ fn synced(agg: &Aggregator, m: &Model, within: Duration) -> bool {
 
 fn run_seed(seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
-    let cfg = agent_config(
+    let (agg, logs, cfg) = start_pair(
         dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
         "checkpoint_interval = \"100ms\"",
         "partial_line_timeout = \"150ms\"\nrotate_wait = \"150ms\"",
     );

@@ -454,3 +454,25 @@ impl Follower {
         String::from_utf8_lossy(&self.received.lock().expect("lock")).into_owned()
     }
 }
+
+/// Starts an aggregator in `dir/data` and writes an agent config shipping `dir/logs/*.log`
+/// as host `h` (with `top_extra` and `source_extra` TOML); returns it, the logs directory
+/// and the config path.
+pub fn start_pair(
+    dir: &Path,
+    top_extra: &str,
+    source_extra: &str,
+) -> (Aggregator, PathBuf, PathBuf) {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let agg = Aggregator::start(&dir.join("data"), &[]);
+    let cfg = agent_config(
+        dir,
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        top_extra,
+        source_extra,
+    );
+    (agg, logs, cfg)
+}

@@ -24,23 +24,8 @@ struct Cli {
     state_dir: Option<PathBuf>,
 }
 
-/// Prints to stdout, ignoring a closed pipe (`| head`) instead of panicking.
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
-
 fn main() -> std::process::ExitCode {
-    logship_common::init_tracing();
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("agent: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    logship_common::run_main("agent", real_main)
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -52,20 +37,20 @@ fn real_main() -> anyhow::Result<()> {
     let loaded = Loaded::load(&cli.config, &overrides)?;
     let settings = loaded.validate()?;
     if cli.check_config {
-        out!("# resolved configuration");
-        out!(
+        logship_common::out!("# resolved configuration");
+        logship_common::out!(
             "{}",
             toml::to_string_pretty(&loaded.config).context("rendering the configuration")?
         );
-        out!(
+        logship_common::out!(
             "# host = {:?}, state_dir = {:?}",
             settings.host,
             settings.state_dir
         );
         let files = logship_agent::source::expand(&settings.sources);
-        out!("# {} file(s) would be shipped now:", files.len());
+        logship_common::out!("# {} file(s) would be shipped now:", files.len());
         for (p, i) in files {
-            out!("{}\t(sources[{i}])", p.display());
+            logship_common::out!("{}\t(sources[{i}])", p.display());
         }
         return Ok(());
     }

@@ -26,23 +26,8 @@ struct Cli {
     check_config: bool,
 }
 
-/// Prints to stdout, ignoring a closed pipe (`| head`) instead of panicking.
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
-
 fn main() -> std::process::ExitCode {
-    logship_common::init_tracing();
-    match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aggregator: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    logship_common::run_main("aggregator", real_main)
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -54,7 +39,7 @@ fn real_main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     let settings = config.validate()?;
     if cli.check_config {
-        out!(
+        logship_common::out!(
             "{}",
             toml::to_string_pretty(&config).context("rendering the configuration")?
         );
@@ -79,7 +64,7 @@ fn real_main() -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "aggregator listening");
         // One stable line on stdout, so scripts and tests learn the port when it was 0.
-        out!("aggregator listening on http://{addr}");
+        logship_common::out!("aggregator listening on http://{addr}");
         logship_aggregator::run(settings, Arc::new(store), listener, signal).await
     })
 }

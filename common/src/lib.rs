@@ -2,7 +2,8 @@
 //! - [`units`]: sizes (`"1MiB"`) and durations (`"200ms"`) from config strings, and TOML
 //!   errors rendered with their line;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM, whichever comes first;
-//! - [`init_tracing`]: logging to stderr, filtered by `RUST_LOG`.
+//! - [`init_tracing`]: logging to stderr, filtered by `RUST_LOG`;
+//! - [`run_main`] and [`out!`]: the shape both binaries' `main` share.
 
 pub mod units;
 
@@ -31,6 +32,30 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             }
         }
         tracing::info!("shutdown signal received");
+    }
+}
+
+/// Prints a line to stdout, ignoring a closed pipe (`| head`) instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// A binary's `main`: logging on, run `f`, print its error chain as `name: …` and exit 2.
+pub fn run_main<E: std::fmt::Display>(
+    name: &str,
+    f: impl FnOnce() -> Result<(), E>,
+) -> std::process::ExitCode {
+    init_tracing();
+    match f() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::from(2)
+        }
     }
 }
 

@@ -71,6 +71,16 @@ fn path_of(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
 
+/// Opens (creating, never truncating) segment `n` for reading and appending.
+fn open_segment(dir: &Path, n: u32) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path_of(dir, n))
+}
+
 impl Segments {
     /// Opens the directory, appending to its newest segment.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
@@ -86,14 +96,7 @@ impl Segments {
             })
             .max()
             .unwrap_or(1);
-        let file = Arc::new(
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(path_of(dir, newest))?,
-        );
+        let file = Arc::new(open_segment(dir, newest)?);
         let len = file.metadata()?.len();
         Ok(Segments {
             dir: dir.to_path_buf(),
@@ -115,14 +118,7 @@ impl Segments {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
             let number = a.number + 1;
-            let file = Arc::new(
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(path_of(&self.dir, number))?,
-            );
+            let file = Arc::new(open_segment(&self.dir, number)?);
             let old = std::mem::replace(&mut a.file, file.clone());
             a.unsynced.push(old);
             a.number = number;
