@@ -85,12 +85,12 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmHWM:") * 1024
+        logship_common::proc_status_kib(self.child.id(), "VmHWM:") * 1024
     }
 
     /// Current resident memory (VmRSS), in bytes.
     pub fn rss(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmRSS:") * 1024
+        logship_common::proc_status_kib(self.child.id(), "VmRSS:") * 1024
     }
 }
 
@@ -99,18 +99,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A running aggregator on an ephemeral port.

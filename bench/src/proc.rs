@@ -27,7 +27,7 @@ impl Measured {
         let (p, s) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let rss = status_kib(pid, "VmRSS:") * 1024;
+                let rss = logship_common::proc_status_kib(pid, "VmRSS:") * 1024;
                 if rss == 0 {
                     break;
                 }
@@ -75,7 +75,7 @@ impl Measured {
     }
 
     pub fn rss(&self) -> u64 {
-        status_kib(self.pid(), "VmRSS:") * 1024
+        logship_common::proc_status_kib(self.pid(), "VmRSS:") * 1024
     }
 
     /// Highest sampled RSS since start or the last [`reset_peak`](Self::reset_peak).
@@ -94,18 +94,6 @@ impl Drop for Measured {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// utime + stime of `pid`, in seconds (clock ticks of 1/100 s on Linux).

@@ -59,6 +59,20 @@ pub fn run_main<E: std::fmt::Display>(
     }
 }
 
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/PID/status`, in KiB; 0 if unreadable.
+/// Tests and the benchmark measure processes with it.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
