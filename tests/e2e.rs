@@ -5,6 +5,7 @@ mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
 mod browser;
+mod crash;
 mod hostile;
 mod lifecycle;
 mod live;
