@@ -6,6 +6,7 @@ mod aggregator_api;
 mod bench_smoke;
 mod browser;
 mod crash;
+mod disk_full;
 mod hostile;
 mod lifecycle;
 mod live;
