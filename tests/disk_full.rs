@@ -40,7 +40,9 @@ impl Drop for Tmpfs {
 }
 
 fn batch(start: u64) -> Vec<Vec<u8>> {
-    (start..start + 1000).map(|i| format!("disk line {i:08} {}", "d".repeat(100)).into_bytes()).collect()
+    (start..start + 1000)
+        .map(|i| format!("disk line {i:08} {}", "d".repeat(100)).into_bytes())
+        .collect()
 }
 
 #[test]
@@ -73,17 +75,31 @@ fn disk_full_answers_503_keeps_acknowledged_lines_and_resumes() {
             l
         })
         .collect();
-    let got = agg.log("h", "/full", &format!("&to={}", acked - 1)).expect("download");
-    assert!(got == expected, "acknowledged lines changed after the disk filled ({} vs {} bytes)", got.len(), expected.len());
+    let got = agg
+        .log("h", "/full", &format!("&to={}", acked - 1))
+        .expect("download");
+    assert!(
+        got == expected,
+        "acknowledged lines changed after the disk filled ({} vs {} bytes)",
+        got.len(),
+        expected.len()
+    );
     // Space returns: the refused batch goes in, and everything is there.
     fs.resize("64m");
     let lines = batch(acked);
     let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
     assert!(
-        wait_until(Duration::from_secs(20), || post_compact(&agg, "h", "/full", "g", acked, &refs).status == 200),
+        wait_until(Duration::from_secs(20), || post_compact(
+            &agg, "h", "/full", "g", acked, &refs
+        )
+        .status
+            == 200),
         "ingest did not resume after space returned"
     );
     let all = agg.log("h", "/full", "").expect("download");
-    assert_eq!(all.len(), expected.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+    assert_eq!(
+        all.len(),
+        expected.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>()
+    );
     assert!(all.starts_with(&expected));
 }

@@ -11,3 +11,4 @@ mod hostile;
 mod lifecycle;
 mod live;
 mod model;
+mod overload;

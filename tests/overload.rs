@@ -1,0 +1,89 @@
+//! Issue 5 (part): overload. Several agents against a small connection cap and a per-host
+//! rate limit: they get 503/429 with Retry-After, back off, and deliver everything; the
+//! server's memory stays bounded.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use logship_e2e::*;
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+#[test]
+fn agents_back_off_under_429_and_503_and_deliver_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("agg.toml"),
+        "max_connections = 4\n[limits]\nper_host_lines_per_sec = 3000\n",
+    )
+    .expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &dir.path().join("agg.toml").to_string_lossy()],
+    );
+    let mut agents = Vec::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for a in 0..4 {
+        let adir = dir.path().join(format!("agent{a}"));
+        let logs = adir.join("logs");
+        std::fs::create_dir_all(&logs).expect("mkdir");
+        for f in 0..2 {
+            let p = logs.join(format!("f{f}.log"));
+            append_lines(&p, &format!("agent {a} file {f}"), 0..2000);
+            files.push((format!("host-{}", a % 2), p));
+        }
+        let cfg = agent_config(
+            &adir,
+            &agg.url("/store/batch"),
+            &format!("host-{}", a % 2),
+            &[&format!("{}/*.log", logs.display())],
+            "",
+            "batch_lines = 500",
+        );
+        agents.push(Agent::start(&cfg));
+    }
+    let mut peak = 0;
+    // Poll with one light request: the test's own requests also count against the cap.
+    let total = || -> u64 {
+        let a = get(&agg.url("/store/files"));
+        if a.status != 200 {
+            return 0;
+        }
+        a.json()["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| f["generations"][0]["lines"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let done = wait_until(Duration::from_secs(90), || {
+        peak = peak.max(agg.proc.rss());
+        std::thread::sleep(Duration::from_millis(200));
+        total() == 16_000
+    }) && files.iter().all(|(h, p)| shipped_exactly(&agg, h, p));
+    assert!(done, "not everything delivered under overload");
+    let m = get(&agg.url("/metrics")).text();
+    assert!(
+        metric(&m, "aggregator_errors_total{kind=\"rate_limited\"}") > 0.0,
+        "no 429 was needed: {m}"
+    );
+    assert!(
+        metric(&m, "aggregator_connections_rejected_total") > 0.0,
+        "no connection was refused: {m}"
+    );
+    assert!(peak < 256 << 20, "aggregator RSS {} MiB", peak >> 20);
+    for (h, p) in &files {
+        let gens = generations(&agg, h, &p.to_string_lossy());
+        assert_eq!(gens.len(), 1);
+        assert_eq!(gens[0].1, 2000, "{}: nothing duplicated", p.display());
+    }
+}
