@@ -46,7 +46,7 @@ fn agents_back_off_under_429_and_503_and_deliver_everything() {
             &agg.url("/store/batch"),
             &format!("host-{}", a % 2),
             &[&format!("{}/*.log", logs.display())],
-            "",
+            "[limits]\nmax_in_flight = 1",
             "batch_lines = 500",
         );
         agents.push(Agent::start(&cfg));
@@ -65,7 +65,7 @@ fn agents_back_off_under_429_and_503_and_deliver_everything() {
             .map(|f| f["generations"][0]["lines"].as_u64().unwrap_or(0))
             .sum()
     };
-    let done = wait_until(Duration::from_secs(90), || {
+    let done = wait_until(Duration::from_secs(240), || {
         peak = peak.max(agg.proc.rss());
         std::thread::sleep(Duration::from_millis(200));
         total() == 16_000
