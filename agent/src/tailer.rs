@@ -214,10 +214,6 @@ impl Tailer {
         Ok(())
     }
 
-    pub fn id(&self) -> FileId {
-        self.id
-    }
-
     /// Runs until the file is finished, the agent stops, or the batcher goes away.
     pub async fn run(mut self, out: mpsc::Sender<Chunk>) -> Exit {
         let exit = self.run_inner(&out).await;
