@@ -327,21 +327,34 @@ fn thirty_plus_bad_requests_get_clear_4xx_and_harm_nothing() {
         assert_eq!(get(&agg.url("/ruok")).text(), "imok", "after {name}");
     }
 
-    // Transport-level abuse: hyper answers these itself (no JSON body), never a 5xx.
+    // Framing errors hyper rejects before routing: still the right 4xx with a JSON error.
     let huge_header = req("GET", "/ruok", &[("X-Huge", "h".repeat(200 * 1024))], b"");
-    let (status, _) = raw(agg.addr(), &huge_header);
-    assert!(
-        (400..500).contains(&status),
-        "huge header answered {status}"
-    );
-    let (status, _) = raw(
-        agg.addr(),
-        b"GET /ruok HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n",
-    );
-    assert!(
-        (400..500).contains(&status),
-        "bad Content-Length answered {status}"
-    );
+    let framing: [(&str, Vec<u8>, u16); 4] = [
+        ("huge header", huge_header, 431),
+        (
+            "unparsable Content-Length",
+            b"GET /ruok HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /store/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"
+                .to_vec(),
+            400,
+        ),
+        ("not HTTP", b"HELLO THERE\r\n\r\n".to_vec(), 400),
+    ];
+    for (name, request, want) in framing {
+        let (status, body) = raw(agg.addr(), &request);
+        assert_eq!(status, want, "{name}: got {status} {body:?}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {body:?}"));
+        assert!(
+            v["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: {body}"
+        );
+        assert_eq!(get(&agg.url("/ruok")).text(), "imok", "after {name}");
+    }
     // A body shorter than its Content-Length, then the client goes away.
     {
         let mut s = TcpStream::connect(agg.addr()).expect("connect");
@@ -384,7 +397,7 @@ fn thirty_plus_bad_requests_get_clear_4xx_and_harm_nothing() {
 }
 
 #[test]
-fn slow_headers_are_cut_off_and_the_server_keeps_serving() {
+fn slow_headers_get_a_408_and_idle_connections_close_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.toml"), "header_read_timeout = \"1s\"\n").expect("write");
     let agg = Aggregator::start(
@@ -409,12 +422,29 @@ fn slow_headers_are_cut_off_and_the_server_keeps_serving() {
         "slow client held for {:?}",
         started.elapsed()
     );
-    let status = String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok());
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408 "), "answered {text:?}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON error");
+    assert!(v["error"]
+        .as_str()
+        .is_some_and(|m| m.contains("header_read_timeout")));
+
+    // A keep-alive connection that finished its request and then sits idle is closed at the
+    // same timeout without an answer: there is no request to answer.
+    let mut idle = TcpStream::connect(agg.addr()).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    idle.write_all(b"GET /ruok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut first = [0u8; 4096];
+    let n = idle.read(&mut first).expect("answer");
+    assert!(String::from_utf8_lossy(&first[..n]).ends_with("imok"));
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
     assert!(
-        status.is_none_or(|s| (400..500).contains(&s)),
-        "answered {status:?}"
+        rest.is_empty(),
+        "idle connection got {:?}",
+        String::from_utf8_lossy(&rest)
     );
 }

@@ -86,9 +86,13 @@ fn agents_back_off_under_429_and_503_and_deliver_everything() {
         metric(&m, "aggregator_errors_total{kind=\"rate_limited\"}") > 0.0,
         "no 429 was needed: {m}"
     );
+    // More agents than the cap: idle connections were closed to make room, and busy ones
+    // made new clients wait with a 503 (its form is checked in aggregator_api).
     assert!(
-        metric(&m, "aggregator_connections_rejected_total") > 0.0,
-        "no connection was refused: {m}"
+        metric(&m, "aggregator_connections_rejected_total")
+            + metric(&m, "aggregator_connections_reclaimed_total")
+            > 0.0,
+        "the connection cap was never reached: {m}"
     );
     assert!(peak < 256 << 20, "aggregator RSS {} MiB", peak >> 20);
     // One generation of exactly 2000 lines per file: nothing duplicated. (Retried: a check
@@ -102,5 +106,65 @@ fn agents_back_off_under_429_and_503_and_deliver_everything() {
     assert!(
         wait_until(Duration::from_secs(20), one_generation_each),
         "a file has more than one generation or a wrong line count"
+    );
+}
+
+/// Reads one response from a keep-alive connection: head, then `Content-Length` bytes.
+fn read_response(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read head");
+        assert_eq!(n, 1, "connection closed mid-head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("body");
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[test]
+fn at_the_cap_an_idle_keep_alive_connection_makes_room() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("agg.toml"), "max_connections = 2\n").expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &dir.path().join("agg.toml").to_string_lossy()],
+    );
+    // Two clients that made a request and keep their connections open, idle.
+    let mut idle: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(agg.addr()).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(b"GET /ruok HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            assert!(read_response(&mut s).ends_with("imok"));
+            s
+        })
+        .collect();
+    // A third client is served, not refused: the longest-idle connection made room.
+    let a = get(&agg.url("/ruok"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    // The first idle connection was closed cleanly (EOF, no answer); the second still works.
+    let mut rest = Vec::new();
+    let n = idle[0].read_to_end(&mut rest).expect("clean close");
+    assert_eq!(n, 0, "got {:?}", String::from_utf8_lossy(&rest));
+    idle[1]
+        .write_all(b"GET /ruok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    assert!(read_response(&mut idle[1]).ends_with("imok"));
+    let m = get(&agg.url("/metrics")).text();
+    assert!(
+        metric(&m, "aggregator_connections_reclaimed_total") >= 1.0,
+        "{m}"
     );
 }

@@ -3,11 +3,14 @@
 //!
 //! - [`config`]: the TOML/env/flag configuration and its validated [`Settings`](config::Settings);
 //! - [`server`]: the accept loop, connection cap, graceful shutdown;
+//! - [`connection`]: one connection's state, idle reclaim at the cap, JSON answers for what
+//!   hyper rejects before routing;
 //! - [`http`]: routes — ingest, download, listings, metrics — and their error answers;
 //! - [`store`]: the `Store` trait and its sled implementation (bucketed lines, group commit);
 //! - [`metrics`]: the Prometheus registry.
 
 pub mod config;
+pub mod connection;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub connections_reclaimed: Counter,
     pub followers: Gauge,
     pub store_size: Gauge,
 }
@@ -94,6 +95,12 @@ impl Metrics {
             "Connections answered 503 because max_connections was reached",
             connections_rejected.clone(),
         );
+        let connections_reclaimed = Counter::default();
+        registry.register(
+            "connections_reclaimed",
+            "Idle keep-alive connections closed to make room at max_connections",
+            connections_reclaimed.clone(),
+        );
         let followers = Gauge::default();
         registry.register("followers", "Open follow=true downloads", followers.clone());
         let store_size = Gauge::default();
@@ -112,6 +119,7 @@ impl Metrics {
             bytes_received,
             connections_open,
             connections_rejected,
+            connections_reclaimed,
             followers,
             store_size,
         }

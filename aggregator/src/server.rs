@@ -1,5 +1,7 @@
-//! The accept loop: a cap on connections (past it a connection gets a 503 and is closed), a
-//! header-read timeout against slow clients, and graceful shutdown with a deadline.
+//! The accept loop: a cap on connections (at the cap the longest-idle keep-alive connection is
+//! closed to make room, and only when none is idle does a new one get a 503), each connection
+//! served by hyper over a [`ConnIo`] so every error answer is JSON, and graceful shutdown with
+//! a deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,28 +11,33 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::connection::{self, ConnIo, GuardedBody, Registry, MAX_HEAD_BYTES};
 use crate::http::error::ApiError;
 use crate::http::routes;
+use crate::metrics::{ErrorLabels, RequestLabels};
 use crate::App;
 
-/// Connections beyond `max_connections` that may be answered 503 at once; past this they are
-/// closed without an answer, so a flood cannot grow memory.
-const MAX_REJECTING: usize = 64;
+/// Connections beyond `max_connections` that may wait for an idle one to close or be answered
+/// 503; past this they are closed without an answer, so a flood cannot grow memory.
+const MAX_WAITING: usize = 64;
+
+/// How long a connection accepted at the cap waits for a reclaimed idle one to go.
+const RECLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// Serves until `shutdown` resolves, then drains in-flight requests up to the deadline.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(app.settings.max_connections));
-    let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+    let max = app.settings.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let registry = Arc::new(Registry::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(app.settings.header_read_timeout)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -46,43 +53,42 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        let served = Served {
+            app: app.clone(),
+            registry: registry.clone(),
+            builder: builder.clone(),
+            peer,
+        };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let app2 = app.clone();
-                let conn = builder
-                    .serve_connection(io, service_fn(move |req| routes::handle(app2.clone(), req)));
-                let conn = graceful.watch(conn);
-                let metrics_app = app.clone();
-                tokio::spawn(async move {
-                    metrics_app.metrics.connections_open.inc();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    metrics_app.metrics.connections_open.dec();
-                    drop(permit);
-                });
+                tokio::spawn(served.run(stream, permit));
             }
             Err(_) => {
-                app.metrics.connections_rejected.inc();
-                let Ok(permit) = rejecting.clone().try_acquire_owned() else {
+                let Ok(waiter) = waiting.clone().try_acquire_owned() else {
+                    app.metrics.connections_rejected.inc();
                     continue;
                 };
-                let mut b = builder.clone();
-                b.keep_alive(false);
+                let permits = permits.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(|_req| async {
-                        let e = ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "too many connections; retry later",
-                        )
-                        .retry_after(1);
-                        Ok::<_, std::convert::Infallible>(e.into_response())
-                    });
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), b.serve_connection(io, svc))
-                            .await;
-                    drop(permit);
+                    let permit = if served.registry.reclaim_idle() {
+                        served.app.metrics.connections_reclaimed.inc();
+                        tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    } else {
+                        None
+                    };
+                    match permit {
+                        Some(permit) => {
+                            drop(waiter);
+                            served.run(stream, permit).await;
+                        }
+                        None => {
+                            served.app.metrics.connections_rejected.inc();
+                            served.refuse(stream).await;
+                        }
+                    }
                 });
             }
         }
@@ -90,10 +96,115 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
     app.begin_shutdown();
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = permits.acquire_many(all) => tracing::info!("all connections closed"),
         () = tokio::time::sleep(app.settings.shutdown_timeout) => {
             tracing::warn!("shutdown deadline passed with connections still open");
         }
+    }
+}
+
+/// What serving one connection needs.
+struct Served {
+    app: Arc<App>,
+    registry: Arc<Registry>,
+    builder: http1::Builder,
+    peer: std::net::SocketAddr,
+}
+
+impl Served {
+    /// Serves a connection until the client leaves, the registry reclaims it while idle, or the
+    /// server stops; then answers what hyper left unanswered.
+    async fn run(self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+        let Served {
+            app,
+            registry,
+            builder,
+            peer,
+        } = self;
+        let registration = registry.register();
+        let state = registration.state.clone();
+        let stream = Arc::new(stream);
+        let io = TokioIo::new(ConnIo::new(stream.clone(), state.clone()));
+        let svc_app = app.clone();
+        let svc_state = state.clone();
+        let svc = service_fn(move |req| {
+            let guard = svc_state.begin_request();
+            let app = svc_app.clone();
+            async move {
+                let resp = routes::handle(app, req).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| GuardedBody::new(b, guard)))
+            }
+        });
+        app.metrics.connections_open.inc();
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut stopping = app.stopping();
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = state.reclaim_requested(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = stopping.wait_for(|s| *s), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        let mut framing = state.framing_status();
+        if let Err(e) = result {
+            if e.is_timeout() && state.head_pending() {
+                // Headers started but did not finish in time: say so rather than just closing.
+                connection::write_answer(&stream, &connection::framing_answer(408), RECLAIM_WAIT)
+                    .await;
+                framing = Some(408);
+            } else {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        if let Some(status) = framing {
+            tracing::debug!(%peer, status, "answered a request hyper could not frame");
+            let e = ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                "",
+            );
+            app.metrics
+                .errors
+                .get_or_create(&ErrorLabels { kind: e.kind() })
+                .inc();
+            app.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: "unparsed",
+                    status,
+                })
+                .inc();
+        }
+        app.metrics.connections_open.dec();
+        drop(registration);
+        drop(permit);
+    }
+
+    /// Answers 503 on a connection there is no room for.
+    async fn refuse(self, stream: TcpStream) {
+        let mut b = self.builder;
+        b.keep_alive(false);
+        let svc = service_fn(|_req| async {
+            let e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; retry later",
+            )
+            .retry_after(1);
+            Ok::<_, std::convert::Infallible>(e.into_response())
+        });
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            b.serve_connection(TokioIo::new(stream), svc),
+        )
+        .await;
     }
 }
