@@ -312,6 +312,16 @@ fn every_error_status_is_a_json_answer_and_the_server_keeps_serving() {
         metrics.contains("aggregator_errors_total{kind=\"rate_limited\"}"),
         "{metrics}"
     );
+    // Acknowledged writes were committed: each commit phase was timed at least once.
+    for phase in ["wait_for_writers", "segments_fsync", "index_flush"] {
+        let count = format!("aggregator_store_commit_phase_seconds_count{{phase=\"{phase}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(count.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {count}in {metrics}"));
+        assert!(n >= 1, "{phase}: {n}");
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ pub struct Config {
     pub max_body_bytes: String,
     /// Largest request body after decompression: the guard against compression bombs.
     pub max_decoded_bytes: String,
-    /// Concurrent connections served; past it a connection gets 503 and is closed.
+    /// Concurrent connections served; at the cap an idle keep-alive one is closed to make
+    /// room, and when none is idle a new connection gets 503 and is closed.
     pub max_connections: usize,
     /// A client must send its request headers within this time (slowloris guard).
     pub header_read_timeout: String,

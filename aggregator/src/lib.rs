@@ -55,9 +55,11 @@ impl App {
     pub fn new(settings: Settings, store: Arc<dyn Store>) -> Arc<Self> {
         let limiter = NonZeroU32::new(settings.per_host_lines_per_sec)
             .map(|rate| (RateLimiter::keyed(Quota::per_second(rate)), rate));
+        let mut metrics = Metrics::new();
+        metrics.register_store(&*store);
         Arc::new(App {
             store,
-            metrics: Metrics::new(),
+            metrics,
             limiter,
             written: broadcast::channel(1024).0,
             stopping: watch::channel(false).0,

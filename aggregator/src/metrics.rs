@@ -125,6 +125,11 @@ impl Metrics {
         }
     }
 
+    /// Adds the store's own metrics.
+    pub fn register_store(&mut self, store: &dyn crate::store::Store) {
+        store.register_metrics(&mut self.registry);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

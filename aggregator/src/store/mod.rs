@@ -119,4 +119,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written durable; called at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Adds the backend's own metrics (e.g. where commit time goes) to the registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}
+
+/// The phases of a durable commit, as a histogram label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
 }

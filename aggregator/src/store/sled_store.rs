@@ -21,7 +21,11 @@ use logship_wire::FileBatch;
 use super::bucket::{self, Entry, LINES_PER_BUCKET};
 use super::flusher::GroupCommit;
 use super::segments::{Loc, Segments};
-use super::{BoxFuture, Chunk, FileInfo, GenerationInfo, Store, StoreError, WriteStats};
+use super::{
+    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, Store, StoreError, WriteStats,
+};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 const HOST: u8 = b'H';
 const FILE: u8 = b'F';
@@ -59,6 +63,9 @@ struct Inner {
     /// holds it exclusively while it syncs the segments and flushes sled, so a durable
     /// index entry never names data that is not durable yet.
     gate: Arc<std::sync::RwLock<()>>,
+    /// Seconds each commit spends waiting for writers, in the segment fsync and in the sled
+    /// flush: the parts of a durable ack's latency that are not ours to shorten.
+    commit_phases: Family<PhaseLabels, Histogram>,
 }
 
 /// Per-generation metadata, stored fixed-width.
@@ -181,8 +188,12 @@ impl SledStore {
             .open()
             .map_err(unavailable)?;
         let gate = Arc::new(std::sync::RwLock::new(()));
+        let commit_phases = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
         let commit = {
             let (db, segments, gate) = (db.clone(), segments.clone(), gate.clone());
+            let phases = commit_phases.clone();
             GroupCommit::start(Arc::new(move || {
                 let t = std::time::Instant::now();
                 let _exclusive = gate
@@ -192,8 +203,18 @@ impl SledStore {
                 segments.sync().map_err(|e| e.to_string())?;
                 let synced = t.elapsed();
                 db.flush().map(|_| ()).map_err(|e| e.to_string())?;
-                if t.elapsed() > std::time::Duration::from_millis(100) {
-                    tracing::debug!(?locked, ?synced, total = ?t.elapsed(), "slow commit");
+                let total = t.elapsed();
+                for (phase, d) in [
+                    ("wait_for_writers", locked),
+                    ("segments_fsync", synced - locked),
+                    ("index_flush", total - synced),
+                ] {
+                    phases
+                        .get_or_create(&PhaseLabels { phase })
+                        .observe(d.as_secs_f64());
+                }
+                if total > std::time::Duration::from_millis(100) {
+                    tracing::debug!(?locked, ?synced, ?total, "slow commit");
                 }
                 Ok(())
             }))
@@ -205,6 +226,7 @@ impl SledStore {
                 commit,
                 stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 gate,
+                commit_phases,
             }),
         })
     }
@@ -509,6 +531,14 @@ impl Store for SledStore {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { self.inner.commit.durable().await })
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "store_commit_phase_seconds",
+            "Time each group commit spends per phase: waiting for writers, segment fsync, index flush",
+            self.inner.commit_phases.clone(),
+        );
     }
 }
 
