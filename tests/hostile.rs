@@ -15,7 +15,14 @@ fn raw(addr: &str, request: &[u8]) -> (u16, String) {
         .expect("timeout");
     s.write_all(request).expect("send");
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    // A reset instead of an answer is a failure too: the server must read what it refuses.
+    if let Err(e) = s.read_to_end(&mut out) {
+        panic!(
+            "{e} after {:?} of the answer to {:?}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&request[..request.len().min(120)])
+        );
+    }
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split_whitespace()
