@@ -11,6 +11,8 @@ use figment::Figment;
 use logship_common::units;
 use serde::{Deserialize, Serialize};
 
+use crate::store::RetentionPolicy;
+
 /// The file's shape, as written by the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -63,10 +65,12 @@ pub struct StoreConfig {
     pub kind: String,
     /// sled page cache size.
     pub cache_capacity: String,
-    /// Drop generations older than this (not enforced yet; accepted so configs stay valid).
+    /// Drop generations not written for this long.
     pub retention: Option<String>,
-    /// Drop oldest generations past this size (not enforced yet).
+    /// Past this size on disk, drop the least recently written generations.
     pub max_disk_bytes: Option<String>,
+    /// How often retention is enforced and garbage compacted.
+    pub sweep_interval: String,
 }
 
 impl Default for StoreConfig {
@@ -76,6 +80,7 @@ impl Default for StoreConfig {
             cache_capacity: "64MiB".into(),
             retention: None,
             max_disk_bytes: None,
+            sweep_interval: "1m".into(),
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct Settings {
     pub read_tokens: Vec<String>,
     pub per_host_lines_per_sec: u32,
     pub cache_capacity: u64,
+    pub retention: RetentionPolicy,
+    pub sweep_interval: Duration,
 }
 
 /// A configuration error naming the key (and line, when the TOML file is at fault).
@@ -165,8 +172,11 @@ impl Config {
                 self.store.kind
             )));
         }
-        if self.store.retention.is_some() || self.store.max_disk_bytes.is_some() {
-            tracing::warn!("store.retention and store.max_disk_bytes are not enforced yet");
+        let sweep_interval = dur("store.sweep_interval", &self.store.sweep_interval)?;
+        if sweep_interval.is_zero() {
+            return Err(ConfigError(
+                "store.sweep_interval: must be more than 0".into(),
+            ));
         }
         Ok(Settings {
             listen: self.listen.parse().map_err(|e| {
@@ -184,6 +194,21 @@ impl Config {
             read_tokens: self.auth.read_tokens.clone(),
             per_host_lines_per_sec: self.limits.per_host_lines_per_sec,
             cache_capacity: sz("store.cache_capacity", &self.store.cache_capacity)?,
+            retention: RetentionPolicy {
+                retention: self
+                    .store
+                    .retention
+                    .as_deref()
+                    .map(|r| dur("store.retention", r))
+                    .transpose()?,
+                max_disk_bytes: self
+                    .store
+                    .max_disk_bytes
+                    .as_deref()
+                    .map(|m| sz("store.max_disk_bytes", m))
+                    .transpose()?,
+            },
+            sweep_interval,
         })
     }
 }

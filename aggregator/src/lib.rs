@@ -151,6 +151,44 @@ pub fn file_hash(host: &str, file: &str) -> u64 {
     h
 }
 
+/// Runs the store's sweep (retention, compaction) every `sweep_interval` while the app lives.
+async fn sweep_periodically(app: std::sync::Weak<App>) {
+    let interval = match app.upgrade() {
+        Some(a) => a.settings.sweep_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        let started = std::time::Instant::now();
+        match app.store.sweep(app.settings.retention).await {
+            Ok(r) => {
+                let m = &app.metrics;
+                m.generations_dropped.inc_by(r.generations_dropped);
+                m.segments_compacted.inc_by(r.segments_compacted);
+                m.bytes_reclaimed.inc_by(r.bytes_reclaimed);
+                m.sweep_seconds.set(started.elapsed().as_secs_f64());
+                if r != store::SweepReport::default() {
+                    tracing::info!(
+                        dropped = r.generations_dropped,
+                        compacted = r.segments_compacted,
+                        reclaimed_bytes = r.bytes_reclaimed,
+                        took = ?started.elapsed(),
+                        "sweep done"
+                    );
+                }
+            }
+            Err(e) => {
+                app.metrics.sweep_failures.inc();
+                tracing::warn!(error = %e, "sweep failed; retrying at the next interval");
+            }
+        }
+    }
+}
+
 /// Runs the aggregator on `listener` until `shutdown` resolves; flushes the store last.
 pub async fn run(
     settings: Settings,
@@ -172,6 +210,7 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(sweep_periodically(Arc::downgrade(&app)));
     server::serve(app, listener, shutdown).await;
     store.flush().await?;
     tracing::info!("store flushed; bye");

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub connections_reclaimed: Counter,
     pub followers: Gauge,
     pub store_size: Gauge,
+    pub generations_dropped: Counter,
+    pub segments_compacted: Counter,
+    pub bytes_reclaimed: Counter,
+    pub sweep_failures: Counter,
+    pub sweep_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -109,8 +114,43 @@ impl Metrics {
             "Bytes the store takes on disk",
             store_size.clone(),
         );
+        let generations_dropped = Counter::default();
+        registry.register(
+            "retention_generations_dropped",
+            "Generations dropped by retention or max_disk_bytes",
+            generations_dropped.clone(),
+        );
+        let segments_compacted = Counter::default();
+        registry.register(
+            "compaction_segments",
+            "Segment files compacted and deleted",
+            segments_compacted.clone(),
+        );
+        let bytes_reclaimed = Counter::default();
+        registry.register(
+            "compaction_reclaimed_bytes",
+            "Disk bytes given back by compaction",
+            bytes_reclaimed.clone(),
+        );
+        let sweep_failures = Counter::default();
+        registry.register(
+            "sweep_failures",
+            "Retention/compaction sweeps that failed",
+            sweep_failures.clone(),
+        );
+        let sweep_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "sweep_duration_seconds",
+            "How long the last retention/compaction sweep took",
+            sweep_seconds.clone(),
+        );
         Metrics {
             registry,
+            generations_dropped,
+            segments_compacted,
+            bytes_reclaimed,
+            sweep_failures,
+            sweep_seconds,
             requests,
             latency,
             errors,

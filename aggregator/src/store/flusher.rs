@@ -26,8 +26,16 @@ struct Flushed {
 pub struct GroupCommit {
     /// Number the next flush to start will carry.
     next: AtomicU64,
-    wake: Notify,
+    /// Shared with the flusher task, which must not hold the `GroupCommit` itself while it
+    /// waits: it ends (and lets go of the store) once the last handle is dropped.
+    wake: Arc<Notify>,
     done: watch::Receiver<Flushed>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
 }
 
 /// What one commit does (fsync the segments, flush sled).
@@ -37,16 +45,17 @@ impl GroupCommit {
     /// Starts the flusher task running `flush`.
     pub fn start(flush: FlushFn) -> Arc<Self> {
         let (tx, rx) = watch::channel(Flushed { done: 0, ok: true });
+        let wake = Arc::new(Notify::new());
         let gc = Arc::new(GroupCommit {
             next: AtomicU64::new(1),
-            wake: Notify::new(),
+            wake: wake.clone(),
             done: rx,
         });
         let weak = Arc::downgrade(&gc);
         tokio::spawn(async move {
             loop {
+                wake.notified().await;
                 let Some(gc) = weak.upgrade() else { return };
-                gc.wake.notified().await;
                 // Writers that read `next` before this increment are covered by this flush;
                 // later ones wait for the next.
                 let number = gc.next.fetch_add(1, Ordering::SeqCst);

@@ -9,10 +9,11 @@ mod bucket;
 mod flusher;
 mod segments;
 mod sled_store;
+mod sweep;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use logship_wire::FileBatch;
 
@@ -120,8 +121,32 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written durable; called at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Enforces the retention policy and reclaims the space of dropped or superseded data.
+    /// Runs periodically; safe to run while writes and downloads go on.
+    fn sweep(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<SweepReport, StoreError>>;
+
     /// Adds the backend's own metrics (e.g. where commit time goes) to the registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}
+
+/// What the periodic sweep enforces (`[store] retention`, `max_disk_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Generations not written for this long are dropped.
+    pub retention: Option<Duration>,
+    /// Past this many bytes on disk the least recently written generations are dropped.
+    pub max_disk_bytes: Option<u64>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub generations_dropped: u64,
+    pub segments_compacted: u64,
+    /// Live bytes copied out of compacted segments.
+    pub bytes_moved: u64,
+    /// Disk bytes given back (segment sizes minus what was copied).
+    pub bytes_reclaimed: u64,
 }
 
 /// The phases of a durable commit, as a histogram label.

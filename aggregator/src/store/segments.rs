@@ -71,6 +71,11 @@ fn path_of(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
 
+/// Makes a file's creation or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Opens (creating, never truncating) segment `n` for reading and appending.
 fn open_segment(dir: &Path, n: u32) -> std::io::Result<File> {
     OpenOptions::new()
@@ -112,26 +117,81 @@ impl Segments {
 
     /// Appends `data` (one or more buckets back to back); returns where it starts.
     pub fn append(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
-        let mut a = self
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut a = self.lock_active();
         if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
-            let number = a.number + 1;
-            let file = Arc::new(open_segment(&self.dir, number)?);
-            let old = std::mem::replace(&mut a.file, file.clone());
-            a.unsynced.push(old);
-            a.number = number;
-            a.len = file.metadata()?.len();
-            self.readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(number, file);
+            self.start_next(&mut a)?;
         }
         let at = a.len;
         a.file.write_all_at(data, at)?;
         a.len += data.len() as u64;
         Ok((a.number, at))
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, Active> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the active segment and starts the next one.
+    fn start_next(&self, a: &mut Active) -> std::io::Result<()> {
+        let number = a.number + 1;
+        let file = Arc::new(open_segment(&self.dir, number)?);
+        // The new file's name must survive a power cut as its data will.
+        sync_dir(&self.dir)?;
+        let old = std::mem::replace(&mut a.file, file.clone());
+        a.unsynced.push(old);
+        a.number = number;
+        a.len = file.metadata()?.len();
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(number, file);
+        Ok(())
+    }
+
+    /// Closes the active segment if it is `number`, so it can be compacted; new appends go to
+    /// the next one.
+    pub fn close_if_active(&self, number: u32) -> std::io::Result<()> {
+        let mut a = self.lock_active();
+        if a.number == number {
+            self.start_next(&mut a)?;
+        }
+        Ok(())
+    }
+
+    /// Every segment and its length in bytes, the active one included.
+    pub fn sizes(&self) -> std::io::Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let e = e?;
+            let number = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(number) = number {
+                out.push((number, e.metadata()?.len()));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes a closed segment that nothing refers to any more; its disk space returns once
+    /// a read in progress lets go of the file.
+    pub fn remove(&self, number: u32) -> std::io::Result<()> {
+        if self.lock_active().number == number {
+            return Err(std::io::Error::other(
+                "the active segment cannot be removed",
+            ));
+        }
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&number);
+        std::fs::remove_file(path_of(&self.dir, number))?;
+        sync_dir(&self.dir)
     }
 
     /// Reads a bucket.
@@ -158,10 +218,7 @@ impl Segments {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> std::io::Result<()> {
         let (current, closed) = {
-            let mut a = self
-                .active
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut a = self.lock_active();
             (a.file.clone(), std::mem::take(&mut a.unsynced))
         };
         for f in closed {
@@ -211,5 +268,28 @@ mod tests {
         assert_eq!(s.read(lb).expect("read"), b"world!");
         let (_, c) = s.append(b"more").expect("append after reopen");
         assert_eq!(c, 11, "appends continue at the end");
+    }
+
+    #[test]
+    fn a_closed_segment_can_be_removed_and_the_active_one_cannot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Segments::open(dir.path()).expect("open");
+        let (first, _) = s.append(b"old").expect("append");
+        assert!(s.remove(first).is_err(), "active");
+        s.close_if_active(first).expect("close");
+        let (second, at) = s.append(b"new").expect("append");
+        assert_eq!((second, at), (first + 1, 0));
+        assert_eq!(s.sizes().expect("sizes"), vec![(first, 3), (second, 3)]);
+        s.remove(first).expect("remove");
+        assert_eq!(s.sizes().expect("sizes"), vec![(second, 3)]);
+        let gone = Loc {
+            segment: first,
+            offset: 0,
+            len: 3,
+        };
+        assert_eq!(
+            s.read(gone).map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::NotFound)
+        );
     }
 }

@@ -22,14 +22,15 @@ use super::bucket::{self, Entry, LINES_PER_BUCKET};
 use super::flusher::GroupCommit;
 use super::segments::{Loc, Segments};
 use super::{
-    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, Store, StoreError, WriteStats,
+    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
+    SweepReport, WriteStats,
 };
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-const HOST: u8 = b'H';
-const FILE: u8 = b'F';
-const LINES: u8 = b'L';
+pub(super) const HOST: u8 = b'H';
+pub(super) const FILE: u8 = b'F';
+pub(super) const LINES: u8 = b'L';
 /// Writers to the same generation serialise on one of these (read-merge-write of buckets).
 const LOCK_STRIPES: usize = 64;
 
@@ -51,18 +52,18 @@ impl Default for SledOptions {
 /// The sled-backed [`Store`].
 #[derive(Clone)]
 pub struct SledStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: sled::Db,
-    segments: Arc<Segments>,
-    commit: Arc<GroupCommit>,
-    stripes: Vec<Mutex<()>>,
+pub(super) struct Inner {
+    pub(super) db: sled::Db,
+    pub(super) segments: Arc<Segments>,
+    pub(super) commit: Arc<GroupCommit>,
+    pub(super) stripes: Vec<Mutex<()>>,
     /// Writers hold it shared from appending data to applying its index entry; a commit
     /// holds it exclusively while it syncs the segments and flushes sled, so a durable
     /// index entry never names data that is not durable yet.
-    gate: Arc<std::sync::RwLock<()>>,
+    pub(super) gate: Arc<std::sync::RwLock<()>>,
     /// Seconds each commit spends waiting for writers, in the segment fsync and in the sled
     /// flush: the parts of a durable ack's latency that are not ours to shorten.
     commit_phases: Family<PhaseLabels, Histogram>,
@@ -70,12 +71,12 @@ struct Inner {
 
 /// Per-generation metadata, stored fixed-width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Meta {
-    id: u64,
-    lines: u64,
-    max_line: u64,
-    first_write_ms: u64,
-    last_write_ms: u64,
+pub(super) struct Meta {
+    pub(super) id: u64,
+    pub(super) lines: u64,
+    pub(super) max_line: u64,
+    pub(super) first_write_ms: u64,
+    pub(super) last_write_ms: u64,
 }
 
 impl Meta {
@@ -96,7 +97,7 @@ impl Meta {
         out
     }
 
-    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+    pub(super) fn decode(b: &[u8]) -> Result<Self, StoreError> {
         if b.len() != 40 {
             return Err(StoreError::Corrupt(format!(
                 "metadata of {} bytes",
@@ -118,11 +119,11 @@ impl Meta {
     }
 }
 
-fn unavailable(e: sled::Error) -> StoreError {
+pub(super) fn unavailable(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn io_unavailable(e: std::io::Error) -> StoreError {
+pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -138,7 +139,7 @@ fn put_name(key: &mut Vec<u8>, name: &str) {
     key.extend_from_slice(name.as_bytes());
 }
 
-fn file_prefix(host: &str, file: Option<&str>) -> Vec<u8> {
+pub(super) fn file_prefix(host: &str, file: Option<&str>) -> Vec<u8> {
     let mut key = vec![FILE];
     put_name(&mut key, host);
     if let Some(file) = file {
@@ -147,7 +148,7 @@ fn file_prefix(host: &str, file: Option<&str>) -> Vec<u8> {
     key
 }
 
-fn line_key(id: u64, bucket: u64) -> [u8; 17] {
+pub(super) fn line_key(id: u64, bucket: u64) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = LINES;
     key[1..9].copy_from_slice(&id.to_be_bytes());
@@ -156,7 +157,7 @@ fn line_key(id: u64, bucket: u64) -> [u8; 17] {
 }
 
 /// Splits a file key back into (host, file, generation).
-fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
+pub(super) fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
     let mut rest = key.strip_prefix(&[FILE])?;
     let mut take = || {
         let (len, tail) = rest.split_at_checked(2)?;
@@ -234,14 +235,13 @@ impl SledStore {
 
 impl Inner {
     /// Applies one file's lines, merging them into their buckets. Not yet durable.
-    fn apply(&self, fb: &FileBatch<'_>, now: u64) -> Result<WriteStats, StoreError> {
+    pub(super) fn apply(&self, fb: &FileBatch<'_>, now: u64) -> Result<WriteStats, StoreError> {
         if fb.lines.is_empty() {
             return Ok(WriteStats::default());
         }
         let mut key = file_prefix(&fb.host, Some(&fb.file));
         key.extend_from_slice(fb.generation.as_bytes());
-        let stripe = xxh(&key) as usize % LOCK_STRIPES;
-        let _guard = self.stripes[stripe]
+        let _guard = self.stripes[stripe_of(&key)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
 
@@ -397,7 +397,7 @@ impl Inner {
             let loc = Loc::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index at line {base} of generation {id}"))
             })?;
-            let v = self.segments.read(loc).map_err(io_unavailable)?;
+            let v = self.read_bucket(&k, loc)?;
             let entries = bucket::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
             })?;
@@ -427,6 +427,25 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Reads a bucket for a download; if compaction just moved it and deleted its segment,
+    /// reads it where the index points now.
+    fn read_bucket(&self, key: &[u8], loc: Loc) -> Result<Vec<u8>, StoreError> {
+        match self.segments.read(loc) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = self.db.get(key).map_err(unavailable)?;
+                match now.as_deref().and_then(Loc::decode) {
+                    Some(moved) if moved != loc => {
+                        self.segments.read(moved).map_err(io_unavailable)
+                    }
+                    _ => Err(io_unavailable(e)),
+                }
+            }
+            other => other.map_err(io_unavailable),
+        }
+    }
+}
+
 fn info(name: String, m: Meta) -> GenerationInfo {
     GenerationInfo {
         name,
@@ -436,6 +455,11 @@ fn info(name: String, m: Meta) -> GenerationInfo {
         first_write: to_time(m.first_write_ms),
         last_write: to_time(m.last_write_ms),
     }
+}
+
+/// The lock stripe of a generation's metadata key.
+pub(super) fn stripe_of(key: &[u8]) -> usize {
+    xxh(key) as usize % LOCK_STRIPES
 }
 
 fn xxh(b: &[u8]) -> u64 {
@@ -531,6 +555,47 @@ impl Store for SledStore {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { self.inner.commit.durable().await })
+    }
+
+    fn sweep(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let now = now_ms();
+            let i = inner.clone();
+            let (candidates, mut report) = blocking(move || {
+                let mut report = SweepReport::default();
+                let candidates = i.retire(policy, now, &mut report)?;
+                Ok((candidates, report))
+            })
+            .await?;
+            if candidates.is_empty() {
+                return Ok(report);
+            }
+            // Writers that appended to a segment just closed apply their index entries
+            // before it is scanned: a commit waits for them.
+            inner.commit.durable().await?;
+            for (n, segment) in candidates.iter().copied().enumerate() {
+                let i = inner.clone();
+                let moved = blocking(move || i.move_live(segment)).await?;
+                // Durable copies, and no writer still holding a location in the segment.
+                inner.commit.durable().await?;
+                let i = inner.clone();
+                let freed = blocking(move || i.remove_if_unreferenced(segment)).await?;
+                if freed > 0 {
+                    report.segments_compacted += 1;
+                    report.bytes_moved += moved;
+                    report.bytes_reclaimed += freed.saturating_sub(moved);
+                }
+                tracing::info!(
+                    segment,
+                    progress = format!("{}/{}", n + 1, candidates.len()),
+                    moved_bytes = moved,
+                    freed_bytes = freed,
+                    "compacted a segment"
+                );
+            }
+            Ok(report)
+        })
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

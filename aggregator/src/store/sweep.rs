@@ -1,0 +1,487 @@
+//! Retention and compaction for the sled store: the periodic sweep.
+//!
+//! 1. Generations whose last write is older than `retention` are dropped, then — while the
+//!    store's live bytes exceed 90 % of `max_disk_bytes` — the generations written longest
+//!    ago. Dropping removes a generation's metadata and index entries in one batch.
+//! 2. Dropped generations and superseded bucket versions leave garbage in the segment files.
+//!    A segment that is mostly garbage (or any garbage while over `max_disk_bytes`) is
+//!    compacted: its live buckets are appended to the active segment, each index entry moved
+//!    with a compare-and-swap (a writer that merged into the bucket meanwhile wins, and the
+//!    copy becomes garbage), then — after a commit, so nothing durable or in flight still
+//!    names it — the file is deleted.
+//!
+//! Crash safety: a segment is deleted only after a durable index that no longer names it has
+//! been checked by a full scan; a crash before that leaves a garbage-only segment for the
+//! next sweep.
+
+use std::collections::HashMap;
+
+use super::segments::Loc;
+use super::sled_store::{
+    file_prefix, io_unavailable, line_key, parse_file_key, stripe_of, unavailable, Inner, Meta,
+    FILE, HOST, LINES,
+};
+use super::{RetentionPolicy, StoreError, SweepReport};
+
+/// A segment with at least this share of garbage is compacted even below `max_disk_bytes`.
+const GARBAGE_RATIO: f64 = 0.5;
+/// Live buckets are copied in appends of about this size.
+const COPY_BATCH: usize = 1 << 20;
+
+/// Live bytes by generation id and by segment, from one scan of the index.
+#[derive(Debug, Default)]
+struct Usage {
+    by_id: HashMap<u64, u64>,
+    by_segment: HashMap<u32, u64>,
+    live: u64,
+}
+
+/// A generation as the sweep sees it.
+#[derive(Debug)]
+struct Generation {
+    key: Vec<u8>,
+    host: String,
+    meta: Meta,
+}
+
+impl Inner {
+    fn usage(&self) -> Result<Usage, StoreError> {
+        let mut u = Usage::default();
+        for item in self.db.scan_prefix([LINES]) {
+            let (k, v) = item.map_err(unavailable)?;
+            let (Some(loc), Some(id)) = (Loc::decode(&v), id_of_line_key(&k)) else {
+                return Err(StoreError::Corrupt("unreadable index entry".into()));
+            };
+            let len = u64::from(loc.len);
+            *u.by_id.entry(id).or_default() += len;
+            *u.by_segment.entry(loc.segment).or_default() += len;
+            u.live += len;
+        }
+        Ok(u)
+    }
+
+    fn all_generations(&self) -> Result<Vec<Generation>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([FILE]) {
+            let (k, v) = item.map_err(unavailable)?;
+            let (host, _, _) = parse_file_key(&k)
+                .ok_or_else(|| StoreError::Corrupt("unreadable file key".into()))?;
+            out.push(Generation {
+                key: k.to_vec(),
+                host,
+                meta: Meta::decode(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Picks the generations the policy drops: expired ones, then the least recently
+    /// written while live data is over 90 % of the disk cap.
+    fn to_drop(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: u64,
+        usage: &Usage,
+    ) -> Result<Vec<Generation>, StoreError> {
+        let mut gens = self.all_generations()?;
+        gens.sort_by_key(|g| (g.meta.last_write_ms, g.meta.id));
+        let expired = |g: &Generation| {
+            policy
+                .retention
+                .is_some_and(|r| g.meta.last_write_ms.saturating_add(r.as_millis() as u64) < now_ms)
+        };
+        let (mut drop, keep): (Vec<_>, Vec<_>) = gens.into_iter().partition(expired);
+        if let Some(max) = policy.max_disk_bytes {
+            let index = self.db.size_on_disk().map_err(unavailable)?;
+            let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
+            let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
+            let target = max / 10 * 9;
+            for g in keep {
+                if live + index <= target {
+                    break;
+                }
+                live -= bytes_of(&g);
+                drop.push(g);
+            }
+        }
+        Ok(drop)
+    }
+
+    /// Removes a generation's metadata and index entries in one batch.
+    fn drop_generation(&self, g: &Generation) -> Result<(), StoreError> {
+        let _guard = self.stripes[stripe_of(&g.key)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        batch.remove(g.key.as_slice());
+        for item in self.db.scan_prefix(&line_key(g.meta.id, 0)[..9]) {
+            let (k, _) = item.map_err(unavailable)?;
+            batch.remove(k);
+        }
+        self.db.apply_batch(batch).map_err(unavailable)?;
+        // The host goes from the host list with its last file; a writer creating a file of
+        // the host meanwhile puts it back (checked after the removal, so never lost).
+        let files_of_host = file_prefix(&g.host, None);
+        if self.db.scan_prefix(&files_of_host).next().is_none() {
+            let mut host_key = vec![HOST];
+            host_key.extend_from_slice(g.host.as_bytes());
+            self.db.remove(&host_key).map_err(unavailable)?;
+            if self.db.scan_prefix(&files_of_host).next().is_some() {
+                self.db.insert(host_key, &[][..]).map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what the policy says, then lists the segments worth compacting (fewest live
+    /// bytes first) and closes the active one if it is among them.
+    pub(super) fn retire(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: u64,
+        report: &mut SweepReport,
+    ) -> Result<Vec<u32>, StoreError> {
+        let mut usage = self.usage()?;
+        let drop = self.to_drop(policy, now_ms, &usage)?;
+        for g in &drop {
+            self.drop_generation(g)?;
+            tracing::info!(
+                host = %g.host,
+                generation_id = g.meta.id,
+                lines = g.meta.lines,
+                "retention dropped a generation"
+            );
+        }
+        report.generations_dropped += drop.len() as u64;
+        if !drop.is_empty() {
+            usage = self.usage()?;
+        }
+        let over_cap = policy
+            .max_disk_bytes
+            .is_some_and(|max| self.db.size_on_disk().unwrap_or(0) + self.segments.size() > max);
+        let mut candidates: Vec<(u64, u32)> = Vec::new();
+        for (segment, len) in self.segments.sizes().map_err(io_unavailable)? {
+            let live = usage.by_segment.get(&segment).copied().unwrap_or(0);
+            let garbage = len.saturating_sub(live);
+            let worth = len > 0
+                && (live == 0
+                    || garbage as f64 >= GARBAGE_RATIO * len as f64
+                    || (over_cap && garbage > 0));
+            if worth {
+                candidates.push((live, segment));
+            }
+        }
+        candidates.sort_unstable();
+        for &(_, segment) in &candidates {
+            self.segments
+                .close_if_active(segment)
+                .map_err(io_unavailable)?;
+        }
+        Ok(candidates.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Copies the live buckets of a closed segment to the active one; returns bytes moved.
+    pub(super) fn move_live(&self, segment: u32) -> Result<u64, StoreError> {
+        let mut pending: Vec<(sled::IVec, Loc)> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut moved = 0u64;
+        for item in self.db.scan_prefix([LINES]) {
+            let (k, v) = item.map_err(unavailable)?;
+            let Some(loc) = Loc::decode(&v) else {
+                return Err(StoreError::Corrupt("unreadable index entry".into()));
+            };
+            if loc.segment != segment {
+                continue;
+            }
+            pending_bytes += loc.len as usize;
+            pending.push((k, loc));
+            if pending_bytes >= COPY_BATCH {
+                moved += self.copy(&std::mem::take(&mut pending))?;
+                pending_bytes = 0;
+            }
+        }
+        moved += self.copy(&pending)?;
+        Ok(moved)
+    }
+
+    /// Appends copies of `buckets` and points each index entry at its copy unless a writer
+    /// changed it meanwhile.
+    fn copy(&self, buckets: &[(sled::IVec, Loc)]) -> Result<u64, StoreError> {
+        if buckets.is_empty() {
+            return Ok(0);
+        }
+        // Shared like a writer: a commit cannot run between the append and the index change.
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut data = Vec::new();
+        for (_, loc) in buckets {
+            data.extend_from_slice(&self.segments.read(*loc).map_err(io_unavailable)?);
+        }
+        let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
+        let mut offset = start;
+        let mut moved = 0;
+        for (key, old) in buckets {
+            let new = Loc {
+                segment,
+                offset,
+                len: old.len,
+            };
+            offset += u64::from(old.len);
+            let swapped = self
+                .db
+                .compare_and_swap(key, Some(&old.encode()[..]), Some(&new.encode()[..]))
+                .map_err(unavailable)?;
+            if swapped.is_ok() {
+                moved += u64::from(old.len);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Deletes a segment once a scan of the (durable) index finds no entry naming it.
+    pub(super) fn remove_if_unreferenced(&self, segment: u32) -> Result<u64, StoreError> {
+        for item in self.db.scan_prefix([LINES]) {
+            let (_, v) = item.map_err(unavailable)?;
+            if Loc::decode(&v).is_some_and(|l| l.segment == segment) {
+                tracing::warn!(segment, "segment still referenced after compaction; kept");
+                return Ok(0);
+            }
+        }
+        let len = self
+            .segments
+            .sizes()
+            .map_err(io_unavailable)?
+            .into_iter()
+            .find_map(|(s, len)| (s == segment).then_some(len))
+            .unwrap_or(0);
+        self.segments.remove(segment).map_err(io_unavailable)?;
+        Ok(len)
+    }
+}
+
+fn id_of_line_key(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use logship_wire::{FileBatch, Line};
+
+    use super::super::sled_store::{SledOptions, SledStore};
+    use super::super::Store;
+    use super::*;
+
+    fn batch(file: &str, generation: &str, lines: &[(u64, String)]) -> FileBatch<'static> {
+        FileBatch {
+            host: Cow::Owned("h".into()),
+            file: Cow::Owned(file.into()),
+            generation: Cow::Owned(generation.into()),
+            lines: lines
+                .iter()
+                .map(|(number, s)| Line {
+                    number: *number,
+                    content: Cow::Owned(s.clone().into_bytes()),
+                    partial: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// `n` lines of about `width` bytes, tagged so versions differ.
+    fn lines(n: u64, width: usize, tag: &str) -> Vec<(u64, String)> {
+        (0..n)
+            .map(|i| (i, format!("{tag} {i} {}", "x".repeat(width))))
+            .collect()
+    }
+
+    async fn read_all(store: &SledStore, host: &str, file: &str) -> Option<String> {
+        let g = store.generations(host, file).await.expect("generations");
+        let id = g.last()?.id;
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let c = store
+                .read_chunk(id, from, u64::MAX >> 16, 1 << 20, false)
+                .await
+                .expect("read");
+            out.extend_from_slice(&c.data);
+            match c.next {
+                Some(n) => from = n,
+                None => return Some(String::from_utf8(out).expect("utf8")),
+            }
+        }
+    }
+
+    fn rendered(lines: &[(u64, String)]) -> String {
+        lines.iter().map(|(_, s)| format!("{s}\n")).collect()
+    }
+
+    fn open(dir: &std::path::Path) -> SledStore {
+        SledStore::open(dir, &SledOptions::default()).expect("open")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_generations_are_dropped_and_their_space_reclaimed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (old, new) = (lines(20_000, 100, "old"), lines(100, 10, "new"));
+        // Written long ago (the clock is the caller's), and just now.
+        store
+            .inner
+            .apply(&batch("/old", "g", &old), 1_000)
+            .expect("apply");
+        store
+            .write(&[batch("/new", "g", &new)])
+            .await
+            .expect("write");
+        let before = store.inner.segments.size();
+        let policy = RetentionPolicy {
+            retention: Some(Duration::from_secs(3600)),
+            max_disk_bytes: None,
+        };
+        let r = store.sweep(policy).await.expect("sweep");
+        assert_eq!(r.generations_dropped, 1);
+        assert_eq!(r.segments_compacted, 1);
+        assert!(store
+            .generations("h", "/old")
+            .await
+            .expect("list")
+            .is_empty());
+        assert_eq!(read_all(&store, "h", "/new").await, Some(rendered(&new)));
+        let after = store.inner.segments.size();
+        assert!(after * 100 < before, "segments {before} → {after} bytes");
+        assert_eq!(store.hosts().await.expect("hosts"), vec!["h".to_owned()]);
+        // A second sweep finds nothing to do; a reopened store reads the same.
+        assert_eq!(
+            store.sweep(policy).await.expect("sweep"),
+            SweepReport::default()
+        );
+        drop(store);
+        // The old handle's flusher lets go of the index a moment after the drop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match SledStore::open(dir.path(), &SledOptions::default()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        assert_eq!(read_all(&store, "h", "/new").await, Some(rendered(&new)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_host_file_going_removes_the_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store
+            .inner
+            .apply(&batch("/only", "g", &lines(10, 10, "a")), 1_000)
+            .expect("apply");
+        store.flush().await.expect("flush");
+        let policy = RetentionPolicy {
+            retention: Some(Duration::from_secs(1)),
+            max_disk_bytes: None,
+        };
+        assert_eq!(
+            store
+                .sweep(policy)
+                .await
+                .expect("sweep")
+                .generations_dropped,
+            1
+        );
+        assert!(store.hosts().await.expect("hosts").is_empty());
+        assert!(store.files(None).await.expect("files").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_max_disk_bytes_the_least_recently_written_go_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let content: Vec<Vec<(u64, String)>> = (0..3)
+            .map(|i| lines(40_000, 100, &format!("f{i}")))
+            .collect();
+        for (i, c) in content.iter().enumerate() {
+            let when = 1_000 * (i as u64 + 1);
+            store
+                .inner
+                .apply(&batch(&format!("/f{i}"), "g", c), when)
+                .expect("apply");
+        }
+        store.flush().await.expect("flush");
+        let index = store.inner.db.size_on_disk().expect("size");
+        let one = store.inner.segments.size() / 3;
+        // Room for two files' data and the index, not three.
+        let max = (index + 2 * one) * 100 / 85;
+        let policy = RetentionPolicy {
+            retention: None,
+            max_disk_bytes: Some(max),
+        };
+        let r = store.sweep(policy).await.expect("sweep");
+        assert_eq!(r.generations_dropped, 1, "{r:?}");
+        assert_eq!(read_all(&store, "h", "/f0").await, None, "oldest dropped");
+        for (i, c) in content.iter().enumerate().skip(1) {
+            assert_eq!(
+                read_all(&store, "h", &format!("/f{i}")).await,
+                Some(rendered(c))
+            );
+        }
+        assert!(
+            store.size_on_disk() <= max,
+            "{} bytes on disk, cap {max}",
+            store.size_on_disk()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_keeps_every_line_while_writers_and_readers_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(open(dir.path()));
+        const ROUNDS: usize = 30;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let v = lines(2_000, 50, &format!("v{round}"));
+                    // Two halves in two requests, so buckets are merged, not just replaced.
+                    let (a, b) = v.split_at(1_000);
+                    store.write(&[batch("/f", "g", b)]).await.expect("write");
+                    store.write(&[batch("/f", "g", a)]).await.expect("write");
+                }
+            })
+        };
+        let mut compacted = 0;
+        while !writer.is_finished() {
+            let r = store
+                .sweep(RetentionPolicy::default())
+                .await
+                .expect("sweep");
+            compacted += r.segments_compacted;
+            // Reads during compaction see some version of every line, never an error.
+            if let Some(text) = read_all(&store, "h", "/f").await {
+                assert!(text.lines().all(|l| l.starts_with('v')), "{text:.200}");
+            }
+        }
+        writer.await.expect("writer");
+        compacted += store
+            .sweep(RetentionPolicy::default())
+            .await
+            .expect("sweep")
+            .segments_compacted;
+        assert!(compacted >= 1, "garbage was never compacted");
+        let last = lines(2_000, 50, &format!("v{}", ROUNDS - 1));
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&last)));
+        let live = store.inner.usage().expect("usage").live;
+        assert!(
+            store.inner.segments.size() < live * 3,
+            "garbage left: {} bytes of segments for {live} live",
+            store.inner.segments.size()
+        );
+    }
+}
