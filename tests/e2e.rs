@@ -12,3 +12,4 @@ mod lifecycle;
 mod live;
 mod model;
 mod overload;
+mod retention;

@@ -230,6 +230,30 @@ mod tests {
         let c = Config::load(Some(&p), &Overrides::default()).expect("loads");
         let e = c.validate().expect_err("bad duration").to_string();
         assert!(e.contains("header_read_timeout"), "{e}");
+        for (text, key) in [
+            ("[store]\nretention = \"forever\"\n", "store.retention"),
+            (
+                "[store]\nmax_disk_bytes = \"lots\"\n",
+                "store.max_disk_bytes",
+            ),
+            ("[store]\nsweep_interval = \"0s\"\n", "store.sweep_interval"),
+        ] {
+            std::fs::write(&p, text).expect("write");
+            let c = Config::load(Some(&p), &Overrides::default()).expect("loads");
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        std::fs::write(
+            &p,
+            "[store]\nretention = \"7d\"\nmax_disk_bytes = \"10GiB\"\n",
+        )
+        .expect("write");
+        let s = Config::load(Some(&p), &Overrides::default())
+            .expect("loads")
+            .validate()
+            .expect("valid");
+        assert_eq!(s.retention.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(s.retention.max_disk_bytes, Some(10 << 30));
     }
 
     #[test]
