@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// `idle_since_ms` of a connection that has not finished a request yet.
+/// `idle_since` of a connection that has not finished a request yet.
 const NEVER_SERVED: u64 = u64::MAX;
 
 /// The most hyper buffers for a request line and headers; past it, 431.
@@ -42,23 +42,20 @@ pub struct ConnState {
     active: AtomicUsize,
     /// Bytes arrived since the last response finished (or since accept): a request is coming.
     reading: AtomicBool,
-    /// Milliseconds after the registry's epoch when the connection last became idle;
-    /// [`NEVER_SERVED`] until its first response is out (a client that connected and has not
-    /// sent yet is slow, not idle, and is left to `header_read_timeout`).
-    idle_since_ms: AtomicU64,
+    /// When the connection last became idle, as a registry-wide sequence number (so ties
+    /// cannot happen); [`NEVER_SERVED`] until its first response is out (a client that
+    /// connected and has not sent yet is slow, not idle, and is left to `header_read_timeout`).
+    idle_since: AtomicU64,
     /// Set once the registry picked this connection to close.
     reclaimed: AtomicBool,
     reclaim: Notify,
     /// The status of an answer hyper made and [`ConnIo`] replaced, for the metrics.
     framing_status: AtomicU16,
-    epoch: Instant,
+    /// The registry's sequence of idle moments.
+    idle_clock: Arc<AtomicU64>,
 }
 
 impl ConnState {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// Marks a request as in progress until the returned guard (kept by its response body) drops.
     pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.active.fetch_add(1, Ordering::SeqCst);
@@ -71,7 +68,7 @@ impl ConnState {
     }
 
     fn is_idle(&self) -> bool {
-        self.idle_since_ms.load(Ordering::SeqCst) != NEVER_SERVED
+        self.idle_since.load(Ordering::SeqCst) != NEVER_SERVED
             && !self.reading.load(Ordering::SeqCst)
             && self.active.load(Ordering::SeqCst) == 0
             && !self.reclaimed.load(Ordering::SeqCst)
@@ -102,7 +99,8 @@ impl Drop for RequestGuard {
         if s.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The response is out; whatever is read next belongs to the next request.
             s.reading.store(false, Ordering::SeqCst);
-            s.idle_since_ms.store(s.now_ms(), Ordering::SeqCst);
+            let now = s.idle_clock.fetch_add(1, Ordering::SeqCst);
+            s.idle_since.store(now, Ordering::SeqCst);
         }
     }
 }
@@ -147,7 +145,7 @@ impl<B: HttpBody + Unpin> HttpBody for GuardedBody<B> {
 /// Every open connection, so the longest-idle one can be closed when the cap is reached.
 #[derive(Debug)]
 pub struct Registry {
-    epoch: Instant,
+    idle_clock: Arc<AtomicU64>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
 }
@@ -155,7 +153,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            epoch: Instant::now(),
+            idle_clock: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
         }
@@ -169,11 +167,11 @@ impl Registry {
         let state = Arc::new(ConnState {
             active: AtomicUsize::new(0),
             reading: AtomicBool::new(false),
-            idle_since_ms: AtomicU64::new(NEVER_SERVED),
+            idle_since: AtomicU64::new(NEVER_SERVED),
             reclaimed: AtomicBool::new(false),
             reclaim: Notify::new(),
             framing_status: AtomicU16::new(0),
-            epoch: self.epoch,
+            idle_clock: self.idle_clock.clone(),
         });
         self.lock().insert(id, state.clone());
         Registration {
@@ -189,7 +187,7 @@ impl Registry {
         let oldest = conns
             .values()
             .filter(|c| c.is_idle())
-            .min_by_key(|c| c.idle_since_ms.load(Ordering::SeqCst));
+            .min_by_key(|c| c.idle_since.load(Ordering::SeqCst));
         match oldest {
             Some(c) if !c.reclaimed.swap(true, Ordering::SeqCst) => {
                 c.reclaim.notify_one();
@@ -434,8 +432,8 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let a = registry.register();
         let b = registry.register();
-        a.state.idle_since_ms.store(50, Ordering::SeqCst);
-        b.state.idle_since_ms.store(10, Ordering::SeqCst);
+        a.state.idle_since.store(50, Ordering::SeqCst);
+        b.state.idle_since.store(10, Ordering::SeqCst);
         assert!(registry.reclaim_idle());
         assert!(b.state.reclaimed.load(Ordering::SeqCst));
         assert!(!a.state.reclaimed.load(Ordering::SeqCst));

@@ -67,6 +67,8 @@ pub(super) struct Inner {
     /// Seconds each commit spends waiting for writers, in the segment fsync and in the sled
     /// flush: the parts of a durable ack's latency that are not ours to shorten.
     commit_phases: Family<PhaseLabels, Histogram>,
+    /// Segment bytes at the last full sweep; the sweep rescans only after growth or drops.
+    pub(super) swept_segment_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Per-generation metadata, stored fixed-width.
@@ -228,6 +230,7 @@ impl SledStore {
                 stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 gate,
                 commit_phases,
+                swept_segment_bytes: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -594,6 +597,10 @@ impl Store for SledStore {
                     "compacted a segment"
                 );
             }
+            // Growth is measured from what compaction left.
+            inner
+                .swept_segment_bytes
+                .store(inner.segments.size(), std::sync::atomic::Ordering::SeqCst);
             Ok(report)
         })
     }

@@ -15,6 +15,7 @@
 //! next sweep.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use super::segments::Loc;
 use super::sled_store::{
@@ -75,36 +76,45 @@ impl Inner {
         Ok(out)
     }
 
-    /// Picks the generations the policy drops: expired ones, then the least recently
-    /// written while live data is over 90 % of the disk cap.
-    fn to_drop(
+    /// Generations not written for `retention`, least recently written first.
+    fn expired(
         &self,
         policy: RetentionPolicy,
         now_ms: u64,
-        usage: &Usage,
-    ) -> Result<Vec<Generation>, StoreError> {
+    ) -> Result<(Vec<Generation>, Vec<Generation>), StoreError> {
         let mut gens = self.all_generations()?;
         gens.sort_by_key(|g| (g.meta.last_write_ms, g.meta.id));
-        let expired = |g: &Generation| {
+        Ok(gens.into_iter().partition(|g| {
             policy
                 .retention
                 .is_some_and(|r| g.meta.last_write_ms.saturating_add(r.as_millis() as u64) < now_ms)
+        }))
+    }
+
+    /// Adds to `drop` the least recently written of `keep` while live data and the index
+    /// are over 90 % of the disk cap.
+    fn over_cap(
+        &self,
+        policy: RetentionPolicy,
+        usage: &Usage,
+        drop: &mut Vec<Generation>,
+        keep: Vec<Generation>,
+    ) -> Result<(), StoreError> {
+        let Some(max) = policy.max_disk_bytes else {
+            return Ok(());
         };
-        let (mut drop, keep): (Vec<_>, Vec<_>) = gens.into_iter().partition(expired);
-        if let Some(max) = policy.max_disk_bytes {
-            let index = self.db.size_on_disk().map_err(unavailable)?;
-            let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
-            let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
-            let target = max / 10 * 9;
-            for g in keep {
-                if live + index <= target {
-                    break;
-                }
-                live -= bytes_of(&g);
-                drop.push(g);
+        let index = self.db.size_on_disk().map_err(unavailable)?;
+        let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
+        let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
+        let target = max / 10 * 9;
+        for g in keep {
+            if live + index <= target {
+                break;
             }
+            live -= bytes_of(&g);
+            drop.push(g);
         }
-        Ok(drop)
+        Ok(())
     }
 
     /// Removes a generation's metadata and index entries in one batch.
@@ -141,8 +151,19 @@ impl Inner {
         now_ms: u64,
         report: &mut SweepReport,
     ) -> Result<Vec<u32>, StoreError> {
+        let segment_bytes = self.segments.size();
+        let index = self.db.size_on_disk().map_err(unavailable)?;
+        let near_cap = policy
+            .max_disk_bytes
+            .is_some_and(|max| index + segment_bytes > max / 10 * 9);
+        // A full index scan costs seconds on a large store: only when something changed.
+        let grown = segment_bytes > self.swept_segment_bytes.load(Ordering::SeqCst) / 4 * 5;
+        let (mut drop, keep) = self.expired(policy, now_ms)?;
+        if drop.is_empty() && !near_cap && !grown {
+            return Ok(Vec::new());
+        }
         let mut usage = self.usage()?;
-        let drop = self.to_drop(policy, now_ms, &usage)?;
+        self.over_cap(policy, &usage, &mut drop, keep)?;
         for g in &drop {
             self.drop_generation(g)?;
             tracing::info!(
@@ -172,6 +193,8 @@ impl Inner {
             }
         }
         candidates.sort_unstable();
+        self.swept_segment_bytes
+            .store(self.segments.size(), Ordering::SeqCst);
         for &(_, segment) in &candidates {
             self.segments
                 .close_if_active(segment)
