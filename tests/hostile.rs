@@ -36,6 +36,19 @@ fn raw(addr: &str, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// Sends one bad request: it must get `want` with a JSON error, and the server keeps serving.
+fn answers_json_error(agg: &Aggregator, name: &str, request: &[u8], want: u16) {
+    let (status, body) = raw(agg.addr(), request);
+    assert_eq!(status, want, "{name}: got {status} {body:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {body:?}"));
+    assert!(
+        v["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{name}: {body}"
+    );
+    assert_eq!(get(&agg.url("/ruok")).text(), "imok", "after {name}");
+}
+
 fn req(method: &str, target: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut r = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -323,15 +336,7 @@ fn thirty_plus_bad_requests_get_clear_4xx_and_harm_nothing() {
     ];
     assert!(cases.len() >= 30);
     for (name, request, want) in &cases {
-        let (status, body) = raw(agg.addr(), request);
-        assert_eq!(status, *want, "{name}: got {status} {body:?}");
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {body:?}"));
-        assert!(
-            v["error"].as_str().is_some_and(|m| !m.is_empty()),
-            "{name}: {body}"
-        );
-        assert_eq!(get(&agg.url("/ruok")).text(), "imok", "after {name}");
+        answers_json_error(&agg, name, request, *want);
     }
 
     // Framing errors hyper rejects before routing: still the right 4xx with a JSON error.
@@ -351,16 +356,8 @@ fn thirty_plus_bad_requests_get_clear_4xx_and_harm_nothing() {
         ),
         ("not HTTP", b"HELLO THERE\r\n\r\n".to_vec(), 400),
     ];
-    for (name, request, want) in framing {
-        let (status, body) = raw(agg.addr(), &request);
-        assert_eq!(status, want, "{name}: got {status} {body:?}");
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {body:?}"));
-        assert!(
-            v["error"].as_str().is_some_and(|m| !m.is_empty()),
-            "{name}: {body}"
-        );
-        assert_eq!(get(&agg.url("/ruok")).text(), "imok", "after {name}");
+    for (name, request, want) in &framing {
+        answers_json_error(&agg, name, request, *want);
     }
     // A body shorter than its Content-Length, then the client goes away.
     {

@@ -7,17 +7,6 @@ use std::time::Duration;
 
 use logship_e2e::*;
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .last()
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .sum()
-}
-
 #[test]
 fn agents_back_off_under_429_and_503_and_deliver_everything() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -17,13 +17,6 @@ fn dir_bytes(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn expired_files_are_dropped_and_their_disk_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -464,3 +464,16 @@ pub fn start_pair(
     );
     (agg, logs, cfg)
 }
+
+/// The sum of the values of the Prometheus lines starting with `name` (a metric, or a metric
+/// and its labels); 0 if there are none.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum()
+}
