@@ -223,6 +223,14 @@ fn config_errors_name_the_key_and_line() {
             "bad.toml:4",
             "max_in_flight",
         ),
+        // a count too large to honour (used to panic)
+        (
+            format!(
+                "{sink}[limits]\nmax_open_files = 9223372036854775807\n[[sources]]\npaths = [\"/tmp/*.log\"]\n"
+            ),
+            "bad.toml:4",
+            "limits.max_open_files",
+        ),
     ];
     for (text, at, key) in cases {
         let err = agent_config_error(dir.path(), &text);

@@ -311,6 +311,15 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
         sources.push(validate_source(i, s, &c.defaults, &base)?);
     }
     let open_default = (nofile_limit() / 4).clamp(16, 16_384) as usize;
+    // Both become semaphores, which panic past a few quintillion permits.
+    for (key, value) in [
+        ("limits.max_in_flight", c.limits.max_in_flight),
+        ("limits.max_open_files", c.limits.max_open_files),
+    ] {
+        if value.is_some_and(|v| v > MAX_COUNT) {
+            return Err((key.into(), format!("more than the {MAX_COUNT} allowed")));
+        }
+    }
     Ok(Settings {
         host,
         state_dir,
@@ -332,6 +341,9 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
         max_open_files: c.limits.max_open_files.unwrap_or(open_default).max(4),
     })
 }
+
+/// The most in-flight batches or open files a config may ask for.
+const MAX_COUNT: usize = 1_000_000;
 
 /// The source's own value if set (and `true`), else the default's.
 fn own_or<T>(own: Option<T>, default: Option<T>) -> (Option<T>, bool) {

@@ -104,6 +104,9 @@ impl Default for Config {
     }
 }
 
+/// The most connections or followers a config may ask for.
+const MAX_COUNT: usize = 1_000_000;
+
 fn sz(key: &str, s: &str) -> Result<u64, ConfigError> {
     units::size(key, s).map_err(ConfigError)
 }
@@ -172,6 +175,18 @@ impl Config {
                 self.store.kind
             )));
         }
+        // Both become semaphores, which cannot hold more than a few quintillion permits; a
+        // million is far past what one process serves.
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_followers", self.max_followers),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ConfigError(format!(
+                    "{key}: {value} is more than the {MAX_COUNT} allowed"
+                )));
+            }
+        }
         let sweep_interval = dur("store.sweep_interval", &self.store.sweep_interval)?;
         if sweep_interval.is_zero() {
             return Err(ConfigError(
@@ -237,6 +252,8 @@ mod tests {
                 "store.max_disk_bytes",
             ),
             ("[store]\nsweep_interval = \"0s\"\n", "store.sweep_interval"),
+            ("max_connections = 9223372036854775807\n", "max_connections"),
+            ("max_followers = 2000000\n", "max_followers"),
         ] {
             std::fs::write(&p, text).expect("write");
             let c = Config::load(Some(&p), &Overrides::default()).expect("loads");
