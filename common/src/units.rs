@@ -13,9 +13,17 @@ pub fn size(key: &str, s: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `"200ms"` or `"1m 30s"`; the error names `key`.
 pub fn duration(key: &str, s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{key}: {s:?} is not a duration like \"200ms\": {e}"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{key}: {s:?} is not a duration like \"200ms\": {e}"))?;
+    // Timers add durations to `Instant::now()`, which panics on overflow.
+    if d > MAX_DURATION {
+        return Err(format!("{key}: {s:?} is longer than the 100 years allowed"));
+    }
+    Ok(d)
 }
+
+/// The longest duration a config may give.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Renders a TOML error as `file:line: message` (toml reports unknown keys and wrong types
 /// with a span; figment alone would lose the line).
@@ -42,6 +50,10 @@ mod tests {
 
     #[test]
     fn parses_sizes_and_durations() {
+        assert!(duration("k", "100000000y")
+            .unwrap_err()
+            .contains("100 years"));
+        assert_eq!(duration("k", "30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(size("k", "1MiB"), Ok(1 << 20));
         assert_eq!(size("k", "0"), Ok(0));
         assert!(size("k", "lots").unwrap_err().starts_with("k: "));
