@@ -21,6 +21,7 @@ use logship_wire::FileBatch;
 use super::bucket::{self, Entry, LINES_PER_BUCKET};
 use super::flusher::GroupCommit;
 use super::segments::{Loc, Segments};
+use super::sweep::SEGMENTS_PER_PASS;
 use super::{
     BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
     SweepReport, WriteStats,
@@ -577,24 +578,23 @@ impl Store for SledStore {
             // Writers that appended to a segment just closed apply their index entries
             // before it is scanned: a commit waits for them.
             inner.commit.durable().await?;
-            for (n, segment) in candidates.iter().copied().enumerate() {
-                let i = inner.clone();
-                let moved = blocking(move || i.move_live(segment)).await?;
-                // Durable copies, and no writer still holding a location in the segment.
+            let passes = candidates.len().div_ceil(SEGMENTS_PER_PASS);
+            for (n, group) in candidates.chunks(SEGMENTS_PER_PASS).enumerate() {
+                let (i, g) = (inner.clone(), group.to_vec());
+                let moved = blocking(move || i.move_live(&g)).await?;
+                // Durable copies, and no writer still holding a location in these segments.
                 inner.commit.durable().await?;
-                let i = inner.clone();
-                let freed = blocking(move || i.remove_if_unreferenced(segment)).await?;
-                if freed > 0 {
-                    report.segments_compacted += 1;
-                    report.bytes_moved += moved;
-                    report.bytes_reclaimed += freed.saturating_sub(moved);
-                }
+                let (i, g) = (inner.clone(), group.to_vec());
+                let (count, freed) = blocking(move || i.remove_unreferenced(&g)).await?;
+                report.segments_compacted += count;
+                report.bytes_moved += moved;
+                report.bytes_reclaimed += freed.saturating_sub(moved);
                 tracing::info!(
-                    segment,
-                    progress = format!("{}/{}", n + 1, candidates.len()),
+                    segments = ?group,
+                    progress = format!("{}/{passes}", n + 1),
                     moved_bytes = moved,
                     freed_bytes = freed,
-                    "compacted a segment"
+                    "compacted segments"
                 );
             }
             // Growth is measured from what compaction left.

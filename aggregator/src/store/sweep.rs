@@ -28,6 +28,10 @@ use super::{RetentionPolicy, StoreError, SweepReport};
 const GARBAGE_RATIO: f64 = 0.5;
 /// Live buckets are copied in appends of about this size.
 const COPY_BATCH: usize = 1 << 20;
+/// Segments compacted per scan of the index: few enough that space comes back early when
+/// many are due (each may be 256 MiB), many enough that a large store is not scanned per
+/// segment.
+pub(super) const SEGMENTS_PER_PASS: usize = 8;
 
 /// Live bytes by generation id and by segment, from one scan of the index.
 #[derive(Debug, Default)]
@@ -203,8 +207,9 @@ impl Inner {
         Ok(candidates.into_iter().map(|(_, s)| s).collect())
     }
 
-    /// Copies the live buckets of a closed segment to the active one; returns bytes moved.
-    pub(super) fn move_live(&self, segment: u32) -> Result<u64, StoreError> {
+    /// Copies the live buckets of closed segments to the active one, in one scan of the
+    /// index; returns bytes moved.
+    pub(super) fn move_live(&self, segments: &[u32]) -> Result<u64, StoreError> {
         let mut pending: Vec<(sled::IVec, Loc)> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut moved = 0u64;
@@ -213,7 +218,7 @@ impl Inner {
             let Some(loc) = Loc::decode(&v) else {
                 return Err(StoreError::Corrupt("unreadable index entry".into()));
             };
-            if loc.segment != segment {
+            if !segments.contains(&loc.segment) {
                 continue;
             }
             pending_bytes += loc.len as usize;
@@ -263,24 +268,33 @@ impl Inner {
         Ok(moved)
     }
 
-    /// Deletes a segment once a scan of the (durable) index finds no entry naming it.
-    pub(super) fn remove_if_unreferenced(&self, segment: u32) -> Result<u64, StoreError> {
+    /// Deletes the segments that one scan of the (durable) index finds no entry naming;
+    /// returns how many were deleted and their bytes.
+    pub(super) fn remove_unreferenced(&self, segments: &[u32]) -> Result<(u64, u64), StoreError> {
+        let mut referenced = std::collections::HashSet::new();
         for item in self.db.scan_prefix([LINES]) {
             let (_, v) = item.map_err(unavailable)?;
-            if Loc::decode(&v).is_some_and(|l| l.segment == segment) {
-                tracing::warn!(segment, "segment still referenced after compaction; kept");
-                return Ok(0);
+            if let Some(l) = Loc::decode(&v).filter(|l| segments.contains(&l.segment)) {
+                referenced.insert(l.segment);
             }
         }
-        let len = self
+        let sizes: HashMap<u32, u64> = self
             .segments
             .sizes()
             .map_err(io_unavailable)?
             .into_iter()
-            .find_map(|(s, len)| (s == segment).then_some(len))
-            .unwrap_or(0);
-        self.segments.remove(segment).map_err(io_unavailable)?;
-        Ok(len)
+            .collect();
+        let (mut count, mut bytes) = (0, 0);
+        for &segment in segments {
+            if referenced.contains(&segment) {
+                tracing::warn!(segment, "segment still referenced after compaction; kept");
+                continue;
+            }
+            self.segments.remove(segment).map_err(io_unavailable)?;
+            count += 1;
+            bytes += sizes.get(&segment).copied().unwrap_or(0);
+        }
+        Ok((count, bytes))
     }
 }
 
