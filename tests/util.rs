@@ -118,7 +118,18 @@ impl Aggregator {
 
     /// As [`start`](Self::start) but on a given address (to restart on the same port).
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Aggregator {
+        Self::start_with_env(data_dir, listen, extra, &[])
+    }
+
+    /// As [`start_on`](Self::start_on) with extra environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Aggregator {
         let mut cmd = Command::new(bin("aggregator"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)

@@ -159,12 +159,28 @@ async fn sweep_periodically(app: std::sync::Weak<App>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = store::clock::RetentionClock::default();
+    clock.read();
     tick.tick().await;
     loop {
         tick.tick().await;
         let Some(app) = app.upgrade() else { return };
         let started = std::time::Instant::now();
-        match app.store.sweep(app.settings.retention).await {
+        let reading = clock.read();
+        if let Some((forward, by)) = reading.jump {
+            app.metrics.clock_jumps.inc();
+            tracing::error!(
+                direction = if forward { "forward" } else { "backward" },
+                by = %humantime::format_duration(std::time::Duration::from_secs(by.as_secs())),
+                retention_clock_behind = %humantime::format_duration(std::time::Duration::from_secs(reading.behind.as_secs())),
+                "the wall clock jumped; retention keeps measuring age with the monotonic clock, so nothing is dropped for the jump"
+            );
+        }
+        app.metrics
+            .retention_clock_behind
+            .set(reading.behind.as_secs_f64());
+        app.metrics.sweeps.inc();
+        match app.store.sweep(app.settings.retention, reading.now).await {
             Ok(r) => {
                 let m = &app.metrics;
                 m.generations_dropped.inc_by(r.generations_dropped);

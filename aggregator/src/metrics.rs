@@ -43,6 +43,12 @@ pub struct Metrics {
     pub bytes_reclaimed: Counter,
     pub sweep_failures: Counter,
     pub sweep_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Sweeps run, so a test (or an operator) can tell that retention looked at the store.
+    pub sweeps: Counter,
+    /// Wall-clock jumps the retention clock refused to follow (see `store::clock`).
+    pub clock_jumps: Counter,
+    /// How far retention's clock is behind the wall clock after a forward jump.
+    pub retention_clock_behind: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -144,8 +150,25 @@ impl Metrics {
             "How long the last retention/compaction sweep took",
             sweep_seconds.clone(),
         );
+        let sweeps = Counter::default();
+        registry.register("sweeps", "Retention/compaction sweeps run", sweeps.clone());
+        let clock_jumps = Counter::default();
+        registry.register(
+            "retention_clock_jumps",
+            "Wall-clock jumps seen between sweeps; retention measured them with the monotonic clock",
+            clock_jumps.clone(),
+        );
+        let retention_clock_behind = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "retention_clock_behind_seconds",
+            "How far the clock retention uses is behind the wall clock (after a forward jump)",
+            retention_clock_behind.clone(),
+        );
         Metrics {
             registry,
+            sweeps,
+            clock_jumps,
+            retention_clock_behind,
             generations_dropped,
             segments_compacted,
             bytes_reclaimed,

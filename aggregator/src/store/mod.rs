@@ -6,6 +6,7 @@
 //! is durable.
 
 mod bucket;
+pub mod clock;
 mod flusher;
 mod segments;
 mod sled_store;
@@ -122,8 +123,14 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Enforces the retention policy and reclaims the space of dropped or superseded data.
-    /// Runs periodically; safe to run while writes and downloads go on.
-    fn sweep(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<SweepReport, StoreError>>;
+    /// `now` is the retention clock's time ([`clock::RetentionClock`]), not the raw wall
+    /// clock. Runs periodically; safe to run while writes and downloads go on: a generation
+    /// written after it was found expired is kept.
+    fn sweep(
+        &self,
+        policy: RetentionPolicy,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<SweepReport, StoreError>>;
 
     /// Adds the backend's own metrics (e.g. where commit time goes) to the registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

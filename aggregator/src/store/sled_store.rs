@@ -561,10 +561,14 @@ impl Store for SledStore {
         Box::pin(async move { self.inner.commit.durable().await })
     }
 
-    fn sweep(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
+    fn sweep(
+        &self,
+        policy: RetentionPolicy,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let now = now_ms();
+            let now = super::clock::millis(now);
             let i = inner.clone();
             let (candidates, mut report) = blocking(move || {
                 let mut report = SweepReport::default();

@@ -121,11 +121,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes a generation's metadata and index entries in one batch.
-    fn drop_generation(&self, g: &Generation) -> Result<(), StoreError> {
+    /// Removes a generation's metadata and index entries in one batch, unless it was
+    /// written since the sweep listed it; returns whether it was dropped.
+    ///
+    /// The check and the removal run under the generation's stripe lock, which every write
+    /// holds while it applies, so a write either lands first (the metadata changed: the
+    /// generation is kept) or after (it finds no generation and starts a new one). Without
+    /// the check, a write landing between the listing and the drop was acknowledged and then
+    /// deleted (issue 11.1).
+    fn drop_generation(&self, g: &Generation) -> Result<bool, StoreError> {
         let _guard = self.stripes[stripe_of(&g.key)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.db.get(&g.key).map_err(unavailable)? {
+            Some(v) if Meta::decode(&v)? == g.meta => {}
+            _ => return Ok(false),
+        }
         let mut batch = sled::Batch::default();
         batch.remove(g.key.as_slice());
         for item in self.db.scan_prefix(&line_key(g.meta.id, 0)[..9]) {
@@ -144,7 +155,7 @@ impl Inner {
                 self.db.insert(host_key, &[][..]).map_err(unavailable)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Drops what the policy says, then lists the segments worth compacting (fewest live
@@ -168,8 +179,17 @@ impl Inner {
         }
         let mut usage = self.usage()?;
         self.over_cap(policy, &usage, &mut drop, keep)?;
+        let mut dropped = 0u64;
         for g in &drop {
-            self.drop_generation(g)?;
+            if !self.drop_generation(g)? {
+                tracing::debug!(
+                    host = %g.host,
+                    generation_id = g.meta.id,
+                    "written while the sweep ran; kept"
+                );
+                continue;
+            }
+            dropped += 1;
             tracing::info!(
                 host = %g.host,
                 generation_id = g.meta.id,
@@ -177,8 +197,8 @@ impl Inner {
                 "retention dropped a generation"
             );
         }
-        report.generations_dropped += drop.len() as u64;
-        if !drop.is_empty() {
+        report.generations_dropped += dropped;
+        if dropped > 0 {
             usage = self.usage()?;
         }
         let over_cap = policy
@@ -364,6 +384,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_written_after_it_was_listed_as_expired_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let policy = RetentionPolicy {
+            retention: Some(Duration::from_secs(1)),
+            max_disk_bytes: None,
+        };
+        store
+            .inner
+            .apply(&batch("/f", "g", &lines(10, 10, "a")), 1_000)
+            .expect("apply");
+        let (expired, _) = store.inner.expired(policy, 10_000).expect("expired");
+        assert_eq!(expired.len(), 1);
+        // A write lands between the listing and the drop, and is acknowledged.
+        let late = vec![(10, "late".to_owned())];
+        store.write(&[batch("/f", "g", &late)]).await.expect("write");
+        assert!(!store.inner.drop_generation(&expired[0]).expect("drop"));
+        let text = read_all(&store, "h", "/f").await.expect("kept");
+        assert!(text.ends_with("late\n"), "{text}");
+        // Listed afresh, it is dropped once it has been idle again.
+        let (expired, _) = store.inner.expired(policy, u64::MAX / 2).expect("expired");
+        assert!(store.inner.drop_generation(&expired[0]).expect("drop"));
+        assert_eq!(read_all(&store, "h", "/f").await, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_generations_are_dropped_and_their_space_reclaimed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
@@ -382,7 +428,10 @@ mod tests {
             retention: Some(Duration::from_secs(3600)),
             max_disk_bytes: None,
         };
-        let r = store.sweep(policy).await.expect("sweep");
+        let r = store
+            .sweep(policy, std::time::SystemTime::now())
+            .await
+            .expect("sweep");
         assert_eq!(r.generations_dropped, 1);
         assert_eq!(r.segments_compacted, 1);
         assert!(store
@@ -396,7 +445,10 @@ mod tests {
         assert_eq!(store.hosts().await.expect("hosts"), vec!["h".to_owned()]);
         // A second sweep finds nothing to do; a reopened store reads the same.
         assert_eq!(
-            store.sweep(policy).await.expect("sweep"),
+            store
+                .sweep(policy, std::time::SystemTime::now())
+                .await
+                .expect("sweep"),
             SweepReport::default()
         );
         drop(store);
@@ -427,7 +479,7 @@ mod tests {
         };
         assert_eq!(
             store
-                .sweep(policy)
+                .sweep(policy, std::time::SystemTime::now())
                 .await
                 .expect("sweep")
                 .generations_dropped,
@@ -460,7 +512,10 @@ mod tests {
             retention: None,
             max_disk_bytes: Some(max),
         };
-        let r = store.sweep(policy).await.expect("sweep");
+        let r = store
+            .sweep(policy, std::time::SystemTime::now())
+            .await
+            .expect("sweep");
         assert_eq!(r.generations_dropped, 1, "{r:?}");
         assert_eq!(read_all(&store, "h", "/f0").await, None, "oldest dropped");
         for (i, c) in content.iter().enumerate().skip(1) {
@@ -496,7 +551,7 @@ mod tests {
         let mut compacted = 0;
         while !writer.is_finished() {
             let r = store
-                .sweep(RetentionPolicy::default())
+                .sweep(RetentionPolicy::default(), std::time::SystemTime::now())
                 .await
                 .expect("sweep");
             compacted += r.segments_compacted;
@@ -507,7 +562,7 @@ mod tests {
         }
         writer.await.expect("writer");
         compacted += store
-            .sweep(RetentionPolicy::default())
+            .sweep(RetentionPolicy::default(), std::time::SystemTime::now())
             .await
             .expect("sweep")
             .segments_compacted;
