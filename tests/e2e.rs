@@ -7,6 +7,7 @@ mod bench_smoke;
 mod browser;
 mod crash;
 mod disk_full;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod live;

@@ -66,6 +66,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             global_lines: Limit::per_second(u64::from(settings.lines_per_sec)),
             global_bytes: Limit::per_second(settings.bytes_per_sec),
             dead_letter_dir: settings.state_dir.join("dead-letter"),
+            park_log: sender::ParkLog::default(),
         }),
         metrics: metrics.clone(),
         checkpoints: checkpoints.clone(),

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub deleted_held: Gauge,
     pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub buffered_kib: Gauge,
+    /// Files whose delivery waits on an endpoint that refuses for a non-batch reason.
+    pub parked: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             deleted_held: Gauge::default(),
             checkpoint_age: Gauge::default(),
             buffered_kib: Gauge::default(),
+            parked: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -132,6 +135,11 @@ impl Metrics {
             "buffered_kib",
             "KiB of batches waiting or in flight",
             m.buffered_kib.clone(),
+        );
+        r.register(
+            "parked_files",
+            "Files waiting because the sink refuses for a reason that is not the batch's (wrong token or URL)",
+            m.parked.clone(),
         );
         Metrics { registry: r, ..m }
     }

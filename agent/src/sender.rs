@@ -72,6 +72,33 @@ pub struct SendEnv {
     pub global_lines: Limit,
     pub global_bytes: Limit,
     pub dead_letter_dir: PathBuf,
+    /// When each refusing endpoint was last logged, so a wrong token on a thousand files is
+    /// one error a minute, not a thousand.
+    pub park_log: ParkLog,
+}
+
+/// Rate-limits the "endpoint refuses" error to once a minute per endpoint.
+#[derive(Debug, Default)]
+pub struct ParkLog(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl ParkLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether an error about `endpoint` should be logged now.
+    fn due(&self, endpoint: &str) -> bool {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match m.get(endpoint) {
+            Some(last) if now.duration_since(*last) < Self::EVERY => false,
+            _ => {
+                m.insert(endpoint.to_owned(), now);
+                true
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Sink {
@@ -197,6 +224,7 @@ impl Sender {
     }
 
     async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
+        let mut parked = Parked(None);
         loop {
             let outcome = {
                 let _permit = self.env.in_flight.acquire().await;
@@ -212,6 +240,22 @@ impl Sender {
                 }
                 Outcome::TooLarge => return Delivery::TooLarge,
                 Outcome::Reject { reason } => return Delivery::Rejected(reason),
+                Outcome::Park { endpoint, reason } => {
+                    if parked.0.is_none() {
+                        parked.0 = Some(self.env.metrics.parked.clone());
+                        self.env.metrics.parked.inc();
+                    }
+                    let delay = backoff.next(None);
+                    if self.env.park_log.due(&endpoint) {
+                        tracing::error!(
+                            %endpoint,
+                            file = %self.file,
+                            %reason,
+                            "the sink refuses batches for a reason that is not theirs (token, URL?); files wait, nothing is dropped, retrying until the config is fixed"
+                        );
+                    }
+                    tokio::time::sleep(delay).await;
+                }
                 Outcome::Retry { reason, after } => {
                     self.env.metrics.retries.inc();
                     let delay = backoff.next(after);
@@ -225,7 +269,20 @@ impl Sender {
             }
         }
     }
+}
 
+/// Marks a file as parked (the `agent_parked_files` gauge) until the delivery ends.
+struct Parked(Option<prometheus_client::metrics::gauge::Gauge>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+impl Sender {
     /// Keeps a refused batch for the operator and moves on.
     fn dead_letter(&self, body: &[u8], reason: &str) {
         self.env.metrics.dead_letters.inc();

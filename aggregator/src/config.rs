@@ -50,11 +50,44 @@ pub struct AuthConfig {
     pub read_tokens: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// What one request, and all requests together, may cost. Past a per-request limit the
+/// answer is 413, which the agent answers by splitting the batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Lines per second each host may ingest; 0 = unlimited.
     pub per_host_lines_per_sec: u32,
+    /// Longest line stored (the agent's default `max_line_bytes` too); longer → 413.
+    pub max_line_bytes: String,
+    /// Lines in one request.
+    pub max_lines_per_request: usize,
+    /// Distinct groups of 128 line numbers one request may touch: what a write costs the
+    /// store, which sparse line numbers make far more than the line count says.
+    pub max_buckets_per_request: usize,
+    /// Distinct files (host, file, generation) in one request.
+    pub max_files_per_request: usize,
+    /// Distinct hosts in one request.
+    pub max_hosts_per_request: usize,
+    /// Memory all requests being read, decompressed and decoded may hold together; a
+    /// request that finds it spent waits up to `ingest_memory_wait`, then gets 503.
+    pub ingest_memory: String,
+    /// How long a request waits for its share of `ingest_memory`.
+    pub ingest_memory_wait: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_host_lines_per_sec: 0,
+            max_line_bytes: "1MiB".into(),
+            max_lines_per_request: 100_000,
+            max_buckets_per_request: 2_048,
+            max_files_per_request: 1_000,
+            max_hosts_per_request: 100,
+            ingest_memory: "512MiB".into(),
+            ingest_memory_wait: "2s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,6 +139,8 @@ impl Default for Config {
 
 /// The most connections or followers a config may ask for.
 const MAX_COUNT: usize = 1_000_000;
+/// The longest `limits.max_line_bytes`: 128 such lines still fit a bucket's u32 length.
+const MAX_LINE_BYTES: u64 = 16 << 20;
 
 fn sz(key: &str, s: &str) -> Result<u64, ConfigError> {
     units::size(key, s).map_err(ConfigError)
@@ -130,6 +165,11 @@ pub struct Settings {
     pub write_tokens: Vec<String>,
     pub read_tokens: Vec<String>,
     pub per_host_lines_per_sec: u32,
+    /// Per-request decode limits (`[limits]`).
+    pub decode_limits: logship_wire::Limits,
+    pub max_buckets_per_request: usize,
+    pub ingest_memory: u64,
+    pub ingest_memory_wait: Duration,
     pub cache_capacity: u64,
     pub retention: RetentionPolicy,
     pub sweep_interval: Duration,
@@ -188,6 +228,44 @@ impl Config {
             }
         }
         let sweep_interval = dur("store.sweep_interval", &self.store.sweep_interval)?;
+        let max_line_bytes = sz("limits.max_line_bytes", &self.limits.max_line_bytes)?;
+        // A bucket holds 128 lines and its stored length is a u32.
+        if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
+            return Err(ConfigError(format!(
+                "limits.max_line_bytes: must be between 1 byte and {} MiB",
+                MAX_LINE_BYTES >> 20
+            )));
+        }
+        for (key, value) in [
+            (
+                "limits.max_lines_per_request",
+                self.limits.max_lines_per_request,
+            ),
+            (
+                "limits.max_buckets_per_request",
+                self.limits.max_buckets_per_request,
+            ),
+            (
+                "limits.max_files_per_request",
+                self.limits.max_files_per_request,
+            ),
+            (
+                "limits.max_hosts_per_request",
+                self.limits.max_hosts_per_request,
+            ),
+        ] {
+            if value == 0 || value > MAX_COUNT {
+                return Err(ConfigError(format!(
+                    "{key}: {value} must be between 1 and {MAX_COUNT}"
+                )));
+            }
+        }
+        let ingest_memory = sz("limits.ingest_memory", &self.limits.ingest_memory)?;
+        if ingest_memory < 1 << 20 {
+            return Err(ConfigError(
+                "limits.ingest_memory: at least 1MiB is needed to take any request".into(),
+            ));
+        }
         if sweep_interval.is_zero() {
             return Err(ConfigError(
                 "store.sweep_interval: must be more than 0".into(),
@@ -208,6 +286,15 @@ impl Config {
             write_tokens: self.auth.write_tokens.clone(),
             read_tokens: self.auth.read_tokens.clone(),
             per_host_lines_per_sec: self.limits.per_host_lines_per_sec,
+            decode_limits: logship_wire::Limits {
+                max_lines: self.limits.max_lines_per_request,
+                max_line_bytes: max_line_bytes as usize,
+                max_files: self.limits.max_files_per_request,
+                max_hosts: self.limits.max_hosts_per_request,
+            },
+            max_buckets_per_request: self.limits.max_buckets_per_request,
+            ingest_memory,
+            ingest_memory_wait: dur("limits.ingest_memory_wait", &self.limits.ingest_memory_wait)?,
             cache_capacity: sz("store.cache_capacity", &self.store.cache_capacity)?,
             retention: RetentionPolicy {
                 retention: self
@@ -254,6 +341,18 @@ mod tests {
             ("[store]\nsweep_interval = \"0s\"\n", "store.sweep_interval"),
             ("max_connections = 9223372036854775807\n", "max_connections"),
             ("max_followers = 2000000\n", "max_followers"),
+            (
+                "[limits]\nmax_line_bytes = \"1GiB\"\n",
+                "limits.max_line_bytes",
+            ),
+            (
+                "[limits]\nmax_lines_per_request = 0\n",
+                "limits.max_lines_per_request",
+            ),
+            (
+                "[limits]\ningest_memory = \"1KiB\"\n",
+                "limits.ingest_memory",
+            ),
         ] {
             std::fs::write(&p, text).expect("write");
             let c = Config::load(Some(&p), &Overrides::default()).expect("loads");

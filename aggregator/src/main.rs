@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> anyhow::Result<()> {
+    logship_common::release_large_allocations();
     let cli = Cli::parse();
     let overrides = Overrides {
         listen: cli.listen,

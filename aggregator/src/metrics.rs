@@ -43,6 +43,8 @@ pub struct Metrics {
     pub bytes_reclaimed: Counter,
     pub sweep_failures: Counter,
     pub sweep_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Requests refused because `limits.ingest_memory` stayed spent.
+    pub ingest_memory_refusals: Counter,
     /// Sweeps run, so a test (or an operator) can tell that retention looked at the store.
     pub sweeps: Counter,
     /// Wall-clock jumps the retention clock refused to follow (see `store::clock`).
@@ -150,6 +152,12 @@ impl Metrics {
             "How long the last retention/compaction sweep took",
             sweep_seconds.clone(),
         );
+        let ingest_memory_refusals = Counter::default();
+        registry.register(
+            "ingest_memory_refusals",
+            "Ingest requests answered 503 because limits.ingest_memory stayed spent",
+            ingest_memory_refusals.clone(),
+        );
         let sweeps = Counter::default();
         registry.register("sweeps", "Retention/compaction sweeps run", sweeps.clone());
         let clock_jumps = Counter::default();
@@ -166,6 +174,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            ingest_memory_refusals,
             sweeps,
             clock_jumps,
             retention_clock_behind,

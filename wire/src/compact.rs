@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use crate::{validate_names, DecodeError, FileBatch, Line, MAX_LINE_NUMBER};
+use crate::{validate_names, DecodeError, FileBatch, Limits, Line, MAX_LINE_NUMBER};
 
 /// First bytes of every compact body.
 pub const MAGIC: &[u8; 4] = b"LSB1";
@@ -82,6 +82,25 @@ impl Writer {
 
 /// Decodes a compact body without copying line content.
 pub fn decode(body: &[u8]) -> Result<FileBatch<'_>, DecodeError> {
+    decode_limited(body, &Limits::NONE)
+}
+
+/// The line count a compact body announces, read from its header without decoding the
+/// lines; `None` if the header is not a compact one.
+pub fn line_count(body: &[u8]) -> Option<u32> {
+    let mut r = Reader { buf: body, pos: 0 };
+    if r.take(MAGIC.len(), "magic").ok()? != MAGIC {
+        return None;
+    }
+    for field in ["host", "file", "generation"] {
+        r.string(field).ok()?;
+    }
+    r.take(8, "start line").ok()?;
+    Some(u32::from_le_bytes(fixed(r.take(4, "line count").ok()?)))
+}
+
+/// [`decode`] within `limits` (one file and host per body, so lines and line size count).
+pub fn decode_limited<'a>(body: &'a [u8], limits: &Limits) -> Result<FileBatch<'a>, DecodeError> {
     let mut r = Reader { buf: body, pos: 0 };
     if r.take(MAGIC.len(), "magic")? != MAGIC {
         return Err(DecodeError::BadMagic);
@@ -100,6 +119,9 @@ pub fn decode(body: &[u8]) -> Result<FileBatch<'_>, DecodeError> {
             ),
         });
     }
+    if count > limits.max_lines as u64 {
+        return Err(limits.too_many_lines());
+    }
     // Every line takes at least one byte, so a lying count cannot make us allocate much.
     if count > (body.len() - r.pos) as u64 {
         return Err(DecodeError::Truncated(
@@ -111,6 +133,7 @@ pub fn decode(body: &[u8]) -> Result<FileBatch<'_>, DecodeError> {
         let header = r.varint("line length")?;
         let len = usize::try_from(header >> 1)
             .map_err(|_| DecodeError::Truncated("line length out of range"))?;
+        limits.check_line(start + i, len)?;
         let content = r.take(len, "line content")?;
         lines.push(Line {
             number: start + i,

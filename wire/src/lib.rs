@@ -65,6 +65,51 @@ pub enum DecodeError {
     /// Bytes follow the announced lines.
     #[error("{0} unexpected trailing bytes after the last line")]
     Trailing(usize),
+    /// The body is well-formed but asks for more than one request may (too many lines,
+    /// files or hosts, or a line over the size limit): split it (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// What one request may decode to, checked while decoding, so that a small body cannot make
+/// the decoder (or the store behind it) do much work or allocate much memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Lines in one request.
+    pub max_lines: usize,
+    /// Bytes of one line's content.
+    pub max_line_bytes: usize,
+    /// Distinct (host, file, generation) groups in one request.
+    pub max_files: usize,
+    /// Distinct hosts in one request.
+    pub max_hosts: usize,
+}
+
+impl Limits {
+    /// No limits beyond the body's own size (tools and tests).
+    pub const NONE: Limits = Limits {
+        max_lines: usize::MAX,
+        max_line_bytes: usize::MAX,
+        max_files: usize::MAX,
+        max_hosts: usize::MAX,
+    };
+
+    fn too_many_lines(&self) -> DecodeError {
+        DecodeError::TooLarge(format!(
+            "more than {} lines in one request; send smaller batches",
+            self.max_lines
+        ))
+    }
+
+    fn check_line(&self, number: u64, len: usize) -> Result<(), DecodeError> {
+        if len > self.max_line_bytes {
+            return Err(DecodeError::TooLarge(format!(
+                "line {number} is {len} bytes, over max_line_bytes ({} bytes)",
+                self.max_line_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl DecodeError {
@@ -108,15 +153,25 @@ pub fn decode<'a>(
     body: &'a [u8],
     content_type: Option<&str>,
 ) -> Result<Vec<FileBatch<'a>>, DecodeError> {
+    decode_limited(body, content_type, &Limits::NONE)
+}
+
+/// [`decode`] within `limits`: over any of them is [`DecodeError::TooLarge`], found before
+/// the decoder allocates for it.
+pub fn decode_limited<'a>(
+    body: &'a [u8],
+    content_type: Option<&str>,
+    limits: &Limits,
+) -> Result<Vec<FileBatch<'a>>, DecodeError> {
     let compact = match content_type.map(|c| c.split(';').next().unwrap_or("").trim()) {
         Some(COMPACT_CONTENT_TYPE) => true,
         Some("application/json") => false,
         _ => body.starts_with(compact::MAGIC),
     };
     if compact {
-        Ok(vec![compact::decode(body)?])
+        Ok(vec![compact::decode_limited(body, limits)?])
     } else {
-        prototype::decode(body)
+        prototype::decode_limited(body, limits)
     }
 }
 
@@ -134,6 +189,74 @@ mod tests {
         let json = br#"{"batch":[{"host":"h","file":"/f","line-num":1,"content":"a"}]}"#;
         let batches = decode(json, None).expect("json decodes");
         assert_eq!(batches[0].lines[0].content.as_ref(), b"a");
+    }
+
+    #[test]
+    fn limits_are_checked_in_both_forms() {
+        let limits = Limits {
+            max_lines: 3,
+            max_line_bytes: 4,
+            max_files: 2,
+            max_hosts: 1,
+        };
+        let mut w = compact::Writer::new("h", "/f", "g", 7);
+        for l in ["a", "bb", "ccc", "d"] {
+            w.push(l.as_bytes(), false);
+        }
+        let e = decode_limited(&w.finish(), None, &limits).expect_err("4 lines");
+        assert!(
+            matches!(e, DecodeError::TooLarge(ref m) if m.contains("3 lines")),
+            "{e}"
+        );
+        let mut w = compact::Writer::new("h", "/f", "g", 7);
+        w.push(b"12345", false);
+        let e = decode_limited(&w.finish(), None, &limits).expect_err("long line");
+        assert!(
+            matches!(e, DecodeError::TooLarge(ref m) if m.contains("line 7 is 5 bytes")),
+            "{e}"
+        );
+        let line = |h: &str, f: &str, n: u64, c: &str| {
+            format!(r#"{{"host":"{h}","file":"{f}","line-num":{n},"content":"{c}"}}"#)
+        };
+        let json = |entries: &[String]| format!(r#"{{"batch":[{}]}}"#, entries.join(","));
+        let ok = json(&[
+            line("h", "/a", 1, "x"),
+            line("h", "/b", 2, "y"),
+            line("h", "/a", 3, "z"),
+        ]);
+        let b = decode_limited(ok.as_bytes(), None, &limits).expect("within limits");
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].lines.len(), 2);
+        for (body, needle) in [
+            (
+                json(&[
+                    line("h", "/a", 1, "x"),
+                    line("h", "/b", 2, "y"),
+                    line("h", "/c", 3, "z"),
+                ]),
+                "files",
+            ),
+            (
+                json(&[line("h", "/a", 1, "x"), line("i", "/a", 2, "y")]),
+                "hosts",
+            ),
+            (json(&vec![line("h", "/a", 1, "x"); 4]), "lines"),
+            (json(&[line("h", "/a", 9, "xxxxx")]), "line 9 is 5 bytes"),
+        ] {
+            let e = decode_limited(body.as_bytes(), None, &limits).expect_err(needle);
+            assert!(
+                matches!(e, DecodeError::TooLarge(ref m) if m.contains(needle)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_content_borrows_from_the_body_unless_escaped() {
+        let body = br#"{"batch":[{"host":"h","file":"/f","line-num":1,"content":"plain"},{"host":"h","file":"/f","line-num":2,"content":"tab\there"}]}"#;
+        let b = decode(body, None).expect("decodes");
+        assert!(matches!(b[0].lines[0].content, Cow::Borrowed(_)));
+        assert_eq!(b[0].lines[1].content.as_ref(), b"tab\there");
     }
 
     #[test]

@@ -113,15 +113,30 @@ impl AggregatorSink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        // Read the body so the connection goes back to the pool; keep a little for logs.
-        let text = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
-            Ok(Ok(b)) => {
-                let b = b.to_bytes();
-                String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned()
-            }
-            _ => String::new(),
+        // Read the body (so the connection goes back to the pool), at most 64 KiB of it.
+        let collect = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect();
+        let answer = match tokio::time::timeout(self.timeout, collect).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => Bytes::new(),
         };
-        classify(status, after, text)
+        let endpoint = || self.url.to_string();
+        match classify(status, after, &answer) {
+            Verdict::Ok => match acknowledged_lines(&answer) {
+                Some(n) if Some(n) == logship_wire::compact::line_count(body) => Outcome::Ok,
+                _ => Outcome::Park {
+                    endpoint: endpoint(),
+                    reason: format!(
+                        "answered {status} without acknowledging the batch's lines ({}); is the URL an aggregator's /store/batch?",
+                        shown(&answer)
+                    ),
+                },
+            },
+            Verdict::Park(reason) => Outcome::Park {
+                endpoint: endpoint(),
+                reason,
+            },
+            Verdict::Other(o) => o,
+        }
     }
 }
 
@@ -145,15 +160,46 @@ fn zstd_compress(body: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Maps an answer to what the sender should do.
-fn classify(status: StatusCode, after: Option<Duration>, text: String) -> Outcome {
-    let reason = format!("{status}: {text}");
+/// What an answer's status means, before the acknowledgement itself is checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// 2xx: an acknowledgement if the body says so.
+    Ok,
+    /// The endpoint refuses for a reason that is not the batch's fault.
+    Park(String),
+    Other(Outcome),
+}
+
+/// A short, printable rendering of an answer body for logs.
+fn shown(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Maps an answer's status to what the sender should do. Only 400 and 422 blame the batch
+/// (it is malformed, and resending it cannot help); every other refusal is about the
+/// endpoint — a wrong token, URL or method — and fixing the config must deliver the batch.
+fn classify(status: StatusCode, after: Option<Duration>, body: &[u8]) -> Verdict {
+    let reason = format!("{status}: {}", shown(body));
     match status.as_u16() {
-        200..=299 => Outcome::Ok,
-        408 | 429 | 500..=599 => Outcome::Retry { reason, after },
-        413 => Outcome::TooLarge,
-        _ => Outcome::Reject { reason },
+        200..=299 => Verdict::Ok,
+        408 | 429 | 500..=599 => Verdict::Other(Outcome::Retry { reason, after }),
+        413 => Verdict::Other(Outcome::TooLarge),
+        400 | 422 => Verdict::Other(Outcome::Reject { reason }),
+        _ => Verdict::Park(reason),
     }
+}
+
+/// The `stored` count of an aggregator's acknowledgement `{"stored": N, "new": M}`.
+fn acknowledged_lines(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        stored: u64,
+    }
+    let ack: Ack = serde_json::from_slice(body).ok()?;
+    u32::try_from(ack.stored).ok()
 }
 
 impl Sink for AggregatorSink {
@@ -168,20 +214,28 @@ mod tests {
 
     #[test]
     fn statuses_map_to_actions() {
-        let s = |c: u16| {
-            classify(
-                StatusCode::from_u16(c).expect("status"),
-                None,
-                String::new(),
-            )
-        };
-        assert_eq!(s(200), Outcome::Ok);
+        let s = |c: u16| classify(StatusCode::from_u16(c).expect("status"), None, b"");
+        assert_eq!(s(200), Verdict::Ok);
         for c in [408, 429, 500, 503] {
-            assert!(matches!(s(c), Outcome::Retry { .. }), "{c}");
+            assert!(matches!(s(c), Verdict::Other(Outcome::Retry { .. })), "{c}");
         }
-        assert_eq!(s(413), Outcome::TooLarge);
-        for c in [400, 401, 404] {
-            assert!(matches!(s(c), Outcome::Reject { .. }), "{c}");
+        assert_eq!(s(413), Verdict::Other(Outcome::TooLarge));
+        for c in [400, 422] {
+            assert!(
+                matches!(s(c), Verdict::Other(Outcome::Reject { .. })),
+                "{c}"
+            );
+        }
+        for c in [401, 403, 404, 405, 415, 421] {
+            assert!(matches!(s(c), Verdict::Park(_)), "{c}");
+        }
+    }
+
+    #[test]
+    fn only_a_matching_count_is_an_acknowledgement() {
+        assert_eq!(acknowledged_lines(br#"{"stored":3,"new":1}"#), Some(3));
+        for body in [&b"ok"[..], b"", b"{}", br#"{"stored":"3"}"#, b"<html>"] {
+            assert_eq!(acknowledged_lines(body), None, "{body:?}");
         }
     }
 }

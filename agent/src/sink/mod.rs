@@ -31,7 +31,12 @@ pub enum Outcome {
     },
     /// The body is too large (413): split it.
     TooLarge,
-    /// Will never be accepted (other 4xx): dead-letter it.
+    /// The endpoint is misconfigured, not the batch at fault (401, 403, 404, a 2xx that is
+    /// not an acknowledgement, …): keep the batch and the checkpoint, retry with backoff
+    /// until an operator fixes the config. Dead-lettering here would lose every line sent
+    /// while the token or URL was wrong.
+    Park { endpoint: String, reason: String },
+    /// The batch itself will never be accepted (400, 422): dead-letter it.
     Reject { reason: String },
 }
 

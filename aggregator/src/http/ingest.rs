@@ -1,9 +1,22 @@
 //! `POST /store/batch`: read the body within its limits, decompress it within its limits,
 //! decode either wire form, apply the per-host rate limit, store durably, acknowledge.
+//!
+//! Every request takes its share of a global memory budget (`limits.ingest_memory`) before
+//! it reads, decompresses (1 MiB at a time) and decodes, so many small bodies that expand
+//! cannot together hold more than the budget; past it a request waits briefly, then gets 503
+//! with `Retry-After`. Decompression and decoding run in `block_in_place`, so other
+//! connections keep their worker threads.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Read;
 use std::num::NonZeroU32;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -21,18 +34,33 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let max = app.settings.max_body_bytes;
     let encoding = header(&req, CONTENT_ENCODING)?.map(str::to_ascii_lowercase);
     let content_type = header(&req, CONTENT_TYPE)?.map(str::to_owned);
-    if let Some(len) = header(&req, CONTENT_LENGTH)? {
-        let len: u64 = len
-            .parse()
-            .map_err(|_| ApiError::bad_request("Content-Length is not a number"))?;
-        if len > max {
-            return Err(too_large(max));
+    let content_length = match header(&req, CONTENT_LENGTH)? {
+        Some(len) => {
+            let len: u64 = len
+                .parse()
+                .map_err(|_| ApiError::bad_request("Content-Length is not a number"))?;
+            if len > max {
+                return Err(too_large(max));
+            }
+            Some(len)
         }
-    }
+        None => None,
+    };
+    let mut budget = Budget::new(app);
+    budget.reserve(content_length.unwrap_or(max)).await?;
     let body = read_body(req.into_body(), max, app).await?;
-    let decoded = decompress(&body, encoding.as_deref(), app.settings.max_decoded_bytes)?;
-    let batches = logship_wire::decode(&decoded, content_type.as_deref())
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let decoded = decompress(
+        &mut budget,
+        &body,
+        encoding.as_deref(),
+        app.settings.max_decoded_bytes,
+    )
+    .await?;
+    // What decoding allocates: one `Line` (~40 bytes) per line, at most one per byte.
+    let limits = &app.settings.decode_limits;
+    let lines = (limits.max_lines as u64).min(decoded.len() as u64);
+    budget.reserve(lines.saturating_mul(48)).await?;
+    let batches = tokio::task::block_in_place(|| decode(app, &decoded, content_type.as_deref()))?;
     app.check_rate(&batches)?;
     let stats = app.store.write(&batches).await?;
     app.metrics.lines_received.inc_by(stats.lines);
@@ -96,14 +124,119 @@ async fn read_body(body: Incoming, max: u64, app: &App) -> Result<Bytes, ApiErro
     }
 }
 
-/// Decompresses per `Content-Encoding`, never producing more than `max` bytes, so a small
-/// compression bomb costs at most `max` bytes of memory.
-fn decompress<'a>(
+/// Decodes either wire form within the request limits, and checks how many buckets the
+/// lines touch (sparse line numbers cost the store far more than their count says).
+fn decode<'a>(
+    app: &App,
+    body: &'a [u8],
+    content_type: Option<&str>,
+) -> Result<Vec<logship_wire::FileBatch<'a>>, ApiError> {
+    let batches = logship_wire::decode_limited(body, content_type, &app.settings.decode_limits)
+        .map_err(|e| match e {
+            logship_wire::DecodeError::TooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
+            }
+            e => ApiError::bad_request(e.to_string()),
+        })?;
+    let max = app.settings.max_buckets_per_request;
+    let buckets = crate::store::distinct_buckets(&batches);
+    if buckets > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the lines fall in {buckets} ranges of 128 line numbers, more than \
+                 limits.max_buckets_per_request ({max}); send fewer, contiguous lines per request"
+            ),
+        ));
+    }
+    Ok(batches)
+}
+
+/// This request's share of the global ingest memory budget, returned when it drops.
+struct Budget {
+    /// The whole budget, in KiB permits.
+    pool: Arc<Semaphore>,
+    total_kib: u64,
+    wait: Duration,
+    refusals: Counter,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Budget {
+    fn new(app: &App) -> Self {
+        Budget {
+            pool: app.ingest_memory.clone(),
+            total_kib: app.settings.ingest_memory / 1024,
+            wait: app.settings.ingest_memory_wait,
+            refusals: app.metrics.ingest_memory_refusals.clone(),
+            held: None,
+        }
+    }
+
+    /// Takes `bytes` more (in KiB permits; a request larger than the whole budget takes all
+    /// of it and so runs alone), waiting at most `ingest_memory_wait`.
+    async fn reserve(&mut self, bytes: u64) -> Result<(), ApiError> {
+        let total = self.total_kib;
+        let held = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let kib = bytes.div_ceil(1024).min(total.saturating_sub(held));
+        let Ok(kib) = u32::try_from(kib) else {
+            return Err(busy());
+        };
+        if kib == 0 {
+            return Ok(());
+        }
+        let take = self.pool.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(self.wait, take).await {
+            Ok(Ok(permit)) => {
+                match &mut self.held {
+                    Some(p) => p.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                Ok(())
+            }
+            _ => {
+                self.refusals.inc();
+                Err(busy())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Budget {
+    /// A budget that never runs out, for tests of the decode path.
+    fn unlimited() -> Self {
+        Budget {
+            pool: Arc::new(Semaphore::new(1 << 30)),
+            total_kib: 1 << 30,
+            wait: Duration::from_secs(1),
+            refusals: Counter::default(),
+            held: None,
+        }
+    }
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the aggregator is busy decoding other requests (limits.ingest_memory is spent); retry",
+    )
+    .retry_after(1)
+}
+
+/// Decompression output is taken from the budget this much at a time.
+const DECOMPRESS_STEP: u64 = 1 << 20;
+
+/// Decompresses per `Content-Encoding`, never producing more than `max` bytes (so a small
+/// compression bomb costs at most `max` bytes of memory), taking each MiB of output from
+/// the ingest budget before producing it.
+async fn decompress<'a>(
+    budget: &mut Budget,
     body: &'a [u8],
     encoding: Option<&str>,
     max: u64,
 ) -> Result<Cow<'a, [u8]>, ApiError> {
-    let reader: Box<dyn Read + 'a> = match encoding {
+    let mut reader: Box<dyn Read + Send + 'a> = match encoding {
         None | Some("identity") => return Ok(Cow::Borrowed(body)),
         Some("zstd") => Box::new(
             zstd::stream::read::Decoder::with_buffer(body)
@@ -118,17 +251,27 @@ fn decompress<'a>(
             ));
         }
     };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max as usize));
-    match tokio::task::block_in_place(|| reader.take(max + 1).read_to_end(&mut out)) {
-        Ok(n) if n as u64 > max => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body decompresses to more than max_decoded_bytes ({max} bytes)"),
-        )),
-        Ok(_) => Ok(Cow::Owned(out)),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "body is not valid {} data: {e}",
-            encoding.unwrap_or("")
-        ))),
+    let mut out = Vec::new();
+    loop {
+        let step = DECOMPRESS_STEP.min(max + 1 - out.len() as u64);
+        budget.reserve(step).await?;
+        let read = tokio::task::block_in_place(|| (&mut reader).take(step).read_to_end(&mut out));
+        match read {
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "body is not valid {} data: {e}",
+                    encoding.unwrap_or("")
+                )))
+            }
+            Ok(_) if out.len() as u64 > max => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body decompresses to more than max_decoded_bytes ({max} bytes)"),
+                ))
+            }
+            Ok(n) if (n as u64) < step => return Ok(Cow::Owned(out)),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -136,12 +279,9 @@ fn decompress<'a>(
 pub fn lines_per_host<'a>(
     batches: &'a [logship_wire::FileBatch<'a>],
 ) -> Vec<(&'a str, NonZeroU32)> {
-    let mut out: Vec<(&str, u64)> = Vec::new();
+    let mut out: HashMap<&str, u64> = HashMap::new();
     for b in batches {
-        match out.iter_mut().find(|(h, _)| *h == b.host.as_ref()) {
-            Some((_, n)) => *n += b.lines.len() as u64,
-            None => out.push((&b.host, b.lines.len() as u64)),
-        }
+        *out.entry(b.host.as_ref()).or_default() += b.lines.len() as u64;
     }
     out.into_iter()
         .filter_map(|(h, n)| NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).map(|n| (h, n)))
@@ -156,14 +296,27 @@ mod tests {
     async fn bombs_and_lies_are_client_errors() {
         let big = vec![b'a'; 1 << 20];
         let bomb = zstd::encode_all(&big[..], 19).expect("compress");
-        let e = decompress(&bomb, Some("zstd"), 1000).expect_err("bomb");
+        let e = decompress(&mut Budget::unlimited(), &bomb, Some("zstd"), 1000)
+            .await
+            .expect_err("bomb");
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let e = decompress(b"not zstd at all", Some("zstd"), 1000).expect_err("lie");
+        let e = decompress(
+            &mut Budget::unlimited(),
+            b"not zstd at all",
+            Some("zstd"),
+            1000,
+        )
+        .await
+        .expect_err("lie");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        let e = decompress(b"x", Some("br"), 1000).expect_err("unknown");
+        let e = decompress(&mut Budget::unlimited(), b"x", Some("br"), 1000)
+            .await
+            .expect_err("unknown");
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let small = zstd::encode_all(&b"hello"[..], 1).expect("compress");
-        let ok = decompress(&small, Some("zstd"), 1000).expect("ok");
+        let ok = decompress(&mut Budget::unlimited(), &small, Some("zstd"), 1000)
+            .await
+            .expect("ok");
         assert_eq!(ok.as_ref(), b"hello");
     }
 }
@@ -223,7 +376,9 @@ mod property {
                 (w.finish(), logship_wire::COMPACT_CONTENT_TYPE)
             };
             let (body, enc) = compress(&raw, (rng.next() % 3) as u8);
-            let decoded = decompress(&body, enc, 1 << 20).expect("valid body decompresses");
+            let decoded = decompress(&mut Budget::unlimited(), &body, enc, 1 << 20)
+                .await
+                .expect("valid body decompresses");
             let batches = logship_wire::decode(&decoded, Some(ctype)).expect("valid body decodes");
             let got: Vec<(u64, Vec<u8>)> = batches[0]
                 .lines
@@ -249,7 +404,7 @@ mod property {
                 let i = (rng.next() as usize) % bad.len();
                 bad[i] = (rng.next() % 256) as u8;
             }
-            if let Ok(d) = decompress(&bad, enc, 1 << 20) {
+            if let Ok(d) = decompress(&mut Budget::unlimited(), &bad, enc, 1 << 20).await {
                 let _ = logship_wire::decode(&d, Some(ctype));
             }
         }

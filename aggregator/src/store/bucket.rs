@@ -38,6 +38,56 @@ pub fn decode(mut buf: &[u8]) -> Option<Vec<Entry<'_>>> {
     Some(out)
 }
 
+/// An entry's header as read by a [`Cursor`](super::segments::Cursor); its content follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub offset: u8,
+    pub partial: bool,
+    pub len: u64,
+}
+
+/// Reads the next entry's header from a cursor; `None` at the end of the bucket.
+pub fn next_header(c: &mut super::segments::Cursor) -> std::io::Result<Option<Header>> {
+    let corrupt =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let Some(offset) = c.byte()? else {
+        return Ok(None);
+    };
+    if u64::from(offset) >= LINES_PER_BUCKET {
+        return Err(corrupt("line offset out of range"));
+    }
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = c
+            .byte()?
+            .ok_or_else(|| corrupt("bucket ends inside a length"))?;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(Some(Header {
+                offset,
+                partial: v & 1 == 1,
+                len: v >> 1,
+            }));
+        }
+    }
+    Err(corrupt("length varint too long"))
+}
+
+/// Distinct buckets the lines of `batches` fall in: what a write costs the store (one
+/// index entry and one merged record each), whatever the number of lines.
+pub fn distinct_buckets(batches: &[logship_wire::FileBatch<'_>]) -> usize {
+    let mut total = 0;
+    let mut buckets: Vec<u64> = Vec::new();
+    for b in batches {
+        buckets.clear();
+        buckets.extend(b.lines.iter().map(|l| l.number / LINES_PER_BUCKET));
+        buckets.sort_unstable();
+        buckets.dedup();
+        total += buckets.len();
+    }
+    total
+}
+
 /// Appends one entry's encoding.
 pub fn encode_entry(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.push(e.offset);

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use logship_wire::FileBatch;
 
+pub use bucket::distinct_buckets;
 pub use sled_store::{SledOptions, SledStore};
 
 /// A boxed future, so the trait stays object safe (`Arc<dyn Store>`).

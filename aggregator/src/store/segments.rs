@@ -196,25 +196,124 @@ impl Segments {
 
     /// Reads a bucket.
     pub fn read(&self, loc: Loc) -> std::io::Result<Vec<u8>> {
-        let file = {
-            let mut r = self
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match r.get(&loc.segment) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = Arc::new(File::open(path_of(&self.dir, loc.segment))?);
-                    r.insert(loc.segment, f.clone());
-                    f
-                }
-            }
-        };
+        let file = self.handle(loc.segment)?;
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)?;
         Ok(buf)
     }
 
+    /// A cursor over a bucket, for readers that must not hold it whole (downloads).
+    pub fn cursor(&self, loc: Loc) -> std::io::Result<Cursor> {
+        Ok(Cursor {
+            file: self.handle(loc.segment)?,
+            pos: loc.offset,
+            end: loc.offset + u64::from(loc.len),
+            buf: Vec::new(),
+            at: 0,
+        })
+    }
+
+    /// The open read handle of a segment (a deleted segment stays readable through a handle
+    /// opened before the deletion).
+    fn handle(&self, segment: u32) -> std::io::Result<Arc<File>> {
+        let mut r = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(match r.get(&segment) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(File::open(path_of(&self.dir, segment))?);
+                r.insert(segment, f.clone());
+                f
+            }
+        })
+    }
+}
+
+/// Reads one stored bucket front to back through a 64 KiB buffer, skipping content it does
+/// not need without reading it: a download holds at most its own chunk, never a whole
+/// bucket (which a file of 128 lines of 1 MiB makes 128 MiB).
+#[derive(Debug)]
+pub struct Cursor {
+    file: Arc<File>,
+    /// File offset of the first byte not yet in `buf`.
+    pos: u64,
+    /// File offset just past the bucket.
+    end: u64,
+    buf: Vec<u8>,
+    /// Next unread byte of `buf`.
+    at: usize,
+}
+
+const CURSOR_BUFFER: u64 = 64 * 1024;
+
+impl Cursor {
+    fn fill(&mut self) -> std::io::Result<bool> {
+        if self.at < self.buf.len() {
+            return Ok(true);
+        }
+        let n = (self.end - self.pos).min(CURSOR_BUFFER) as usize;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.buf.resize(n, 0);
+        self.file.read_exact_at(&mut self.buf, self.pos)?;
+        self.pos += n as u64;
+        self.at = 0;
+        Ok(true)
+    }
+
+    /// The next byte, or `None` at the end of the bucket.
+    pub fn byte(&mut self) -> std::io::Result<Option<u8>> {
+        if !self.fill()? {
+            return Ok(None);
+        }
+        self.at += 1;
+        Ok(Some(self.buf[self.at - 1]))
+    }
+
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.at) as u64 + (self.end - self.pos)
+    }
+
+    fn short() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "bucket ends inside a line")
+    }
+
+    /// Appends the next `len` bytes to `out`.
+    pub fn read_into(&mut self, out: &mut Vec<u8>, len: u64) -> std::io::Result<()> {
+        if len > self.remaining() {
+            return Err(Self::short());
+        }
+        let mut left = len as usize;
+        while left > 0 {
+            self.fill()?;
+            let take = left.min(self.buf.len() - self.at);
+            out.extend_from_slice(&self.buf[self.at..self.at + take]);
+            self.at += take;
+            left -= take;
+        }
+        Ok(())
+    }
+
+    /// Skips the next `len` bytes without reading what lies past the buffer.
+    pub fn skip(&mut self, len: u64) -> std::io::Result<()> {
+        if len > self.remaining() {
+            return Err(Self::short());
+        }
+        let in_buf = (self.buf.len() - self.at) as u64;
+        if len <= in_buf {
+            self.at += len as usize;
+        } else {
+            self.pos += len - in_buf;
+            self.at = self.buf.len();
+        }
+        Ok(())
+    }
+}
+
+impl Segments {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> std::io::Result<()> {
         let (current, closed) = {

@@ -34,6 +34,10 @@ pub(super) const FILE: u8 = b'F';
 pub(super) const LINES: u8 = b'L';
 /// Writers to the same generation serialise on one of these (read-merge-write of buckets).
 const LOCK_STRIPES: usize = 64;
+/// A write is appended and indexed in pieces of about this many bytes of merged buckets…
+const APPLY_CHUNK_BYTES: usize = 8 << 20;
+/// …or this many buckets, whichever comes first.
+const APPLY_CHUNK_BUCKETS: usize = 256;
 
 /// Tuning for the sled store.
 #[derive(Debug, Clone)]
@@ -292,11 +296,16 @@ impl Inner {
                 meta.max_line.max(l.number)
             };
         }
+        // Merged buckets go to the segment in appends of at most APPLY_CHUNK_BYTES (or
+        // APPLY_CHUNK_BUCKETS), each with its own index batch: a request touching many
+        // buckets costs bounded memory, and no append overshoots a segment by much.
+        // Shared from reading a bucket's location to indexing its merged copy: a commit (and
+        // so a compaction's delete of the old segment) cannot run in between.
         let _shared = self
             .gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // All merged buckets of this batch go to the segment in one append.
+        meta.last_write_ms = now;
         let mut data = Vec::new();
         let mut placed: Vec<(u64, usize, usize)> = Vec::new();
         for (b, entries) in buckets {
@@ -320,24 +329,49 @@ impl Inner {
                 None => Vec::new(),
             };
             let (merged, added) = bucket::merge(&old_entries, &new);
+            drop(old);
             stats.new_lines += added;
+            meta.lines += added;
             placed.push((b, data.len(), merged.len()));
             data.extend_from_slice(&merged);
+            if data.len() >= APPLY_CHUNK_BYTES || placed.len() >= APPLY_CHUNK_BUCKETS {
+                self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
+            }
         }
-        let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
-        for (b, off, len) in placed {
-            let loc = Loc {
-                segment,
-                offset: start + off as u64,
-                len: len as u32,
-            };
-            batch.insert(&line_key(meta.id, b)[..], &loc.encode()[..]);
-        }
-        meta.lines += stats.new_lines;
-        meta.last_write_ms = now;
-        batch.insert(key, &meta.encode()[..]);
-        self.db.apply_batch(batch).map_err(unavailable)?;
+        self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
         Ok(stats)
+    }
+
+    /// Appends merged buckets and applies their index entries with the generation's
+    /// metadata in one sled batch (so the two never disagree after a crash). The caller
+    /// holds the gate shared.
+    fn append_chunk(
+        &self,
+        key: &[u8],
+        meta: &Meta,
+        batch: &mut sled::Batch,
+        data: &mut Vec<u8>,
+        placed: &mut Vec<(u64, usize, usize)>,
+    ) -> Result<(), StoreError> {
+        if !placed.is_empty() {
+            let (segment, start) = self.segments.append(data).map_err(io_unavailable)?;
+            for (b, off, len) in placed.drain(..) {
+                let len = u32::try_from(len).map_err(|_| {
+                    StoreError::Corrupt(format!("bucket {b} would be {len} bytes, over 4 GiB"))
+                })?;
+                let loc = Loc {
+                    segment,
+                    offset: start + off as u64,
+                    len,
+                };
+                batch.insert(&line_key(meta.id, b)[..], &loc.encode()[..]);
+            }
+            data.clear();
+        }
+        batch.insert(key, &meta.encode()[..]);
+        self.db
+            .apply_batch(std::mem::take(batch))
+            .map_err(unavailable)
     }
 
     fn generations(&self, host: &str, file: &str) -> Result<Vec<GenerationInfo>, StoreError> {
@@ -401,25 +435,35 @@ impl Inner {
             let loc = Loc::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index at line {base} of generation {id}"))
             })?;
-            let v = self.read_bucket(&k, loc)?;
-            let entries = bucket::decode(&v).ok_or_else(|| {
-                StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
-            })?;
-            for e in entries {
-                let n = base + u64::from(e.offset);
+            let corrupt = |e: std::io::Error| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    StoreError::Corrupt(format!("bucket at line {base} of generation {id}: {e}"))
+                } else {
+                    io_unavailable(e)
+                }
+            };
+            let mut cursor = self.bucket_cursor(&k, loc)?;
+            while let Some(h) = bucket::next_header(&mut cursor).map_err(corrupt)? {
+                let n = base + u64::from(h.offset);
                 if n < from || n > to {
+                    cursor.skip(h.len).map_err(corrupt)?;
                     continue;
                 }
                 // A follower must never skip a line that may still arrive, nor show a
                 // partial line it would have to show again.
-                if contiguous && (n != chunk.end || e.partial) {
+                if contiguous && (n != chunk.end || h.partial) {
                     return Ok(chunk);
                 }
-                chunk.data.extend_from_slice(e.content);
-                if !e.partial {
+                cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;
+                if !h.partial {
                     chunk.data.push(b'\n');
                 }
                 chunk.end = n + 1;
+                // Stop inside a bucket too: a chunk holds at most max_bytes and one line.
+                if chunk.data.len() >= max_bytes && n < to {
+                    chunk.next = Some(n + 1);
+                    return Ok(chunk);
+                }
             }
             let next = base + LINES_PER_BUCKET;
             if chunk.data.len() >= max_bytes && next <= to {
@@ -432,15 +476,15 @@ impl Inner {
 }
 
 impl Inner {
-    /// Reads a bucket for a download; if compaction just moved it and deleted its segment,
-    /// reads it where the index points now.
-    fn read_bucket(&self, key: &[u8], loc: Loc) -> Result<Vec<u8>, StoreError> {
-        match self.segments.read(loc) {
+    /// Opens a bucket for a download; if compaction just moved it and deleted its segment,
+    /// opens it where the index points now.
+    fn bucket_cursor(&self, key: &[u8], loc: Loc) -> Result<super::segments::Cursor, StoreError> {
+        match self.segments.cursor(loc) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let now = self.db.get(key).map_err(unavailable)?;
                 match now.as_deref().and_then(Loc::decode) {
                     Some(moved) if moved != loc => {
-                        self.segments.read(moved).map_err(io_unavailable)
+                        self.segments.cursor(moved).map_err(io_unavailable)
                     }
                     _ => Err(io_unavailable(e)),
                 }
@@ -711,6 +755,49 @@ mod tests {
         let files = store.files(Some("h")).await.expect("files");
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].generations.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sparse_writes_apply_in_chunks_and_big_buckets_read_in_small_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open");
+        // 1,000 lines 128 apart: 1,000 buckets, several index batches.
+        let sparse: Vec<(u64, String)> = (0..1_000).map(|i| (i * 128, format!("s{i}"))).collect();
+        let refs: Vec<(u64, &str)> = sparse.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        let s = store.write(&[batch("sparse", &refs)]).await.expect("write");
+        assert_eq!(s.new_lines, 1_000);
+        let g = store.generations("h", "/var/log/x").await.expect("gens");
+        assert_eq!((g[0].lines, g[0].max_line), (1_000, 999 * 128));
+        let want: String = sparse.iter().map(|(_, s)| format!("{s}\n")).collect();
+        assert_eq!(read_all(&store, g[0].id).await, want);
+        // One bucket of 128 lines of 64 KiB (8 MiB) is served in chunks of about 256 KiB.
+        let big: Vec<(u64, String)> = (0..128)
+            .map(|i| (i, format!("{i:03}{}", "b".repeat(65_533))))
+            .collect();
+        let refs: Vec<(u64, &str)> = big.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        store.write(&[batch("big", &refs)]).await.expect("write");
+        let id = store.generations("h", "/var/log/x").await.expect("gens")[1].id;
+        let (mut from, mut out, mut chunks) = (0, Vec::new(), 0);
+        loop {
+            let c = store
+                .read_chunk(id, from, u64::MAX >> 16, 256 << 10, false)
+                .await
+                .expect("read");
+            assert!(
+                c.data.len() <= (256 << 10) + 65_537,
+                "chunk of {} bytes",
+                c.data.len()
+            );
+            out.extend_from_slice(&c.data);
+            chunks += 1;
+            match c.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        let want: String = big.iter().map(|(_, s)| format!("{s}\n")).collect();
+        assert_eq!(String::from_utf8(out).expect("utf8"), want);
+        assert!(chunks >= 30, "{chunks} chunks");
     }
 
     #[test]

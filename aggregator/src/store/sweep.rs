@@ -399,7 +399,10 @@ mod tests {
         assert_eq!(expired.len(), 1);
         // A write lands between the listing and the drop, and is acknowledged.
         let late = vec![(10, "late".to_owned())];
-        store.write(&[batch("/f", "g", &late)]).await.expect("write");
+        store
+            .write(&[batch("/f", "g", &late)])
+            .await
+            .expect("write");
         assert!(!store.inner.drop_generation(&expired[0]).expect("drop"));
         let text = read_all(&store, "h", "/f").await.expect("kept");
         assert!(text.ends_with("late\n"), "{text}");

@@ -1,0 +1,273 @@
+//! Issue 11: small requests must not cost the aggregator large memory or CPU. Each test
+//! sends what a hostile client would, against the real binary, and asserts its memory from
+//! `/proc` and that it keeps serving.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use logship_e2e::*;
+
+const MIB: u64 = 1 << 20;
+
+fn zstd_json(entries: impl Iterator<Item = String>) -> Vec<u8> {
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).expect("zstd");
+    enc.write_all(br#"{"batch":["#).expect("write");
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            enc.write_all(b",").expect("write");
+        }
+        enc.write_all(e.as_bytes()).expect("write");
+    }
+    enc.write_all(b"]}").expect("write");
+    enc.finish().expect("zstd")
+}
+
+fn entry(host: &str, file: &str, n: u64, content: &str) -> String {
+    format!(r#"{{"host":"{host}","file":"{file}","line-num":{n},"content":"{content}"}}"#)
+}
+
+fn post_zstd(agg: &Aggregator, body: &[u8], content_type: &str) -> Answer {
+    post(
+        &agg.url("/store/batch"),
+        body,
+        &[("Content-Type", content_type), ("Content-Encoding", "zstd")],
+    )
+}
+
+fn rss_settles_below(agg: &Aggregator, limit: u64) -> bool {
+    wait_until(Duration::from_secs(10), || agg.proc.rss() < limit)
+}
+
+/// 11.3: sparse line numbers (one bucket per line) and a tiny body of millions of empty
+/// lines are refused with a 413 before they cost memory; a request at the limits is stored
+/// in bounded chunks and memory comes back.
+#[test]
+fn sparse_and_huge_line_counts_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    assert_eq!(
+        post_compact(&agg, "h", "/warm", "g", 0, &[b"warm up"]).status,
+        200
+    );
+    let before = agg.proc.rss();
+
+    // 1M lines 128 apart in ~1 MB of zstd: every line its own bucket.
+    let sparse = zstd_json((0..1_000_000u64).map(|i| entry("h", "/sparse", i * 128, "x")));
+    assert!(sparse.len() < 2 * MIB as usize, "{} bytes", sparse.len());
+    let a = post_zstd(&agg, &sparse, "application/json");
+    assert_eq!(a.status, 413, "{}", a.text());
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("lines")),
+        "{}",
+        a.text()
+    );
+
+    // 16M empty lines in a few hundred bytes (compact form, zstd).
+    let mut w = logship_wire::compact::Writer::new("h", "/empty", "g", 0);
+    for _ in 0..16_000_000 {
+        w.push(b"", false);
+    }
+    let empty = zstd::encode_all(&w.finish()[..], 19).expect("zstd");
+    assert!(empty.len() < 4096, "{} bytes", empty.len());
+    let a = post_zstd(&agg, &empty, logship_wire::COMPACT_CONTENT_TYPE);
+    assert_eq!(a.status, 413, "{}", a.text());
+
+    // Within the line limit but spread over 10,000 buckets.
+    let spread = zstd_json((0..10_000u64).map(|i| entry("h", "/spread", i * 128, "x")));
+    let a = post_zstd(&agg, &spread, "application/json");
+    assert_eq!(a.status, 413, "{}", a.text());
+    assert!(a.text().contains("max_buckets_per_request"), "{}", a.text());
+
+    // At the limit (2,000 buckets): stored, in chunks, and every line reads back.
+    let ok = zstd_json((0..2_000u64).map(|i| entry("h", "/ok", i * 128, &format!("l{i}"))));
+    let a = post_zstd(&agg, &ok, "application/json");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let want: String = (0..2_000).map(|i| format!("l{i}\n")).collect();
+    assert_eq!(agg.log("h", "/ok", "").expect("stored"), want.into_bytes());
+    // Repeats do not accumulate.
+    for _ in 0..3 {
+        assert_eq!(post_zstd(&agg, &sparse, "application/json").status, 413);
+        assert_eq!(post_zstd(&agg, &ok, "application/json").status, 200);
+    }
+    assert!(
+        rss_settles_below(&agg, 2 * before.max(16 * MIB)),
+        "RSS {} MiB after, {} MiB before (peak {} MiB)",
+        agg.proc.rss() / MIB,
+        before / MIB,
+        agg.proc.peak_rss() / MIB
+    );
+    assert!(
+        agg.proc.peak_rss() < 400 * MIB,
+        "peak {} MiB",
+        agg.proc.peak_rss() / MIB
+    );
+    assert_eq!(get(&agg.url("/ruok")).text(), "imok");
+}
+
+/// 11.4: lines over `limits.max_line_bytes` get a 413 naming the line; a file of very long
+/// lines is served in small chunks, so stalled downloads hold little memory.
+#[test]
+fn long_lines_are_capped_and_stalled_downloads_hold_little() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let four_mib = vec![b'x'; 4 << 20];
+    let mut w = logship_wire::compact::Writer::new("h", "/long", "g", 40);
+    for _ in 0..8 {
+        w.push(&four_mib, false);
+    }
+    let body = zstd::encode_all(&w.finish()[..], 3).expect("zstd");
+    assert!(body.len() < 64 * 1024, "{} bytes", body.len());
+    let a = post_zstd(&agg, &body, logship_wire::COMPACT_CONTENT_TYPE);
+    assert_eq!(a.status, 413, "{}", a.text());
+    let msg = a.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("line 40") && msg.contains("max_line_bytes"),
+        "{msg}"
+    );
+
+    // One bucket of 128 lines of ~512 KiB (64 MiB), in eight requests.
+    let line = |i: u64| format!("{i:04}{}", "y".repeat(512 * 1024 - 4)).into_bytes();
+    for part in 0..8u64 {
+        let lines: Vec<Vec<u8>> = (part * 16..part * 16 + 16).map(line).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let a = post_compact(&agg, "h", "/big", "g", part * 16, &refs);
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let quiet = agg.proc.rss();
+    // Four downloads that never read.
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(agg.addr()).expect("connect");
+            s.write_all(b"GET /store/log?host=h&file=/big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            s
+        })
+        .collect();
+    // Give the server time to fill every buffer it will fill; then measure.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(agg.proc.rss());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        peak < quiet + 48 * MIB,
+        "4 stalled downloads of a 64 MiB bucket grew the server from {} to {} MiB",
+        quiet / MIB,
+        peak / MIB
+    );
+    let want: Vec<u8> = (0..128)
+        .flat_map(|i| [line(i), b"\n".to_vec()].concat())
+        .collect();
+    assert_eq!(agg.log("h", "/big", "").expect("download"), want);
+    drop(stalled);
+}
+
+/// 11.5: many concurrent JSON requests that expand in memory share one budget
+/// (`limits.ingest_memory`): each is stored or told to retry (503 + Retry-After), and the
+/// server's memory stays near the budget.
+#[test]
+fn concurrent_json_requests_share_the_ingest_memory_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(&cfg, "[limits]\ningest_memory = \"24MiB\"\n").expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    let bodies: Vec<Vec<u8>> = (0..8)
+        .map(|f| {
+            zstd_json(
+                (0..100_000u64).map(|i| entry("h", &format!("/j{f}"), i, &format!("{f} {i}"))),
+            )
+        })
+        .collect();
+    let retried = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for body in &bodies {
+            let (agg, retried) = (&agg, &retried);
+            s.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let a = post_zstd(agg, body, "application/json");
+                    if a.status == 200 {
+                        return;
+                    }
+                    assert_eq!(a.status, 503, "{}", a.text());
+                    assert!(a.header("retry-after").is_some());
+                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    assert!(Instant::now() < deadline, "never stored");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    for f in 0..8 {
+        let want: String = (0..100_000).map(|i| format!("{f} {i}\n")).collect();
+        assert_eq!(
+            agg.log("h", &format!("/j{f}"), "").expect("stored"),
+            want.into_bytes()
+        );
+    }
+    let peak = agg.proc.peak_rss();
+    assert!(peak < 200 * MIB, "peak RSS {} MiB", peak / MIB);
+    eprintln!(
+        "8 × 100k-entry JSON requests: peak {} MiB, {} retries",
+        peak / MIB,
+        retried.into_inner()
+    );
+}
+
+/// 11.6: a request naming 120,000 hosts is refused at once (hosts per request are capped and
+/// counted with a map), with the rate limit on, and `/ruok` keeps answering meanwhile.
+#[test]
+fn a_request_with_a_hundred_thousand_hosts_cannot_freeze_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(&cfg, "[limits]\nper_host_lines_per_sec = 1000000\n").expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    let body = zstd_json((0..120_000u64).map(|i| entry(&format!("h{i}"), "/f", 0, "x")));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (agg_ref, done_ref) = (&agg, &done);
+        let watcher = s.spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !done_ref.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                assert_eq!(get(&agg_ref.url("/ruok")).text(), "imok");
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        });
+        for _ in 0..2 {
+            let t = Instant::now();
+            let a = post_zstd(&agg, &body, "application/json");
+            assert_eq!(a.status, 413, "{}", a.text());
+            assert!(a.text().contains("hosts"), "{}", a.text());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "took {:?}",
+                t.elapsed()
+            );
+        }
+        // At the cap (100 hosts) the rate limiter handles it quickly too.
+        let ok = zstd_json((0..100u64).map(|i| entry(&format!("h{i}"), "/f", 0, "x")));
+        assert_eq!(post_zstd(&agg, &ok, "application/json").status, 200);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let worst = watcher.join().expect("watcher");
+        assert!(worst < Duration::from_secs(1), "/ruok took {worst:?}");
+    });
+    assert_eq!(
+        get(&agg.url("/store/hosts")).json()["hosts"]
+            .as_array()
+            .map(Vec::len),
+        Some(100)
+    );
+}
