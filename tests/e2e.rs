@@ -13,4 +13,5 @@ mod lifecycle;
 mod live;
 mod model;
 mod overload;
+mod refusals;
 mod retention;

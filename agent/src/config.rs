@@ -98,6 +98,10 @@ pub struct SourceConfig {
     pub rotate_wait: Option<String>,
     pub rate_limit: Option<RateLimitConfig>,
     pub retry: Option<RetryConfig>,
+    /// Ship files reached through a symlink whose target lies outside the source's
+    /// directories. Default false: a link dropped into a watched directory must not ship
+    /// whatever the agent can read (say, a root-only file).
+    pub follow_symlinks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -163,6 +167,8 @@ pub struct SourceSettings {
     /// Directories to watch and walk: the literal prefix of each pattern.
     pub roots: Vec<PathBuf>,
     pub options: PipelineOptions,
+    /// Whether symlinks to targets outside `roots` are shipped.
+    pub follow_symlinks: bool,
 }
 
 /// Validated sink settings.
@@ -519,6 +525,7 @@ fn validate_source(
             .map_err(|e| (key("exclude"), e.to_string()))?,
         roots,
         options,
+        follow_symlinks: pick!(follow_symlinks).0.unwrap_or(false),
     })
 }
 

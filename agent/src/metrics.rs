@@ -39,6 +39,8 @@ pub struct Metrics {
     pub deleted_held: Gauge,
     pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub buffered_kib: Gauge,
+    /// Files matched but not shipped (names the server cannot take, symlinks out of bounds).
+    pub files_refused: Counter,
     /// Files whose delivery waits on an endpoint that refuses for a non-batch reason.
     pub parked: Gauge,
 }
@@ -68,6 +70,7 @@ impl Metrics {
             checkpoint_age: Gauge::default(),
             buffered_kib: Gauge::default(),
             parked: Gauge::default(),
+            files_refused: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -140,6 +143,11 @@ impl Metrics {
             "parked_files",
             "Files waiting because the sink refuses for a reason that is not the batch's (wrong token or URL)",
             m.parked.clone(),
+        );
+        r.register(
+            "files_refused",
+            "Matched files not shipped: a name the aggregator cannot take, or a symlink out of the source's directories",
+            m.files_refused.clone(),
         );
         Metrics { registry: r, ..m }
     }

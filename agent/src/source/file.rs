@@ -66,6 +66,8 @@ struct Discovery {
     active: HashMap<FileId, Arc<Control>>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
+    /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once.
+    refused: std::collections::HashSet<PathBuf>,
 }
 
 impl Source for FileSource {
@@ -105,6 +107,7 @@ impl Source for FileSource {
                 active: HashMap::new(),
                 watcher,
                 watched: Vec::new(),
+                refused: std::collections::HashSet::new(),
             };
             let mut shutdown = d.pipes.shutdown.clone();
             d.watch_roots();
@@ -249,7 +252,8 @@ impl Discovery {
     async fn check(&mut self, path: &Path, event: bool) {
         let meta = std::fs::metadata(path)
             .ok()
-            .filter(std::fs::Metadata::is_file);
+            .filter(std::fs::Metadata::is_file)
+            .filter(|_| self.may_ship(path));
         let Some(meta) = meta else {
             if let Some(t) = self.by_path.remove(path) {
                 tracing::info!(file = %path.display(), "file deleted or renamed away; draining it");
@@ -280,6 +284,57 @@ impl Discovery {
             return;
         }
         self.start(path, source, meta.len()).await;
+    }
+
+    /// Whether `path` may be shipped at all: its name must be one the aggregator can take
+    /// (refused here, with a clear error, rather than by the server batch after batch), and
+    /// a symlink must point inside its source's directories unless `follow_symlinks`.
+    fn may_ship(&mut self, path: &Path) -> bool {
+        if self.refused.contains(path) {
+            return false;
+        }
+        let verdict = match path.to_str() {
+            None => Err("the path is not valid UTF-8".to_owned()),
+            Some(name) => logship_wire::validate_names("h", name, "g").map_err(|e| e.to_string()),
+        }
+        .and_then(|()| self.symlink_allowed(path));
+        match verdict {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::error!(file = %path.display(), reason = %why, "not shipping this file");
+                self.pipes.metrics.files_refused.inc();
+                // Remembered (bounded) so the poll does not log it every interval.
+                if self.refused.len() < 10_000 {
+                    self.refused.insert(path.to_path_buf());
+                }
+                false
+            }
+        }
+    }
+
+    fn symlink_allowed(&self, path: &Path) -> Result<(), String> {
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Ok(());
+        }
+        let Some(s) = self.source_of(path).map(|i| &self.sources[i]) else {
+            return Ok(());
+        };
+        if s.follow_symlinks {
+            return Ok(());
+        }
+        let target = std::fs::canonicalize(path).map_err(|e| format!("symlink: {e}"))?;
+        let inside = s
+            .roots
+            .iter()
+            .any(|r| std::fs::canonicalize(r).is_ok_and(|r| target.starts_with(r)));
+        if inside {
+            Ok(())
+        } else {
+            Err(format!(
+                "a symlink to {}, outside the source's directories (set follow_symlinks = true to ship it)",
+                target.display()
+            ))
+        }
     }
 
     /// Tells a pipeline its path is gone; it drains the file and finishes.

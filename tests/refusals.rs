@@ -1,0 +1,245 @@
+//! Issue 11.9, 11.10, 11.12: the agent never loses a batch to a refusal that is not the
+//! batch's fault (wrong token, wrong URL, an endpoint that answers 200 to anything), refuses
+//! names the server cannot take, and does not follow symlinks out of its directories.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use logship_e2e::*;
+
+fn agent_metric(addr: &str, name: &str) -> f64 {
+    let url = format!("http://{addr}/metrics");
+    let r = ureq::get(&url).timeout(Duration::from_secs(5)).call();
+    r.ok()
+        .and_then(|r| r.into_string().ok())
+        .map_or(-1.0, |t| metric(&t, name))
+}
+
+fn dead_letters(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("state/dead-letter")).map_or(0, |d| d.count())
+}
+
+/// Writes the agent config for `url` and `token`, with a metrics listener at `metrics`.
+fn config(dir: &Path, url: &str, token: &str, metrics: &str) -> std::path::PathBuf {
+    agent_config(
+        dir,
+        url,
+        "h",
+        &[&format!("{}/*.log", dir.join("logs").display())],
+        &format!("metrics_listen = {metrics:?}\nshutdown_timeout = \"2s\""),
+        "",
+    );
+    let p = dir.join("agent.toml");
+    let text = std::fs::read_to_string(&p).expect("read");
+    let text = text.replace("[sink]\n", &format!("[sink]\ntoken = {token:?}\n"));
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// Waits until the agent reports `n` or more parked files.
+fn parked(metrics: &str, n: f64) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        agent_metric(metrics, "agent_parked_files ") >= n
+    })
+}
+
+#[test]
+fn wrong_url_and_wrong_token_park_files_and_fixing_the_config_delivers_everything_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(&cfg, "[auth]\nwrite_tokens = [\"right\"]\n").expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    let files: Vec<_> = (0..5).map(|i| logs.join(format!("f{i}.log"))).collect();
+    for f in &files {
+        append_lines(f, &f.display().to_string(), 0..1_000);
+    }
+    // A name the aggregator cannot take: refused by the agent, not sent.
+    std::fs::write(logs.join("bad\nname.log"), "x\n").expect("write");
+    let metrics = free_addr();
+
+    // 1. A wrong URL (404), then 2. a wrong token (401): files park, nothing dead-lettered.
+    for (url, token) in [
+        (agg.url("/store/batches"), "right"),
+        (agg.url("/store/batch"), "wrong"),
+    ] {
+        let mut agent = Agent::start(&config(dir.path(), &url, token, &metrics));
+        assert!(
+            parked(&metrics, 5.0),
+            "files did not park for {url} / {token}"
+        );
+        // More lines arrive while parked.
+        for f in &files {
+            append_lines(f, &f.display().to_string(), 0..100);
+        }
+        assert!(agent_metric(&metrics, "agent_files_refused_total ") >= 1.0);
+        agent.proc.signal("TERM");
+        assert!(
+            agent.proc.wait_exit(Duration::from_secs(40)).is_some(),
+            "agent did not stop"
+        );
+        assert_eq!(dead_letters(dir.path()), 0, "a refusal was dead-lettered");
+        assert_eq!(
+            get(&agg.url("/store/hosts")).json()["hosts"],
+            serde_json::json!([])
+        );
+    }
+    // 3. Fixed: every line arrives exactly once.
+    let _agent = Agent::start(&config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "right",
+        &metrics,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(60), || files
+            .iter()
+            .all(|f| shipped_exactly(&agg, "h", f))),
+        "not every line arrived after the fix"
+    );
+    assert_eq!(dead_letters(dir.path()), 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_parked_files "
+        ) == 0.0),
+        "files still parked"
+    );
+    let listed = get(&agg.url("/store/files?host=h")).json();
+    assert_eq!(
+        listed["files"].as_array().map(Vec::len),
+        Some(5),
+        "{listed}"
+    );
+}
+
+/// A server that answers `200 ok` to every request, like a wrong URL behind a proxy.
+fn yes_server() -> (String, Arc<AtomicU32>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if r.get_mut().write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/store/batch"), seen)
+}
+
+#[test]
+fn a_200_that_is_not_an_acknowledgement_moves_no_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let files: Vec<_> = (0..3).map(|i| logs.join(format!("f{i}.log"))).collect();
+    for f in &files {
+        append_lines(f, &f.display().to_string(), 0..2_000);
+    }
+    let (url, seen) = yes_server();
+    let metrics = free_addr();
+    let mut agent = Agent::start(&config(dir.path(), &url, "t", &metrics));
+    assert!(
+        parked(&metrics, 3.0),
+        "files did not park on a 200 that acknowledges nothing"
+    );
+    assert!(seen.load(Ordering::SeqCst) >= 3);
+    agent.proc.signal("TERM");
+    assert!(
+        agent.proc.wait_exit(Duration::from_secs(40)).is_some(),
+        "agent did not stop"
+    );
+    assert_eq!(dead_letters(dir.path()), 0);
+    // Pointed at a real aggregator, everything arrives: no checkpoint moved for the fake acks.
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let _agent = Agent::start(&config(dir.path(), &agg.url("/store/batch"), "t", &metrics));
+    assert!(
+        wait_until(Duration::from_secs(60), || files
+            .iter()
+            .all(|f| shipped_exactly(&agg, "h", f))),
+        "lines 'acknowledged' by the fake endpoint were lost"
+    );
+}
+
+#[test]
+fn symlinks_out_of_the_watched_directories_are_not_followed_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    let outside = dir.path().join("private");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("secret.txt"), "root-only secret\n").expect("write");
+    append_lines(&logs.join("app.log"), "app", 0..50);
+    std::os::unix::fs::symlink(outside.join("secret.txt"), logs.join("secret.log")).expect("link");
+    // A link inside the watched directory is fine (shipped once, by identity).
+    std::fs::write(logs.join("real.txt"), "inside\n").expect("write");
+    std::os::unix::fs::symlink(logs.join("real.txt"), logs.join("current.log")).expect("link");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let metrics = free_addr();
+    let cfg = config(dir.path(), &agg.url("/store/batch"), "t", &metrics);
+    let mut agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(30), || {
+        shipped_exactly(&agg, "h", &logs.join("app.log"))
+            && shipped_exactly(&agg, "h", &logs.join("current.log"))
+    }));
+    assert!(wait_until(Duration::from_secs(10), || {
+        agent_metric(&metrics, "agent_files_refused_total ") >= 1.0
+    }));
+    assert_eq!(
+        agg.log("h", &logs.join("secret.log").to_string_lossy(), ""),
+        Err(404)
+    );
+    agent.proc.signal("TERM");
+    assert!(agent.proc.wait_exit(Duration::from_secs(40)).is_some());
+    // Allowed explicitly, it ships.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, format!("{text}follow_symlinks = true\n")).expect("write");
+    let _agent = Agent::start(&cfg);
+    assert!(
+        wait_until(Duration::from_secs(30), || shipped_exactly(
+            &agg,
+            "h",
+            &logs.join("secret.log")
+        )),
+        "follow_symlinks = true did not ship the link"
+    );
+}
