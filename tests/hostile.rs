@@ -452,3 +452,49 @@ fn slow_headers_get_a_408_and_idle_connections_close_quietly() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+/// Issue 11.14: the bearer scheme is case-insensitive, two `Authorization` headers are a 400,
+/// and a 401 says which scheme to use.
+#[test]
+fn auth_scheme_is_case_insensitive_and_two_authorization_headers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(&cfg, "[auth]\nwrite_tokens = [\"w1\", \"w2\"]\n").expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    let body = compact("h", 0, &[b"x"]);
+    for (n, auth) in ["bearer w1", "BEARER w2", "Bearer  w1 "].iter().enumerate() {
+        let body = compact("h", n as u64, &[b"x"]);
+        let (status, text) = raw(
+            agg.addr(),
+            &compact_post(&body, &[("Authorization", (*auth).into())]),
+        );
+        assert_eq!(status, 200, "{auth:?}: {text}");
+    }
+    for auth in ["Basic w1", "Bearer w3", "Bearerw1", "w1"] {
+        let a = post(
+            &agg.url("/store/batch"),
+            &body,
+            &[
+                ("Authorization", auth),
+                ("Content-Type", logship_wire::COMPACT_CONTENT_TYPE),
+            ],
+        );
+        assert_eq!(a.status, 401, "{auth:?}");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{auth:?}");
+    }
+    answers_json_error(
+        &agg,
+        "two Authorization headers",
+        &compact_post(
+            &body,
+            &[
+                ("Authorization", "Bearer w1".into()),
+                ("Authorization", "Bearer w3".into()),
+            ],
+        ),
+        400,
+    );
+}

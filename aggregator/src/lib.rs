@@ -75,25 +75,37 @@ impl App {
     }
 
     /// Checks the bearer token against `tokens`; an empty list means open access.
+    ///
+    /// The scheme is case-insensitive (RFC 7235), two `Authorization` headers are a 400 (which
+    /// one would count is ambiguous), and every configured token is compared in constant time
+    /// so the answer's timing says nothing about how much of a guess was right.
     pub fn authorize<B>(&self, req: &Request<B>, tokens: &[String]) -> Result<(), ApiError> {
         if tokens.is_empty() {
             return Ok(());
         }
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing bearer token (Authorization: Bearer …)",
-                )
-            })?;
-        if tokens
-            .iter()
-            .any(|t| t.as_bytes() == given.trim().as_bytes())
-        {
+        let mut values = req.headers().get_all(AUTHORIZATION).iter();
+        let (first, second) = (values.next(), values.next());
+        if second.is_some() {
+            return Err(ApiError::bad_request(
+                "more than one Authorization header; send exactly one",
+            ));
+        }
+        let missing = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization: Bearer …)",
+            )
+        };
+        let value = first.ok_or_else(missing)?.as_bytes();
+        let given = match value.iter().position(|&b| b == b' ') {
+            Some(at) if value[..at].eq_ignore_ascii_case(b"bearer") => value[at + 1..].trim_ascii(),
+            _ => return Err(missing()),
+        };
+        let mut matched = subtle::Choice::from(0u8);
+        for t in tokens {
+            matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given);
+        }
+        if bool::from(matched) {
             Ok(())
         } else {
             Err(ApiError::new(

@@ -76,6 +76,12 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Some(allow) = self.allow {
             h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
