@@ -271,3 +271,78 @@ fn a_request_with_a_hundred_thousand_hosts_cannot_freeze_the_server() {
         Some(100)
     );
 }
+
+/// 11.8: listings are streamed and paged: four concurrent listings of 20,000 files with long
+/// names keep the server's memory flat, and `limit`/`after` walk every file exactly once.
+#[test]
+fn listings_of_many_files_stream_and_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let name = |i: usize| format!("/var/log/{}/{i:06}.log", "d".repeat(2_000));
+    const FILES: usize = 20_000;
+    for chunk in (0..FILES).collect::<Vec<_>>().chunks(1_000) {
+        let body = zstd_json(chunk.iter().map(|&i| entry("h", &name(i), 0, "x")));
+        let a = post_zstd(&agg, &body, "application/json");
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let quiet = agg.proc.rss();
+    let peak = std::sync::atomic::AtomicU64::new(quiet);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (agg_ref, peak_ref, done_ref) = (&agg, &peak, &done);
+        s.spawn(move || {
+            while !done_ref.load(std::sync::atomic::Ordering::SeqCst) {
+                peak_ref.fetch_max(agg_ref.proc.rss(), std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    let a = get(&agg_ref.url("/store/files?host=h"));
+                    assert_eq!(a.status, 200);
+                    assert!(a.body.len() > FILES * 2_000, "{} bytes", a.body.len());
+                    a.json()["files"].as_array().map_or(0, Vec::len)
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().expect("reader"), FILES);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let peak = peak.into_inner();
+    assert!(
+        peak < quiet + 48 * MIB,
+        "four listings of ~45 MB grew the server from {} to {} MiB",
+        quiet / MIB,
+        peak / MIB
+    );
+    // Paging: 7,000 at a time, every file once, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(c) => format!("/store/files?host=h&limit=7000&after={}", enc(c)),
+            None => "/store/files?host=h&limit=7000".to_owned(),
+        };
+        let v = get(&agg.url(&url)).json();
+        let page = v["files"].as_array().cloned().unwrap_or_default();
+        assert!(page.len() <= 7_000);
+        seen.extend(
+            page.iter()
+                .map(|f| f["file"].as_str().unwrap_or_default().to_owned()),
+        );
+        match v["next"].as_str() {
+            Some(c) => after = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..FILES).map(name).collect();
+    assert_eq!(seen, want);
+    let hosts = get(&agg.url("/store/hosts?limit=1")).json();
+    assert_eq!(hosts, serde_json::json!({"hosts": ["h"]}));
+    let bad = get(&agg.url("/store/files?after=%21%21"));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(get(&agg.url("/store/files?limit=0")).status, 400);
+}

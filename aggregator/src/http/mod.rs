@@ -4,5 +4,6 @@ pub mod body;
 pub mod download;
 pub mod error;
 pub mod ingest;
+pub mod listing;
 pub mod query;
 pub mod routes;

@@ -10,10 +10,8 @@ use hyper::{Method, Request, Response};
 
 use super::body::{full, Body};
 use super::error::ApiError;
-use super::query::Params;
-use super::{download, ingest};
+use super::{download, ingest, listing};
 use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
-use crate::store::FileInfo;
 use crate::App;
 
 /// The web page: one self-contained file (HTML, CSS, vanilla JS), no build step.
@@ -75,11 +73,11 @@ async fn route(
             Err(e) => ("log", Err(e)),
         },
         "/store/hosts" => match only(&method, &Method::GET, "GET") {
-            Ok(()) => ("hosts", hosts(app, &req).await),
+            Ok(()) => ("hosts", listing::hosts(app, &req).await),
             Err(e) => ("hosts", Err(e)),
         },
         "/store/files" => match only(&method, &Method::GET, "GET") {
-            Ok(()) => ("files", files(app, &req).await),
+            Ok(()) => ("files", listing::files(app, &req).await),
             Err(e) => ("files", Err(e)),
         },
         "/metrics" => match only(&method, &Method::GET, "GET") {
@@ -113,39 +111,4 @@ fn text(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<B
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
-}
-
-fn json(value: &serde_json::Value) -> Response<Body> {
-    text(value.to_string(), "application/json")
-}
-
-async fn hosts(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(req, &app.settings.read_tokens)?;
-    Params::parse(req.uri().query(), &[])?;
-    let hosts = app.store.hosts().await?;
-    Ok(json(&serde_json::json!({ "hosts": hosts })))
-}
-
-async fn files(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(req, &app.settings.read_tokens)?;
-    let p = Params::parse(req.uri().query(), &["host"])?;
-    let files = app.store.files(p.optional("host")).await?;
-    Ok(json(
-        &serde_json::json!({ "files": files.iter().map(file_json).collect::<Vec<_>>() }),
-    ))
-}
-
-fn file_json(f: &FileInfo) -> serde_json::Value {
-    let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
-    serde_json::json!({
-        "host": f.host,
-        "file": f.file,
-        "generations": f.generations.iter().map(|g| serde_json::json!({
-            "generation": g.name,
-            "lines": g.lines,
-            "max_line": g.max_line,
-            "first_write": rfc3339(g.first_write),
-            "last_write": rfc3339(g.last_write),
-        })).collect::<Vec<_>>(),
-    })
 }

@@ -90,14 +90,35 @@ pub trait Store: Send + Sync + 'static {
         batches: &'a [FileBatch<'a>],
     ) -> BoxFuture<'a, Result<WriteStats, StoreError>>;
 
-    /// All hosts, sorted.
-    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Up to `limit` hosts after `after`, in key order.
+    fn hosts_page<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
-    /// All files (of one host, if given), sorted by host then file.
+    /// Up to `limit` files (of one host, if given) after `after` (host, file), in key
+    /// order: by host, then file. Listings are served page by page so a store with many
+    /// files never becomes one answer in memory.
+    fn files_page<'a>(
+        &'a self,
+        host: Option<&'a str>,
+        after: Option<(&'a str, &'a str)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>>;
+
+    /// All hosts (tools and tests; the HTTP layer pages).
+    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.hosts_page(None, usize::MAX)
+    }
+
+    /// All files of one host, or of all (tools and tests; the HTTP layer pages).
     fn files<'a>(
         &'a self,
         host: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>> {
+        self.files_page(host, None, usize::MAX)
+    }
 
     /// The generations of one file, oldest first; empty if unknown.
     fn generations<'a>(

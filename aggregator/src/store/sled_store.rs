@@ -387,17 +387,32 @@ impl Inner {
         Ok(out)
     }
 
-    fn files(&self, host: Option<&str>) -> Result<Vec<FileInfo>, StoreError> {
+    fn files(
+        &self,
+        host: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<FileInfo>, StoreError> {
         let prefix = host.map_or_else(|| vec![FILE], |h| file_prefix(h, None));
+        let start = after.map_or_else(|| prefix.clone(), |(h, f)| file_prefix(h, Some(f)));
+        let start = start.max(prefix.clone());
         let mut out: Vec<FileInfo> = Vec::new();
-        for item in self.db.scan_prefix(prefix) {
+        for item in self.db.range(start..) {
             let (k, v) = item.map_err(unavailable)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
             let Some((host, file, generation)) = parse_file_key(&k) else {
                 return Err(StoreError::Corrupt("unreadable file key".into()));
             };
+            if after == Some((host.as_str(), file.as_str())) {
+                continue;
+            }
             let g = info(generation, Meta::decode(&v)?);
+            let full = out.len() >= limit;
             match out.last_mut() {
                 Some(f) if f.host == host && f.file == file => f.generations.push(g),
+                _ if full => break,
                 _ => out.push(FileInfo {
                     host,
                     file,
@@ -549,28 +564,45 @@ impl Store for SledStore {
         })
     }
 
-    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    fn hosts_page<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         let inner = self.inner.clone();
+        let mut start = vec![HOST];
+        start.extend_from_slice(after.unwrap_or_default().as_bytes());
+        let after = after.map(str::to_owned);
         Box::pin(blocking(move || {
-            inner
-                .db
-                .scan_prefix([HOST])
-                .map(|item| {
-                    let (k, _) = item.map_err(unavailable)?;
-                    String::from_utf8(k[1..].to_vec())
-                        .map_err(|_| StoreError::Corrupt("host key is not UTF-8".into()))
-                })
-                .collect()
+            let mut out = Vec::new();
+            for item in inner.db.range(start..) {
+                let (k, _) = item.map_err(unavailable)?;
+                if k.first() != Some(&HOST) || out.len() >= limit {
+                    break;
+                }
+                let host = String::from_utf8(k[1..].to_vec())
+                    .map_err(|_| StoreError::Corrupt("host key is not UTF-8".into()))?;
+                if after.as_deref() != Some(host.as_str()) {
+                    out.push(host);
+                }
+            }
+            Ok(out)
         }))
     }
 
-    fn files<'a>(
+    fn files_page<'a>(
         &'a self,
         host: Option<&'a str>,
+        after: Option<(&'a str, &'a str)>,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<FileInfo>, StoreError>> {
         let inner = self.inner.clone();
         let host = host.map(str::to_owned);
-        Box::pin(blocking(move || inner.files(host.as_deref())))
+        let after = after.map(|(h, f)| (h.to_owned(), f.to_owned()));
+        Box::pin(blocking(move || {
+            let after = after.as_ref().map(|(h, f)| (h.as_str(), f.as_str()));
+            inner.files(host.as_deref(), after, limit)
+        }))
     }
 
     fn generations<'a>(
