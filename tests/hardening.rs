@@ -346,3 +346,162 @@ fn listings_of_many_files_stream_and_page() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_eq!(get(&agg.url("/store/files?limit=0")).status, 400);
 }
+
+/// Connects from a given loopback source address (the whole 127/8 is local), so the server
+/// sees distinct clients.
+fn connect_from(source: &str, to: &str) -> TcpStream {
+    let to: std::net::SocketAddr = to.parse().expect("address");
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = format!("{source}:0").parse().expect("source");
+    s.bind(&from.into()).expect("bind source");
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .expect("connect");
+    s.into()
+}
+
+/// 11.7: three clients abuse the connection budget at once — slow bodies, stalled downloads,
+/// connect-and-wait — while an agent ships: it delivers everything with at most two retries,
+/// and the server's memory stays bounded.
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(
+        &cfg,
+        "max_connections = 32\nmax_connections_per_client = 8\nmax_downloads = 12\nheader_read_timeout = \"60s\"\n",
+    )
+    .expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    // A large file for the stalled downloads.
+    let big: Vec<Vec<u8>> = (0..8)
+        .map(|i| format!("{i} {}", "z".repeat((1 << 20) - 16)).into_bytes())
+        .collect();
+    for (i, l) in big.iter().enumerate() {
+        assert_eq!(
+            post_compact(&agg, "h", "/big", "g", i as u64, &[l]).status,
+            200
+        );
+    }
+    let quiet = agg.proc.rss();
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut s = connect_from("127.0.0.2", agg.addr());
+        let _ = s.write_all(
+            b"POST /store/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx",
+        );
+        held.push(s);
+        let mut s = connect_from("127.0.0.3", agg.addr());
+        let _ = s.write_all(b"GET /store/log?host=h&file=/big HTTP/1.1\r\nHost: x\r\n\r\n");
+        held.push(s);
+        held.push(connect_from("127.0.0.4", agg.addr()));
+    }
+    // The slow bodies trickle a byte a second.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (held, stop) = (&mut held, &stop);
+        s.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for c in held.iter_mut().step_by(3) {
+                    let _ = c.write_all(b"y");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("mkdir");
+        let metrics = free_addr();
+        let cfg = agent_config(
+            dir.path(),
+            &agg.url("/store/batch"),
+            "h",
+            &[&format!("{}/*.log", logs.display())],
+            &format!("metrics_listen = {metrics:?}\n[limits]\nmax_in_flight = 4\n"),
+            "",
+        );
+        let _agent = Agent::start(&cfg);
+        let files: Vec<_> = (0..3).map(|i| logs.join(format!("f{i}.log"))).collect();
+        // A steady writer: a batch a second per file, for 8 s.
+        for round in 0..8 {
+            for f in &files {
+                append_lines(f, "steady", round * 100..round * 100 + 100);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let shipped = wait_until(Duration::from_secs(30), || {
+            files.iter().all(|f| shipped_exactly(&agg, "h", f))
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            shipped,
+            "the agent did not deliver everything under the abuse"
+        );
+        let m = ureq::get(&format!("http://{metrics}/metrics"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .unwrap_or_default();
+        let retries = metric(&m, "agent_retries_total ");
+        assert!(retries <= 2.0, "{retries} retries: {m}");
+        let rss = agg.proc.rss();
+        assert!(
+            rss < quiet + 64 * MIB,
+            "server grew from {} to {} MiB",
+            quiet / MIB,
+            rss / MIB
+        );
+    });
+    let m = get(&agg.url("/metrics")).text();
+    assert!(
+        metric(&m, "aggregator_connections_rejected_total ") >= 60.0,
+        "{m}"
+    );
+}
+
+/// 11.7: a body trickling below `min_body_bytes_per_sec` is cut off with a 408 once the
+/// grace period is over, long before `body_read_timeout`.
+#[test]
+fn a_trickling_body_is_cut_off_with_a_408() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(
+        &cfg,
+        "body_grace = \"1s\"\nmin_body_bytes_per_sec = \"1KiB\"\nbody_read_timeout = \"60s\"\n",
+    )
+    .expect("write");
+    let agg = Aggregator::start(
+        &dir.path().join("data"),
+        &["--config", &cfg.to_string_lossy()],
+    );
+    let mut s = TcpStream::connect(agg.addr()).expect("connect");
+    s.write_all(b"POST /store/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .expect("send");
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let _ = s.write_all(b"x");
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("min_body_bytes_per_sec"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -36,6 +36,16 @@ pub struct Config {
     pub shutdown_timeout: String,
     /// Most concurrent `follow=true` downloads.
     pub max_followers: usize,
+    /// Most concurrent plain downloads (`GET /store/log` without follow): with followers,
+    /// a budget of its own, so readers can never take every connection from ingest.
+    pub max_downloads: usize,
+    /// Most connections from one client address; past it the client gets 503, so one
+    /// client cannot fill `max_connections`.
+    pub max_connections_per_client: usize,
+    /// After `body_grace`, a request body must keep arriving at this average rate (slow
+    /// bodies that hold connections are cut off with 408).
+    pub min_body_bytes_per_sec: String,
+    pub body_grace: String,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
@@ -130,6 +140,10 @@ impl Default for Config {
             body_read_timeout: "60s".into(),
             shutdown_timeout: "10s".into(),
             max_followers: 256,
+            max_downloads: 256,
+            max_connections_per_client: 128,
+            min_body_bytes_per_sec: "16KiB".into(),
+            body_grace: "5s".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
@@ -162,6 +176,10 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_followers: usize,
+    pub max_downloads: usize,
+    pub max_connections_per_client: usize,
+    pub min_body_bytes_per_sec: u64,
+    pub body_grace: Duration,
     pub write_tokens: Vec<String>,
     pub read_tokens: Vec<String>,
     pub per_host_lines_per_sec: u32,
@@ -220,6 +238,11 @@ impl Config {
         for (key, value) in [
             ("max_connections", self.max_connections),
             ("max_followers", self.max_followers),
+            ("max_downloads", self.max_downloads),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
         ] {
             if value > MAX_COUNT {
                 return Err(ConfigError(format!(
@@ -283,6 +306,10 @@ impl Config {
             body_read_timeout: dur("body_read_timeout", &self.body_read_timeout)?,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
             max_followers: self.max_followers,
+            max_downloads: self.max_downloads,
+            max_connections_per_client: self.max_connections_per_client.max(1),
+            min_body_bytes_per_sec: sz("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)?,
+            body_grace: dur("body_grace", &self.body_grace)?,
             write_tokens: self.auth.write_tokens.clone(),
             read_tokens: self.auth.read_tokens.clone(),
             per_host_lines_per_sec: self.limits.per_host_lines_per_sec,

@@ -49,6 +49,8 @@ pub struct App {
     stopping: watch::Sender<bool>,
     /// Caps concurrent `follow=true` downloads (503 past the cap).
     pub followers: Arc<tokio::sync::Semaphore>,
+    /// Caps concurrent plain downloads (503 past the cap).
+    pub downloads: Arc<tokio::sync::Semaphore>,
     /// The memory budget of requests being read, decompressed and decoded, in KiB permits
     /// (`limits.ingest_memory`).
     pub ingest_memory: Arc<tokio::sync::Semaphore>,
@@ -67,6 +69,7 @@ impl App {
             written: broadcast::channel(1024).0,
             stopping: watch::channel(false).0,
             followers: Arc::new(tokio::sync::Semaphore::new(settings.max_followers)),
+            downloads: Arc::new(tokio::sync::Semaphore::new(settings.max_downloads)),
             ingest_memory: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(settings.ingest_memory / 1024).unwrap_or(usize::MAX >> 4),
             )),

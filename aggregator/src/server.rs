@@ -27,12 +27,59 @@ const MAX_WAITING: usize = 64;
 /// How long a connection accepted at the cap waits for a reclaimed idle one to go.
 const RECLAIM_WAIT: Duration = Duration::from_secs(2);
 
+/// Open connections per client address, so one client cannot take them all.
+#[derive(Debug, Default)]
+struct Clients(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`Clients`]; given back on drop.
+struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for a new connection from `ip`, unless it already holds `max`.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.lock();
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.clients.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests up to the deadline.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let max = app.settings.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let registry = Arc::new(Registry::default());
+    let clients = Arc::new(Clients::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -53,7 +100,19 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Some(slot) = clients.enter(peer.ip(), app.settings.max_connections_per_client) else {
+            app.metrics.connections_rejected.inc();
+            if let Ok(waiter) = waiting.clone().try_acquire_owned() {
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    refuse(builder, stream, "too many connections from your address (max_connections_per_client); retry later").await;
+                    drop(waiter);
+                });
+            }
+            continue;
+        };
         let served = Served {
+            _slot: slot,
             app: app.clone(),
             registry: registry.clone(),
             builder: builder.clone(),
@@ -86,7 +145,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         }
                         None => {
                             served.app.metrics.connections_rejected.inc();
-                            served.refuse(stream).await;
+                            refuse(served.builder, stream, "too many connections; retry later")
+                                .await;
                         }
                     }
                 });
@@ -107,6 +167,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
 
 /// What serving one connection needs.
 struct Served {
+    /// This connection's place in the per-client count.
+    _slot: ClientSlot,
     app: Arc<App>,
     registry: Arc<Registry>,
     builder: http1::Builder,
@@ -122,6 +184,7 @@ impl Served {
             registry,
             builder,
             peer,
+            _slot,
         } = self;
         let registration = registry.register();
         let state = registration.state.clone();
@@ -188,23 +251,18 @@ impl Served {
         drop(registration);
         drop(permit);
     }
+}
 
-    /// Answers 503 on a connection there is no room for.
-    async fn refuse(self, stream: TcpStream) {
-        let mut b = self.builder;
-        b.keep_alive(false);
-        let svc = service_fn(|_req| async {
-            let e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections; retry later",
-            )
-            .retry_after(1);
-            Ok::<_, std::convert::Infallible>(e.into_response())
-        });
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            b.serve_connection(TokioIo::new(stream), svc),
-        )
-        .await;
-    }
+/// Answers 503 on a connection there is no room for.
+async fn refuse(mut b: http1::Builder, stream: TcpStream, why: &'static str) {
+    b.keep_alive(false);
+    let svc = service_fn(move |_req| async move {
+        let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).retry_after(1);
+        Ok::<_, std::convert::Infallible>(e.into_response())
+    });
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.serve_connection(TokioIo::new(stream), svc),
+    )
+    .await;
 }

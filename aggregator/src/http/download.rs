@@ -73,8 +73,16 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             tx.finish();
         });
     } else {
+        let permit = app.downloads.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many downloads in progress (max_downloads); retry later",
+            )
+            .retry_after(1)
+        })?;
         let store = app.store.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if stream_range(
                 store.as_ref(),
                 sel.generation.id,

@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -48,7 +48,7 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     };
     let mut budget = Budget::new(app);
     budget.reserve(content_length.unwrap_or(max)).await?;
-    let body = read_body(req.into_body(), max, app).await?;
+    let body = read_body(req.into_body(), max, content_length, app).await?;
     let decoded = decompress(
         &mut budget,
         &body,
@@ -104,23 +104,58 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-/// Reads the body, enforcing the size limit while reading and a deadline for slow senders.
-async fn read_body(body: Incoming, max: u64, app: &App) -> Result<Bytes, ApiError> {
+/// Reads the body, enforcing the size limit while reading, a deadline for the whole body,
+/// and — after `body_grace` — a minimum average rate, so a client trickling bytes cannot
+/// hold a connection (and its memory) for the whole `body_read_timeout`.
+async fn read_body(
+    body: Incoming,
+    max: u64,
+    content_length: Option<u64>,
+    app: &App,
+) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let read = Limited::new(body, limit).collect();
-    match tokio::time::timeout(app.settings.body_read_timeout, read).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "body not received within {:?}",
-                app.settings.body_read_timeout
-            ),
-        )),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max)),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!(
-            "could not read the body: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let mut body = Limited::new(body, limit);
+    let s = &app.settings;
+    let started = tokio::time::Instant::now();
+    let last = started + s.body_read_timeout;
+    let rate = s.min_body_bytes_per_sec.max(1) as f64;
+    let mut data = Vec::with_capacity(content_length.unwrap_or(0).min(max) as usize);
+    loop {
+        // The next byte is due when the average rate since the grace period would drop
+        // below the minimum.
+        let due = started + s.body_grace + Duration::from_secs_f64(data.len() as f64 / rate);
+        let deadline = due.min(last);
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Err(_) => {
+                let why = if deadline == last {
+                    format!("body not received within {:?}", s.body_read_timeout)
+                } else {
+                    format!(
+                        "body arrives slower than min_body_bytes_per_sec ({} bytes/s); {} bytes in {:?}",
+                        s.min_body_bytes_per_sec,
+                        data.len(),
+                        started.elapsed()
+                    )
+                };
+                return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, why));
+            }
+            Ok(None) => return Ok(Bytes::from(data)),
+            Ok(Some(Err(e))) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large(max))
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(chunk) = frame.data_ref() {
+                    data.extend_from_slice(chunk);
+                }
+            }
+        }
     }
 }
 
