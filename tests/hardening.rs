@@ -505,3 +505,59 @@ fn a_trickling_body_is_cut_off_with_a_408() {
         started.elapsed()
     );
 }
+
+/// 11.11: the agent's memory follows the files being read, not the files watched: 5,000
+/// files of 20 KB, all shipped and then quiet, leave it under 64 MiB + 4 KiB per file.
+#[test]
+fn agent_memory_per_watched_file_stays_small() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    const FILES: usize = 5_000;
+    let files: Vec<_> = (0..FILES)
+        .map(|i| logs.join(format!("d{}/f{i}.log", i % 50)))
+        .collect();
+    let line = "x".repeat(190);
+    for f in &files {
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        let text: String = (0..100).map(|n| format!("{n:04} {line}\n")).collect();
+        std::fs::write(f, text).expect("write");
+    }
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/**/*.log", logs.display())],
+        "",
+        "",
+    );
+    let agent = Agent::start(&cfg);
+    let shipped = || {
+        let v = get(&agg.url("/store/files?host=h")).json();
+        v["files"].as_array().map_or(0, |f| {
+            f.iter()
+                .filter(|f| f["generations"][0]["lines"] == 100)
+                .count()
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(180), || shipped() == FILES),
+        "only {} of {FILES} files shipped",
+        shipped()
+    );
+    let budget = 64 * MIB + 4 * 1024 * FILES as u64;
+    // Settled: quiet files hold no buffers.
+    let settled = wait_until(Duration::from_secs(20), || agent.proc.rss() < budget);
+    eprintln!(
+        "agent with {FILES} quiet files: RSS {} MiB (peak {} MiB), budget {} MiB",
+        agent.proc.rss() / MIB,
+        agent.proc.peak_rss() / MIB,
+        budget / MIB
+    );
+    assert!(
+        settled,
+        "agent RSS {} MiB over {} MiB",
+        agent.proc.rss() / MIB,
+        budget / MIB
+    );
+}

@@ -82,7 +82,7 @@ struct Batcher {
     file: Arc<str>,
     options: PipelineOptions,
     budget: Budget,
-    output: mpsc::Sender<Batch>,
+    output: mpsc::Sender<Box<Batch>>,
     open: Option<Open>,
 }
 
@@ -169,7 +169,7 @@ impl Batcher {
         let body = o.writer.finish();
         let permit = self.budget.acquire(body.len()).await;
         self.output
-            .send(Batch {
+            .send(Box::new(Batch {
                 body,
                 generation: o.generation,
                 first_line,
@@ -178,7 +178,7 @@ impl Batcher {
                 end_offset: o.end_offset,
                 end_line: o.end_line,
                 permit,
-            })
+            }))
             .await
             .map_err(|_| Gone)
     }
@@ -190,8 +190,8 @@ pub async fn run(
     file: Arc<str>,
     options: PipelineOptions,
     budget: Budget,
-    mut input: mpsc::Receiver<Chunk>,
-    output: mpsc::Sender<Batch>,
+    mut input: mpsc::Receiver<Box<Chunk>>,
+    output: mpsc::Sender<Box<Batch>>,
 ) {
     let mut b = Batcher {
         host,
@@ -218,7 +218,7 @@ pub async fn run(
             None => input.recv().await,
         };
         let Some(chunk) = chunk else { break };
-        if b.add(chunk).await.is_err() {
+        if b.add(*chunk).await.is_err() {
             return;
         }
     }

@@ -4,7 +4,8 @@
 //! - [`config`]: TOML/env/flag configuration, validated into [`config::Settings`];
 //! - [`source`]: sources (`file`: glob discovery with notify and polling);
 //! - [`pipeline`]: one tailer → batcher → sender per file identity;
-//! - [`tailer`], [`batcher`], [`sender`]: the three stages;
+//! - [`tailer`], [`batcher`], [`sender`]: the three stages; [`buffers`]: read buffers lent
+//!   per read turn;
 //! - [`sink`]: sinks (`aggregator` over HTTP, `stdout`);
 //! - [`checkpoint`]: acknowledged positions, saved atomically;
 //! - [`generation`]: generation ids derived from the file itself;
@@ -12,6 +13,7 @@
 
 pub mod backoff;
 pub mod batcher;
+pub mod buffers;
 pub mod checkpoint;
 pub mod config;
 pub mod generation;
@@ -94,6 +96,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 }
                 m.checkpoint_age.set(cps.age_secs());
                 m.buffered_kib.set(budget.used_kib() as i64);
+                let _ = tokio::task::spawn_blocking(logship_common::trim_free_memory).await;
             }
         })
     };

@@ -124,7 +124,7 @@ enum Delivery {
 
 impl Sender {
     /// Delivers batches until the batcher closes the channel.
-    pub async fn run(self, mut input: mpsc::Receiver<Batch>) {
+    pub async fn run(self, mut input: mpsc::Receiver<Box<Batch>>) {
         let this = Arc::new(self);
         let lines = Limit::per_second(u64::from(this.options.lines_per_sec));
         let bytes = Limit::per_second(this.options.bytes_per_sec);
@@ -162,7 +162,7 @@ impl Sender {
                             let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
                             task.deliver(body, &mut backoff).await;
                         });
-                        in_flight.push_back((handle, batch));
+                        in_flight.push_back((handle, *batch));
                     }
                     None => open = false,
                 },

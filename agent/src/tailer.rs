@@ -26,8 +26,6 @@ use crate::config::{PipelineOptions, ReadFrom};
 use crate::generation;
 use crate::metrics::Metrics;
 
-/// Bytes read per `read` call.
-const READ_BYTES: usize = 128 * 1024;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
 
@@ -50,7 +48,8 @@ impl Chunk {
         Chunk {
             generation,
             first_line,
-            data: Vec::with_capacity(64 * 1024),
+            // Grown as lines come: most turns of a quiet file read nothing.
+            data: Vec::new(),
             ends: Vec::new(),
             partial: None,
         }
@@ -124,7 +123,6 @@ pub struct Tailer {
     unnamed_since: Option<Instant>,
     env: TailerEnv,
     ctl: Arc<Control>,
-    buf: Vec<u8>,
 }
 
 /// Why a tailer stopped.
@@ -168,7 +166,6 @@ impl Tailer {
             unnamed_since: None,
             env,
             ctl,
-            buf: vec![0u8; READ_BYTES],
         };
         let generation = generation::derive(&file, id, false)?;
         match start {
@@ -197,12 +194,13 @@ impl Tailer {
     /// last complete line.
     fn skip_to_end(&mut self, file: &File) -> std::io::Result<()> {
         let (mut pos, mut lines, mut last_end) = (0u64, 0u64, 0u64);
+        let mut buf = crate::buffers::take();
         loop {
-            let n = file.read_at(&mut self.buf, pos)?;
+            let n = file.read_at(&mut buf, pos)?;
             if n == 0 {
                 break;
             }
-            for i in memchr::memchr_iter(b'\n', &self.buf[..n]) {
+            for i in memchr::memchr_iter(b'\n', &buf[..n]) {
                 lines += 1;
                 last_end = pos + i as u64 + 1;
             }
@@ -215,7 +213,7 @@ impl Tailer {
     }
 
     /// Runs until the file is finished, the agent stops, or the batcher goes away.
-    pub async fn run(mut self, out: mpsc::Sender<Chunk>) -> Exit {
+    pub async fn run(mut self, out: mpsc::Sender<Box<Chunk>>) -> Exit {
         let exit = self.run_inner(&out).await;
         if self.file.take().is_some() {
             self.env.metrics.files_open.dec();
@@ -226,7 +224,7 @@ impl Tailer {
         exit
     }
 
-    async fn run_inner(&mut self, out: &mpsc::Sender<Chunk>) -> Exit {
+    async fn run_inner(&mut self, out: &mpsc::Sender<Box<Chunk>>) -> Exit {
         let mut shutdown = self.env.shutdown.clone();
         let mut rotated_at: Option<Instant> = None;
         loop {
@@ -334,7 +332,10 @@ impl Tailer {
     }
 
     /// Reads what is available, up to the per-turn cap, and ships complete lines.
-    async fn read_available(&mut self, out: &mpsc::Sender<Chunk>) -> std::io::Result<ReadOutcome> {
+    async fn read_available(
+        &mut self,
+        out: &mpsc::Sender<Box<Chunk>>,
+    ) -> std::io::Result<ReadOutcome> {
         if self.file.is_none() && !self.reopen().await? {
             if !self.ctl.rotated.load(Ordering::SeqCst) {
                 tracing::debug!(file = %self.name, "file not found by identity");
@@ -378,20 +379,25 @@ impl Tailer {
         let mut chunk = Chunk::new(generation.clone(), self.line);
         let mut turn = 0usize;
         let mut any = false;
+        let mut buf = crate::buffers::take();
         while let Some((file, _)) = &self.file {
             // pread: no seek per read, and the position is ours, not the descriptor's.
-            let n = file.read_at(&mut self.buf, self.read_pos)?;
+            let n = file.read_at(&mut buf, self.read_pos)?;
             if n == 0 {
                 break;
             }
             any = true;
             self.last_data = Instant::now();
             self.env.metrics.bytes_read(&self.name, n as u64);
-            self.split_lines(n, &mut chunk);
+            self.split_lines(&buf[..n], &mut chunk);
             turn += n;
             if chunk.data.len() >= 64 * 1024 {
                 let next = Chunk::new(generation.clone(), self.line);
-                if out.send(std::mem::replace(&mut chunk, next)).await.is_err() {
+                if out
+                    .send(Box::new(std::mem::replace(&mut chunk, next)))
+                    .await
+                    .is_err()
+                {
                     return Ok(ReadOutcome::Closed);
                 }
             }
@@ -399,7 +405,7 @@ impl Tailer {
                 break;
             }
         }
-        if chunk.count() > 0 && out.send(chunk).await.is_err() {
+        if chunk.count() > 0 && out.send(Box::new(chunk)).await.is_err() {
             return Ok(ReadOutcome::Closed);
         }
         // After reading anything, check once more before sleeping.
@@ -410,13 +416,14 @@ impl Tailer {
         })
     }
 
-    /// Splits `self.buf[..n]` (read at `read_pos`) into lines appended to `chunk`.
-    fn split_lines(&mut self, n: usize, chunk: &mut Chunk) {
+    /// Splits `data` (read at `read_pos`) into lines appended to `chunk`.
+    fn split_lines(&mut self, data: &[u8], chunk: &mut Chunk) {
+        let n = data.len();
         let max = self.env.options.max_line_bytes;
         let base = self.read_pos;
         let mut start = 0usize;
-        for nl in memchr::memchr_iter(b'\n', &self.buf[..n]) {
-            let piece = &self.buf[start..nl];
+        for nl in memchr::memchr_iter(b'\n', data) {
+            let piece = &data[start..nl];
             if self.pending.is_empty() && !self.overflow {
                 let keep = piece.len().min(max);
                 chunk.data.extend_from_slice(&piece[..keep]);
@@ -431,7 +438,12 @@ impl Tailer {
                 if self.overflow || keep < piece.len() {
                     self.env.metrics.lines_truncated.inc();
                 }
-                self.pending.clear();
+                // A long partial line's buffer is not kept for the file's lifetime.
+                if self.pending.capacity() > 16 * 1024 {
+                    self.pending = Vec::new();
+                } else {
+                    self.pending.clear();
+                }
                 self.overflow = false;
             }
             chunk.data.push(b'\n');
@@ -443,7 +455,7 @@ impl Tailer {
             start = nl + 1;
         }
         if start < n {
-            let rest = &self.buf[start..n];
+            let rest = &data[start..n];
             let room = max - self.pending.len();
             let keep = rest.len().min(room);
             self.pending.extend_from_slice(&rest[..keep]);
@@ -460,7 +472,7 @@ impl Tailer {
 
     /// Ships the current partial line (flagged partial) under its own number; the
     /// checkpoint stays before it, so it is resent complete later.
-    async fn send_partial(&mut self, out: &mpsc::Sender<Chunk>, last: bool) -> Result<(), ()> {
+    async fn send_partial(&mut self, out: &mpsc::Sender<Box<Chunk>>, last: bool) -> Result<(), ()> {
         if self.pending.is_empty() || self.partial_sent == Some(self.pending.len()) {
             return Ok(());
         }
@@ -474,13 +486,13 @@ impl Tailer {
         if last {
             tracing::debug!(file = %self.name, "finishing with a partial last line");
         }
-        out.send(chunk).await.map_err(|_| ())
+        out.send(Box::new(chunk)).await.map_err(|_| ())
     }
 
     /// After a truncation, looks beside the file for its copy (another file whose first
     /// line is this generation's and which is longer than what was read) and reads the
     /// rest of the generation from it. Returns whether a copy was found.
-    async fn drain_copy(&mut self, out: &mpsc::Sender<Chunk>) -> std::io::Result<bool> {
+    async fn drain_copy(&mut self, out: &mpsc::Sender<Box<Chunk>>) -> std::io::Result<bool> {
         let Some(generation) = self.generation.clone() else {
             return Ok(false);
         };

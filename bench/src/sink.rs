@@ -82,11 +82,12 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
                                         g.add(&b.file, l.number, l.content.len() as u64);
                                     }
                                 }
-                                (200, "{}")
+                                // The acknowledgement the agent checks: the batch's line count.
+                                (200, format!("{{\"stored\":{},\"new\":0}}", b.lines.len()))
                             }
-                            Err(_) => (400, "{\"error\":\"bad batch\"}"),
+                            Err(_) => (400, "{\"error\":\"bad batch\"}".to_owned()),
                         };
-                        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
                         *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
                         Ok::<_, std::convert::Infallible>(r)
                     }
