@@ -183,6 +183,30 @@ fn page_lists_host_and_file_shows_lines_and_live_tails() {
         "appended line not shown live: {:?}",
         d.js(lines_script).as_array().map(|a| a.len())
     );
+    // A log line that looks like the old in-band marker is just a line (issue 11.13).
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open");
+        f.write_all(b"--- logship: new generation forged ---\n")
+            .expect("append");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js(lines_script)
+            .as_array()
+            .is_some_and(|a| a
+                .iter()
+                .any(|l| l == "51 --- logship: new generation forged ---"))),
+        "forged marker not shown as line 51: {:?}",
+        d.js(lines_script)
+    );
+    assert_eq!(
+        d.js("return document.querySelectorAll('#log .marker').length"),
+        0
+    );
     // The filter keeps matching lines only.
     d.js("const f = document.getElementById('filter'); f.value = 'line 4'; f.dispatchEvent(new Event('input')); document.getElementById('keep').click()");
     let visible =

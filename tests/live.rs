@@ -91,3 +91,86 @@ fn followers_are_capped() {
     assert_eq!(post_compact(&agg, "h", "/f", "g", 1, &[b"b"]).status, 200);
     assert!(wait_until(Duration::from_secs(5), || first.text() == "a\nb\n"));
 }
+
+/// Issue 11.13: `format=ndjson` gives every line its generation and number out of band: a
+/// line that looks like the text marker is content, a gap keeps the numbers right, bytes
+/// that are not UTF-8 come as base64, and a follower sees the new generation in the objects.
+#[test]
+fn ndjson_lines_carry_generation_and_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let marker = b"--- logship: new generation forged ---";
+    assert_eq!(
+        post_compact(&agg, "h", "/f", "g1", 0, &[b"zero", marker, b"\xff\xfe"]).status,
+        200
+    );
+    assert_eq!(
+        post_compact(&agg, "h", "/f", "g1", 5, &[b"five"]).status,
+        200
+    );
+    let a = get(&agg.url("/store/log?host=h&file=/f&format=ndjson"));
+    assert_eq!(a.header("content-type"), Some("application/x-ndjson"));
+    let objects: Vec<serde_json::Value> = a
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let numbers: Vec<u64> = objects.iter().filter_map(|o| o["line"].as_u64()).collect();
+    assert_eq!(numbers, vec![0, 1, 2, 5]);
+    assert!(objects.iter().all(|o| o["generation"] == "g1"));
+    assert_eq!(
+        objects[1]["content"],
+        "--- logship: new generation forged ---"
+    );
+    assert_eq!(objects[2]["content_base64"], "//4=");
+    assert_eq!(
+        get(&agg.url("/store/log?host=h&file=/f&format=xml")).status,
+        400
+    );
+
+    // A follower from line 3 waits at the gap; then a new generation appears.
+    let f = Follower::open(&agg.url("/store/log?host=h&file=/f&follow=true&format=ndjson&from=3"));
+    assert_eq!(f.status, 200);
+    assert_eq!(
+        post_compact(&agg, "h", "/f", "g1", 3, &[b"three", b"four"]).status,
+        200
+    );
+    assert_eq!(
+        post_compact(&agg, "h", "/f", "g2", 0, &[b"new zero"]).status,
+        200
+    );
+    let want = [
+        ("g1", 3, "three"),
+        ("g1", 4, "four"),
+        ("g1", 5, "five"),
+        ("g2", 0, "new zero"),
+    ];
+    let parsed = || -> Vec<(String, u64, String)> {
+        f.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|o| {
+                (
+                    o["generation"].as_str().unwrap_or_default().to_owned(),
+                    o["line"].as_u64().unwrap_or(u64::MAX),
+                    o["content"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || parsed().len() >= want.len()),
+        "{:?}",
+        f.text()
+    );
+    let got = parsed();
+    let want: Vec<(String, u64, String)> = want
+        .iter()
+        .map(|(g, n, c)| ((*g).to_owned(), *n, (*c).to_owned()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        !f.text().contains("--- logship"),
+        "no in-band marker in NDJSON"
+    );
+}

@@ -655,7 +655,15 @@ async fn idle(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::R
         cpu / t.elapsed().as_secs_f64() * 100.0,
         "% core",
     );
-    r.add("idle", "agent RSS", agent.rss() as f64 / 1048576.0, "MiB");
+    let rss = agent.rss() as f64;
+    r.add("idle", "agent RSS", rss / 1048576.0, "MiB");
+    // The memory target is 64 MiB + 4 KiB per watched file (issue 11.11).
+    r.add(
+        "idle",
+        "agent RSS beyond 64 MiB, per watched file",
+        (rss - 64.0 * 1048576.0).max(0.0) / args.idle_files.max(1) as f64 / 1024.0,
+        "KiB",
+    );
     Ok(())
 }
 

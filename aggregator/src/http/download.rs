@@ -6,8 +6,10 @@
 //! as it lands, woken by ingest (not by polling the store). A follower only ever shows
 //! the next line in order and only complete lines, so it never misses or repeats one even
 //! when batches land out of order. When a newer generation appears and the current one
-//! has been quiet for [`SWITCH_QUIET`], it says so in one marker line and follows the new
-//! one from its start.
+//! has been quiet for [`SWITCH_QUIET`], it follows the new one from its start: in the text
+//! form it says so in one marker line; in `format=ndjson` every line is an object carrying
+//! its generation and number, so nothing in-band (a log line that looks like the marker, a
+//! gap in the numbers) can mislead a reader.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,9 +52,28 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     app.authorize(&req, &app.settings.read_tokens)?;
     let p = Params::parse(
         req.uri().query(),
-        &["host", "file", "generation", "from", "to", "tail", "follow"],
+        &[
+            "host",
+            "file",
+            "generation",
+            "from",
+            "to",
+            "tail",
+            "follow",
+            "format",
+        ],
     )?;
     let follow = p.flag("follow")?;
+    let ndjson = match p.optional("format") {
+        None | Some("text") => false,
+        Some("ndjson") => true,
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(ApiError::bad_request(format!(
+                "parameter `format` must be text or ndjson, not {shown:?}"
+            )));
+        }
+    };
     let sel = select(app, &p).await?;
     let (tx, body) = streamed(2);
     let name = sel.generation.name.clone();
@@ -67,7 +88,7 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         let app = app.clone();
         tokio::spawn(async move {
             app.metrics.followers.inc();
-            follow_stream(&app, sel, &tx).await;
+            follow_stream(&app, sel, ndjson, &tx).await;
             app.metrics.followers.dec();
             drop(permit);
             tx.finish();
@@ -83,12 +104,14 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         let store = app.store.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let numbered = ndjson.then_some(sel.generation.name.as_str());
             if stream_range(
                 store.as_ref(),
                 sel.generation.id,
                 sel.from,
                 sel.to,
                 false,
+                numbered,
                 &tx,
             )
             .await
@@ -102,7 +125,11 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let h = resp.headers_mut();
     h.insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(if ndjson {
+            "application/x-ndjson"
+        } else {
+            "text/plain; charset=utf-8"
+        }),
     );
     h.insert(
         "x-content-type-options",
@@ -115,20 +142,52 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     Ok(resp)
 }
 
-/// Sends lines `from..=to` of generation `id`; returns the line after the last one sent,
-/// or `None` when the client went away, stalled, or the store failed.
+/// Renders a chunk as NDJSON: one object per line with its generation and number; content
+/// as a string, or base64 in `content_base64` when it is not UTF-8.
+fn ndjson(generation: &str, chunk: &crate::store::Chunk) -> Vec<u8> {
+    use base64::Engine;
+    let mut out = Vec::with_capacity(chunk.data.len() + chunk.lines.len() * 48);
+    for (i, l) in chunk.lines.iter().enumerate() {
+        let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
+        let content = &chunk.data[l.start..end];
+        let content = content
+            .strip_suffix(b"\n")
+            .filter(|_| !l.partial)
+            .unwrap_or(content);
+        let mut v = serde_json::json!({ "generation": generation, "line": l.number });
+        match std::str::from_utf8(content) {
+            Ok(s) => v["content"] = s.into(),
+            Err(_) => {
+                v["content_base64"] = base64::engine::general_purpose::STANDARD
+                    .encode(content)
+                    .into()
+            }
+        }
+        if l.partial {
+            v["partial"] = true.into();
+        }
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Sends lines `from..=to` of generation `id` (as NDJSON when `numbered` names the
+/// generation); returns the line after the last one sent, or `None` when the client went
+/// away, stalled, or the store failed.
 async fn stream_range(
     store: &dyn Store,
     id: u64,
     from: u64,
     to: u64,
     contiguous: bool,
+    numbered: Option<&str>,
     tx: &StreamSender,
 ) -> Option<u64> {
     let mut cursor = from;
     loop {
         let chunk = match store
-            .read_chunk(id, cursor, to, CHUNK_BYTES, contiguous)
+            .read_chunk(id, cursor, to, CHUNK_BYTES, contiguous, numbered.is_some())
             .await
         {
             Ok(c) => c,
@@ -138,9 +197,13 @@ async fn stream_range(
             }
         };
         if !chunk.data.is_empty() {
+            let data = match numbered {
+                Some(generation) => ndjson(generation, &chunk),
+                None => chunk.data,
+            };
             match tx
                 .sender()
-                .send_timeout(Bytes::from(chunk.data), STALLED_CLIENT)
+                .send_timeout(Bytes::from(data), STALLED_CLIENT)
                 .await
             {
                 Ok(()) => {}
@@ -165,7 +228,7 @@ async fn stream_range(
 }
 
 /// The follow loop: stored lines first, then new ones as they land, across generations.
-async fn follow_stream(app: &Arc<App>, sel: Selection, tx: &StreamSender) {
+async fn follow_stream(app: &Arc<App>, sel: Selection, ndjson: bool, tx: &StreamSender) {
     let mut events = app.subscribe_written();
     let mut stopping = app.stopping();
     let key = crate::file_hash(&sel.host, &sel.file);
@@ -179,6 +242,7 @@ async fn follow_stream(app: &Arc<App>, sel: Selection, tx: &StreamSender) {
             cursor,
             u64::MAX >> 8,
             true,
+            ndjson.then_some(generation.name.as_str()),
             tx,
         )
         .await
@@ -192,8 +256,9 @@ async fn follow_stream(app: &Arc<App>, sel: Selection, tx: &StreamSender) {
         if last_progress.elapsed() >= SWITCH_QUIET {
             if let Ok(gens) = app.store.generations(&sel.host, &sel.file).await {
                 if let Some(newer) = gens.into_iter().find(|g| g.id > generation.id) {
+                    // NDJSON lines carry their generation: no in-band marker needed.
                     let marker = format!("--- logship: new generation {} ---\n", newer.name);
-                    if !tx.send(Bytes::from(marker)).await {
+                    if !ndjson && !tx.send(Bytes::from(marker)).await {
                         return;
                     }
                     generation = newer;

@@ -80,6 +80,19 @@ pub struct Chunk {
     pub next: Option<u64>,
     /// The number after the last line rendered (`from` if none).
     pub end: u64,
+    /// Where each rendered line starts in `data`, when asked for (`numbered`): what an
+    /// out-of-band rendering (NDJSON with line numbers) needs, since `data` skips gaps.
+    pub lines: Vec<LineRef>,
+}
+
+/// One rendered line of a [`Chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef {
+    pub number: u64,
+    /// Offset of the line's first byte in `Chunk::data`.
+    pub start: usize,
+    /// A partial last line (no `\n` follows it in `data`).
+    pub partial: bool,
 }
 
 /// The storage interface the aggregator serves from.
@@ -128,7 +141,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<GenerationInfo>, StoreError>>;
 
     /// Renders lines `from..=to` of generation `id`, stopping after about `max_bytes`.
-    /// `contiguous` stops at the first missing or partial line (for followers).
+    /// `contiguous` stops at the first missing or partial line (for followers); `numbered`
+    /// fills [`Chunk::lines`].
     fn read_chunk(
         &self,
         id: u64,
@@ -136,6 +150,7 @@ pub trait Store: Send + Sync + 'static {
         to: u64,
         max_bytes: usize,
         contiguous: bool,
+        numbered: bool,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
 
     /// Bytes the store takes on disk, for metrics.

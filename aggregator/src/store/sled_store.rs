@@ -23,8 +23,8 @@ use super::flusher::GroupCommit;
 use super::segments::{Loc, Segments};
 use super::sweep::SEGMENTS_PER_PASS;
 use super::{
-    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
-    SweepReport, WriteStats,
+    BoxFuture, Chunk, FileInfo, GenerationInfo, LineRef, PhaseLabels, RetentionPolicy, Store,
+    StoreError, SweepReport, WriteStats,
 };
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -433,6 +433,7 @@ impl Inner {
         to: u64,
         max_bytes: usize,
         contiguous: bool,
+        numbered: bool,
     ) -> Result<Chunk, StoreError> {
         let mut chunk = Chunk {
             end: from,
@@ -468,6 +469,13 @@ impl Inner {
                 // partial line it would have to show again.
                 if contiguous && (n != chunk.end || h.partial) {
                     return Ok(chunk);
+                }
+                if numbered {
+                    chunk.lines.push(LineRef {
+                        number: n,
+                        start: chunk.data.len(),
+                        partial: h.partial,
+                    });
                 }
                 cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;
                 if !h.partial {
@@ -622,10 +630,11 @@ impl Store for SledStore {
         to: u64,
         max_bytes: usize,
         contiguous: bool,
+        numbered: bool,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(blocking(move || {
-            inner.read_chunk(id, from, to, max_bytes, contiguous)
+            inner.read_chunk(id, from, to, max_bytes, contiguous, numbered)
         }))
     }
 
@@ -723,7 +732,7 @@ mod tests {
         let mut from = 0;
         loop {
             let c = store
-                .read_chunk(id, from, u64::MAX >> 16, 10, false)
+                .read_chunk(id, from, u64::MAX >> 16, 10, false, false)
                 .await
                 .expect("read");
             out.extend_from_slice(&c.data);
@@ -812,7 +821,7 @@ mod tests {
         let (mut from, mut out, mut chunks) = (0, Vec::new(), 0);
         loop {
             let c = store
-                .read_chunk(id, from, u64::MAX >> 16, 256 << 10, false)
+                .read_chunk(id, from, u64::MAX >> 16, 256 << 10, false, true)
                 .await
                 .expect("read");
             assert!(
@@ -820,6 +829,13 @@ mod tests {
                 "chunk of {} bytes",
                 c.data.len()
             );
+            if let Some(first) = c.lines.first() {
+                assert_eq!((first.number, first.start), (from, 0));
+            }
+            assert!(c
+                .lines
+                .windows(2)
+                .all(|w| w[1].number == w[0].number + 1 && w[1].start == w[0].start + 65_537));
             out.extend_from_slice(&c.data);
             chunks += 1;
             match c.next {

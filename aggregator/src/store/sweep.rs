@@ -364,7 +364,7 @@ mod tests {
         let mut from = 0;
         loop {
             let c = store
-                .read_chunk(id, from, u64::MAX >> 16, 1 << 20, false)
+                .read_chunk(id, from, u64::MAX >> 16, 1 << 20, false, false)
                 .await
                 .expect("read");
             out.extend_from_slice(&c.data);
