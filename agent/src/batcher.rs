@@ -6,6 +6,10 @@
 //! Each sealed batch holds permits from the agent-wide buffer budget until it is
 //! acknowledged: the memory of everything waiting or in flight is bounded whatever the
 //! backlog, and the wait for a permit is back-pressure up to the tailer.
+//!
+//! The batcher runs inside its file's tailer task (the tailer hands it each chunk and asks
+//! it to seal when `linger` is due), not as a task of its own: a task and a channel per
+//! watched file were ~2 KB of the agent's memory per file, idle or not.
 
 use std::sync::Arc;
 
@@ -67,6 +71,7 @@ impl Budget {
 }
 
 /// An open batch.
+#[derive(Debug)]
 struct Open {
     writer: Writer,
     generation: Arc<str>,
@@ -77,19 +82,51 @@ struct Open {
 }
 
 /// One file's batcher state.
-struct Batcher {
+#[derive(Debug)]
+pub struct Batcher {
     host: Arc<str>,
     file: Arc<str>,
-    options: PipelineOptions,
+    options: Arc<PipelineOptions>,
     budget: Budget,
     output: mpsc::Sender<Box<Batch>>,
     open: Option<Open>,
 }
 
 /// The sender went away.
-struct Gone;
+#[derive(Debug)]
+pub struct Gone;
 
 impl Batcher {
+    pub fn new(
+        host: Arc<str>,
+        file: Arc<str>,
+        options: Arc<PipelineOptions>,
+        budget: Budget,
+        output: mpsc::Sender<Box<Batch>>,
+    ) -> Self {
+        Batcher {
+            host,
+            file,
+            options,
+            budget,
+            output,
+            open: None,
+        }
+    }
+
+    /// When the open batch's `linger` runs out, if one is open.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.open.as_ref().map(|o| o.deadline)
+    }
+
+    /// Seals the open batch if its `linger` ran out by `now`.
+    pub async fn seal_if_due(&mut self, now: Instant) -> Result<(), Gone> {
+        if self.deadline().is_some_and(|d| d <= now) {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
     /// Appends one line; seals first when it cannot join the open batch, and after it
     /// when the batch is full.
     async fn push(
@@ -129,7 +166,8 @@ impl Batcher {
         Ok(())
     }
 
-    async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
+    /// Adds a chunk's lines, sealing batches as they fill.
+    pub async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
         let mut line = chunk.first_line;
         let mut pos = 0usize;
         for &end in &chunk.ends {
@@ -160,7 +198,7 @@ impl Batcher {
     }
 
     /// Closes the open batch: takes its budget, hands it to the sender.
-    async fn seal(&mut self) -> Result<(), Gone> {
+    pub async fn seal(&mut self) -> Result<(), Gone> {
         let Some(o) = self.open.take() else {
             return Ok(());
         };
@@ -182,45 +220,4 @@ impl Batcher {
             .await
             .map_err(|_| Gone)
     }
-}
-
-/// Runs one file's batcher until the tailer's channel closes; seals what is left.
-pub async fn run(
-    host: Arc<str>,
-    file: Arc<str>,
-    options: PipelineOptions,
-    budget: Budget,
-    mut input: mpsc::Receiver<Box<Chunk>>,
-    output: mpsc::Sender<Box<Batch>>,
-) {
-    let mut b = Batcher {
-        host,
-        file,
-        options,
-        budget,
-        output,
-        open: None,
-    };
-    loop {
-        let chunk = match &b.open {
-            Some(o) => {
-                let deadline = o.deadline;
-                tokio::select! {
-                    c = input.recv() => c,
-                    () = tokio::time::sleep_until(deadline) => {
-                        if b.seal().await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            None => input.recv().await,
-        };
-        let Some(chunk) = chunk else { break };
-        if b.add(*chunk).await.is_err() {
-            return;
-        }
-    }
-    let _ = b.seal().await;
 }

@@ -166,7 +166,8 @@ pub struct SourceSettings {
     pub exclude: GlobSet,
     /// Directories to watch and walk: the literal prefix of each pattern.
     pub roots: Vec<PathBuf>,
-    pub options: PipelineOptions,
+    /// Shared by every file of the source (one copy, not one per file).
+    pub options: std::sync::Arc<PipelineOptions>,
     /// Whether symlinks to targets outside `roots` are shipped.
     pub follow_symlinks: bool,
 }
@@ -524,7 +525,7 @@ fn validate_source(
             .build()
             .map_err(|e| (key("exclude"), e.to_string()))?,
         roots,
-        options,
+        options: std::sync::Arc::new(options),
         follow_symlinks: pick!(follow_symlinks).0.unwrap_or(false),
     })
 }

@@ -1,4 +1,5 @@
-//! One file's pipeline: tailer → batcher → sender, three tasks joined by bounded channels.
+//! One file's pipeline: tailer → batcher → sender, two tasks (the batcher runs inside the
+//! tailer's) joined by a bounded channel.
 //! Sources call [`Pipelines::start`] for each file they find.
 
 use std::fs::File;
@@ -8,15 +9,13 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{self, Budget};
+use crate::batcher::{Batcher, Budget};
 use crate::checkpoint::{Checkpoints, FileId};
 use crate::config::PipelineOptions;
 use crate::metrics::Metrics;
 use crate::sender::{SendEnv, Sender};
 use crate::tailer::{Control, Start, Tailer, TailerEnv};
 
-/// Chunks queued between a tailer and its batcher.
-const CHUNK_QUEUE: usize = 4;
 /// Sealed batches queued between a batcher and its sender (besides those in flight).
 const BATCH_QUEUE: usize = 1;
 
@@ -47,7 +46,7 @@ impl Pipelines {
         permit: OwnedSemaphorePermit,
         id: FileId,
         start: Start,
-        options: &PipelineOptions,
+        options: &Arc<PipelineOptions>,
         rotated: bool,
     ) -> std::io::Result<Arc<Control>> {
         let ctl = Arc::new(Control::default());
@@ -68,18 +67,16 @@ impl Pipelines {
             env,
             ctl.clone(),
         )?;
-        let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
         let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
         let file: Arc<str> = Arc::from(name);
-        tokio::spawn(tailer.run(chunk_tx));
-        tokio::spawn(batcher::run(
+        let batcher = Batcher::new(
             self.host.clone(),
             file.clone(),
             options.clone(),
             self.budget.clone(),
-            chunk_rx,
             batch_tx,
-        ));
+        );
+        tokio::spawn(tailer.run(batcher));
         let sender = Sender {
             env: self.send.clone(),
             file,

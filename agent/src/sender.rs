@@ -112,7 +112,7 @@ pub struct Sender {
     pub env: Arc<SendEnv>,
     pub file: Arc<str>,
     pub id: FileId,
-    pub options: PipelineOptions,
+    pub options: Arc<PipelineOptions>,
     pub ctl: Arc<Control>,
 }
 

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::batcher::Batcher;
 use crate::checkpoint::{Checkpoint, FileId};
 use crate::config::{PipelineOptions, ReadFrom};
 use crate::generation;
@@ -86,7 +87,7 @@ pub struct Control {
 /// Shared limits and signals a tailer needs.
 #[derive(Debug, Clone)]
 pub struct TailerEnv {
-    pub options: PipelineOptions,
+    pub options: Arc<PipelineOptions>,
     pub metrics: Arc<Metrics>,
     /// Descriptor budget across all tailers.
     pub open_files: Arc<Semaphore>,
@@ -212,9 +213,13 @@ impl Tailer {
         Ok(())
     }
 
-    /// Runs until the file is finished, the agent stops, or the batcher goes away.
-    pub async fn run(mut self, out: mpsc::Sender<Box<Chunk>>) -> Exit {
-        let exit = self.run_inner(&out).await;
+    /// Runs until the file is finished, the agent stops, or the sender goes away; lines go
+    /// straight into `out`, which is sealed last.
+    pub async fn run(mut self, mut out: Batcher) -> Exit {
+        let mut exit = self.run_inner(&mut out).await;
+        if exit != Exit::Closed && out.seal().await.is_err() {
+            exit = Exit::Closed;
+        }
         if self.file.take().is_some() {
             self.env.metrics.files_open.dec();
         }
@@ -224,7 +229,7 @@ impl Tailer {
         exit
     }
 
-    async fn run_inner(&mut self, out: &mpsc::Sender<Box<Chunk>>) -> Exit {
+    async fn run_inner(&mut self, out: &mut Batcher) -> Exit {
         let mut shutdown = self.env.shutdown.clone();
         let mut rotated_at: Option<Instant> = None;
         loop {
@@ -232,6 +237,9 @@ impl Tailer {
                 return Exit::Shutdown;
             }
             let outcome = self.read_available(out).await;
+            if out.seal_if_due(Instant::now()).await.is_err() {
+                return Exit::Closed;
+            }
             match outcome {
                 Ok(ReadOutcome::Data) => {
                     // Cooperative budget rather than yield_now: yield_now's deferred wake
@@ -270,6 +278,9 @@ impl Tailer {
                 self.close();
             }
             let deadline = self.next_deadline(now, rotated_at);
+            let deadline = out
+                .deadline()
+                .map_or(deadline, |d| d.max(now).min(deadline));
             tracing::trace!(file = %self.name, read_pos = self.read_pos, line = self.line, "tailer idle");
             tokio::select! {
                 () = self.ctl.wake.notified() => {}
@@ -332,10 +343,7 @@ impl Tailer {
     }
 
     /// Reads what is available, up to the per-turn cap, and ships complete lines.
-    async fn read_available(
-        &mut self,
-        out: &mpsc::Sender<Box<Chunk>>,
-    ) -> std::io::Result<ReadOutcome> {
+    async fn read_available(&mut self, out: &mut Batcher) -> std::io::Result<ReadOutcome> {
         if self.file.is_none() && !self.reopen().await? {
             if !self.ctl.rotated.load(Ordering::SeqCst) {
                 tracing::debug!(file = %self.name, "file not found by identity");
@@ -393,11 +401,7 @@ impl Tailer {
             turn += n;
             if chunk.data.len() >= 64 * 1024 {
                 let next = Chunk::new(generation.clone(), self.line);
-                if out
-                    .send(Box::new(std::mem::replace(&mut chunk, next)))
-                    .await
-                    .is_err()
-                {
+                if out.add(std::mem::replace(&mut chunk, next)).await.is_err() {
                     return Ok(ReadOutcome::Closed);
                 }
             }
@@ -405,7 +409,7 @@ impl Tailer {
                 break;
             }
         }
-        if chunk.count() > 0 && out.send(Box::new(chunk)).await.is_err() {
+        if chunk.count() > 0 && out.add(chunk).await.is_err() {
             return Ok(ReadOutcome::Closed);
         }
         // After reading anything, check once more before sleeping.
@@ -472,7 +476,7 @@ impl Tailer {
 
     /// Ships the current partial line (flagged partial) under its own number; the
     /// checkpoint stays before it, so it is resent complete later.
-    async fn send_partial(&mut self, out: &mpsc::Sender<Box<Chunk>>, last: bool) -> Result<(), ()> {
+    async fn send_partial(&mut self, out: &mut Batcher, last: bool) -> Result<(), ()> {
         if self.pending.is_empty() || self.partial_sent == Some(self.pending.len()) {
             return Ok(());
         }
@@ -486,13 +490,13 @@ impl Tailer {
         if last {
             tracing::debug!(file = %self.name, "finishing with a partial last line");
         }
-        out.send(Box::new(chunk)).await.map_err(|_| ())
+        out.add(chunk).await.map_err(|_| ())
     }
 
     /// After a truncation, looks beside the file for its copy (another file whose first
     /// line is this generation's and which is longer than what was read) and reads the
     /// rest of the generation from it. Returns whether a copy was found.
-    async fn drain_copy(&mut self, out: &mpsc::Sender<Box<Chunk>>) -> std::io::Result<bool> {
+    async fn drain_copy(&mut self, out: &mut Batcher) -> std::io::Result<bool> {
         let Some(generation) = self.generation.clone() else {
             return Ok(false);
         };
