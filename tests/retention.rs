@@ -131,7 +131,7 @@ fn a_write_racing_the_retention_drop_is_never_lost() {
         std::env::var("LOGSHIP_RETENTION_RACE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(40),
+            .unwrap_or(60),
     );
     const THREADS: usize = 4;
     const FILES_PER_THREAD: usize = 40;
