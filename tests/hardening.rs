@@ -172,12 +172,7 @@ fn long_lines_are_capped_and_stalled_downloads_hold_little() {
 #[test]
 fn concurrent_json_requests_share_the_ingest_memory_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, "[limits]\ningest_memory = \"24MiB\"\n").expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
-    );
+    let agg = Aggregator::with_config(dir.path(), "[limits]\ningest_memory = \"24MiB\"\n");
     let bodies: Vec<Vec<u8>> = (0..8)
         .map(|f| {
             zstd_json(
@@ -226,12 +221,7 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
 #[test]
 fn a_request_with_a_hundred_thousand_hosts_cannot_freeze_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, "[limits]\nper_host_lines_per_sec = 1000000\n").expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
-    );
+    let agg = Aggregator::with_config(dir.path(), "[limits]\nper_host_lines_per_sec = 1000000\n");
     let body = zstd_json((0..120_000u64).map(|i| entry(&format!("h{i}"), "/f", 0, "x")));
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -366,16 +356,7 @@ fn connect_from(source: &str, to: &str) -> TcpStream {
 #[test]
 fn one_client_cannot_take_every_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(
-        &cfg,
-        "max_connections = 32\nmax_connections_per_client = 8\nmax_downloads = 12\nheader_read_timeout = \"60s\"\n",
-    )
-    .expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
-    );
+    let agg = Aggregator::with_config(dir.path(), "max_connections = 32\nmax_connections_per_client = 8\nmax_downloads = 12\nheader_read_timeout = \"60s\"\n");
     // A large file for the stalled downloads.
     let big: Vec<Vec<u8>> = (0..8)
         .map(|i| format!("{i} {}", "z".repeat((1 << 20) - 16)).into_bytes())
@@ -467,15 +448,9 @@ fn one_client_cannot_take_every_connection() {
 fn a_trickling_body_is_cut_off_with_a_408() {
     use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(
-        &cfg,
+    let agg = Aggregator::with_config(
+        dir.path(),
         "body_grace = \"1s\"\nmin_body_bytes_per_sec = \"1KiB\"\nbody_read_timeout = \"60s\"\n",
-    )
-    .expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
     );
     let mut s = TcpStream::connect(agg.addr()).expect("connect");
     s.write_all(b"POST /store/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
@@ -532,14 +507,7 @@ fn agent_memory_per_watched_file_stays_small() {
         "",
     );
     let agent = Agent::start(&cfg);
-    let shipped = || {
-        let v = get(&agg.url("/store/files?host=h")).json();
-        v["files"].as_array().map_or(0, |f| {
-            f.iter()
-                .filter(|f| f["generations"][0]["lines"] == 100)
-                .count()
-        })
-    };
+    let shipped = || agg.files_with_lines("h", 100);
     assert!(
         wait_until(Duration::from_secs(180), || shipped() == FILES),
         "only {} of {FILES} files shipped",

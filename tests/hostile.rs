@@ -458,12 +458,7 @@ fn slow_headers_get_a_408_and_idle_connections_close_quietly() {
 #[test]
 fn auth_scheme_is_case_insensitive_and_two_authorization_headers_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, "[auth]\nwrite_tokens = [\"w1\", \"w2\"]\n").expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
-    );
+    let agg = Aggregator::with_config(dir.path(), "[auth]\nwrite_tokens = [\"w1\", \"w2\"]\n");
     let body = compact("h", 0, &[b"x"]);
     for (n, auth) in ["bearer w1", "BEARER w2", "Bearer  w1 "].iter().enumerate() {
         let body = compact("h", n as u64, &[b"x"]);

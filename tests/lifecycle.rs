@@ -341,14 +341,7 @@ fn five_thousand_files_under_ulimit_1024() {
         child,
         name: "agent",
     };
-    let all = || {
-        let v = get(&agg.url("/store/files?host=h")).json();
-        v["files"].as_array().map_or(0, |f| {
-            f.iter()
-                .filter(|f| f["generations"][0]["lines"] == 2)
-                .count()
-        })
-    };
+    let all = || agg.files_with_lines("h", 2);
     assert!(
         wait_until(Duration::from_secs(120), || all() == 5000),
         "only {} of 5000 files shipped",

@@ -52,12 +52,7 @@ fn wrong_url_and_wrong_token_park_files_and_fixing_the_config_delivers_everythin
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).expect("mkdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, "[auth]\nwrite_tokens = [\"right\"]\n").expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
-    );
+    let agg = Aggregator::with_config(dir.path(), "[auth]\nwrite_tokens = [\"right\"]\n");
     let files: Vec<_> = (0..5).map(|i| logs.join(format!("f{i}.log"))).collect();
     for f in &files {
         append_lines(f, &f.display().to_string(), 0..1_000);

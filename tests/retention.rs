@@ -20,15 +20,10 @@ fn dir_bytes(p: &Path) -> u64 {
 #[test]
 fn expired_files_are_dropped_and_their_disk_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("agg.toml"),
-        "[store]\nretention = \"2s\"\nsweep_interval = \"200ms\"\n",
-    )
-    .expect("write");
     let data = dir.path().join("data");
-    let agg = Aggregator::start(
-        &data,
-        &["--config", &dir.path().join("agg.toml").to_string_lossy()],
+    let agg = Aggregator::with_config(
+        dir.path(),
+        "[store]\nretention = \"2s\"\nsweep_interval = \"200ms\"\n",
     );
     // A file written once, about 2 MiB.
     let old: Vec<Vec<u8>> = (0..20_000)
@@ -106,15 +101,9 @@ fn expired_files_are_dropped_and_their_disk_space_returns() {
 #[test]
 fn a_write_racing_the_retention_drop_is_never_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(
-        &cfg,
+    let agg = Aggregator::with_config(
+        dir.path(),
         "[store]\nretention = \"3s\"\nsweep_interval = \"100ms\"\n",
-    )
-    .expect("write");
-    let agg = Aggregator::start(
-        &dir.path().join("data"),
-        &["--config", &cfg.to_string_lossy()],
     );
     let retention = Duration::from_secs(3);
     // A large generation kept alive makes each sweep's index scan (between listing the

@@ -154,6 +154,24 @@ impl Aggregator {
         }
     }
 
+    /// Writes `toml` to `dir/agg.toml` and starts an aggregator with it, its store in
+    /// `dir/data`.
+    pub fn with_config(dir: &Path, toml: &str) -> Aggregator {
+        let cfg = dir.join("agg.toml");
+        std::fs::write(&cfg, toml).expect("write aggregator config");
+        Self::start(&dir.join("data"), &["--config", &cfg.to_string_lossy()])
+    }
+
+    /// How many files of `host` hold exactly `lines` lines in their first generation.
+    pub fn files_with_lines(&self, host: &str, lines: u64) -> usize {
+        let v = get(&self.url(&format!("/store/files?host={}", enc(host)))).json();
+        v["files"].as_array().map_or(0, |f| {
+            f.iter()
+                .filter(|f| f["generations"][0]["lines"] == lines)
+                .count()
+        })
+    }
+
     /// `host:port` it listens on.
     pub fn addr(&self) -> &str {
         self.base.trim_start_matches("http://")
