@@ -223,17 +223,29 @@ fn symlinks_out_of_the_watched_directories_are_not_followed_by_default() {
         agg.log("h", &logs.join("secret.log").to_string_lossy(), ""),
         Err(404)
     );
-    agent.proc.signal("TERM");
-    assert!(agent.proc.wait_exit(Duration::from_secs(40)).is_some());
-    // Allowed explicitly, it ships.
-    let text = std::fs::read_to_string(&cfg).expect("read");
-    std::fs::write(&cfg, format!("{text}follow_symlinks = true\n")).expect("write");
-    let _agent = Agent::start(&cfg);
+    // The link replaced by a real file at the same path: that file ships.
+    std::fs::remove_file(logs.join("secret.log")).expect("unlink");
+    append_lines(&logs.join("secret.log"), "now a real file", 0..3);
     assert!(
         wait_until(Duration::from_secs(30), || shipped_exactly(
             &agg,
             "h",
             &logs.join("secret.log")
+        )),
+        "a real file where a refused link was is not shipped"
+    );
+    agent.proc.signal("TERM");
+    assert!(agent.proc.wait_exit(Duration::from_secs(40)).is_some());
+    // Allowed explicitly, a link out of the directory ships.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, format!("{text}follow_symlinks = true\n")).expect("write");
+    std::os::unix::fs::symlink(outside.join("secret.txt"), logs.join("linked.log")).expect("link");
+    let _agent = Agent::start(&cfg);
+    assert!(
+        wait_until(Duration::from_secs(30), || shipped_exactly(
+            &agg,
+            "h",
+            &logs.join("linked.log")
         )),
         "follow_symlinks = true did not ship the link"
     );

@@ -66,8 +66,9 @@ struct Discovery {
     active: HashMap<FileId, Arc<Control>>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
-    /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once.
-    refused: std::collections::HashSet<PathBuf>,
+    /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once, with
+    /// the (device, inode) of the directory entry that was refused.
+    refused: HashMap<PathBuf, (u64, u64)>,
 }
 
 impl Source for FileSource {
@@ -107,7 +108,7 @@ impl Source for FileSource {
                 active: HashMap::new(),
                 watcher,
                 watched: Vec::new(),
-                refused: std::collections::HashSet::new(),
+                refused: HashMap::new(),
             };
             let mut shutdown = d.pipes.shutdown.clone();
             d.watch_roots();
@@ -290,9 +291,20 @@ impl Discovery {
     /// (refused here, with a clear error, rather than by the server batch after batch), and
     /// a symlink must point inside its source's directories unless `follow_symlinks`.
     fn may_ship(&mut self, path: &Path) -> bool {
-        if self.refused.contains(path) {
+        // What is at the path now (the link itself, not its target): a refusal holds only
+        // while the same entry is there, so a symlink later replaced by a real file ships.
+        let entry = std::fs::symlink_metadata(path)
+            .map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::dev(&m),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                )
+            })
+            .unwrap_or_default();
+        if self.refused.get(path) == Some(&entry) {
             return false;
         }
+        self.refused.remove(path);
         let verdict = match path.to_str() {
             None => Err("the path is not valid UTF-8".to_owned()),
             Some(name) => logship_wire::validate_names("h", name, "g").map_err(|e| e.to_string()),
@@ -305,7 +317,7 @@ impl Discovery {
                 self.pipes.metrics.files_refused.inc();
                 // Remembered (bounded) so the poll does not log it every interval.
                 if self.refused.len() < 10_000 {
-                    self.refused.insert(path.to_path_buf());
+                    self.refused.insert(path.to_path_buf(), entry);
                 }
                 false
             }

@@ -286,9 +286,21 @@ async fn decompress<'a>(
             ));
         }
     };
+    // A zstd frame usually declares its size (the agent's does): take that much of the
+    // budget at once rather than a MiB per step, so small batches reserve only what they use.
+    let declared = match encoding {
+        Some("zstd") => zstd::zstd_safe::get_frame_content_size(body).ok().flatten(),
+        _ => None,
+    };
     let mut out = Vec::new();
+    let mut first = true;
     loop {
-        let step = DECOMPRESS_STEP.min(max + 1 - out.len() as u64);
+        let room = max + 1 - out.len() as u64;
+        let step = match declared {
+            Some(n) if first => n.saturating_add(1).min(room),
+            _ => DECOMPRESS_STEP.min(room),
+        };
+        first = false;
         budget.reserve(step).await?;
         let read = tokio::task::block_in_place(|| (&mut reader).take(step).read_to_end(&mut out));
         match read {

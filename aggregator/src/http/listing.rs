@@ -19,6 +19,8 @@ use crate::App;
 
 /// Items fetched from the store per step.
 const PAGE: usize = 256;
+/// A client that accepts nothing for this long is disconnected.
+const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The largest `limit=` accepted.
 const MAX_LIMIT: u64 = 100_000;
 
@@ -142,7 +144,14 @@ where
                 out.push_str(&(self.render)(item));
                 sent += 1;
             }
-            if !tx.send(Bytes::from(std::mem::take(&mut out))).await {
+            let data = Bytes::from(std::mem::take(&mut out));
+            // A client that stops reading is let go, as for downloads.
+            if tx
+                .sender()
+                .send_timeout(data, STALLED_CLIENT)
+                .await
+                .is_err()
+            {
                 return None;
             }
             let Some(last) = last else {
