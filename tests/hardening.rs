@@ -105,6 +105,17 @@ fn sparse_and_huge_line_counts_are_bounded() {
         agg.proc.peak_rss() / MIB
     );
     assert_eq!(get(&agg.url("/ruok")).text(), "imok");
+    assert_workers_stay_free(&agg);
+}
+
+/// 11.6: no request kept a runtime worker thread busy for more than 10 ms in one poll
+/// (what is CPU-heavy runs offloaded).
+fn assert_workers_stay_free(agg: &Aggregator) {
+    let bound = worker_busy_bound(agg);
+    assert!(
+        bound <= 0.01,
+        "a request kept a worker busy up to {bound} s in one poll"
+    );
 }
 
 /// 11.4: lines over `limits.max_line_bytes` get a 413 naming the line; a file of very long
@@ -164,6 +175,7 @@ fn long_lines_are_capped_and_stalled_downloads_hold_little() {
         .collect();
     assert_eq!(agg.log("h", "/big", "").expect("download"), want);
     drop(stalled);
+    assert_workers_stay_free(&agg);
 }
 
 /// 11.5: many concurrent JSON requests that expand in memory share one budget
@@ -214,6 +226,7 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
         peak / MIB,
         retried.into_inner()
     );
+    assert_workers_stay_free(&agg);
 }
 
 /// 11.6: a request naming 120,000 hosts is refused at once (hosts per request are capped and
@@ -260,6 +273,7 @@ fn a_request_with_a_hundred_thousand_hosts_cannot_freeze_the_server() {
             .map(Vec::len),
         Some(100)
     );
+    assert_workers_stay_free(&agg);
 }
 
 /// 11.8: listings are streamed and paged: four concurrent listings of 20,000 files with long
@@ -335,6 +349,7 @@ fn listings_of_many_files_stream_and_page() {
     let bad = get(&agg.url("/store/files?after=%21%21"));
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_eq!(get(&agg.url("/store/files?limit=0")).status, 400);
+    assert_workers_stay_free(&agg);
 }
 
 /// Connects from a given loopback source address (the whole 127/8 is local), so the server

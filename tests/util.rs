@@ -506,3 +506,20 @@ pub fn metric(text: &str, name: &str) -> f64 {
         })
         .sum()
 }
+
+/// The longest any one request (or response stream) kept an aggregator worker thread busy,
+/// as the upper bound of the `aggregator_worker_busy_seconds` histogram bucket that holds
+/// every observation (offloaded decoding is not counted).
+pub fn worker_busy_bound(agg: &Aggregator) -> f64 {
+    let m = get(&agg.url("/metrics")).text();
+    let total = metric(&m, "aggregator_worker_busy_seconds_count");
+    m.lines()
+        .filter(|l| l.starts_with("aggregator_worker_busy_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let le = l.split('"').nth(1)?.parse::<f64>().ok()?;
+            let n = l.split_whitespace().last()?.parse::<f64>().ok()?;
+            Some((le, n))
+        })
+        .find(|&(_, n)| n >= total)
+        .map_or(f64::INFINITY, |(le, _)| le)
+}

@@ -1,6 +1,7 @@
 //! The aggregator: receives batches of log lines over HTTP, stores them durably and
 //! idempotently, and serves them back byte-identical.
 //!
+//! - [`busy`]: CPU-heavy steps offloaded from the workers, and how long a request kept one;
 //! - [`config`]: the TOML/env/flag configuration and its validated [`Settings`](config::Settings);
 //! - [`server`]: the accept loop, connection cap, graceful shutdown;
 //! - [`connection`]: one connection's state, idle reclaim at the cap, JSON answers for what
@@ -9,6 +10,7 @@
 //! - [`store`]: the `Store` trait and its sled implementation (bucketed lines, group commit);
 //! - [`metrics`]: the Prometheus registry.
 
+pub mod busy;
 pub mod config;
 pub mod connection;
 pub mod http;
@@ -165,11 +167,10 @@ impl App {
 
 /// A stable hash of a host and file, the key of ingest events.
 pub fn file_hash(host: &str, file: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in host.bytes().chain([0u8]).chain(file.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    // xxh3 rather than a byte-at-a-time loop: a request of 1,000 files with 2 KB names
+    // hashes 2 MB after its write, on a runtime worker.
+    let h = xxhash_rust::xxh3::xxh3_64(host.as_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(file.as_bytes(), h)
 }
 
 /// Runs the store's sweep (retention, compaction) every `sweep_interval` while the app lives.

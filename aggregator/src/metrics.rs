@@ -43,6 +43,8 @@ pub struct Metrics {
     pub bytes_reclaimed: Counter,
     pub sweep_failures: Counter,
     pub sweep_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The longest a worker thread was busy on one poll of each request or response stream.
+    pub worker_busy: Histogram,
     /// Requests refused because `limits.ingest_memory` stayed spent.
     pub ingest_memory_refusals: Counter,
     /// Sweeps run, so a test (or an operator) can tell that retention looked at the store.
@@ -152,6 +154,12 @@ impl Metrics {
             "How long the last retention/compaction sweep took",
             sweep_seconds.clone(),
         );
+        let worker_busy = crate::busy::histogram();
+        registry.register(
+            "worker_busy_seconds",
+            "Per request or response stream: the longest one poll kept a runtime worker busy (offloaded decoding excluded)",
+            worker_busy.clone(),
+        );
         let ingest_memory_refusals = Counter::default();
         registry.register(
             "ingest_memory_refusals",
@@ -175,6 +183,7 @@ impl Metrics {
         Metrics {
             registry,
             ingest_memory_refusals,
+            worker_busy,
             sweeps,
             clock_jumps,
             retention_clock_behind,

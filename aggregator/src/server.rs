@@ -196,7 +196,12 @@ impl Served {
             let guard = svc_state.begin_request();
             let app = svc_app.clone();
             async move {
-                let resp = routes::handle(app, req).await?;
+                let busy = app.metrics.worker_busy.clone();
+                let what: String = format!("{} {}", req.method(), req.uri().path())
+                    .chars()
+                    .take(80)
+                    .collect();
+                let resp = crate::busy::Timed::new(routes::handle(app, req), busy, what).await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| GuardedBody::new(b, guard)))
             }
         });

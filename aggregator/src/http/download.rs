@@ -86,13 +86,18 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .retry_after(5)
         })?;
         let app = app.clone();
-        tokio::spawn(async move {
-            app.metrics.followers.inc();
-            follow_stream(&app, sel, ndjson, &tx).await;
-            app.metrics.followers.dec();
-            drop(permit);
-            tx.finish();
-        });
+        let busy = app.metrics.worker_busy.clone();
+        tokio::spawn(crate::busy::Timed::new(
+            async move {
+                app.metrics.followers.inc();
+                follow_stream(&app, sel, ndjson, &tx).await;
+                app.metrics.followers.dec();
+                drop(permit);
+                tx.finish();
+            },
+            busy,
+            "follow stream",
+        ));
     } else {
         let permit = app.downloads.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
@@ -102,24 +107,29 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .retry_after(1)
         })?;
         let store = app.store.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let numbered = ndjson.then_some(sel.generation.name.as_str());
-            if stream_range(
-                store.as_ref(),
-                sel.generation.id,
-                sel.from,
-                sel.to,
-                false,
-                numbered,
-                &tx,
-            )
-            .await
-            .is_some()
-            {
-                tx.finish();
-            }
-        });
+        let busy = app.metrics.worker_busy.clone();
+        tokio::spawn(crate::busy::Timed::new(
+            async move {
+                let _permit = permit;
+                let numbered = ndjson.then_some(sel.generation.name.as_str());
+                if stream_range(
+                    store.as_ref(),
+                    sel.generation.id,
+                    sel.from,
+                    sel.to,
+                    false,
+                    numbered,
+                    &tx,
+                )
+                .await
+                .is_some()
+                {
+                    tx.finish();
+                }
+            },
+            busy,
+            "download stream",
+        ));
     }
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -198,7 +208,7 @@ async fn stream_range(
         };
         if !chunk.data.is_empty() {
             let data = match numbered {
-                Some(generation) => ndjson(generation, &chunk),
+                Some(generation) => crate::busy::offload(|| ndjson(generation, &chunk)),
                 None => chunk.data,
             };
             match tx

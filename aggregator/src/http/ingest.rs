@@ -60,7 +60,7 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let limits = &app.settings.decode_limits;
     let lines = (limits.max_lines as u64).min(decoded.len() as u64);
     budget.reserve(lines.saturating_mul(48)).await?;
-    let batches = tokio::task::block_in_place(|| decode(app, &decoded, content_type.as_deref()))?;
+    let batches = crate::busy::offload(|| decode(app, &decoded, content_type.as_deref()))?;
     app.check_rate(&batches)?;
     let stats = app.store.write(&batches).await?;
     app.metrics.lines_received.inc_by(stats.lines);
@@ -302,7 +302,7 @@ async fn decompress<'a>(
         };
         first = false;
         budget.reserve(step).await?;
-        let read = tokio::task::block_in_place(|| (&mut reader).take(step).read_to_end(&mut out));
+        let read = crate::busy::offload(|| (&mut reader).take(step).read_to_end(&mut out));
         match read {
             Err(e) => {
                 return Err(ApiError::bad_request(format!(

@@ -56,6 +56,7 @@ pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
     app.authorize(req, &app.settings.read_tokens)?;
     let p = Params::parse(req.uri().query(), &["limit", "after"])?;
     let after = p.optional("after").map(str::to_owned);
+    let busy = app.metrics.worker_busy.clone();
     let app = app.clone();
     let listing = Listing {
         field: "hosts",
@@ -67,6 +68,7 @@ pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
         key: |h: &String| h.clone(),
         render: |h: &String| serde_json::Value::from(h.as_str()).to_string(),
         cursor: |k: &String| k.clone(),
+        busy,
     };
     listing.serve(after).await
 }
@@ -76,6 +78,7 @@ pub async fn files(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
     let p = Params::parse(req.uri().query(), &["host", "limit", "after"])?;
     let host = p.optional("host").map(str::to_owned);
     let after = p.optional("after").map(parse_file_cursor).transpose()?;
+    let busy = app.metrics.worker_busy.clone();
     let app = app.clone();
     let listing = Listing {
         field: "files",
@@ -90,6 +93,7 @@ pub async fn files(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
         key: |f: &FileInfo| (f.host.clone(), f.file.clone()),
         render: |f: &FileInfo| file_json(f).to_string(),
         cursor: |(h, f): &(String, String)| file_cursor(h, f),
+        busy,
     };
     listing.serve(after).await
 }
@@ -104,6 +108,8 @@ struct Listing<F, K, T> {
     key: fn(&T) -> K,
     render: fn(&T) -> String,
     cursor: fn(&K) -> String,
+    /// Where the stream's worker-busy time is observed.
+    busy: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl<F, Fut, K, T> Listing<F, K, T>
@@ -120,13 +126,18 @@ where
         let mut resp = Response::new(body);
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        tokio::spawn(async move {
-            if let Some(tail) = self.stream(first, &tx).await {
-                if tx.send(Bytes::from(tail)).await {
-                    tx.finish();
+        let busy = self.busy.clone();
+        tokio::spawn(crate::busy::Timed::new(
+            async move {
+                if let Some(tail) = self.stream(first, &tx).await {
+                    if tx.send(Bytes::from(tail)).await {
+                        tx.finish();
+                    }
                 }
-            }
-        });
+            },
+            busy,
+            "listing stream",
+        ));
         Ok(resp)
     }
 
@@ -137,13 +148,15 @@ where
         let mut out = format!("{{\"{}\":[", self.field);
         loop {
             let last = page.last().map(self.key);
-            for item in &page {
-                if sent > 0 {
-                    out.push(',');
+            crate::busy::offload(|| {
+                for item in &page {
+                    if sent > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&(self.render)(item));
+                    sent += 1;
                 }
-                out.push_str(&(self.render)(item));
-                sent += 1;
-            }
+            });
             let data = Bytes::from(std::mem::take(&mut out));
             // A client that stops reading is let go, as for downloads.
             if tx

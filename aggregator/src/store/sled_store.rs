@@ -534,10 +534,8 @@ pub(super) fn stripe_of(key: &[u8]) -> usize {
 }
 
 fn xxh(b: &[u8]) -> u64 {
-    // FNV-1a: stable and dependency-free; only spreads lock stripes.
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-    })
+    // Only spreads lock stripes; not persisted, so it may change freely.
+    xxhash_rust::xxh3::xxh3_64(b)
 }
 
 /// Runs blocking sled work off the async reactor.
@@ -557,7 +555,7 @@ impl Store for SledStore {
         Box::pin(async move {
             let now = now_ms();
             // block_in_place keeps the borrowed batch usable without copying it into a task.
-            let stats = tokio::task::block_in_place(|| {
+            let stats = crate::busy::offload(|| {
                 let mut total = WriteStats::default();
                 for fb in batches {
                     let s = self.inner.apply(fb, now)?;
