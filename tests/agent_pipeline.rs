@@ -78,7 +78,7 @@ fn globs_with_appends_and_new_files_ship_byte_identical() {
             let m = get(&format!("http://{metrics_addr}/metrics")).text();
             m.contains(&acked)
                 && m.contains(&unshipped)
-                && m.contains("agent_checkpoint_age_seconds")
+                && m.contains("agent_checkpoint_timestamp_seconds")
         }),
         "{}",
         get(&format!("http://{metrics_addr}/metrics")).text()

@@ -15,3 +15,4 @@ mod model;
 mod overload;
 mod refusals;
 mod retention;
+mod service;

@@ -29,6 +29,10 @@ pub struct Config {
     pub checkpoint_interval: Option<String>,
     /// Fallback scan for new, grown or rotated files when notify misses something. Default "5s".
     pub poll_interval: Option<String>,
+    /// `"text"` (default) or `"json"` (one object per line, for a log pipeline).
+    pub log_format: Option<String>,
+    /// Log filter when `RUST_LOG` is not set, e.g. `"info"` or `"warn,logship_agent=debug"`.
+    pub log_level: Option<String>,
     #[serde(default)]
     pub sink: SinkConfig,
     #[serde(default)]
@@ -206,12 +210,11 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_buffered_bytes: u64,
     pub max_open_files: usize,
+    pub log_format: logship_common::LogFormat,
+    pub log_level: Option<String>,
 }
 
-/// A config error: the key at fault, the line when known, and what is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use logship_common::ConfigError;
 
 /// Command-line overrides, the top layer.
 #[derive(Debug, Default, Serialize)]
@@ -220,6 +223,8 @@ pub struct Overrides {
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
 }
 
 /// The loaded config plus what is needed to point at lines.
@@ -327,7 +332,12 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
             return Err((key.into(), format!("more than the {MAX_COUNT} allowed")));
         }
     }
+    let log_format =
+        logship_common::LogFormat::parse("log_format", c.log_format.as_deref().unwrap_or("text"))
+            .map_err(|e| ("log_format".to_owned(), e.0))?;
     Ok(Settings {
+        log_format,
+        log_level: c.log_level.clone(),
         host,
         state_dir,
         metrics_listen,

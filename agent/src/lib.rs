@@ -51,7 +51,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     })?);
     let sink = sink::build(&settings.sink)?;
     if let Some(addr) = settings.metrics_listen {
-        metrics::serve(addr, metrics.clone())
+        metrics::serve(addr, metrics.clone(), sink.clone())
             .await
             .with_context(|| format!("binding metrics_listen {addr}"))?;
     }
@@ -79,10 +79,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
 
     let saver = {
-        let (cps, m, every) = (
+        let (cps, m, every, dir) = (
             checkpoints.clone(),
             metrics.clone(),
             settings.checkpoint_interval,
+            settings.state_dir.clone(),
         );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -91,11 +92,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 let cps2 = cps.clone();
                 match tokio::task::spawn_blocking(move || cps2.save()).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "saving checkpoints failed"),
-                    Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+                    Ok(Err(e)) => {
+                        tracing::error!(state_dir = %dir.display(), error = %e, "saving checkpoints failed")
+                    }
+                    Err(e) => {
+                        tracing::error!(state_dir = %dir.display(), error = %e, "checkpoint task failed")
+                    }
                 }
-                m.checkpoint_age.set(cps.age_secs());
-                m.buffered_kib.set(budget.used_kib() as i64);
+                let saved = std::time::SystemTime::now()
+                    .checked_sub(std::time::Duration::from_secs_f64(cps.age_secs()))
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                m.checkpoint_time.set(
+                    saved
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
+                m.buffered_bytes
+                    .set(i64::try_from(budget.used_kib() * 1024).unwrap_or(i64::MAX));
                 let _ = tokio::task::spawn_blocking(logship_common::trim_free_memory).await;
             }
         })

@@ -8,14 +8,18 @@ use logship_agent::config::{Loaded, Overrides};
 
 /// Tails log files and ships them to the aggregator.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "agent", version)]
 struct Cli {
     /// TOML configuration (then AGENT_* variables, e.g. AGENT_SINK__URL, then these flags).
     #[arg(long)]
     config: PathBuf,
-    /// Validate, print the resolved configuration and the files it would ship, and exit.
+    /// Validate, print the resolved configuration and the files it would ship, and exit
+    /// (78 if the configuration is bad).
     #[arg(long)]
     check_config: bool,
+    /// Log format: text or json [default: text, or the config's log_format].
+    #[arg(long)]
+    log_format: Option<String>,
     /// Host name stored with every line [default: the machine's hostname].
     #[arg(long)]
     host: Option<String>,
@@ -33,9 +37,11 @@ fn real_main() -> anyhow::Result<()> {
     let overrides = Overrides {
         host: cli.host,
         state_dir: cli.state_dir,
+        log_format: cli.log_format,
     };
     let loaded = Loaded::load(&cli.config, &overrides)?;
     let settings = loaded.validate()?;
+    logship_common::init_tracing(settings.log_format, settings.log_level.as_deref());
     if cli.check_config {
         logship_common::out!("# resolved configuration");
         logship_common::out!(

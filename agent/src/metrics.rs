@@ -37,8 +37,12 @@ pub struct Metrics {
     pub files_open: Gauge,
     pub files_tracked: Gauge,
     pub deleted_held: Gauge,
-    pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub buffered_kib: Gauge,
+    /// When checkpoints were last saved (Unix time).
+    pub checkpoint_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub buffered_bytes: Gauge,
+    /// Pipelines alive per file label: a file's series go when its last pipeline ends (a
+    /// rotated file's old pipeline may end after the new one started).
+    live: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Files matched but not shipped (names the server cannot take, symlinks out of bounds).
     pub files_refused: Counter,
     /// Files whose delivery waits on an endpoint that refuses for a non-batch reason.
@@ -67,8 +71,9 @@ impl Metrics {
             files_open: Gauge::default(),
             files_tracked: Gauge::default(),
             deleted_held: Gauge::default(),
-            checkpoint_age: Gauge::default(),
-            buffered_kib: Gauge::default(),
+            checkpoint_time: Gauge::default(),
+            buffered_bytes: Gauge::default(),
+            live: std::sync::Mutex::default(),
             parked: Gauge::default(),
             files_refused: Counter::default(),
             registry: Registry::default(),
@@ -130,14 +135,14 @@ impl Metrics {
             m.deleted_held.clone(),
         );
         r.register(
-            "checkpoint_age_seconds",
+            "checkpoint_timestamp_seconds",
             "Seconds since checkpoints were last saved",
-            m.checkpoint_age.clone(),
+            m.checkpoint_time.clone(),
         );
         r.register(
-            "buffered_kib",
-            "KiB of batches waiting or in flight",
-            m.buffered_kib.clone(),
+            "buffered_bytes",
+            "Bytes of batches waiting or in flight",
+            m.buffered_bytes.clone(),
         );
         r.register(
             "parked_files",
@@ -156,6 +161,36 @@ impl Metrics {
         FileLabel {
             file: file.to_owned(),
         }
+    }
+
+    /// A pipeline for `file` started.
+    pub fn attach(&self, file: &str) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *live.entry(file.to_owned()).or_default() += 1;
+    }
+
+    /// A pipeline for `file` ended; with the last one its per-file series go, so thousands of
+    /// rotated or deleted files do not leave thousands of dead series.
+    pub fn detach(&self, file: &str) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(n) = live.get_mut(file) else { return };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        live.remove(file);
+        let l = Self::label(file);
+        self.lines_read.remove(&l);
+        self.bytes_read.remove(&l);
+        self.lines_acked.remove(&l);
+        self.bytes_acked.remove(&l);
+        self.unshipped.remove(&l);
     }
 
     pub fn lines_read(&self, file: &str, n: u64) {
@@ -183,32 +218,56 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// The content type of `/metrics`, the same as the aggregator's.
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics`, `/healthz` (the process is alive) and `/readyz` (the sink is
+/// reachable) on `addr` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn crate::sink::Sink>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "agent metrics listening");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    tracing::warn!(%addr, error = %e, "metrics listener cannot accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
-            let m = metrics.clone();
+            let (m, sink) = (metrics.clone(), sink.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let m = m.clone();
+                    let (m, sink) = (m.clone(), sink.clone());
                     async move {
-                        let mut resp = if req.uri().path() == "/metrics" {
-                            Response::new(Full::new(Bytes::from(m.render())))
-                        } else {
-                            let mut r = Response::new(Full::new(Bytes::from_static(
-                                b"{\"error\":\"no such route; try /metrics\"}",
-                            )));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            r
+                        let (status, ctype, body) = match req.uri().path() {
+                            "/metrics" => (StatusCode::OK, METRICS_TYPE, m.render()),
+                            "/healthz" => (StatusCode::OK, "application/json", r#"{"status":"alive"}"#.to_owned()),
+                            "/readyz" => match sink.ready().await {
+                                Ok(()) => (StatusCode::OK, "application/json", r#"{"status":"ready"}"#.to_owned()),
+                                Err(e) => (
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "application/json",
+                                    serde_json::json!({ "error": format!("sink not reachable: {e}") }).to_string(),
+                                ),
+                            },
+                            _ => (
+                                StatusCode::NOT_FOUND,
+                                "application/json",
+                                r#"{"error":"no such route; try /metrics, /healthz or /readyz"}"#.to_owned(),
+                            ),
                         };
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = status;
                         resp.headers_mut().insert(
                             hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            hyper::header::HeaderValue::from_static(ctype),
                         );
                         Ok::<_, std::convert::Infallible>(resp)
                     }

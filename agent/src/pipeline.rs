@@ -69,6 +69,7 @@ impl Pipelines {
         )?;
         let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
         let file: Arc<str> = Arc::from(name);
+        let file_label = file.clone();
         let batcher = Batcher::new(
             self.host.clone(),
             file.clone(),
@@ -88,9 +89,11 @@ impl Pipelines {
         let metrics = self.metrics.clone();
         let ctl2 = ctl.clone();
         metrics.files_tracked.inc();
+        metrics.attach(&file_label);
         tokio::spawn(async move {
             sender.run(batch_rx).await;
             metrics.files_tracked.dec();
+            metrics.detach(&file_label);
             ctl2.exited.store(true, Ordering::SeqCst);
             drop(done);
         });

@@ -36,6 +36,10 @@ pub struct Config {
     pub shutdown_timeout: String,
     /// Most concurrent `follow=true` downloads.
     pub max_followers: usize,
+    /// `"text"` or `"json"` (one object per line, for a log pipeline).
+    pub log_format: String,
+    /// Log filter when `RUST_LOG` is not set, e.g. `"info"`.
+    pub log_level: Option<String>,
     /// Most concurrent plain downloads (`GET /store/log` without follow): with followers,
     /// a budget of its own, so readers can never take every connection from ingest.
     pub max_downloads: usize,
@@ -140,6 +144,8 @@ impl Default for Config {
             body_read_timeout: "60s".into(),
             shutdown_timeout: "10s".into(),
             max_followers: 256,
+            log_format: "text".into(),
+            log_level: None,
             max_downloads: 256,
             max_connections_per_client: 128,
             min_body_bytes_per_sec: "16KiB".into(),
@@ -176,6 +182,8 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_followers: usize,
+    pub log_format: logship_common::LogFormat,
+    pub log_level: Option<String>,
     pub max_downloads: usize,
     pub max_connections_per_client: usize,
     pub min_body_bytes_per_sec: u64,
@@ -193,10 +201,7 @@ pub struct Settings {
     pub sweep_interval: Duration,
 }
 
-/// A configuration error naming the key (and line, when the TOML file is at fault).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use logship_common::ConfigError;
 
 /// Overrides from the command line; `None` leaves the lower layers in force.
 #[derive(Debug, Default, Serialize)]
@@ -205,6 +210,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
 }
 
 impl Config {
@@ -306,6 +313,8 @@ impl Config {
             body_read_timeout: dur("body_read_timeout", &self.body_read_timeout)?,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
             max_followers: self.max_followers,
+            log_format: logship_common::LogFormat::parse("log_format", &self.log_format)?,
+            log_level: self.log_level.clone(),
             max_downloads: self.max_downloads,
             max_connections_per_client: self.max_connections_per_client.max(1),
             min_body_bytes_per_sec: sz("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)?,
@@ -410,7 +419,7 @@ mod tests {
         .expect("write");
         let o = Overrides {
             listen: Some("127.0.0.1:2".into()),
-            data_dir: None,
+            ..Overrides::default()
         };
         let s = Config::load(Some(&p), &o)
             .expect("loads")

@@ -120,6 +120,43 @@ impl App {
         }
     }
 
+    /// As [`authorize`](Self::authorize) for downloads, which also accept the read token
+    /// from the `logship_read_token` cookie the web page sets (same-site, path
+    /// `/store/log`), so its download link can be a plain link the browser streams to disk.
+    pub fn authorize_download<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
+        let tokens = &self.settings.read_tokens;
+        if tokens.is_empty() || req.headers().contains_key(AUTHORIZATION) {
+            return self.authorize(req, tokens);
+        }
+        let from_cookie = req
+            .headers()
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix("logship_read_token="))
+            .find(|t| !t.is_empty());
+        let Some(given) = from_cookie else {
+            return self.authorize(req, tokens);
+        };
+        let given = form_urlencoded::parse(format!("t={given}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let mut matched = subtle::Choice::from(0u8);
+        for t in tokens {
+            matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given.as_bytes());
+        }
+        if bool::from(matched) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "read token (cookie) not accepted",
+            ))
+        }
+    }
+
     /// Applies the per-host rate limit to a request's lines.
     pub fn check_rate(&self, batches: &[logship_wire::FileBatch<'_>]) -> Result<(), ApiError> {
         let Some((limiter, burst)) = &self.limiter else {

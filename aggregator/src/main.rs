@@ -10,7 +10,7 @@ use logship_aggregator::store::{SledOptions, SledStore};
 
 /// Receives log batches from agents, stores them durably, serves them back.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "aggregator", version)]
 struct Cli {
     /// TOML configuration file (then AGGREGATOR_* variables, then these flags).
     #[arg(long)]
@@ -21,9 +21,12 @@ struct Cli {
     /// Directory of the embedded sled database [default: ./data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Validate and print the resolved configuration, then exit.
+    /// Validate and print the resolved configuration, then exit (78 if it is bad).
     #[arg(long)]
     check_config: bool,
+    /// Log format: text or json [default: text, or the config's log_format].
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,9 +39,11 @@ fn real_main() -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: cli.listen,
         data_dir: cli.data_dir,
+        log_format: cli.log_format,
     };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     let settings = config.validate()?;
+    logship_common::init_tracing(settings.log_format, settings.log_level.as_deref());
     if cli.check_config {
         logship_common::out!(
             "{}",

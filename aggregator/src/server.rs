@@ -248,7 +248,7 @@ impl Served {
                 .requests
                 .get_or_create(&RequestLabels {
                     route: "unparsed",
-                    status,
+                    code: status,
                 })
                 .inc();
         }

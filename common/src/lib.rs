@@ -2,8 +2,9 @@
 //! - [`units`]: sizes (`"1MiB"`) and durations (`"200ms"`) from config strings, and TOML
 //!   errors rendered with their line;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM, whichever comes first;
-//! - [`init_tracing`]: logging to stderr, filtered by `RUST_LOG`;
-//! - [`run_main`] and [`out!`]: the shape both binaries' `main` share.
+//! - [`init_tracing`]: logging to stderr as text or JSON, filtered by `RUST_LOG`;
+//! - [`run_main`] and [`out!`]: the shape both binaries' `main` share, with their exit codes;
+//! - [`ConfigError`]: the one config error type (exit 78).
 
 pub mod units;
 
@@ -44,17 +45,51 @@ macro_rules! out {
     }};
 }
 
-/// A binary's `main`: logging on, run `f`, print its error chain as `name: …` and exit 2.
-pub fn run_main<E: std::fmt::Display>(
-    name: &str,
-    f: impl FnOnce() -> Result<(), E>,
-) -> std::process::ExitCode {
-    init_tracing();
+/// A configuration error: the key at fault, the line when the file is at fault, and what is
+/// wrong. Both binaries use it, and [`run_main`] exits 78 (`EX_CONFIG`) for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Exit status for a bad configuration (sysexits' `EX_CONFIG`): supervisors such as systemd
+/// can be told not to restart on it (`RestartPreventExitStatus=78`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A binary's `main`: run `f`, print its error chain as `name: …`, and exit 0 on success,
+/// 78 for a [`ConfigError`], 1 for any other failure (clap exits 2 for usage errors itself).
+pub fn run_main(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
     match f() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{name} failed");
             eprintln!("{name}: {e:#}");
-            std::process::ExitCode::from(2)
+            if e.downcast_ref::<ConfigError>().is_some() {
+                std::process::ExitCode::from(EXIT_CONFIG)
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// How logs are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, for a log pipeline to parse.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses a `log_format` value; the error names `key`.
+    pub fn parse(key: &str, s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError(format!(
+                "{key}: {other:?} is not \"text\" or \"json\""
+            ))),
         }
     }
 }
@@ -73,14 +108,23 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Logs to stderr; `RUST_LOG` picks the level (default `info`).
-pub fn init_tracing() {
+/// Logs to stderr in `format`; the level comes from `RUST_LOG`, else `level` (a filter such
+/// as `"info"` or `"warn,logship_agent=debug"`), else `info`.
+pub fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .ok()
+        .or_else(|| level.and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok()))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
 }
 
 /// Makes glibc return large freed buffers to the system at once.

@@ -206,6 +206,24 @@ impl Sink for AggregatorSink {
     fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome> {
         Box::pin(self.attempt(body))
     }
+
+    /// Reachable when a TCP connection to the aggregator opens within 2 s.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let host = self
+                .url
+                .host()
+                .unwrap_or("localhost")
+                .trim_matches(['[', ']']);
+            let port = self.url.port_u16().unwrap_or(80);
+            let connect = tokio::net::TcpStream::connect((host, port));
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("{}: {e}", self.url)),
+                Err(_) => Err(format!("{}: no connection within 2 s", self.url)),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

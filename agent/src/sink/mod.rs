@@ -44,6 +44,11 @@ pub enum Outcome {
 pub trait Sink: Send + Sync + 'static {
     /// Delivers one compact body once.
     fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome>;
+
+    /// Whether the destination can be reached now (the agent's `/readyz`).
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Builds the configured sink.

@@ -58,6 +58,9 @@ struct Tracked {
     ctl: Arc<Control>,
 }
 
+/// What identifies a directory entry that was refused.
+type RefusedEntry = (u64, u64, u32, i64, i64);
+
 struct Discovery {
     sources: Vec<SourceSettings>,
     pipes: Pipelines,
@@ -67,8 +70,8 @@ struct Discovery {
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
     /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once, with
-    /// the (device, inode) of the directory entry that was refused.
-    refused: HashMap<PathBuf, (u64, u64)>,
+    /// the directory entry that was refused (device, inode, mode, change time).
+    refused: HashMap<PathBuf, RefusedEntry>,
 }
 
 impl Source for FileSource {
@@ -293,12 +296,12 @@ impl Discovery {
     fn may_ship(&mut self, path: &Path) -> bool {
         // What is at the path now (the link itself, not its target): a refusal holds only
         // while the same entry is there, so a symlink later replaced by a real file ships.
+        // Inode numbers are reused at once (a link deleted and a file created in its place
+        // often get the same one), so the entry is its inode, type and change time.
         let entry = std::fs::symlink_metadata(path)
             .map(|m| {
-                (
-                    std::os::unix::fs::MetadataExt::dev(&m),
-                    std::os::unix::fs::MetadataExt::ino(&m),
-                )
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino(), m.mode(), m.ctime(), m.ctime_nsec())
             })
             .unwrap_or_default();
         if self.refused.get(path) == Some(&entry) {

@@ -49,7 +49,7 @@ struct Selection {
 }
 
 pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(&req, &app.settings.read_tokens)?;
+    app.authorize_download(&req)?;
     let p = Params::parse(
         req.uri().query(),
         &[
@@ -61,9 +61,11 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             "tail",
             "follow",
             "format",
+            "download",
         ],
     )?;
     let follow = p.flag("follow")?;
+    let attachment = p.flag("download")?;
     let ndjson = match p.optional("format") {
         None | Some("text") => false,
         Some("ndjson") => true,
@@ -75,8 +77,20 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         }
     };
     let sel = select(app, &p).await?;
+    // A stored generation's answer changes only when it is written to: an ETag and
+    // Last-Modified let a client (or a proxy) revalidate instead of downloading again.
+    let validators = (!follow).then(|| Validators::of(&sel, ndjson));
+    if let Some(v) = &validators {
+        if v.unchanged_for(req.headers()) {
+            let mut resp = Response::new(super::body::full(bytes::Bytes::new()));
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            v.insert(resp.headers_mut());
+            return Ok(resp);
+        }
+    }
     let (tx, body) = streamed(2);
     let name = sel.generation.name.clone();
+    let file_name = sel.file.clone();
     if follow {
         let permit = app.followers.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
@@ -133,23 +147,128 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     }
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
+    // Log bytes may be any bytes: no charset is claimed for them.
     h.insert(
         CONTENT_TYPE,
         HeaderValue::from_static(if ndjson {
             "application/x-ndjson"
         } else {
-            "text/plain; charset=utf-8"
+            "text/plain"
         }),
     );
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    match &validators {
+        Some(v) => {
+            v.insert(h);
+            h.insert("cache-control", HeaderValue::from_static("no-cache"));
+        }
+        None => {
+            h.insert("cache-control", HeaderValue::from_static("no-store"));
+        }
+    }
+    if attachment {
+        h.insert(
+            hyper::header::CONTENT_DISPOSITION,
+            content_disposition(&file_name),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&name) {
         h.insert("x-logship-generation", v);
     }
     Ok(resp)
+}
+
+/// `ETag` and `Last-Modified` of a download: the generation's state (id, line count,
+/// highest line, last write) and what was asked of it.
+struct Validators {
+    etag: String,
+    modified: std::time::SystemTime,
+}
+
+impl Validators {
+    fn of(sel: &Selection, ndjson: bool) -> Self {
+        let g = &sel.generation;
+        let ms = g
+            .last_write
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Validators {
+            etag: format!(
+                "\"{:x}-{:x}-{:x}-{ms:x}-{:x}-{:x}-{}\"",
+                g.id,
+                g.lines,
+                g.max_line,
+                sel.from,
+                sel.to,
+                if ndjson { "j" } else { "t" }
+            ),
+            modified: g.last_write,
+        }
+    }
+
+    /// Whether the request's `If-None-Match` (or, without it, `If-Modified-Since`) says the
+    /// client already has this answer.
+    fn unchanged_for(&self, headers: &hyper::HeaderMap) -> bool {
+        if let Some(inm) = headers.get(hyper::header::IF_NONE_MATCH) {
+            let Ok(inm) = inm.to_str() else { return false };
+            return inm
+                .split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.trim_start_matches("W/") == self.etag);
+        }
+        headers
+            .get(hyper::header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| {
+                // HTTP dates have whole seconds.
+                let secs = |t: std::time::SystemTime| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                };
+                secs(self.modified) <= secs(since)
+            })
+    }
+
+    fn insert(&self, h: &mut hyper::HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.etag) {
+            h.insert(hyper::header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(self.modified)) {
+            h.insert(hyper::header::LAST_MODIFIED, v);
+        }
+    }
+}
+
+/// `attachment` with the file's base name: an ASCII fallback and the exact name in UTF-8
+/// (RFC 6266), so a browser saves `app.log`, not `log`.
+fn content_disposition(file: &str) -> HeaderValue {
+    let base = file.rsplit('/').find(|s| !s.is_empty()).unwrap_or("log");
+    let ascii: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in base.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 /// Renders a chunk as NDJSON: one object per line with its generation and number; content
@@ -202,7 +321,7 @@ async fn stream_range(
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "download aborted by a store error");
+                tracing::error!(generation_id = id, from = cursor, error = %e, "download aborted by a store error");
                 return None;
             }
         };

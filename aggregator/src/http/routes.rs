@@ -40,7 +40,7 @@ pub async fn handle(
         .requests
         .get_or_create(&RequestLabels {
             route,
-            status: resp.status().as_u16(),
+            code: resp.status().as_u16(),
         })
         .inc();
     app.metrics
@@ -64,6 +64,15 @@ async fn route(
             "ruok",
             only(&method, &Method::GET, "GET").map(|()| text("imok", "text/plain")),
         ),
+        "/healthz" => (
+            "healthz",
+            only(&method, &Method::GET, "GET")
+                .map(|()| text(r#"{"status":"alive"}"#, "application/json")),
+        ),
+        "/readyz" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("readyz", readyz(app).await),
+            Err(e) => ("readyz", Err(e)),
+        },
         "/store/batch" => match only(&method, &Method::POST, "POST") {
             Ok(()) => ("batch", ingest::ingest(app, req).await),
             Err(e) => ("batch", Err(e)),
@@ -111,4 +120,17 @@ fn text(body: impl Into<bytes::Bytes>, content_type: &'static str) -> Response<B
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+/// Ready: the store is reachable and takes writes; otherwise 503, so a load balancer sends
+/// agents elsewhere.
+async fn readyz(app: &App) -> Result<Response<Body>, ApiError> {
+    match app.store.ready().await {
+        Ok(()) => Ok(text(r#"{"status":"ready"}"#, "application/json")),
+        Err(e) => Err(ApiError::new(
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {e}"),
+        )
+        .retry_after(5)),
+    }
 }

@@ -156,6 +156,11 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store takes on disk, for metrics.
     fn size_on_disk(&self) -> u64;
 
+    /// Whether the store is reachable and takes writes now (`/readyz`).
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Makes everything written durable; called at shutdown.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 

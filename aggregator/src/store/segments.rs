@@ -314,6 +314,20 @@ impl Cursor {
 }
 
 impl Segments {
+    /// Whether the active segment is still there and its directory writable.
+    pub fn check(&self) -> std::io::Result<()> {
+        let (number, file) = {
+            let a = self.lock_active();
+            (a.number, a.file.clone())
+        };
+        file.metadata()?;
+        std::fs::metadata(path_of(&self.dir, number))?;
+        if std::fs::metadata(&self.dir)?.permissions().readonly() {
+            return Err(std::io::Error::other("segment directory is read-only"));
+        }
+        Ok(())
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> std::io::Result<()> {
         let (current, closed) = {

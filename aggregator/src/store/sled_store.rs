@@ -32,6 +32,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 pub(super) const HOST: u8 = b'H';
 pub(super) const FILE: u8 = b'F';
 pub(super) const LINES: u8 = b'L';
+/// The key `/readyz` writes to prove the index takes writes (no scan reads the 'Z' range).
+const PROBE: &[u8] = b"Zready";
 /// Writers to the same generation serialise on one of these (read-merge-write of buckets).
 const LOCK_STRIPES: usize = 64;
 /// A write is appended and indexed in pieces of about this many bytes of merged buckets…
@@ -638,6 +640,18 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         self.inner.db.size_on_disk().unwrap_or(0) + self.inner.segments.size()
+    }
+
+    /// Writes a probe key to the index and checks the active segment is still there.
+    fn ready(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || {
+            inner
+                .db
+                .insert(PROBE, &now_ms().to_be_bytes()[..])
+                .map_err(unavailable)?;
+            inner.segments.check().map_err(io_unavailable)
+        }))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
