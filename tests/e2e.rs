@@ -14,5 +14,6 @@ mod live;
 mod model;
 mod overload;
 mod refusals;
+mod reload;
 mod retention;
 mod service;

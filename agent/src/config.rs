@@ -177,7 +177,7 @@ pub struct SourceSettings {
 }
 
 /// Validated sink settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkSettings {
     pub kind: String,
     pub url: Option<String>,
@@ -217,7 +217,7 @@ pub struct Settings {
 pub use logship_common::ConfigError;
 
 /// Command-line overrides, the top layer.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod generation;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod sender;
 pub mod sink;
 pub mod source;
@@ -41,7 +42,11 @@ use sender::{Limit, SendEnv};
 /// Runs the agent until `shutdown` resolves, then drains: tailers stop reading, batchers
 /// seal what was read, senders wait for acks up to `shutdown_timeout`, checkpoints are
 /// written last.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    reload_config: impl Fn() -> Result<Settings, config::ConfigError> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let checkpoints = Arc::new(Checkpoints::open(&settings.state_dir).with_context(|| {
         format!(
@@ -56,17 +61,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .with_context(|| format!("binding metrics_listen {addr}"))?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (sources_tx, sources_rx) = watch::channel(Arc::new(settings.sources.clone()));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let budget = Budget::new(settings.max_buffered_bytes);
     let pipes = Pipelines {
         host: Arc::from(settings.host.as_str()),
         send: Arc::new(SendEnv {
-            sink,
+            sink: std::sync::RwLock::new(sink.clone()),
             checkpoints: checkpoints.clone(),
             metrics: metrics.clone(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-            global_lines: Limit::per_second(u64::from(settings.lines_per_sec)),
-            global_bytes: Limit::per_second(settings.bytes_per_sec),
+            global: std::sync::RwLock::new(Arc::new((
+                Limit::per_second(u64::from(settings.lines_per_sec)),
+                Limit::per_second(settings.bytes_per_sec),
+            ))),
             dead_letter_dir: settings.state_dir.join("dead-letter"),
             park_log: sender::ParkLog::default(),
         }),
@@ -76,7 +84,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         open_files: Arc::new(Semaphore::new(settings.max_open_files)),
         shutdown: stop_rx,
         done: done_tx,
+        reloaded: sources_rx,
     };
+    reload::on_sighup(
+        settings.clone(),
+        pipes.send.clone(),
+        sources_tx,
+        reload_config,
+    );
 
     let saver = {
         let (cps, m, every, dir) = (

@@ -66,6 +66,8 @@ fn real_main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let signal = logship_common::shutdown_signal();
-        logship_agent::run(settings, signal).await
+        // SIGHUP re-reads the same layers: the file, AGENT_* variables, these flags.
+        let reload = move || Loaded::load(&cli.config, &overrides)?.validate();
+        logship_agent::run(settings, signal, reload).await
     })
 }

@@ -32,6 +32,8 @@ pub struct Pipelines {
     pub shutdown: watch::Receiver<bool>,
     /// Each pipeline holds a clone; the agent knows all are done when the channel closes.
     pub done: mpsc::Sender<()>,
+    /// Every source as the configuration now says (a SIGHUP reload sends a new list).
+    pub reloaded: watch::Receiver<Arc<Vec<crate::config::SourceSettings>>>,
 }
 
 impl Pipelines {

@@ -65,16 +65,35 @@ impl Limit {
 /// What every sender shares.
 #[derive(Debug)]
 pub struct SendEnv {
-    pub sink: Arc<dyn Sink>,
+    /// Swapped by a reload that changes `[sink]` (URL, token, …).
+    pub sink: std::sync::RwLock<Arc<dyn Sink>>,
     pub checkpoints: Arc<Checkpoints>,
     pub metrics: Arc<Metrics>,
     pub in_flight: Arc<Semaphore>,
-    pub global_lines: Limit,
-    pub global_bytes: Limit,
+    /// Agent-wide (lines/s, bytes/s) limits; swapped by a reload.
+    pub global: std::sync::RwLock<Arc<(Limit, Limit)>>,
     pub dead_letter_dir: PathBuf,
     /// When each refusing endpoint was last logged, so a wrong token on a thousand files is
     /// one error a minute, not a thousand.
     pub park_log: ParkLog,
+}
+
+impl SendEnv {
+    /// The sink in force now.
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        self.sink
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The agent-wide limits in force now.
+    pub fn global(&self) -> Arc<(Limit, Limit)> {
+        self.global
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Rate-limits the "endpoint refuses" error to once a minute per endpoint.
@@ -154,8 +173,9 @@ impl Sender {
                         tracing::trace!(file = %this.file, first = batch.first_line, lines = batch.lines, "sending batch");
                         lines.take(u64::from(batch.lines)).await;
                         bytes.take(batch.bytes).await;
-                        this.env.global_lines.take(u64::from(batch.lines)).await;
-                        this.env.global_bytes.take(batch.bytes).await;
+                        let global = this.env.global();
+                        global.0.take(u64::from(batch.lines)).await;
+                        global.1.take(batch.bytes).await;
                         let body = std::mem::take(&mut batch.body);
                         let task = this.clone();
                         let handle = tokio::spawn(async move {
@@ -168,7 +188,9 @@ impl Sender {
                 },
             }
         }
-        if this.ctl.finished.load(Ordering::SeqCst) {
+        // A file dropped from the config by a reload keeps its checkpoint: if it comes back,
+        // it resumes where it stopped.
+        if this.ctl.finished.load(Ordering::SeqCst) && !this.ctl.unwatched.load(Ordering::SeqCst) {
             tracing::info!(file = %this.file, "rotated file drained and acknowledged");
             this.env.checkpoints.remove(this.id);
         }
@@ -228,7 +250,7 @@ impl Sender {
         loop {
             let outcome = {
                 let _permit = self.env.in_flight.acquire().await;
-                self.env.sink.send(body).await
+                self.env.sink().send(body).await
             };
             match outcome {
                 Outcome::Ok => {

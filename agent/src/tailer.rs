@@ -80,6 +80,9 @@ pub struct Control {
     pub rotated: AtomicBool,
     /// Set by the tailer when it finished the file (drained after rotation).
     pub finished: AtomicBool,
+    /// A reload no longer ships this file as it was (removed from the config, or its options
+    /// changed): read to the end of what is complete, finish, keep the checkpoint.
+    pub unwatched: AtomicBool,
     /// Set when the whole pipeline has ended.
     pub exited: AtomicBool,
 }
@@ -255,6 +258,11 @@ impl Tailer {
                 }
             }
             let now = Instant::now();
+            if self.ctl.unwatched.load(Ordering::SeqCst) {
+                // Complete lines are read; a partial last line stays behind the checkpoint
+                // for whoever reads the file next.
+                return Exit::Finished;
+            }
             if self.ctl.rotated.load(Ordering::SeqCst) {
                 let since = *rotated_at.get_or_insert(now);
                 let quiet = now.duration_since(self.last_data.max(since));

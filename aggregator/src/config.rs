@@ -204,7 +204,7 @@ pub struct Settings {
 pub use logship_common::ConfigError;
 
 /// Overrides from the command line; `None` leaves the lower layers in force.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,

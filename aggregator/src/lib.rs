@@ -8,13 +8,15 @@
 //!   hyper rejects before routing;
 //! - [`http`]: routes — ingest, download, listings, metrics — and their error answers;
 //! - [`store`]: the `Store` trait and its sled implementation (bucketed lines, group commit);
-//! - [`metrics`]: the Prometheus registry.
+//! - [`metrics`]: the Prometheus registry;
+//! - [`reload`]: SIGHUP re-reads the configuration and swaps in what can change live.
 
 pub mod busy;
 pub mod config;
 pub mod connection;
 pub mod http;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod store;
 
@@ -37,13 +39,17 @@ use store::Store;
 
 type HostLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
 
+/// A per-host lines/s limiter and its rate.
+type Limiter = Arc<(HostLimiter, NonZeroU32)>;
+
 /// State shared by every request.
 pub struct App {
-    pub settings: Settings,
+    /// The settings in force; SIGHUP swaps in a reloaded copy (see [`reload`]).
+    settings: std::sync::RwLock<Arc<Settings>>,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
-    /// Per-host lines/s limit; `None` when unlimited.
-    limiter: Option<(HostLimiter, NonZeroU32)>,
+    /// Per-host lines/s limit; `None` when unlimited. Rebuilt when a reload changes the rate.
+    limiter: std::sync::RwLock<Option<Limiter>>,
     /// Tells followers which file just received lines (a hash of host and file), so they
     /// wake on ingest instead of polling the store.
     written: broadcast::Sender<u64>,
@@ -60,14 +66,13 @@ pub struct App {
 
 impl App {
     pub fn new(settings: Settings, store: Arc<dyn Store>) -> Arc<Self> {
-        let limiter = NonZeroU32::new(settings.per_host_lines_per_sec)
-            .map(|rate| (RateLimiter::keyed(Quota::per_second(rate)), rate));
+        let limiter = limiter_for(settings.per_host_lines_per_sec);
         let mut metrics = Metrics::new();
         metrics.register_store(&*store);
         Arc::new(App {
             store,
             metrics,
-            limiter,
+            limiter: std::sync::RwLock::new(limiter),
             written: broadcast::channel(1024).0,
             stopping: watch::channel(false).0,
             followers: Arc::new(tokio::sync::Semaphore::new(settings.max_followers)),
@@ -75,8 +80,32 @@ impl App {
             ingest_memory: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(settings.ingest_memory / 1024).unwrap_or(usize::MAX >> 4),
             )),
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
         })
+    }
+
+    /// Replaces the settings in force (a reload).
+    pub fn set_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+
+    /// Replaces the per-host rate limiter (a reload changed the rate).
+    pub fn set_rate_limit(&self, lines_per_sec: u32) {
+        *self
+            .limiter
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limiter_for(lines_per_sec);
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Checks the bearer token against `tokens`; an empty list means open access.
@@ -124,7 +153,8 @@ impl App {
     /// from the `logship_read_token` cookie the web page sets (same-site, path
     /// `/store/log`), so its download link can be a plain link the browser streams to disk.
     pub fn authorize_download<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
-        let tokens = &self.settings.read_tokens;
+        let settings = self.settings();
+        let tokens = &settings.read_tokens;
         if tokens.is_empty() || req.headers().contains_key(AUTHORIZATION) {
             return self.authorize(req, tokens);
         }
@@ -159,9 +189,15 @@ impl App {
 
     /// Applies the per-host rate limit to a request's lines.
     pub fn check_rate(&self, batches: &[logship_wire::FileBatch<'_>]) -> Result<(), ApiError> {
-        let Some((limiter, burst)) = &self.limiter else {
+        let current = self
+            .limiter
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(current) = current else {
             return Ok(());
         };
+        let (limiter, burst) = &*current;
         for (host, lines) in http::ingest::lines_per_host(batches) {
             // A batch larger than one second's quota waits for a full bucket instead of
             // being refused forever.
@@ -202,6 +238,11 @@ impl App {
     }
 }
 
+/// A per-host limiter for `rate` lines/s, or none for 0.
+fn limiter_for(rate: u32) -> Option<Limiter> {
+    NonZeroU32::new(rate).map(|rate| Arc::new((RateLimiter::keyed(Quota::per_second(rate)), rate)))
+}
+
 /// A stable hash of a host and file, the key of ingest events.
 pub fn file_hash(host: &str, file: &str) -> u64 {
     // xxh3 rather than a byte-at-a-time loop: a request of 1,000 files with 2 KB names
@@ -213,7 +254,7 @@ pub fn file_hash(host: &str, file: &str) -> u64 {
 /// Runs the store's sweep (retention, compaction) every `sweep_interval` while the app lives.
 async fn sweep_periodically(app: std::sync::Weak<App>) {
     let interval = match app.upgrade() {
-        Some(a) => a.settings.sweep_interval,
+        Some(a) => a.settings().sweep_interval,
         None => return,
     };
     let mut tick = tokio::time::interval(interval);
@@ -239,7 +280,7 @@ async fn sweep_periodically(app: std::sync::Weak<App>) {
             .retention_clock_behind
             .set(reading.behind.as_secs_f64());
         app.metrics.sweeps.inc();
-        match app.store.sweep(app.settings.retention, reading.now).await {
+        match app.store.sweep(app.settings().retention, reading.now).await {
             Ok(r) => {
                 let m = &app.metrics;
                 m.generations_dropped.inc_by(r.generations_dropped);
@@ -270,21 +311,28 @@ pub async fn run(
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    reload_config: impl Fn() -> Result<Settings, config::ConfigError> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = App::new(settings, store.clone());
-    if let Some((_, _)) = &app.limiter {
+    {
         let weak = Arc::downgrade(&app);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 let Some(app) = weak.upgrade() else { return };
-                if let Some((l, _)) = &app.limiter {
-                    l.retain_recent();
+                let current = app
+                    .limiter
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if let Some(l) = current {
+                    l.0.retain_recent();
                 }
             }
         });
     }
+    reload::on_sighup(Arc::downgrade(&app), reload_config);
     tokio::spawn(sweep_periodically(Arc::downgrade(&app)));
     server::serve(app, listener, shutdown).await;
     store.flush().await?;

@@ -71,6 +71,8 @@ fn real_main() -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "aggregator listening");
         // One stable line on stdout, so scripts and tests learn the port when it was 0.
         logship_common::out!("aggregator listening on http://{addr}");
-        logship_aggregator::run(settings, Arc::new(store), listener, signal).await
+        // SIGHUP re-reads the same layers: the file, AGGREGATOR_* variables, these flags.
+        let reload = move || Config::load(cli.config.as_deref(), &overrides)?.validate();
+        logship_aggregator::run(settings, Arc::new(store), listener, signal, reload).await
     })
 }

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub worker_busy: Histogram,
     /// Requests refused because `limits.ingest_memory` stayed spent.
     pub ingest_memory_refusals: Counter,
+    /// Successful and failed config reloads (SIGHUP).
+    pub reloads: Counter,
+    pub reload_failures: Counter,
     /// Sweeps run, so a test (or an operator) can tell that retention looked at the store.
     pub sweeps: Counter,
     /// Wall-clock jumps the retention clock refused to follow (see `store::clock`).
@@ -167,6 +170,18 @@ impl Metrics {
             "Ingest requests answered 503 because limits.ingest_memory stayed spent",
             ingest_memory_refusals.clone(),
         );
+        let reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied (SIGHUP)",
+            reloads.clone(),
+        );
+        let reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused (the running configuration stayed)",
+            reload_failures.clone(),
+        );
         let sweeps = Counter::default();
         registry.register("sweeps", "Retention/compaction sweeps run", sweeps.clone());
         let clock_jumps = Counter::default();
@@ -185,6 +200,8 @@ impl Metrics {
             registry,
             ingest_memory_refusals,
             worker_busy,
+            reloads,
+            reload_failures,
             sweeps,
             clock_jumps,
             retention_clock_behind,

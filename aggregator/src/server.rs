@@ -75,7 +75,7 @@ impl Drop for ClientSlot {
 
 /// Serves until `shutdown` resolves, then drains in-flight requests up to the deadline.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let max = app.settings.max_connections;
+    let max = app.settings().max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let registry = Arc::new(Registry::default());
@@ -83,7 +83,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.settings.header_read_timeout)
+        .header_read_timeout(app.settings().header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
@@ -100,7 +100,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let Some(slot) = clients.enter(peer.ip(), app.settings.max_connections_per_client) else {
+        let Some(slot) = clients.enter(peer.ip(), app.settings().max_connections_per_client) else {
             app.metrics.connections_rejected.inc();
             if let Ok(waiter) = waiting.clone().try_acquire_owned() {
                 let builder = builder.clone();
@@ -159,7 +159,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
         _ = permits.acquire_many(all) => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(app.settings.shutdown_timeout) => {
+        () = tokio::time::sleep(app.settings().shutdown_timeout) => {
             tracing::warn!("shutdown deadline passed with connections still open");
         }
     }

@@ -56,6 +56,8 @@ struct Tracked {
     /// Size at the last check; a poll wakes the tailer only when it changed.
     len: u64,
     ctl: Arc<Control>,
+    /// The options its pipeline runs with: a reload that changes them restarts it.
+    options: Arc<crate::config::PipelineOptions>,
 }
 
 /// What identifies a directory entry that was refused.
@@ -114,6 +116,8 @@ impl Source for FileSource {
                 refused: HashMap::new(),
             };
             let mut shutdown = d.pipes.shutdown.clone();
+            let mut reloaded = d.pipes.reloaded.clone();
+            reloaded.mark_unchanged();
             d.watch_roots();
             d.scan().await;
             d.resume_orphans().await;
@@ -131,8 +135,14 @@ impl Source for FileSource {
                     _ = tick.tick() => {
                         overflow.store(false, Ordering::Relaxed);
                         d.watch_roots();
-                        d.scan().await;
+                        // Reap first: a file whose pipeline a reload drained restarts now.
                         d.reap();
+                        d.scan().await;
+                    }
+                    Ok(()) = reloaded.changed() => {
+                        let all = reloaded.borrow_and_update().clone();
+                        let mine = all.iter().filter(|s| s.kind == "file").cloned().collect();
+                        d.reconfigure(mine).await;
                     }
                     _ = shutdown.changed() => break,
                 }
@@ -352,6 +362,37 @@ impl Discovery {
         }
     }
 
+    /// Takes a reloaded list of sources: files still shipped with the same options keep their
+    /// pipelines; the others drain (checkpoints kept) and, if still matched, restart from
+    /// their checkpoint once drained; newly matched files start.
+    async fn reconfigure(&mut self, sources: Vec<SourceSettings>) {
+        self.sources = sources;
+        self.refused.clear();
+        self.watch_roots();
+        let paths: Vec<PathBuf> = self.by_path.keys().cloned().collect();
+        for p in paths {
+            let same = match self.source_of(&p) {
+                Some(i) => {
+                    let options = &self.sources[i].options;
+                    self.by_path
+                        .get(&p)
+                        .is_some_and(|t| *t.options == **options)
+                        && self.may_ship(&p)
+                }
+                None => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(t) = self.by_path.remove(&p) {
+                tracing::info!(file = %p.display(), "no longer shipped as configured; draining it (its checkpoint stays)");
+                t.ctl.unwatched.store(true, Ordering::SeqCst);
+                t.ctl.wake.notify_one();
+            }
+        }
+        self.scan().await;
+    }
+
     /// Tells a pipeline its path is gone; it drains the file and finishes.
     fn retire(&self, t: &Tracked) {
         if !t.ctl.rotated.swap(true, Ordering::SeqCst) {
@@ -392,8 +433,15 @@ impl Discovery {
             Ok(ctl) => {
                 tracing::debug!(file = %path.display(), "tailing");
                 self.active.insert(id, ctl.clone());
-                self.by_path
-                    .insert(path.to_path_buf(), Tracked { id, len, ctl });
+                self.by_path.insert(
+                    path.to_path_buf(),
+                    Tracked {
+                        id,
+                        len,
+                        ctl,
+                        options: options.clone(),
+                    },
+                );
             }
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot start tailing"),
         }

@@ -30,8 +30,8 @@ use crate::App;
 
 /// Handles one ingest request.
 pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(&req, &app.settings.write_tokens)?;
-    let max = app.settings.max_body_bytes;
+    app.authorize(&req, &app.settings().write_tokens)?;
+    let max = app.settings().max_body_bytes;
     let encoding = header(&req, CONTENT_ENCODING)?.map(str::to_ascii_lowercase);
     let content_type = header(&req, CONTENT_TYPE)?.map(str::to_owned);
     let content_length = match header(&req, CONTENT_LENGTH)? {
@@ -53,11 +53,11 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         &mut budget,
         &body,
         encoding.as_deref(),
-        app.settings.max_decoded_bytes,
+        app.settings().max_decoded_bytes,
     )
     .await?;
     // What decoding allocates: one `Line` (~40 bytes) per line, at most one per byte.
-    let limits = &app.settings.decode_limits;
+    let limits = &app.settings().decode_limits;
     let lines = (limits.max_lines as u64).min(decoded.len() as u64);
     budget.reserve(lines.saturating_mul(48)).await?;
     let batches = crate::busy::offload(|| decode(app, &decoded, content_type.as_deref()))?;
@@ -116,7 +116,7 @@ async fn read_body(
     use hyper::body::Body as _;
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let mut body = Limited::new(body, limit);
-    let s = &app.settings;
+    let s = app.settings();
     let started = tokio::time::Instant::now();
     let last = started + s.body_read_timeout;
     let rate = s.min_body_bytes_per_sec.max(1) as f64;
@@ -166,14 +166,12 @@ fn decode<'a>(
     body: &'a [u8],
     content_type: Option<&str>,
 ) -> Result<Vec<logship_wire::FileBatch<'a>>, ApiError> {
-    let batches = logship_wire::decode_limited(body, content_type, &app.settings.decode_limits)
+    let batches = logship_wire::decode_limited(body, content_type, &app.settings().decode_limits)
         .map_err(|e| match e {
-            logship_wire::DecodeError::TooLarge(m) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
-            }
-            e => ApiError::bad_request(e.to_string()),
-        })?;
-    let max = app.settings.max_buckets_per_request;
+        logship_wire::DecodeError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+        e => ApiError::bad_request(e.to_string()),
+    })?;
+    let max = app.settings().max_buckets_per_request;
     let buckets = crate::store::distinct_buckets(&batches);
     if buckets > max {
         return Err(ApiError::new(
@@ -201,8 +199,8 @@ impl Budget {
     fn new(app: &App) -> Self {
         Budget {
             pool: app.ingest_memory.clone(),
-            total_kib: app.settings.ingest_memory / 1024,
-            wait: app.settings.ingest_memory_wait,
+            total_kib: app.settings().ingest_memory / 1024,
+            wait: app.settings().ingest_memory_wait,
             refusals: app.metrics.ingest_memory_refusals.clone(),
             held: None,
         }

@@ -53,7 +53,7 @@ fn parse_file_cursor(s: &str) -> Result<(String, String), ApiError> {
 }
 
 pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(req, &app.settings.read_tokens)?;
+    app.authorize(req, &app.settings().read_tokens)?;
     let p = Params::parse(req.uri().query(), &["limit", "after"])?;
     let after = p.optional("after").map(str::to_owned);
     let busy = app.metrics.worker_busy.clone();
@@ -74,7 +74,7 @@ pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
 }
 
 pub async fn files(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    app.authorize(req, &app.settings.read_tokens)?;
+    app.authorize(req, &app.settings().read_tokens)?;
     let p = Params::parse(req.uri().query(), &["host", "limit", "after"])?;
     let host = p.optional("host").map(str::to_owned);
     let after = p.optional("after").map(parse_file_cursor).transpose()?;

@@ -1,0 +1,106 @@
+//! Configuration reload on SIGHUP, without losing or repeating a line.
+//!
+//! The file is re-read and validated first; a bad file is logged and the running
+//! configuration stays. Then: the sink (URL, token, compression, timeout) and the agent-wide
+//! rate limits are swapped for every request from now on — batches parked on a refused token
+//! go through with the new one; the new list of sources goes to discovery, which keeps the
+//! pipeline (and position) of every file still shipped with the same options, drains the
+//! pipelines of files no longer matched or whose options changed (their checkpoints stay;
+//! a changed file restarts from its checkpoint once the old pipeline has ended), and starts
+//! pipelines for newly matched files. Keys fixed at start are named in a warning.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, Settings, SourceSettings};
+use crate::sender::{Limit, SendEnv};
+
+/// Reloads on every SIGHUP. Registered now so an early SIGHUP is not the default action
+/// (which would end the process).
+pub fn on_sighup(
+    running: Settings,
+    send: Arc<SendEnv>,
+    sources: watch::Sender<Arc<Vec<SourceSettings>>>,
+    load: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut running = running;
+        while hup.recv().await.is_some() {
+            let loaded = tokio::task::block_in_place(&load);
+            match loaded {
+                Ok(new) => {
+                    apply(&running, &new, &send, &sources);
+                    running = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload failed; the running configuration stays")
+                }
+            }
+        }
+    });
+}
+
+fn apply(
+    old: &Settings,
+    new: &Settings,
+    send: &SendEnv,
+    sources: &watch::Sender<Arc<Vec<SourceSettings>>>,
+) {
+    macro_rules! restart_only {
+        ($($field:ident => $key:literal),* $(,)?) => {$(
+            if new.$field != old.$field {
+                tracing::warn!(key = $key, "changed in the config file; takes effect after a restart");
+            }
+        )*};
+    }
+    restart_only!(
+        host => "host",
+        state_dir => "state_dir",
+        metrics_listen => "metrics_listen",
+        max_in_flight => "limits.max_in_flight",
+        max_buffered_bytes => "limits.max_buffered_bytes",
+        max_open_files => "limits.max_open_files",
+        shutdown_timeout => "shutdown_timeout",
+        checkpoint_interval => "checkpoint_interval",
+        poll_interval => "poll_interval",
+        log_format => "log_format",
+        log_level => "log_level",
+    );
+    if new.sink != old.sink {
+        match crate::sink::build(&new.sink) {
+            Ok(sink) => {
+                *send
+                    .sink
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = sink;
+                tracing::info!(
+                    url = new.sink.url.as_deref().unwrap_or(""),
+                    "sink reconfigured"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new sink settings rejected; the running sink stays")
+            }
+        }
+    }
+    if (new.lines_per_sec, new.bytes_per_sec) != (old.lines_per_sec, old.bytes_per_sec) {
+        *send
+            .global
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((
+            Limit::per_second(u64::from(new.lines_per_sec)),
+            Limit::per_second(new.bytes_per_sec),
+        ));
+    }
+    sources.send_replace(Arc::new(new.sources.clone()));
+    tracing::info!(sources = new.sources.len(), "configuration reloaded");
+}

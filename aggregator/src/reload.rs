@@ -1,0 +1,110 @@
+//! Configuration reload on SIGHUP: the file is re-read and validated first (a bad file is
+//! logged and the running configuration stays), then what can change live is swapped in —
+//! tokens, rate and request limits, body timeouts, retention — and every key that needs a
+//! restart (listen address, store, capacities fixed at start) is named in a warning and
+//! keeps its running value.
+
+use std::sync::Weak;
+
+use crate::config::{ConfigError, Settings};
+use crate::App;
+
+/// Reloads on every SIGHUP while the app lives. Registered at startup so an early SIGHUP
+/// is not the default action (which would end the process).
+pub fn on_sighup(
+    app: Weak<App>,
+    load: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(app) = app.upgrade() else { return };
+            // Reading a file: off the worker, like any blocking step.
+            match crate::busy::offload(&load) {
+                Ok(new) => apply(&app, new),
+                Err(e) => {
+                    app.metrics.reload_failures.inc();
+                    tracing::error!(error = %e, "config reload failed; the running configuration stays");
+                }
+            }
+        }
+    });
+}
+
+/// Swaps in `new`, keeping (and naming) what only a restart can change.
+pub fn apply(app: &App, new: Settings) {
+    let old = app.settings();
+    let mut next = new;
+    macro_rules! restart_only {
+        ($($field:ident => $key:literal),* $(,)?) => {$(
+            if next.$field != old.$field {
+                tracing::warn!(key = $key, "changed in the config file; takes effect after a restart");
+                next.$field = old.$field.clone();
+            }
+        )*};
+    }
+    restart_only!(
+        listen => "listen",
+        data_dir => "data_dir",
+        cache_capacity => "store.cache_capacity",
+        max_connections => "max_connections",
+        max_followers => "max_followers",
+        max_downloads => "max_downloads",
+        ingest_memory => "limits.ingest_memory",
+        header_read_timeout => "header_read_timeout",
+        shutdown_timeout => "shutdown_timeout",
+        sweep_interval => "store.sweep_interval",
+        log_format => "log_format",
+        log_level => "log_level",
+    );
+    if next.per_host_lines_per_sec != old.per_host_lines_per_sec {
+        app.set_rate_limit(next.per_host_lines_per_sec);
+    }
+    let tokens_changed =
+        next.write_tokens != old.write_tokens || next.read_tokens != old.read_tokens;
+    app.set_settings(next);
+    app.metrics.reloads.inc();
+    tracing::info!(tokens_changed, "configuration reloaded");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(toml: &str) -> Settings {
+        let c: Config = toml::from_str(toml).expect("toml");
+        c.validate().expect("valid")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_keys_change_and_restart_keys_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::SledStore::open(dir.path(), &Default::default()).expect("open");
+        let app = App::new(
+            settings("listen = \"127.0.0.1:1\"\n[auth]\nwrite_tokens = [\"a\"]\n"),
+            Arc::new(store),
+        );
+        apply(
+            &app,
+            settings(
+                "listen = \"127.0.0.1:2\"\nmax_connections = 7\n[auth]\nwrite_tokens = [\"b\"]\n[limits]\nper_host_lines_per_sec = 10\n[store]\nretention = \"1d\"\n",
+            ),
+        );
+        let s = app.settings();
+        assert_eq!(s.write_tokens, vec!["b".to_owned()]);
+        assert_eq!(s.per_host_lines_per_sec, 10);
+        assert!(s.retention.retention.is_some());
+        assert_eq!(s.listen.port(), 1, "listen needs a restart");
+        assert_eq!(s.max_connections, 1024, "max_connections needs a restart");
+    }
+}
