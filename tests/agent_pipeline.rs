@@ -182,7 +182,11 @@ fn agent_config_error(dir: &Path, text: &str) -> String {
         .arg("--check-config")
         .output()
         .expect("run agent");
-    assert_eq!(out.status.code(), Some(78), "agent should refuse {text:?} with EX_CONFIG");
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "agent should refuse {text:?} with EX_CONFIG"
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

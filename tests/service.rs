@@ -313,3 +313,73 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.exists())
         .ok_or(())
 }
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3 (state is not numeric).
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// Out of descriptors (EMFILE), the agent's metrics listener backs off instead of spinning,
+/// and serves again once descriptors are free.
+#[test]
+fn an_exhausted_descriptor_table_does_not_spin_the_metrics_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = free_addr();
+    let cfg = agent_config(
+        dir.path(),
+        "http://127.0.0.1:1/store/batch",
+        "h",
+        &[&format!("{}/*.log", dir.path().join("logs").display())],
+        &format!("metrics_listen = {metrics:?}"),
+        "",
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 48 && exec {} --config {}",
+            bin("agent").display(),
+            cfg.display()
+        ))
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn agent under ulimit");
+    let agent = Proc {
+        child,
+        name: "agent",
+    };
+    assert!(wait_until(Duration::from_secs(10), || ureq::get(&format!(
+        "http://{metrics}/healthz"
+    ))
+    .call()
+    .is_ok()));
+    // Hold more connections than the agent has descriptors.
+    let held: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(&metrics).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(agent.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(agent.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "the agent used {used} CPU s in 2 s while out of descriptors"
+    );
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(10), || ureq::get(&format!(
+            "http://{metrics}/metrics"
+        ))
+        .call()
+        .is_ok()),
+        "metrics not served after descriptors came back"
+    );
+}
