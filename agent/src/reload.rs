@@ -16,35 +16,21 @@ use tokio::sync::watch;
 use crate::config::{ConfigError, Settings, SourceSettings};
 use crate::sender::{Limit, SendEnv};
 
-/// Reloads on every SIGHUP. Registered now so an early SIGHUP is not the default action
-/// (which would end the process).
+/// Reloads on every SIGHUP.
 pub fn on_sighup(
     running: Settings,
     send: Arc<SendEnv>,
     sources: watch::Sender<Arc<Vec<SourceSettings>>>,
     load: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
-            return;
+    let mut running = running;
+    logship_common::on_sighup(move || match load() {
+        Ok(new) => {
+            apply(&running, &new, &send, &sources);
+            running = new;
         }
-    };
-    tokio::spawn(async move {
-        let mut running = running;
-        while hup.recv().await.is_some() {
-            let loaded = tokio::task::block_in_place(&load);
-            match loaded {
-                Ok(new) => {
-                    apply(&running, &new, &send, &sources);
-                    running = new;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; the running configuration stays")
-                }
-            }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; the running configuration stays")
         }
     });
 }

@@ -135,11 +135,7 @@ impl App {
             Some(at) if value[..at].eq_ignore_ascii_case(b"bearer") => value[at + 1..].trim_ascii(),
             _ => return Err(missing()),
         };
-        let mut matched = subtle::Choice::from(0u8);
-        for t in tokens {
-            matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given);
-        }
-        if bool::from(matched) {
+        if token_matches(tokens, given) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -173,11 +169,7 @@ impl App {
             .next()
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        let mut matched = subtle::Choice::from(0u8);
-        for t in tokens {
-            matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given.as_bytes());
-        }
-        if bool::from(matched) {
+        if token_matches(tokens, given.as_bytes()) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -236,6 +228,16 @@ impl App {
     fn begin_shutdown(&self) {
         let _ = self.stopping.send(true);
     }
+}
+
+/// Whether `given` is one of `tokens`, comparing every token in constant time so the
+/// answer's timing says nothing about how much of a guess was right.
+fn token_matches(tokens: &[String], given: &[u8]) -> bool {
+    let mut matched = subtle::Choice::from(0u8);
+    for t in tokens {
+        matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given);
+    }
+    bool::from(matched)
 }
 
 /// A per-host limiter for `rate` lines/s, or none for 0.

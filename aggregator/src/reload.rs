@@ -9,30 +9,18 @@ use std::sync::Weak;
 use crate::config::{ConfigError, Settings};
 use crate::App;
 
-/// Reloads on every SIGHUP while the app lives. Registered at startup so an early SIGHUP
-/// is not the default action (which would end the process).
+/// Reloads on every SIGHUP while the app lives.
 pub fn on_sighup(
     app: Weak<App>,
     load: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let Some(app) = app.upgrade() else { return };
-            // Reading a file: off the worker, like any blocking step.
-            match crate::busy::offload(&load) {
-                Ok(new) => apply(&app, new),
-                Err(e) => {
-                    app.metrics.reload_failures.inc();
-                    tracing::error!(error = %e, "config reload failed; the running configuration stays");
-                }
+    logship_common::on_sighup(move || {
+        let Some(app) = app.upgrade() else { return };
+        match load() {
+            Ok(new) => apply(&app, new),
+            Err(e) => {
+                app.metrics.reload_failures.inc();
+                tracing::error!(error = %e, "config reload failed; the running configuration stays");
             }
         }
     });

@@ -36,6 +36,25 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Calls `reload` on every SIGHUP, off the async workers (it reads a file). Registered now,
+/// so an early SIGHUP is not the default action, which would end the process. Call it inside
+/// the runtime.
+pub fn on_sighup(mut reload: impl FnMut() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; a reload needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tokio::task::block_in_place(&mut reload);
+        }
+    });
+}
+
 /// Prints a line to stdout, ignoring a closed pipe (`| head`) instead of panicking.
 #[macro_export]
 macro_rules! out {
