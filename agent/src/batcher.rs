@@ -64,6 +64,23 @@ impl Budget {
         self.sem.clone().acquire_many_owned(want).await.ok()
     }
 
+    /// Takes `bytes` more into `held` if the budget has them now; `false` if not.
+    fn try_grow(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> bool {
+        let want = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        match self.sem.clone().try_acquire_many_owned(want) {
+            Ok(p) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// KiB of the budget in use.
     pub fn used_kib(&self) -> u64 {
         u64::from(self.units) - self.sem.available_permits() as u64
@@ -74,12 +91,19 @@ impl Budget {
 #[derive(Debug)]
 struct Open {
     writer: Writer,
+    /// Budget held for the body as it grows (in `GROW` steps): open batches count against
+    /// `max_buffered_bytes` like sealed ones, so a thousand active files cannot each hold a
+    /// megabyte-sized open batch beside the budget.
+    permit: Option<OwnedSemaphorePermit>,
     generation: Arc<str>,
     bytes: u64,
     end_offset: u64,
     end_line: u64,
     deadline: Instant,
 }
+
+/// An open batch takes budget in steps of this many bytes.
+const GROW: usize = 16 * 1024;
 
 /// One file's batcher state.
 #[derive(Debug)]
@@ -144,20 +168,36 @@ impl Batcher {
                 self.seal().await?;
             }
         }
-        let linger = self.options.linger;
-        let o = self.open.get_or_insert_with(|| Open {
-            writer: Writer::new(&self.host, &self.file, generation, line),
-            generation: generation.clone(),
-            bytes: 0,
-            end_offset: 0,
-            end_line: 0,
-            deadline: Instant::now() + linger,
-        });
+        if self.open.is_none() {
+            // The wait for budget here is the back-pressure up to the tailer.
+            let first = GROW.max(content.len() + 64);
+            let permit = self.budget.acquire(first).await;
+            self.open = Some(Open {
+                writer: Writer::new(&self.host, &self.file, generation, line),
+                permit,
+                generation: generation.clone(),
+                bytes: 0,
+                end_offset: 0,
+                end_line: 0,
+                deadline: Instant::now() + self.options.linger,
+            });
+        }
+        let Some(o) = self.open.as_mut() else {
+            return Ok(());
+        };
         o.writer.push(content, partial);
+        let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
+        let mut full = false;
+        if o.writer.encoded_len() > held {
+            let more = GROW.max(o.writer.encoded_len() - held);
+            // No budget to grow: send what the batch holds rather than wait with it open.
+            full = !self.budget.try_grow(&mut o.permit, more);
+        }
         o.bytes += content.len() as u64;
         (o.end_offset, o.end_line) = end;
         // A partial line always ends its batch: it is the last line read so far.
         if partial
+            || full
             || o.writer.count() as usize >= self.options.batch_lines
             || o.writer.encoded_len() >= self.options.batch_bytes
         {
@@ -205,7 +245,8 @@ impl Batcher {
         let first_line = o.writer.start();
         let lines = o.writer.count();
         let body = o.writer.finish();
-        let permit = self.budget.acquire(body.len()).await;
+        // The batch keeps the budget it took while open.
+        let permit = o.permit;
         self.output
             .send(Box::new(Batch {
                 body,

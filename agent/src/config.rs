@@ -352,7 +352,7 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
         max_buffered_bytes: size(
             "limits.max_buffered_bytes",
             &c.limits.max_buffered_bytes,
-            "64MiB",
+            "32MiB",
         )?
         .max(1 << 20),
         max_open_files: c.limits.max_open_files.unwrap_or(open_default).max(4),

@@ -27,6 +27,9 @@ use crate::config::{PipelineOptions, ReadFrom};
 use crate::generation;
 use crate::metrics::Metrics;
 
+/// A chunk goes to the batcher at this size. Small, because a tailer holds its chunk while
+/// its batcher waits for budget: with a thousand active files, 64 KiB chunks were 55 MB.
+const CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
 
@@ -407,11 +410,15 @@ impl Tailer {
             self.env.metrics.bytes_read(&self.name, n as u64);
             self.split_lines(&buf[..n], &mut chunk);
             turn += n;
-            if chunk.data.len() >= 64 * 1024 {
+            if chunk.data.len() >= CHUNK_BYTES {
+                // The read buffer goes back to the pool while the batcher may wait for
+                // budget: buffers follow reads in progress, not files waiting.
+                drop(buf);
                 let next = Chunk::new(generation.clone(), self.line);
                 if out.add(std::mem::replace(&mut chunk, next)).await.is_err() {
                     return Ok(ReadOutcome::Closed);
                 }
+                buf = crate::buffers::take();
             }
             if turn >= MAX_READ_PER_TURN {
                 break;

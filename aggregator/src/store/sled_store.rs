@@ -557,7 +557,17 @@ impl Store for SledStore {
         Box::pin(async move {
             let now = now_ms();
             // block_in_place keeps the borrowed batch usable without copying it into a task.
-            let stats = crate::busy::offload(|| {
+            // Small writes (an agent's batch) merge inline; large or sparse ones off the worker.
+            let lines: usize = batches.iter().map(|b| b.lines.len()).sum();
+            let bytes: usize = batches
+                .iter()
+                .flat_map(|b| &b.lines)
+                .map(|l| l.content.len())
+                .sum();
+            // Each file is its own index batch (and maybe a new generation): many files are
+            // large work however few their lines.
+            let large = lines > 1_500 || bytes > crate::busy::INLINE_BYTES || batches.len() > 8;
+            let stats = crate::busy::offload_if(large, || {
                 let mut total = WriteStats::default();
                 for fb in batches {
                     let s = self.inner.apply(fb, now)?;
