@@ -168,36 +168,58 @@ impl Batcher {
                 self.seal().await?;
             }
         }
-        if self.open.is_none() {
-            // The wait for budget here is the back-pressure up to the tailer.
-            let first = GROW.max(content.len() + 64);
-            let permit = self.budget.acquire(first).await;
-            self.open = Some(Open {
-                writer: Writer::new(&self.host, &self.file, generation, line),
-                permit,
-                generation: generation.clone(),
-                bytes: 0,
-                end_offset: 0,
-                end_line: 0,
-                deadline: Instant::now() + self.options.linger,
-            });
+        // Room for the line, within the budget: the body's memory is exactly what the batch
+        // holds of `max_buffered_bytes` (grown geometrically, never by the vector's own
+        // doubling, which let bodies take twice their share).
+        loop {
+            if self.open.is_none() {
+                // The wait for budget here is the back-pressure up to the tailer.
+                let header = 64 + self.host.len() + self.file.len() + generation.len();
+                let first = GROW.max(header + content.len() + 16);
+                let permit = self.budget.acquire(first).await;
+                let mut writer = Writer::new(&self.host, &self.file, generation, line);
+                let held = permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
+                writer.reserve_exact(held.saturating_sub(writer.encoded_len()));
+                self.open = Some(Open {
+                    writer,
+                    permit,
+                    generation: generation.clone(),
+                    bytes: 0,
+                    end_offset: 0,
+                    end_line: 0,
+                    deadline: Instant::now() + self.options.linger,
+                });
+            }
+            let Some(o) = self.open.as_mut() else {
+                return Ok(());
+            };
+            let need = o.writer.encoded_len() + content.len() + 16;
+            let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
+            if need <= held {
+                break;
+            }
+            let more = (need - held).max(held).max(GROW);
+            if self.budget.try_grow(&mut o.permit, more) {
+                let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
+                o.writer
+                    .reserve_exact(held.saturating_sub(o.writer.encoded_len()));
+                break;
+            }
+            if o.writer.count() == 0 {
+                // One line larger than the budget allows: it goes alone, over budget.
+                break;
+            }
+            // No budget to grow: send what the batch holds rather than wait with it open.
+            self.seal().await?;
         }
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
         o.writer.push(content, partial);
-        let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
-        let mut full = false;
-        if o.writer.encoded_len() > held {
-            let more = GROW.max(o.writer.encoded_len() - held);
-            // No budget to grow: send what the batch holds rather than wait with it open.
-            full = !self.budget.try_grow(&mut o.permit, more);
-        }
         o.bytes += content.len() as u64;
         (o.end_offset, o.end_line) = end;
         // A partial line always ends its batch: it is the last line read so far.
         if partial
-            || full
             || o.writer.count() as usize >= self.options.batch_lines
             || o.writer.encoded_len() >= self.options.batch_bytes
         {

@@ -68,6 +68,17 @@ impl Writer {
         self.buf.len()
     }
 
+    /// Bytes the body can hold before it reallocates.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Makes room for `additional` more bytes, exactly (callers that account for memory
+    /// grow it in their own steps instead of the vector's doubling).
+    pub fn reserve_exact(&mut self, additional: usize) {
+        self.buf.reserve_exact(additional);
+    }
+
     /// Number of the first line.
     pub fn start(&self) -> u64 {
         self.start
