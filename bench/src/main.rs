@@ -5,6 +5,7 @@
 //! Reference figures (`cat`, raw sled) are measured in the same run, so results read as
 //! ratios on a shared, noisy machine.
 
+mod fleet;
 mod gen;
 mod proc;
 mod scenarios;
@@ -18,26 +19,28 @@ use clap::Parser;
 #[derive(Debug, Parser, Clone)]
 #[command(version)]
 pub struct Args {
-    /// Scenarios to run, comma-separated: ingest, store, agent, system, download, idle, latency.
+    /// Scenarios to run, comma-separated: ingest, store, agent, system, download, idle,
+    /// latency, fleet.
     #[arg(
         long,
-        default_value = "ingest,store,agent,system,download,idle,latency"
+        default_value = "ingest,store,agent,system,download,idle,latency,fleet"
     )]
     pub scenarios: String,
     /// Files generated for the agent and system scenarios.
     #[arg(long, default_value_t = 10)]
     pub files: usize,
-    /// Lines per file.
-    #[arg(long, default_value_t = 100_000)]
+    /// Lines per file (the default sends ~1.2 GB through the agent and system scenarios, to
+    /// measure steady state rather than start-up).
+    #[arg(long, default_value_t = 1_000_000)]
     pub lines: usize,
     /// Concurrent clients in the ingest scenario.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Lines posted in the ingest and store scenarios.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Lines posted in the ingest and store scenarios (~1.2 GB by default).
+    #[arg(long, default_value_t = 10_000_000)]
     pub ingest_lines: usize,
     /// Size of the file downloaded in the download scenario, in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1024)]
     pub download_mib: usize,
     /// Quiet files watched in the idle scenario.
     #[arg(long, default_value_t = 1000)]
@@ -48,6 +51,15 @@ pub struct Args {
     /// Lines per second appended in the latency scenario.
     #[arg(long, default_value_t = 10_000)]
     pub latency_rate: u64,
+    /// Simulated agents in the fleet scenario, each with its own address and connection.
+    #[arg(long, default_value_t = 500)]
+    pub fleet_agents: usize,
+    /// Lines per second all fleet agents send together.
+    #[arg(long, default_value_t = 100_000)]
+    pub fleet_rate: u64,
+    /// Seconds the fleet scenario lasts.
+    #[arg(long, default_value_t = 60)]
+    pub fleet_seconds: u64,
     /// Seed of the generated lines.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -76,6 +88,9 @@ fn main() -> anyhow::Result<()> {
         args.idle_files = 20;
         args.seconds = 2;
         args.latency_rate = 500;
+        args.fleet_agents = 20;
+        args.fleet_rate = 2_000;
+        args.fleet_seconds = 2;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,7 +31,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(
+    pub fn add(
         &mut self,
         scenario: &'static str,
         metric: impl Into<String>,
@@ -148,6 +148,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
             "download" => download(args, &bins, &dir, &mut report).await?,
             "idle" => idle(args, &bins, &dir, &mut report).await?,
             "latency" => latency(args, &bins, &dir, &mut report).await?,
+            "fleet" => crate::fleet::fleet(args, &bins, &dir, &mut report).await?,
             other => bail!("unknown scenario {other:?}"),
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,206 @@
+//! `fleet`: a fleet of small agents fanning in. Each simulated agent has its own client
+//! address on loopback (127.0.x.y) and one keep-alive connection, and posts batches of 20–50
+//! lines so that all together send a steady `--fleet-rate` lines/s. Beside it, in the same
+//! run, the same rate in batches of 1,000 lines from four clients: the aggregator's CPU per
+//! line should stay within 2× of that, acknowledgements fast (group commit must share each
+//! fsync between connections), and no connection refused. Every line is checked stored.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::proc::Measured;
+use crate::scenarios::Report;
+use crate::Args;
+
+/// What one load produced.
+struct Load {
+    lines: u64,
+    cpu_secs: f64,
+    latencies: Vec<Duration>,
+    refused: u64,
+}
+
+pub async fn fleet(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
+    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .context("aggregator address")?;
+    let rate = args.fleet_rate;
+    let secs = args.fleet_seconds;
+    let reference = load(addr, 4, rate, 1000..=1000, secs.min(20), &agg, "ref").await?;
+    let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
+    let stored = stored_lines(&base).await?;
+    if stored != reference.lines + fleet.lines {
+        bail!(
+            "fleet stored {stored} lines of {}",
+            reference.lines + fleet.lines
+        );
+    }
+    let per_line = |l: &Load| l.cpu_secs / l.lines.max(1) as f64 * 1e6;
+    let mut lat = fleet.latencies.clone();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let n = args.fleet_agents;
+    r.add(
+        "fleet",
+        format!("{n} agents, batches of 20-50: lines/s"),
+        fleet.lines as f64 / secs as f64,
+        "lines/s",
+    );
+    r.add(
+        "fleet",
+        "aggregator CPU per line, 20-50-line batches",
+        per_line(&fleet),
+        "µs",
+    );
+    r.add(
+        "fleet",
+        "reference: CPU per line, 1,000-line batches",
+        per_line(&reference),
+        "µs",
+    );
+    r.add(
+        "fleet",
+        "ratio (target ≤ 2)",
+        per_line(&fleet) / per_line(&reference).max(1e-9),
+        "x",
+    );
+    r.add("fleet", "ack latency p50", pct(0.50), "ms");
+    r.add("fleet", "ack latency p99 (target ≤ 50)", pct(0.99), "ms");
+    r.add("fleet", "ack latency max", pct(1.0), "ms");
+    r.add(
+        "fleet",
+        "requests refused or failed",
+        (fleet.refused + reference.refused) as f64,
+        "",
+    );
+    r.add(
+        "fleet",
+        "aggregator peak RSS",
+        agg.peak_rss() as f64 / 1048576.0,
+        "MiB",
+    );
+    Ok(())
+}
+
+/// A distinct loopback source address per simulated agent (never 127.0.0.1).
+fn source(i: usize) -> SocketAddr {
+    let (hi, lo) = ((i / 250) as u8, (i % 250) as u8);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 1 + hi, 0, 1 + lo)), 0)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(i: usize, to: SocketAddr) -> anyhow::Result<Sender> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(source(i))?;
+    let stream = socket.connect(to).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// `clients` connections sending `rate` lines/s in all, in batches of `sizes` lines, for
+/// `secs` seconds; each client is its own host.
+async fn load(
+    to: SocketAddr,
+    clients: usize,
+    rate: u64,
+    sizes: RangeInclusive<u32>,
+    secs: u64,
+    agg: &Measured,
+    tag: &'static str,
+) -> anyhow::Result<Load> {
+    let cpu0 = agg.cpu_secs();
+    let per_client = rate as f64 / clients.max(1) as f64;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let sizes = sizes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(i as u64);
+            let host = format!("{tag}-{i}");
+            let (mut lines, mut refused, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut sender = connect(i, to).await?;
+            // Spread the clients' first batches over the first second.
+            let mut due = start + Duration::from_secs_f64(rng.f64());
+            while due < end {
+                tokio::time::sleep_until(due).await;
+                let n = rng.u32(sizes.clone());
+                let mut w = logship_wire::compact::Writer::new(&host, "/f", "g", lines);
+                for k in 0..n {
+                    let line =
+                        format!("{tag} {i} line {} {}", lines + u64::from(k), "x".repeat(60));
+                    w.push(line.as_bytes(), false);
+                }
+                let req = hyper::Request::post("/store/batch")
+                    .header("host", "bench")
+                    .header("content-type", logship_wire::COMPACT_CONTENT_TYPE)
+                    .body(Full::new(Bytes::from(w.finish())))?;
+                let sent = Instant::now();
+                let ok = match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await;
+                        status == 200
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed());
+                    lines += u64::from(n);
+                } else {
+                    refused += 1;
+                    sender = connect(i, to).await?;
+                }
+                due += Duration::from_secs_f64(f64::from(n) / per_client);
+            }
+            Ok::<_, anyhow::Error>((lines, refused, latencies))
+        }));
+    }
+    let mut out = Load {
+        lines: 0,
+        cpu_secs: 0.0,
+        latencies: Vec::new(),
+        refused: 0,
+    };
+    for t in tasks {
+        let (lines, refused, latencies) = t.await??;
+        out.lines += lines;
+        out.refused += refused;
+        out.latencies.extend(latencies);
+    }
+    out.cpu_secs = agg.cpu_secs() - cpu0;
+    Ok(out)
+}
+
+/// Lines stored across every host and file.
+async fn stored_lines(base: &str) -> anyhow::Result<u64> {
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let uri: hyper::Uri = format!("{base}/store/files").parse()?;
+    let resp = c.get(uri).await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["generations"].as_array().cloned().unwrap_or_default())
+        .map(|g| g["lines"].as_u64().unwrap_or(0))
+        .sum())
+}
