@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use logship_e2e::*;
 
-fn agent_metric(addr: &str, name: &str) -> f64 {
-    let url = format!("http://{addr}/metrics");
-    let r = ureq::get(&url).timeout(Duration::from_secs(5)).call();
-    r.ok()
-        .and_then(|r| r.into_string().ok())
-        .map_or(-1.0, |t| metric(&t, name))
-}
-
 fn dead_letters(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("state/dead-letter")).map_or(0, |d| d.count())
 }

@@ -31,14 +31,6 @@ fn agent_toml(
     )
 }
 
-fn agent_metric(addr: &str, name: &str) -> f64 {
-    ureq::get(&format!("http://{addr}/metrics"))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .map_or(-1.0, |t| metric(&t, name))
-}
-
 #[test]
 fn sighup_reloads_both_sides_while_files_are_written() {
     let dir = tempfile::tempdir().expect("tempdir");

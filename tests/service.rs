@@ -81,16 +81,7 @@ fn health_endpoints_on_both_binaries() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["status"], "ready");
     // The agent's listener: alive, and ready while the aggregator answers.
-    let metrics = free_addr();
-    let cfg = agent_config(
-        dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        &format!("metrics_listen = {metrics:?}"),
-        "",
-    );
-    let _agent = Agent::start(&cfg);
+    let (_agent, metrics) = agent_with_metrics(dir.path(), &agg, &logs, "", "");
     let agent_get = |path: &str| {
         wait_until(Duration::from_secs(10), || {
             ureq::get(&format!("http://{metrics}{path}")).call().is_ok()
@@ -173,16 +164,8 @@ fn json_logs_parse_and_text_logs_have_no_colour_off_a_terminal() {
 fn metrics_follow_prometheus_naming_and_per_file_series_go_with_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (agg, logs, _) = start_pair(dir.path(), "", "");
-    let metrics = free_addr();
-    let cfg = agent_config(
-        dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        &format!("metrics_listen = {metrics:?}"),
-        "rotate_wait = \"200ms\"",
-    );
-    let _agent = Agent::start(&cfg);
+    let (_agent, metrics) =
+        agent_with_metrics(dir.path(), &agg, &logs, "", "rotate_wait = \"200ms\"");
     let doomed = logs.join("doomed.log");
     append_lines(&doomed, "doomed", 0..10);
     append_lines(&logs.join("stays.log"), "stays", 0..10);

@@ -523,3 +523,36 @@ pub fn worker_busy_bound(agg: &Aggregator) -> f64 {
         .find(|&(_, n)| n >= total)
         .map_or(f64::INFINITY, |(le, _)| le)
 }
+
+/// Starts an agent shipping `logs/*.log` to `agg` as host `h`, its metrics listener on a free
+/// port (`top_extra` TOML follows it at the top level, `source_extra` goes in the source);
+/// returns the agent and the listener's address.
+pub fn agent_with_metrics(
+    dir: &Path,
+    agg: &Aggregator,
+    logs: &Path,
+    top_extra: &str,
+    source_extra: &str,
+) -> (Agent, String) {
+    let metrics = free_addr();
+    let cfg = agent_config(
+        dir,
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        &format!("metrics_listen = {metrics:?}\n{top_extra}"),
+        source_extra,
+    );
+    (Agent::start(&cfg), metrics)
+}
+
+/// The sum of an agent metric (see [`metric`]) from its listener at `addr`; -1 when it does
+/// not answer.
+pub fn agent_metric(addr: &str, name: &str) -> f64 {
+    ureq::get(&format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .map_or(-1.0, |t| metric(&t, name))
+}

@@ -38,7 +38,7 @@ pub async fn fleet(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyh
     let secs = args.fleet_seconds;
     let reference = load(addr, 4, rate, 1000..=1000, secs.min(20), &agg, "ref").await?;
     let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
-    let stored = stored_lines(&base).await?;
+    let stored = crate::scenarios::total_lines(&crate::scenarios::client(), &base, None).await?;
     if stored != reference.lines + fleet.lines {
         bail!(
             "fleet stored {stored} lines of {}",
@@ -186,21 +186,4 @@ async fn load(
     }
     out.cpu_secs = agg.cpu_secs() - cpu0;
     Ok(out)
-}
-
-/// Lines stored across every host and file.
-async fn stored_lines(base: &str) -> anyhow::Result<u64> {
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let uri: hyper::Uri = format!("{base}/store/files").parse()?;
-    let resp = c.get(uri).await?;
-    let body = resp.into_body().collect().await?.to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(v["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|f| f["generations"].as_array().cloned().unwrap_or_default())
-        .map(|g| g["lines"].as_u64().unwrap_or(0))
-        .sum())
 }

@@ -85,9 +85,9 @@ fn machine() -> String {
     format!("{cpus} cores, {model}")
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-fn client() -> HttpClient {
+pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -185,8 +185,10 @@ fn bodies(total: usize, clients: usize, seed: u64) -> (Vec<Vec<Bytes>>, u64) {
     (out, bytes)
 }
 
-async fn total_lines(c: &HttpClient, base: &str, host: &str) -> anyhow::Result<u64> {
-    let (status, body) = get(c, &format!("{base}/store/files?host={host}")).await?;
+/// Lines stored for `host` (every host when `None`), summed over files and generations.
+pub async fn total_lines(c: &HttpClient, base: &str, host: Option<&str>) -> anyhow::Result<u64> {
+    let query = host.map_or_else(String::new, |h| format!("?host={h}"));
+    let (status, body) = get(c, &format!("{base}/store/files{query}")).await?;
     if status != 200 {
         return Ok(0);
     }
@@ -225,7 +227,7 @@ async fn ingest(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow:
         t.await??;
     }
     let secs = t.elapsed().as_secs_f64();
-    let stored = total_lines(&client(), &base, "bench").await?;
+    let stored = total_lines(&client(), &base, Some("bench")).await?;
     if stored != lines {
         bail!("ingest stored {stored} lines of {lines}");
     }
@@ -500,7 +502,7 @@ async fn system(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow:
     let t = Instant::now();
     let agent = Measured::spawn(cmd)?;
     wait_for(Duration::from_secs(600), async || {
-        Ok(total_lines(&c, &base, "bench").await? >= want)
+        Ok(total_lines(&c, &base, Some("bench")).await? >= want)
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();
