@@ -170,7 +170,7 @@ fn aggregator_down_at_agent_start_still_receives_everything() {
     }
     assert!(agent.proc.rss() > 0, "agent still running");
     let agg = Aggregator::start_on(&dir.path().join("data"), &addr, &[]);
-    assert_all_shipped(&agg, "h", &files, Duration::from_secs(30));
+    assert_all_shipped(&agg, "h", &files, Duration::from_secs(60));
 }
 
 fn agent_config_error(dir: &Path, text: &str) -> String {

@@ -48,6 +48,22 @@ pub struct Header {
 
 /// Reads the next entry's header from a cursor; `None` at the end of the bucket.
 pub fn next_header(c: &mut super::segments::Cursor) -> std::io::Result<Option<Header>> {
+    // Fast path: the whole header is in the buffer (almost always), parsed from the slice.
+    let buffered = c.buffered()?;
+    if buffered.len() >= 11 {
+        let offset = buffered[0];
+        if let Some((v, rest)) = varint(&buffered[1..]) {
+            if u64::from(offset) < LINES_PER_BUCKET {
+                let used = buffered.len() - rest.len();
+                c.consume(used);
+                return Ok(Some(Header {
+                    offset,
+                    partial: v & 1 == 1,
+                    len: v >> 1,
+                }));
+            }
+        }
+    }
     let corrupt =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let Some(offset) = c.byte()? else {

@@ -273,6 +273,17 @@ impl Cursor {
         Ok(Some(self.buf[self.at - 1]))
     }
 
+    /// The buffered bytes not read yet (filling the buffer if it is empty).
+    pub fn buffered(&mut self) -> std::io::Result<&[u8]> {
+        self.fill()?;
+        Ok(&self.buf[self.at..])
+    }
+
+    /// Consumes `n` buffered bytes (at most what [`buffered`](Self::buffered) returned).
+    pub fn consume(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.buf.len());
+    }
+
     fn remaining(&self) -> u64 {
         (self.buf.len() - self.at) as u64 + (self.end - self.pos)
     }
