@@ -273,6 +273,15 @@ impl Cursor {
         Ok(Some(self.buf[self.at - 1]))
     }
 
+    /// The whole bucket, when it fits the buffer (one read): the fast path for readers.
+    pub fn whole(&mut self) -> std::io::Result<Option<&[u8]>> {
+        if self.end - self.pos > CURSOR_BUFFER || self.at != 0 {
+            return Ok(None);
+        }
+        self.fill()?;
+        Ok(Some(&self.buf[..]))
+    }
+
     /// The buffered bytes not read yet (filling the buffer if it is empty).
     pub fn buffered(&mut self) -> std::io::Result<&[u8]> {
         self.fill()?;

@@ -461,33 +461,39 @@ impl Inner {
                 }
             };
             let mut cursor = self.bucket_cursor(&k, loc)?;
-            while let Some(h) = bucket::next_header(&mut cursor).map_err(corrupt)? {
-                let n = base + u64::from(h.offset);
-                if n < from || n > to {
-                    cursor.skip(h.len).map_err(corrupt)?;
-                    continue;
+            if let Some(whole) = cursor.whole().map_err(corrupt)? {
+                // The usual case, a bucket that fits the cursor's buffer: decoded from the
+                // slice (the per-byte cursor path cost ~40 % of download speed).
+                let entries = bucket::decode(whole).ok_or_else(|| {
+                    StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
+                })?;
+                for e in entries {
+                    let n = base + u64::from(e.offset);
+                    if n < from || n > to {
+                        continue;
+                    }
+                    if !chunk.admit(n, e.partial, contiguous, numbered) {
+                        return Ok(chunk);
+                    }
+                    chunk.data.extend_from_slice(e.content);
+                    if chunk.close_line(n, e.partial, max_bytes, to) {
+                        return Ok(chunk);
+                    }
                 }
-                // A follower must never skip a line that may still arrive, nor show a
-                // partial line it would have to show again.
-                if contiguous && (n != chunk.end || h.partial) {
-                    return Ok(chunk);
-                }
-                if numbered {
-                    chunk.lines.push(LineRef {
-                        number: n,
-                        start: chunk.data.len(),
-                        partial: h.partial,
-                    });
-                }
-                cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;
-                if !h.partial {
-                    chunk.data.push(b'\n');
-                }
-                chunk.end = n + 1;
-                // Stop inside a bucket too: a chunk holds at most max_bytes and one line.
-                if chunk.data.len() >= max_bytes && n < to {
-                    chunk.next = Some(n + 1);
-                    return Ok(chunk);
+            } else {
+                while let Some(h) = bucket::next_header(&mut cursor).map_err(corrupt)? {
+                    let n = base + u64::from(h.offset);
+                    if n < from || n > to {
+                        cursor.skip(h.len).map_err(corrupt)?;
+                        continue;
+                    }
+                    if !chunk.admit(n, h.partial, contiguous, numbered) {
+                        return Ok(chunk);
+                    }
+                    cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;
+                    if chunk.close_line(n, h.partial, max_bytes, to) {
+                        return Ok(chunk);
+                    }
                 }
             }
             let next = base + LINES_PER_BUCKET;
@@ -516,6 +522,39 @@ impl Inner {
             }
             other => other.map_err(io_unavailable),
         }
+    }
+}
+
+impl Chunk {
+    /// Whether line `n` may be rendered next (and notes where it starts when numbered): a
+    /// follower must never skip a line that may still arrive, nor show a partial line it
+    /// would have to show again.
+    fn admit(&mut self, n: u64, partial: bool, contiguous: bool, numbered: bool) -> bool {
+        if contiguous && (n != self.end || partial) {
+            return false;
+        }
+        if numbered {
+            self.lines.push(LineRef {
+                number: n,
+                start: self.data.len(),
+                partial,
+            });
+        }
+        true
+    }
+
+    /// Ends line `n`'s rendering; whether the chunk is full (it stops inside a bucket too,
+    /// so it holds at most `max_bytes` and one line).
+    fn close_line(&mut self, n: u64, partial: bool, max_bytes: usize, to: u64) -> bool {
+        if !partial {
+            self.data.push(b'\n');
+        }
+        self.end = n + 1;
+        if self.data.len() >= max_bytes && n < to {
+            self.next = Some(n + 1);
+            return true;
+        }
+        false
     }
 }
 
