@@ -266,8 +266,7 @@ impl Discovery {
     async fn check(&mut self, path: &Path, event: bool) {
         let meta = std::fs::metadata(path)
             .ok()
-            .filter(std::fs::Metadata::is_file)
-            .filter(|_| self.may_ship(path));
+            .filter(std::fs::Metadata::is_file);
         let Some(meta) = meta else {
             if let Some(t) = self.by_path.remove(path) {
                 tracing::info!(file = %path.display(), "file deleted or renamed away; draining it");
@@ -295,6 +294,11 @@ impl Discovery {
         if let Some(ctl) = self.active.get(&id) {
             // Already tailed under another name (renamed into a watched name): once is enough.
             ctl.wake.notify_one();
+            return;
+        }
+        // Only here, before a pipeline starts: a poll of thousands of tracked files costs no
+        // extra `lstat` per file.
+        if !self.may_ship(path) {
             return;
         }
         self.start(path, source, meta.len()).await;
