@@ -1,15 +1,15 @@
 //! Agent configuration in two layers: serde types that mirror the TOML (every key has a
-//! named default), layered by figment (file, then `AGENT_` environment, then flags), then
-//! validated into [`Settings`] — parsed durations, sizes, compiled globs. Every error names
-//! the key, and the line when the TOML file is at fault.
+//! named default), layered by the shared loader ([`logship_common::config`]: file, then
+//! `AGENT_*` environment typed by key, then flags), then validated into [`Settings`] —
+//! parsed durations, sizes, compiled globs, TLS material. Every error names the key and
+//! where it was set (file and line, environment variable or flag).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use logship_common::config::{resolve, Secret, Validate};
 use logship_common::units;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,15 @@ pub struct SinkConfig {
     pub url: Option<String>,
     /// Bearer token sent with every request.
     pub token: Option<String>,
+    /// A file holding the token (first non-comment line), instead of `token`; re-read on
+    /// SIGHUP, so a rotated token needs no config edit.
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for an `https://` URL; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS, with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
     /// `"none"`, `"gzip"` or `"zstd"`.
     pub compression: String,
     /// zstd level: 1 by default; negative levels (down to -7) are faster with less
@@ -69,6 +78,10 @@ impl Default for SinkConfig {
             kind: "aggregator".into(),
             url: None,
             token: None,
+            token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             compression: "zstd".into(),
             compression_level: 1,
             timeout: "30s".into(),
@@ -181,10 +194,12 @@ pub struct SourceSettings {
 pub struct SinkSettings {
     pub kind: String,
     pub url: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     pub compression: Compression,
     pub compression_level: i32,
     pub timeout: Duration,
+    /// TLS for an `https://` URL; `None` for `http://`.
+    pub tls: Option<crate::sink::tls::ClientTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,56 +242,26 @@ pub struct Overrides {
     pub log_format: Option<String>,
 }
 
-/// The loaded config plus what is needed to point at lines.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    path: PathBuf,
-    text: String,
+/// The loaded config and where each value came from (for error messages).
+pub type Loaded = logship_common::config::Loaded<Config>;
+
+/// Loads `path`, then `AGENT_*` variables (`AGENT_SINK__URL` sets `sink.url`), then `overrides`.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    Loaded::load(Some(path), "AGENT_", overrides)
 }
 
-impl Loaded {
-    /// Reads `path` (TOML), then `AGENT_*` variables (`AGENT_SINK__URL` sets `sink.url`),
-    /// then `overrides`.
-    pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        // toml reports unknown keys and wrong types with a span; figment would lose the line.
-        toml::from_str::<Config>(&text)
-            .map_err(|e| ConfigError(units::toml_error(path, &text, &e)))?;
-        let config: Config = Figment::new()
-            .merge(Toml::string(&text))
-            .merge(Env::prefixed("AGENT_").split("__"))
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        Ok(Loaded {
-            config,
-            path: path.to_path_buf(),
-            text,
-        })
-    }
-
-    /// Validates into runtime settings; errors carry `file:line: key: …`.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        validate(&self.config, &self.path).map_err(|(key, msg)| {
-            let at = line_of(&self.text, &key)
-                .map(|l| format!("{}:{l}: ", self.path.display()))
-                .unwrap_or_else(|| format!("{}: ", self.path.display()));
-            ConfigError(format!("{at}{key}: {msg}"))
-        })
+impl Validate for Config {
+    type Settings = Settings;
+    fn validate(&self, base: &Path) -> Result<Settings, KeyError> {
+        validate(self, base)
     }
 }
 
 /// An error during validation: the dotted key (`sources[1].linger`) and the message.
 type KeyError = (String, String);
 
-fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
+    let base = base.to_path_buf();
     let dur = |key: &str, v: &Option<String>, d: &str| {
         units::duration(key, v.as_deref().unwrap_or(d))
             .map_err(|m| (key.to_owned(), strip_key(key, m)))
@@ -305,7 +290,7 @@ fn validate(c: &Config, path: &Path) -> Result<Settings, KeyError> {
         })
         .transpose()?;
 
-    let sink = validate_sink(&c.sink)?;
+    let sink = validate_sink(&c.sink, &base)?;
     if c.sources.is_empty() {
         return Err((
             "sources".into(),
@@ -376,7 +361,7 @@ fn strip_key(key: &str, msg: String) -> String {
         .unwrap_or(msg)
 }
 
-fn validate_sink(s: &SinkConfig) -> Result<SinkSettings, KeyError> {
+fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> {
     let compression = match s.compression.as_str() {
         "none" => Compression::None,
         "gzip" => Compression::Gzip,
@@ -398,6 +383,7 @@ fn validate_sink(s: &SinkConfig) -> Result<SinkSettings, KeyError> {
             ),
         ));
     }
+    let mut https = false;
     if s.kind == "aggregator" {
         match &s.url {
             None => return Err(("sink.url".into(), "required for the aggregator sink".into())),
@@ -405,19 +391,71 @@ fn validate_sink(s: &SinkConfig) -> Result<SinkSettings, KeyError> {
                 let uri: hyper::Uri = u
                     .parse()
                     .map_err(|e| ("sink.url".to_owned(), format!("{u:?}: {e}")))?;
-                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                https = uri.scheme_str() == Some("https");
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                     return Err((
                         "sink.url".into(),
-                        format!("{u:?} must be an http:// URL such as http://127.0.0.1:3000/store/batch"),
+                        format!("{u:?} must be an http:// or https:// URL such as http://127.0.0.1:3000/store/batch"),
                     ));
                 }
             }
         }
     }
+    let file = |p: &Option<PathBuf>| p.as_deref().map(|p| resolve(base, p));
+    let tls_keys = [
+        ("sink.ca_file", &s.ca_file),
+        ("sink.client_cert_file", &s.client_cert_file),
+        ("sink.client_key_file", &s.client_key_file),
+    ];
+    if !https {
+        if let Some((key, _)) = tls_keys.iter().find(|(_, v)| v.is_some()) {
+            return Err((
+                (*key).into(),
+                "only used with an https:// sink.url; the URL is plain http://".into(),
+            ));
+        }
+    }
+    let tls = if https {
+        Some(crate::sink::tls::ClientTls::load(
+            file(&s.ca_file),
+            file(&s.client_cert_file),
+            file(&s.client_key_file),
+        )?)
+    } else {
+        None
+    };
+    let token = match (&s.token, &s.token_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "sink.token_file".into(),
+                "set either sink.token or sink.token_file, not both".into(),
+            ))
+        }
+        (Some(t), None) => Some(Secret::new(t.clone())),
+        (None, Some(p)) => {
+            let tokens = logship_common::config::read_tokens("sink.token_file", &resolve(base, p))?;
+            tokens.into_iter().next()
+        }
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if hyper::header::HeaderValue::from_str(&format!("Bearer {}", t.expose())).is_err() {
+            return Err((
+                if s.token.is_some() {
+                    "sink.token"
+                } else {
+                    "sink.token_file"
+                }
+                .into(),
+                "the token holds characters an HTTP header cannot carry".into(),
+            ));
+        }
+    }
     Ok(SinkSettings {
         kind: s.kind.clone(),
         url: s.url.clone(),
-        token: s.token.clone(),
+        token,
+        tls,
         compression,
         compression_level: s.compression_level.clamp(-7, 19),
         timeout: units::duration("sink.timeout", &s.timeout)
@@ -596,31 +634,6 @@ fn nofile_limit() -> u64 {
         .unwrap_or(1024)
 }
 
-/// Line (1-based) of a dotted key such as `sources[1].retry.max` in the TOML text.
-fn line_of(text: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item: &toml_edit::Item = doc.as_item();
-    let mut span = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        item = item.get(name)?;
-        span = item.span().or(span);
-        if let Some(i) = index {
-            item = item.get(i)?;
-            span = item.span().or(span);
-        }
-    }
-    // Keys in tables report the value's span; arrays of tables report their header's.
-    let start = match item {
-        toml_edit::Item::Value(v) => v.span().map(|s| s.start),
-        _ => span.map(|s| s.start),
-    }?;
-    Some(text[..start.min(text.len())].matches('\n').count() + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let p = dir.path().join("agent.toml");
         std::fs::write(&p, text).map_err(|e| e.to_string())?;
-        Loaded::load(&p, &Overrides::default())
+        super::load(&p, &Overrides::default())
             .and_then(|l| l.validate())
             .map_err(|e| e.to_string())
     }

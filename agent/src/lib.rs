@@ -8,6 +8,7 @@
 //!   per read turn;
 //! - [`sink`]: sinks (`aggregator` over HTTP, `stdout`);
 //! - [`checkpoint`]: acknowledged positions, saved atomically;
+//! - [`dead_letter`]: refused batches kept, listed and replayed;
 //! - [`generation`]: generation ids derived from the file itself;
 //! - [`backoff`], [`metrics`]: retry delays and Prometheus metrics.
 
@@ -16,6 +17,7 @@ pub mod batcher;
 pub mod buffers;
 pub mod checkpoint;
 pub mod config;
+pub mod dead_letter;
 pub mod generation;
 pub mod metrics;
 pub mod pipeline;
@@ -75,7 +77,7 @@ pub async fn run(
                 Limit::per_second(u64::from(settings.lines_per_sec)),
                 Limit::per_second(settings.bytes_per_sec),
             ))),
-            dead_letter_dir: settings.state_dir.join("dead-letter"),
+            dead_letter_dir: dead_letter::dir(&settings.state_dir),
             park_log: sender::ParkLog::default(),
         }),
         metrics: metrics.clone(),

@@ -1,31 +1,50 @@
-//! `agent` binary: parse flags, load and validate the config, run.
+//! `agent` binary: parse flags, load and validate the config, then run — or list or replay
+//! dead letters.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
-use logship_agent::config::{Loaded, Overrides};
+use clap::{CommandFactory, Parser, Subcommand};
+use logship_agent::config::{self, Overrides, Settings};
 
 /// Tails log files and ships them to the aggregator.
 #[derive(Debug, Parser)]
 #[command(name = "agent", version)]
 struct Cli {
     /// TOML configuration (then AGENT_* variables, e.g. AGENT_SINK__URL, then these flags).
-    #[arg(long)]
-    config: PathBuf,
-    /// Validate, print the resolved configuration and the files it would ship, and exit
-    /// (78 if the configuration is bad).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Validate, print the resolved configuration (secrets as "***") and the files it would
+    /// ship, and exit (78 if the configuration is bad).
     #[arg(long)]
     check_config: bool,
     /// Log format: text or json [default: text, or the config's log_format].
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_format: Option<String>,
     /// Host name stored with every line [default: the machine's hostname].
     #[arg(long)]
     host: Option<String>,
     /// Directory for checkpoints and dead letters [default: agent-state beside the config].
-    #[arg(long)]
+    #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Batches the sink refused as malformed, kept in STATE_DIR/dead-letter.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetters {
+    /// Lists each dead letter: its file, lines and why it was refused.
+    List,
+    /// Sends each again through the configured sink; each is deleted once acknowledged
+    /// (exit 1 if any is left).
+    Replay,
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,20 +53,28 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let Some(config_path) = cli.config.clone() else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--config <CONFIG> is required",
+            )
+            .exit()
+    };
     let overrides = Overrides {
         host: cli.host,
         state_dir: cli.state_dir,
         log_format: cli.log_format,
     };
-    let loaded = Loaded::load(&cli.config, &overrides)?;
+    let loaded = config::load(&config_path, &overrides)?;
     let settings = loaded.validate()?;
     logship_common::init_tracing(settings.log_format, settings.log_level.as_deref());
+    if let Some(Command::DeadLetters(what)) = cli.command {
+        return dead_letters(what, &settings);
+    }
     if cli.check_config {
-        logship_common::out!("# resolved configuration");
-        logship_common::out!(
-            "{}",
-            toml::to_string_pretty(&loaded.config).context("rendering the configuration")?
-        );
+        logship_common::out!("# resolved configuration (secrets shown as \"***\")");
+        logship_common::out!("{}", logship_common::config::redacted(&loaded.config)?);
         logship_common::out!(
             "# host = {:?}, state_dir = {:?}",
             settings.host,
@@ -67,7 +94,46 @@ fn real_main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let signal = logship_common::shutdown_signal();
         // SIGHUP re-reads the same layers: the file, AGENT_* variables, these flags.
-        let reload = move || Loaded::load(&cli.config, &overrides)?.validate();
+        let reload = move || config::load(&config_path, &overrides)?.validate();
         logship_agent::run(settings, signal, reload).await
     })
+}
+
+fn dead_letters(what: DeadLetters, settings: &Settings) -> anyhow::Result<()> {
+    use logship_agent::dead_letter;
+    let dir = dead_letter::dir(&settings.state_dir);
+    match what {
+        DeadLetters::List => {
+            let letters =
+                dead_letter::list(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for l in &letters {
+                logship_common::out!(
+                    "{}\t{} bytes\t{}\t{}",
+                    l.path.display(),
+                    l.bytes,
+                    l.summary,
+                    l.reason
+                );
+            }
+            logship_common::out!("# {} dead letter(s) in {}", letters.len(), dir.display());
+            Ok(())
+        }
+        DeadLetters::Replay => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let sink = logship_agent::sink::build(&settings.sink)?;
+            let done = runtime
+                .block_on(dead_letter::replay(&dir, sink.as_ref(), |line| {
+                    logship_common::out!("{line}")
+                }))
+                .with_context(|| format!("replaying {}", dir.display()))?;
+            logship_common::out!("# delivered {}, left {}", done.delivered, done.kept);
+            if done.kept > 0 {
+                anyhow::bail!("{} dead letter(s) were not delivered", done.kept);
+            }
+            Ok(())
+        }
+    }
 }

@@ -305,22 +305,12 @@ impl Drop for Parked {
 }
 
 impl Sender {
-    /// Keeps a refused batch for the operator and moves on.
+    /// Keeps a refused batch for the operator (`agent dead-letters list|replay`) and moves on.
     fn dead_letter(&self, body: &[u8], reason: &str) {
         self.env.metrics.dead_letters.inc();
-        let name = format!(
-            "{}-{:x}.lsb",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            xxhash_rust::xxh3::xxh3_64(body)
-        );
-        let path = self.env.dead_letter_dir.join(name);
-        let written = std::fs::create_dir_all(&self.env.dead_letter_dir)
-            .and_then(|()| std::fs::write(&path, body));
-        match written {
-            Ok(()) => {
-                tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory")
+        match crate::dead_letter::write(&self.env.dead_letter_dir, body, reason) {
+            Ok(path) => {
+                tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory (agent dead-letters replay sends it again)")
             }
             Err(e) => {
                 tracing::error!(file = %self.file, %reason, error = %e, "batch refused and could not be kept")
@@ -330,7 +320,7 @@ impl Sender {
 }
 
 /// Splits a compact body into two halves; `None` for a single line.
-fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+pub fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let b = logship_wire::compact::decode(body).ok()?;
     if b.lines.len() < 2 {
         return None;

@@ -1,13 +1,13 @@
-//! Aggregator configuration: serde types with named defaults, layered by figment
-//! (TOML file, then `AGGREGATOR_` environment, then CLI flags), then validated into
-//! [`Settings`] with parsed durations and sizes.
+//! Aggregator configuration: serde types with named defaults, layered by the shared loader
+//! ([`logship_common::config`]: TOML file, then `AGGREGATOR_*` environment typed by key,
+//! then CLI flags), then validated into [`Settings`] with parsed durations, sizes, tokens and
+//! TLS material. Errors name the key and where it was set.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use logship_common::config::{resolve, Secret, Validate};
 use logship_common::units;
 use serde::{Deserialize, Serialize};
 
@@ -51,8 +51,21 @@ pub struct Config {
     pub min_body_bytes_per_sec: String,
     pub body_grace: String,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
+}
+
+/// `[tls]`: serve HTTPS instead of plain HTTP when `cert_file` and `key_file` are set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -62,6 +75,11 @@ pub struct AuthConfig {
     pub write_tokens: Vec<String>,
     /// Bearer tokens allowed to read `/store/*`; none = open.
     pub read_tokens: Vec<String>,
+    /// A file of write tokens, one per line (`#` comments), added to `write_tokens`; re-read
+    /// on SIGHUP, so tokens rotate without editing the config.
+    pub write_tokens_file: Option<PathBuf>,
+    /// A file of read tokens, as `write_tokens_file`.
+    pub read_tokens_file: Option<PathBuf>,
 }
 
 /// What one request, and all requests together, may cost. Past a per-request limit the
@@ -151,6 +169,7 @@ impl Default for Config {
             min_body_bytes_per_sec: "16KiB".into(),
             body_grace: "5s".into(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
         }
@@ -188,8 +207,10 @@ pub struct Settings {
     pub max_connections_per_client: usize,
     pub min_body_bytes_per_sec: u64,
     pub body_grace: Duration,
-    pub write_tokens: Vec<String>,
-    pub read_tokens: Vec<String>,
+    pub write_tokens: Vec<Secret>,
+    pub read_tokens: Vec<Secret>,
+    /// HTTPS when set.
+    pub tls: Option<crate::tls::ServerTls>,
     pub per_host_lines_per_sec: u32,
     /// Per-request decode limits (`[limits]`).
     pub decode_limits: logship_wire::Limits,
@@ -214,26 +235,81 @@ pub struct Overrides {
     pub log_format: Option<String>,
 }
 
+/// The loaded config and where each value came from (for error messages).
+pub type Loaded = logship_common::config::Loaded<Config>;
+
+impl Validate for Config {
+    type Settings = Settings;
+    fn validate(&self, base: &Path) -> Result<Settings, (String, String)> {
+        self.validate_in(base)
+            .map_err(|e| match e.0.split_once(": ") {
+                Some((key, msg)) if !key.contains(' ') => (key.to_owned(), msg.to_owned()),
+                _ => (String::new(), e.0),
+            })
+    }
+}
+
 impl Config {
     /// Layers defaults, the TOML file (if any), `AGGREGATOR_*` variables and flags.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            // toml's own parser reports the line and key of any mistake; figment does not.
-            toml::from_str::<Config>(&text)
-                .map_err(|e| ConfigError(units::toml_error(path, &text, &e)))?;
-            fig = fig.merge(Toml::string(&text));
-        }
-        fig = fig
-            .merge(Env::prefixed("AGGREGATOR_").split("__"))
-            .merge(Serialized::defaults(overrides));
-        fig.extract().map_err(|e| ConfigError(e.to_string()))
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+        Loaded::load(file, "AGGREGATOR_", overrides)
     }
 
-    /// Parses durations, sizes and addresses.
+    /// Validates with relative paths taken from the working directory.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.validate_in(Path::new("."))
+    }
+
+    /// Parses durations, sizes, addresses, token files and TLS material; relative paths are
+    /// taken from `base`. Every error starts with its dotted key.
+    fn validate_in(&self, base: &Path) -> Result<Settings, ConfigError> {
+        let keyed = |(key, msg): (String, String)| ConfigError(format!("{key}: {msg}"));
+        let tokens = |inline: &[String], file: &Option<PathBuf>, key: &str| {
+            let mut all: Vec<Secret> = inline.iter().cloned().map(Secret::new).collect();
+            if let Some(f) = file {
+                all.extend(
+                    logship_common::config::read_tokens(key, &resolve(base, f)).map_err(keyed)?,
+                );
+            }
+            Ok::<_, ConfigError>(all)
+        };
+        let write_tokens = tokens(
+            &self.auth.write_tokens,
+            &self.auth.write_tokens_file,
+            "auth.write_tokens_file",
+        )?;
+        let read_tokens = tokens(
+            &self.auth.read_tokens,
+            &self.auth.read_tokens_file,
+            "auth.read_tokens_file",
+        )?;
+        let client_ca = self.tls.client_ca_file.as_deref().map(|p| resolve(base, p));
+        let tls = match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(c), Some(k)) => Some(
+                crate::tls::ServerTls::load(
+                    &resolve(base, c),
+                    &resolve(base, k),
+                    client_ca.as_deref(),
+                )
+                .map_err(keyed)?,
+            ),
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(ConfigError(
+                    "tls.client_ca_file: needs tls.cert_file and tls.key_file".into(),
+                ))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "tls.key_file: required with tls.cert_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "tls.cert_file: required with tls.key_file".into(),
+                ))
+            }
+        };
         if self.store.kind != "sled" {
             return Err(ConfigError(format!(
                 "store.type: unknown store {:?} (available: \"sled\")",
@@ -319,8 +395,9 @@ impl Config {
             max_connections_per_client: self.max_connections_per_client.max(1),
             min_body_bytes_per_sec: sz("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)?,
             body_grace: dur("body_grace", &self.body_grace)?,
-            write_tokens: self.auth.write_tokens.clone(),
-            read_tokens: self.auth.read_tokens.clone(),
+            write_tokens,
+            read_tokens,
+            tls,
             per_host_lines_per_sec: self.limits.per_host_lines_per_sec,
             decode_limits: logship_wire::Limits {
                 max_lines: self.limits.max_lines_per_request,

@@ -9,6 +9,9 @@
 //! ours in its place, and it shares the socket with the connection task, which writes the 408
 //! when hyper gives up on slow headers.
 //!
+//! Under TLS the same holds one layer up: [`ConnIo`] sits on the decrypted [`Stream`], so
+//! every replacement answer is encrypted like any other.
+//!
 //! [`ConnState`] also tells whether a connection is idle (a keep-alive connection between
 //! requests), so that at `max_connections` the server closes the longest-idle connection
 //! instead of refusing a new client — what nginx does, and what lets more agents than the cap
@@ -27,6 +30,80 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+/// An accepted connection, plain or TLS.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The stream shared by hyper (through [`ConnIo`]) and the connection task, which writes
+/// the 408 after hyper gave up on slow headers. Locked only inside a poll, never across an
+/// await, so the lock is never contended for long.
+pub type Shared = Arc<Mutex<Stream>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Stream> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// `idle_since` of a connection that has not finished a request yet.
 const NEVER_SERVED: u64 = u64::MAX;
@@ -223,14 +300,14 @@ impl Drop for Registration {
 /// framing-error answers are replaced by JSON ones.
 #[derive(Debug)]
 pub struct ConnIo {
-    stream: Arc<TcpStream>,
+    stream: Shared,
     state: Arc<ConnState>,
     /// A replacement answer still being written, and how much of it is out.
     pending: Option<(Bytes, usize)>,
 }
 
 impl ConnIo {
-    pub fn new(stream: Arc<TcpStream>, state: Arc<ConnState>) -> Self {
+    pub fn new(stream: Shared, state: Arc<ConnState>) -> Self {
         ConnIo {
             stream,
             state,
@@ -239,13 +316,7 @@ impl ConnIo {
     }
 
     fn write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        Pin::new(&mut *lock(&self.stream)).poll_write(cx, buf)
     }
 
     fn drain_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -305,21 +376,22 @@ pub fn framing_answer(status: u16) -> Bytes {
     ))
 }
 
-/// Writes `answer` on a socket hyper has let go of, within `limit`; errors are the client's
+/// Writes `answer` on a stream hyper has let go of, within `limit`; errors are the client's
 /// problem (it went away), so they are only logged.
-pub async fn write_answer(stream: &TcpStream, answer: &[u8], limit: Duration) {
+pub async fn write_answer(stream: &Shared, answer: &[u8], limit: Duration) {
     let write = async {
         let mut done = 0;
         while done < answer.len() {
-            stream.writable().await?;
-            match stream.try_write(&answer[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            let n = std::future::poll_fn(|cx| {
+                Pin::new(&mut *lock(stream)).poll_write(cx, &answer[done..])
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
             }
+            done += n;
         }
-        socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+        std::future::poll_fn(|cx| Pin::new(&mut *lock(stream)).poll_shutdown(cx)).await
     };
     match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => {}
@@ -334,19 +406,12 @@ impl AsyncRead for ConnIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(buf) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.state.reading.store(true, Ordering::SeqCst);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *lock(&self.stream)).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.state.reading.store(true, Ordering::SeqCst);
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -382,26 +447,21 @@ impl AsyncWrite for ConnIo {
             }
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        Pin::new(&mut *lock(&self.stream)).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        lock(&self.stream).is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.drain_pending(cx)
+        ready!(self.drain_pending(cx))?;
+        Pin::new(&mut *lock(&self.stream)).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.drain_pending(cx))?;
-        Poll::Ready(socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write))
+        Pin::new(&mut *lock(&self.stream)).poll_shutdown(cx)
     }
 }
 

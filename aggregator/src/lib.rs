@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -34,6 +35,7 @@ use tokio::sync::{broadcast, watch};
 
 use config::Settings;
 use http::error::ApiError;
+use logship_common::config::Secret;
 use metrics::Metrics;
 use store::Store;
 
@@ -113,7 +115,7 @@ impl App {
     /// The scheme is case-insensitive (RFC 7235), two `Authorization` headers are a 400 (which
     /// one would count is ambiguous), and every configured token is compared in constant time
     /// so the answer's timing says nothing about how much of a guess was right.
-    pub fn authorize<B>(&self, req: &Request<B>, tokens: &[String]) -> Result<(), ApiError> {
+    pub fn authorize<B>(&self, req: &Request<B>, tokens: &[Secret]) -> Result<(), ApiError> {
         if tokens.is_empty() {
             return Ok(());
         }
@@ -232,10 +234,10 @@ impl App {
 
 /// Whether `given` is one of `tokens`, comparing every token in constant time so the
 /// answer's timing says nothing about how much of a guess was right.
-fn token_matches(tokens: &[String], given: &[u8]) -> bool {
+fn token_matches(tokens: &[Secret], given: &[u8]) -> bool {
     let mut matched = subtle::Choice::from(0u8);
     for t in tokens {
-        matched |= subtle::ConstantTimeEq::ct_eq(t.as_bytes(), given);
+        matched |= subtle::ConstantTimeEq::ct_eq(t.expose().as_bytes(), given);
     }
     bool::from(matched)
 }

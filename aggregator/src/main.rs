@@ -41,14 +41,11 @@ fn real_main() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         log_format: cli.log_format,
     };
-    let config = Config::load(cli.config.as_deref(), &overrides)?;
-    let settings = config.validate()?;
+    let loaded = Config::load(cli.config.as_deref(), &overrides)?;
+    let settings = loaded.validate()?;
     logship_common::init_tracing(settings.log_format, settings.log_level.as_deref());
     if cli.check_config {
-        logship_common::out!(
-            "{}",
-            toml::to_string_pretty(&config).context("rendering the configuration")?
-        );
+        logship_common::out!("{}", logship_common::config::redacted(&loaded.config)?);
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,9 +65,10 @@ fn real_main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "aggregator listening");
+        tracing::info!(%addr, tls = settings.tls.is_some(), data_dir = %settings.data_dir.display(), "aggregator listening");
         // One stable line on stdout, so scripts and tests learn the port when it was 0.
-        logship_common::out!("aggregator listening on http://{addr}");
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        logship_common::out!("aggregator listening on {scheme}://{addr}");
         // SIGHUP re-reads the same layers: the file, AGGREGATOR_* variables, these flags.
         let reload = move || Config::load(cli.config.as_deref(), &overrides)?.validate();
         logship_aggregator::run(settings, Arc::new(store), listener, signal, reload).await

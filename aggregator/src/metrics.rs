@@ -36,6 +36,9 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    /// TLS handshakes that failed or timed out (garbage, a client that does not trust us, a
+    /// missing client certificate under mTLS).
+    pub tls_handshake_failures: Counter,
     pub connections_reclaimed: Counter,
     pub followers: Gauge,
     pub store_size: Gauge,
@@ -113,6 +116,12 @@ impl Metrics {
             "connections_rejected",
             "Connections answered 503 because max_connections was reached",
             connections_rejected.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within header_read_timeout",
+            tls_handshake_failures.clone(),
         );
         let connections_reclaimed = Counter::default();
         registry.register(
@@ -218,6 +227,7 @@ impl Metrics {
             bytes_received,
             connections_open,
             connections_rejected,
+            tls_handshake_failures,
             connections_reclaimed,
             followers,
             store_size,

@@ -52,6 +52,17 @@ pub fn apply(app: &App, new: Settings) {
         log_format => "log_format",
         log_level => "log_level",
     );
+    // Switching between HTTP and HTTPS would strand every client; new certificates (same
+    // files rewritten, or other files) apply to every connection accepted from now on.
+    if next.tls.is_some() != old.tls.is_some() {
+        tracing::warn!(
+            key = "tls",
+            "turning TLS on or off takes effect after a restart"
+        );
+        next.tls = old.tls.clone();
+    } else if next.tls != old.tls {
+        tracing::info!("TLS certificates reloaded; new connections use them");
+    }
     if next.per_host_lines_per_sec != old.per_host_lines_per_sec {
         app.set_rate_limit(next.per_host_lines_per_sec);
     }
@@ -89,7 +100,10 @@ mod tests {
             ),
         );
         let s = app.settings();
-        assert_eq!(s.write_tokens, vec!["b".to_owned()]);
+        assert_eq!(
+            s.write_tokens,
+            vec![logship_common::config::Secret::new("b")]
+        );
         assert_eq!(s.per_host_lines_per_sec, 10);
         assert!(s.retention.retention.is_some());
         assert_eq!(s.listen.port(), 1, "listen needs a restart");

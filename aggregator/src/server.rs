@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{self, ConnIo, GuardedBody, Registry, MAX_HEAD_BYTES};
+use crate::connection::{self, ConnIo, GuardedBody, Registry, Stream, MAX_HEAD_BYTES};
 use crate::http::error::ApiError;
 use crate::http::routes;
 use crate::metrics::{ErrorLabels, RequestLabels};
@@ -104,8 +104,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             app.metrics.connections_rejected.inc();
             if let Ok(waiter) = waiting.clone().try_acquire_owned() {
                 let builder = builder.clone();
+                let app = app.clone();
                 tokio::spawn(async move {
-                    refuse(builder, stream, "too many connections from your address (max_connections_per_client); retry later").await;
+                    refuse(&app, builder, stream, peer, "too many connections from your address (max_connections_per_client); retry later").await;
                     drop(waiter);
                 });
             }
@@ -145,8 +146,14 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         }
                         None => {
                             served.app.metrics.connections_rejected.inc();
-                            refuse(served.builder, stream, "too many connections; retry later")
-                                .await;
+                            refuse(
+                                &served.app,
+                                served.builder,
+                                stream,
+                                served.peer,
+                                "too many connections; retry later",
+                            )
+                            .await;
                         }
                     }
                 });
@@ -186,9 +193,12 @@ impl Served {
             peer,
             _slot,
         } = self;
+        let Some(stream) = secure(&app, stream, peer).await else {
+            return;
+        };
         let registration = registry.register();
         let state = registration.state.clone();
-        let stream = Arc::new(stream);
+        let stream = Arc::new(std::sync::Mutex::new(stream));
         let io = TokioIo::new(ConnIo::new(stream.clone(), state.clone()));
         let svc_app = app.clone();
         let svc_state = state.clone();
@@ -258,9 +268,46 @@ impl Served {
     }
 }
 
-/// Answers 503 on a connection there is no room for.
-async fn refuse(mut b: http1::Builder, stream: TcpStream, why: &'static str) {
+/// The connection as hyper will see it: when the server speaks TLS, the handshake comes
+/// first, within `header_read_timeout` (a client that sends half a handshake and goes silent
+/// costs its own slot for that long, nothing more). `None` when it failed; counted, and
+/// logged at debug level, since scanners and half-open probes are routine.
+async fn secure(app: &App, stream: TcpStream, peer: std::net::SocketAddr) -> Option<Stream> {
+    let Some(tls) = app.settings().tls.clone() else {
+        return Some(Stream::Plain(stream));
+    };
+    let limit = app.settings().header_read_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            app.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake did not finish within header_read_timeout");
+            None
+        }
+    }
+}
+
+/// Answers 503 on a connection there is no room for (after the TLS handshake, on HTTPS,
+/// bounded by the same 5 s as the answer).
+async fn refuse(
+    app: &App,
+    mut b: http1::Builder,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    why: &'static str,
+) {
     b.keep_alive(false);
+    let Ok(Some(stream)) =
+        tokio::time::timeout(Duration::from_secs(5), secure(app, stream, peer)).await
+    else {
+        return;
+    };
     let svc = service_fn(move |_req| async move {
         let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).retry_after(1);
         Ok::<_, std::convert::Infallible>(e.into_response())

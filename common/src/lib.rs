@@ -6,6 +6,8 @@
 //! - [`run_main`] and [`out!`]: the shape both binaries' `main` share, with their exit codes;
 //! - [`ConfigError`]: the one config error type (exit 78).
 
+pub mod config;
+pub mod tls;
 pub mod units;
 
 /// Registers for SIGINT and SIGTERM now (so a signal during startup is not lost to the

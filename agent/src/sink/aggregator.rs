@@ -1,7 +1,9 @@
 //! The `aggregator` sink: `POST /store/batch` in the compact form over one shared hyper
-//! client (connections are reused across all files), optionally compressed.
+//! client (connections are reused across all files), optionally compressed, over TLS for an
+//! `https://` URL.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use crate::config::{Compression, SinkSettings};
 
 #[derive(Debug)]
 pub struct AggregatorSink {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     auth: Option<HeaderValue>,
     compression: Compression,
@@ -32,14 +34,37 @@ impl AggregatorSink {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(false);
+        // A plain http:// URL never uses the TLS config; an empty one stands in.
+        let tls = match &s.tls {
+            Some(t) => (*t.config).clone(),
+            None => rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let auth = s
             .token
-            .as_deref()
-            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
-            .transpose()?;
+            .as_ref()
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {}", t.expose())).map(|mut v| {
+                    // Kept out of hyper's debug output.
+                    v.set_sensitive(true);
+                    v
+                })
+            })
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("sink.token: not a valid header value"))?;
         Ok(AggregatorSink {
             client,
             url,
@@ -99,10 +124,17 @@ impl AggregatorSink {
                 }
             }
             Ok(Err(e)) => {
+                // A refused handshake or certificate is the configuration's fault: park.
+                if let Some(reason) = super::tls::tls_failure(&e) {
+                    return Outcome::Park {
+                        endpoint: self.url.to_string(),
+                        reason: format!("TLS: {reason}"),
+                    };
+                }
                 return Outcome::Retry {
                     reason: format!("request failed: {e}"),
                     after: None,
-                }
+                };
             }
             Ok(Ok(r)) => r,
         };
@@ -215,7 +247,12 @@ impl Sink for AggregatorSink {
                 .host()
                 .unwrap_or("localhost")
                 .trim_matches(['[', ']']);
-            let port = self.url.port_u16().unwrap_or(80);
+            let default_port = if self.url.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let port = self.url.port_u16().unwrap_or(default_port);
             let connect = tokio::net::TcpStream::connect((host, port));
             match tokio::time::timeout(Duration::from_secs(2), connect).await {
                 Ok(Ok(_)) => Ok(()),

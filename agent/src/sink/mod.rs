@@ -5,6 +5,7 @@
 
 mod aggregator;
 mod stdout;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,213 @@
+//! Dead letters: batches the sink refused as malformed (400/422, or one line too large for
+//! it), kept in `state_dir/dead-letter/` so no line is thrown away silently.
+//!
+//! Each is the batch's compact body (`<millis>-<hash>.lsb`) beside a `.reason` text file.
+//! `agent dead-letters list` shows them; `agent dead-letters replay` sends each through the
+//! configured sink again — after the aggregator was fixed or its limits raised — and
+//! deletes a file only once its batch was acknowledged. Replaying twice is harmless: every
+//! line carries its number, so the aggregator stores it once.
+
+use std::path::{Path, PathBuf};
+
+use crate::sink::{Outcome, Sink};
+
+/// The directory of dead letters under a state directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("dead-letter")
+}
+
+/// Keeps a refused batch and why; returns where.
+pub fn write(dir: &Path, body: &[u8], reason: &str) -> std::io::Result<PathBuf> {
+    let name = format!(
+        "{}-{:x}.lsb",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        xxhash_rust::xxh3::xxh3_64(body)
+    );
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&path, body)?;
+    std::fs::write(reason_path(&path), format!("{reason}\n"))?;
+    Ok(path)
+}
+
+fn reason_path(p: &Path) -> PathBuf {
+    p.with_extension("lsb.reason")
+}
+
+/// One dead letter as listed.
+#[derive(Debug)]
+pub struct Letter {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// `host file generation first..=last (n lines)`, or why the body does not decode.
+    pub summary: String,
+    pub reason: String,
+}
+
+/// The dead letters in `dir`, oldest first.
+pub fn list(dir: &Path) -> std::io::Result<Vec<Letter>> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "lsb"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let body = std::fs::read(&path)?;
+        let summary = match logship_wire::compact::decode(&body) {
+            Ok(b) => match (b.lines.first(), b.lines.last()) {
+                (Some(first), Some(last)) => format!(
+                    "host={} file={} generation={} lines {}..={} ({} lines)",
+                    b.host,
+                    b.file,
+                    b.generation,
+                    first.number,
+                    last.number,
+                    b.lines.len()
+                ),
+                _ => format!("host={} file={} (no lines)", b.host, b.file),
+            },
+            Err(e) => format!("not a readable batch: {e}"),
+        };
+        let reason = std::fs::read_to_string(reason_path(&path))
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_else(|_| "(reason not recorded)".into());
+        out.push(Letter {
+            bytes: body.len() as u64,
+            path,
+            summary,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub delivered: usize,
+    pub kept: usize,
+}
+
+/// Sends every dead letter in `dir` through `sink`, oldest first; each is deleted once all
+/// its lines are acknowledged. A batch refused again stays (with the new reason); when the
+/// sink is unreachable or refuses for its own reasons (token, TLS), the replay stops there,
+/// since every later letter would fail the same way. `report` gets one line per letter.
+pub async fn replay(
+    dir: &Path,
+    sink: &dyn Sink,
+    mut report: impl FnMut(&str),
+) -> std::io::Result<Replayed> {
+    let mut done = Replayed::default();
+    for letter in list(dir)? {
+        let body = std::fs::read(&letter.path)?;
+        let name = letter.path.display();
+        match deliver(sink, body).await {
+            Ok(()) => {
+                std::fs::remove_file(&letter.path)?;
+                let _ = std::fs::remove_file(reason_path(&letter.path));
+                done.delivered += 1;
+                report(&format!("delivered {name}: {}", letter.summary));
+            }
+            Err(Failed::Refused(reason)) => {
+                std::fs::write(reason_path(&letter.path), format!("{reason}\n"))?;
+                done.kept += 1;
+                report(&format!("refused again, kept {name}: {reason}"));
+            }
+            Err(Failed::Unavailable(reason)) => {
+                let left = list(dir)?.len();
+                done.kept += left;
+                report(&format!(
+                    "stopped at {name}: the sink is not taking batches ({reason}); {left} letter(s) left"
+                ));
+                break;
+            }
+        }
+    }
+    Ok(done)
+}
+
+enum Failed {
+    /// The batch (or part of it) was refused as such.
+    Refused(String),
+    /// The sink cannot take anything now.
+    Unavailable(String),
+}
+
+/// Delivers one body, splitting on 413 and retrying a few times on transient failures.
+async fn deliver(sink: &dyn Sink, body: Vec<u8>) -> Result<(), Failed> {
+    let mut stack = vec![body];
+    while let Some(b) = stack.pop() {
+        let mut tries = 0u32;
+        loop {
+            match sink.send(&b).await {
+                Outcome::Ok => break,
+                Outcome::TooLarge => match crate::sender::split(&b) {
+                    Some((first, second)) => {
+                        stack.push(second);
+                        stack.push(first);
+                        break;
+                    }
+                    None => {
+                        return Err(Failed::Refused(
+                            "a single line is larger than the sink accepts (413)".into(),
+                        ))
+                    }
+                },
+                Outcome::Reject { reason } => return Err(Failed::Refused(reason)),
+                Outcome::Park { endpoint, reason } => {
+                    return Err(Failed::Unavailable(format!("{endpoint}: {reason}")))
+                }
+                Outcome::Retry { reason, after } => {
+                    tries += 1;
+                    if tries >= 5 {
+                        return Err(Failed::Unavailable(reason));
+                    }
+                    let wait = after.unwrap_or(std::time::Duration::from_millis(200 << tries));
+                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_letters_are_listed_with_their_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = logship_wire::compact::Writer::new("h", "/f.log", "g", 7);
+        w.push(b"a", false);
+        w.push(b"b", false);
+        let path = write(dir.path(), &w.finish(), "400: bad").expect("write");
+        std::fs::write(dir.path().join("junk.lsb"), b"junk").expect("write");
+        let letters = list(dir.path()).expect("list");
+        assert_eq!(letters.len(), 2);
+        let ours = letters.iter().find(|l| l.path == path).expect("listed");
+        assert!(
+            ours.summary.contains("lines 7..=8 (2 lines)"),
+            "{}",
+            ours.summary
+        );
+        assert_eq!(ours.reason, "400: bad");
+        let junk = letters
+            .iter()
+            .find(|l| l.path != path)
+            .expect("junk listed");
+        assert!(
+            junk.summary.starts_with("not a readable batch"),
+            "{}",
+            junk.summary
+        );
+    }
+}
