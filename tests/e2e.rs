@@ -17,3 +17,4 @@ mod refusals;
 mod reload;
 mod retention;
 mod service;
+mod tls;

@@ -174,7 +174,9 @@ impl Aggregator {
 
     /// `host:port` it listens on.
     pub fn addr(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        self.base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -555,4 +557,260 @@ pub fn agent_metric(addr: &str, name: &str) -> f64 {
         .ok()
         .and_then(|r| r.into_string().ok())
         .map_or(-1.0, |t| metric(&t, name))
+}
+
+/// Test certificates, generated at test time: a CA, a server certificate for `localhost` and
+/// 127.0.0.1, a client certificate, and the broken variants the TLS tests need.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Writes into `dir`: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`,
+    /// `expired.pem`/`expired.key` (valid 2020–2021), `wrong-host.pem`/`wrong-host.key` (for
+    /// other.example only), and `other-ca.pem` (a CA that signed nothing here).
+    pub fn generate(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        std::fs::create_dir_all(dir).expect("mkdir pki");
+        let write =
+            |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write pem");
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().expect("key");
+            let cert = p.self_signed(&key).expect("self-signed");
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("logship test CA");
+        write("ca.pem", ca_cert.pem());
+        write("other-ca.pem", ca("some other CA").0.pem());
+        let leaf = |name: &str, sans: &[&str], ip: bool, expired: bool, client: bool| {
+            let mut p =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .expect("params");
+            if ip {
+                p.subject_alt_names
+                    .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+            }
+            p.distinguished_name.push(DnType::CommonName, sans[0]);
+            if expired {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            if client {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            let key = KeyPair::generate().expect("key");
+            let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        leaf("server", &["localhost"], true, false, false);
+        leaf("expired", &["localhost"], true, true, false);
+        leaf("wrong-host", &["other.example"], false, false, false);
+        leaf("client", &["agent"], false, false, true);
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Path of one of the files, as a TOML string value.
+    pub fn path(&self, name: &str) -> String {
+        format!("{:?}", self.dir.join(name).to_string_lossy())
+    }
+
+    /// The aggregator's `[tls]` table serving `cert` (`server`, `expired`, `wrong-host`),
+    /// requiring client certificates when `mutual`.
+    pub fn server_toml(&self, cert: &str, mutual: bool) -> String {
+        let mut t = format!(
+            "[tls]\ncert_file = {}\nkey_file = {}\n",
+            self.path(&format!("{cert}.pem")),
+            self.path(&format!("{cert}.key"))
+        );
+        if mutual {
+            t.push_str(&format!("client_ca_file = {}\n", self.path("ca.pem")));
+        }
+        t
+    }
+
+    /// A client trusting `ca.pem`, presenting `client.pem` when `mutual`.
+    pub fn client(&self, mutual: bool) -> ureq::Agent {
+        use rustls::pki_types::pem::PemObject;
+        let read = |name: &str| std::fs::read(self.dir.join(name)).expect("read pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&read("ca.pem")) {
+            roots.add(c.expect("ca cert")).expect("add root");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        let config = if mutual {
+            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read("client.pem"))
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client chain");
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read("client.key"))
+                .expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .tls_config(std::sync::Arc::new(config))
+            .build()
+    }
+}
+
+/// `GET url` with `client`.
+pub fn get_via(client: &ureq::Agent, url: &str) -> Answer {
+    answer(client.get(url).call())
+}
+
+/// `GET url` with `client`, or the transport error (a refused handshake) as text.
+pub fn try_get_via(client: &ureq::Agent, url: &str) -> Result<Answer, String> {
+    match client.get(url).call() {
+        Ok(r) => Ok(answer(Ok(r))),
+        Err(ureq::Error::Status(c, r)) => Ok(answer(Err(ureq::Error::Status(c, r)))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Agent {
+    /// Starts `agent --config CONFIG` with extra environment variables, its stderr appended
+    /// to `log` (read it with `std::fs::read_to_string`).
+    pub fn start_logged(config: &Path, env: &[(&str, &str)], log: &Path) -> Agent {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open agent log");
+        let child = Command::new(bin("agent"))
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn agent");
+        Agent {
+            proc: Proc {
+                child,
+                name: "agent",
+            },
+        }
+    }
+}
+
+/// Runs a binary to completion with `args` and `env` (bounded by `timeout`): its exit code,
+/// stdout and stderr.
+pub fn run_bin(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (i32, String, String) {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut proc = Proc { child, name: "run" };
+    let status = proc
+        .wait_exit(timeout)
+        .unwrap_or_else(|| panic!("{name} {args:?} did not finish within {timeout:?}"));
+    (
+        status.code().unwrap_or(-1),
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    )
+}
+
+/// Accepts any server certificate: only for the tests that must look inside an aggregator
+/// serving a broken one (expired, wrong name) to prove nothing was stored.
+#[derive(Debug)]
+struct AcceptAnything(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that skips server verification (see [`AcceptAnything`]).
+pub fn unverified_client() -> ureq::Agent {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnything(provider)))
+        .with_no_client_auth();
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .tls_config(std::sync::Arc::new(config))
+        .build()
 }

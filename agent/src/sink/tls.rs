@@ -104,15 +104,15 @@ pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(t.to_string());
         }
-        // io::Error hides its payload from `source()`; look inside it.
-        if let Some(t) = err
+        // io::Error hides its payload from `source()` (and hyper-rustls wraps tokio-rustls's
+        // io::Error in another): look inside it.
+        cur = match err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(t.to_string());
-        }
-        cur = err.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
@@ -128,6 +128,8 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         );
         let found = tls_failure(&io).expect("found");
+        let wrapped = std::io::Error::other(io);
+        assert_eq!(tls_failure(&wrapped).as_deref(), Some(found.as_str()));
         assert!(found.contains("xpired"), "{found}");
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(tls_failure(&plain), None);
