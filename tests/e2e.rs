@@ -5,6 +5,7 @@ mod agent_pipeline;
 mod aggregator_api;
 mod bench_smoke;
 mod browser;
+mod config_layers;
 mod crash;
 mod disk_full;
 mod hardening;
