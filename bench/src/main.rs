@@ -10,6 +10,7 @@ mod gen;
 mod proc;
 mod scenarios;
 mod sink;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -69,6 +70,10 @@ pub struct Args {
     /// Extra TOML for the agent's `[sink]` table, e.g. `compression = "none"`.
     #[arg(long, default_value = "")]
     pub sink_extra: String,
+    /// Also run `ingest` and `system` over TLS (a CA and certificate generated for the run)
+    /// and report the TLS throughput as a share of plaintext measured in the same run.
+    #[arg(long)]
+    pub tls: bool,
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

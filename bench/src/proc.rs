@@ -40,7 +40,19 @@ impl Measured {
 
     /// Starts the aggregator on an ephemeral port; returns it and its base URL.
     pub fn aggregator(bin: &Path, data: &Path) -> anyhow::Result<(Self, String)> {
+        Self::aggregator_with(bin, data, None)
+    }
+
+    /// As [`aggregator`](Self::aggregator), with a config file (the `[tls]` of a `--tls` run).
+    pub fn aggregator_with(
+        bin: &Path,
+        data: &Path,
+        config: Option<&Path>,
+    ) -> anyhow::Result<(Self, String)> {
         let mut cmd = Command::new(bin.join("aggregator"));
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("RUST_LOG", "warn")

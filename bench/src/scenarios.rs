@@ -85,10 +85,22 @@ fn machine() -> String {
     format!("{cpus} cores, {model}")
 }
 
-pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
+/// A client for `http://` and, after `--tls` set up its CA, `https://` URLs.
 pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 async fn get(c: &HttpClient, url: &str) -> anyhow::Result<(u16, Bytes)> {
@@ -136,20 +148,61 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     );
     let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
     let tmp = tempfile::tempdir()?;
+    // One CA per run: the benchmark's client trusts it from its first use on.
+    let mut tls = None;
     for s in &wanted {
         eprintln!("== {s}");
         let dir = tmp.path().join(s);
         std::fs::create_dir_all(&dir)?;
         match *s {
-            "ingest" => ingest(args, &bins, &dir, &mut report).await?,
+            "ingest" => ingest(args, &bins, &dir, &mut report, None).await?,
             "store" => store(args, &dir, &mut report).await?,
             "agent" => agent_alone(args, &bins, &dir, &mut report).await?,
-            "system" => system(args, &bins, &dir, &mut report).await?,
+            "system" => system(args, &bins, &dir, &mut report, None).await?,
             "download" => download(args, &bins, &dir, &mut report).await?,
             "idle" => idle(args, &bins, &dir, &mut report).await?,
             "latency" => latency(args, &bins, &dir, &mut report).await?,
             "fleet" => crate::fleet::fleet(args, &bins, &dir, &mut report).await?,
             other => bail!("unknown scenario {other:?}"),
+        }
+        // `--tls`: the same scenario again over HTTPS, and the ratio of the two.
+        if args.tls && matches!(*s, "ingest" | "system") {
+            let tls_dir = tmp.path().join(format!("{s}-tls"));
+            std::fs::create_dir_all(&tls_dir)?;
+            if tls.is_none() {
+                tls = Some(crate::tls::BenchTls::generate(&tmp.path().join("pki"))?);
+            }
+            let tls = tls.as_ref().context("TLS material")?;
+            eprintln!("== {s} over TLS");
+            match *s {
+                "ingest" => ingest(args, &bins, &tls_dir, &mut report, Some(tls)).await?,
+                _ => system(args, &bins, &tls_dir, &mut report, Some(tls)).await?,
+            }
+            let first = |scenario: &str| {
+                report
+                    .rows
+                    .iter()
+                    .find(|r| r.scenario == scenario && r.metric.starts_with("lines/s"))
+                    .map(|r| r.value)
+            };
+            let (plain, secure) = match *s {
+                "ingest" => (first("ingest"), first("ingest-tls")),
+                _ => (first("system"), first("system-tls")),
+            };
+            if let (Some(p), Some(t)) = (plain, secure) {
+                let name = if *s == "ingest" {
+                    "ingest-tls"
+                } else {
+                    "system-tls"
+                };
+                report.add(
+                    name,
+                    "TLS throughput / plaintext (same run)",
+                    t / p * 100.0,
+                    "%",
+                );
+            }
+            let _ = std::fs::remove_dir_all(&tls_dir);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -202,9 +255,22 @@ pub async fn total_lines(c: &HttpClient, base: &str, host: Option<&str>) -> anyh
         .sum())
 }
 
-/// Many concurrent clients posting compact batches of 1,000 lines to the real aggregator.
-async fn ingest(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
-    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+/// Many concurrent clients posting compact batches of 1,000 lines to the real aggregator
+/// (over HTTPS with `tls`, reported as `ingest-tls`).
+async fn ingest(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    r: &mut Report,
+    tls: Option<&crate::tls::BenchTls>,
+) -> anyhow::Result<()> {
+    let name = if tls.is_some() {
+        "ingest-tls"
+    } else {
+        "ingest"
+    };
+    let config = tls.map(|t| t.aggregator_config(dir)).transpose()?;
+    let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let (bodies, bytes) = bodies(args.ingest_lines, args.clients, args.seed);
     let lines = (args.ingest_lines / args.clients * args.clients) as u64;
     let cpu0 = agg.cpu_secs();
@@ -232,33 +298,36 @@ async fn ingest(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow:
         bail!("ingest stored {stored} lines of {lines}");
     }
     r.add(
-        "ingest",
+        name,
         format!("lines/s ({} clients, durable acks)", args.clients),
         lines as f64 / secs,
         "lines/s",
     );
-    r.add("ingest", "MB/s", bytes as f64 / secs / 1e6, "MB/s");
+    r.add(name, "MB/s", bytes as f64 / secs / 1e6, "MB/s");
     r.add(
-        "ingest",
+        name,
         "aggregator CPU per GB",
         (agg.cpu_secs() - cpu0) / (bytes as f64 / 1e9),
         "s/GB",
     );
     r.add(
-        "ingest",
+        name,
         "aggregator peak RSS",
         agg.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
+    if tls.is_some() {
+        return Ok(());
+    }
     let raw = raw_sled_per_line(dir, args.ingest_lines.min(300_000), args.seed)?;
     r.add(
-        "ingest",
+        name,
         "reference: raw sled, 1 record/line, flush/1000",
         raw,
         "lines/s",
     );
     r.add(
-        "ingest",
+        name,
         "ratio to raw sled 1 record/line",
         lines as f64 / secs / raw,
         "x",
@@ -374,11 +443,23 @@ fn agent_cmd(
     url: &str,
     pattern: &str,
 ) -> anyhow::Result<Command> {
+    agent_cmd_with(args, bins, dir, url, pattern, "")
+}
+
+/// As [`agent_cmd`], with `sink_keys` added to `[sink]` (the CA of a `--tls` run).
+fn agent_cmd_with(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    url: &str,
+    pattern: &str,
+    sink_keys: &str,
+) -> anyhow::Result<Command> {
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "host = \"bench\"\nstate_dir = {:?}\n[sink]\nurl = {url:?}\n{}\n[[sources]]\npaths = [{pattern:?}]\n",
+            "host = \"bench\"\nstate_dir = {:?}\n[sink]\nurl = {url:?}\n{}\n{sink_keys}\n[[sources]]\npaths = [{pattern:?}]\n",
             dir.join("state").to_string_lossy(),
             args.sink_extra
         ),
@@ -491,13 +572,30 @@ fn walk_size(p: &Path) -> u64 {
     }
 }
 
-/// Files → agent → aggregator on sled with durable acks.
-async fn system(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
+/// Files → agent → aggregator on sled with durable acks (over HTTPS with `tls`, reported as
+/// `system-tls`).
+async fn system(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    r: &mut Report,
+    tls: Option<&crate::tls::BenchTls>,
+) -> anyhow::Result<()> {
+    let name = if tls.is_some() {
+        "system-tls"
+    } else {
+        "system"
+    };
     let (paths, bytes) = make_files(dir, args.files, args.lines, args.seed)?;
-    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+    let config = tls.map(|t| t.aggregator_config(dir)).transpose()?;
+    let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
-    let cmd = agent_cmd(args, bins, dir, &format!("{base}/store/batch"), &pattern)?;
+    // The agent reaches an HTTPS aggregator by name, as the certificate says.
+    let sink_url =
+        format!("{base}/store/batch").replace("https://127.0.0.1:", "https://localhost:");
+    let sink_extra = tls.map(|t| t.sink_keys()).unwrap_or_default();
+    let cmd = agent_cmd_with(args, bins, dir, &sink_url, &pattern, &sink_extra)?;
     let c = client();
     let t = Instant::now();
     let agent = Measured::spawn(cmd)?;
@@ -519,28 +617,28 @@ async fn system(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow:
     }
     let gb = bytes as f64 / 1e9;
     r.add(
-        "system",
+        name,
         "lines/s (agent → aggregator, durable)",
         want as f64 / secs,
         "lines/s",
     );
-    r.add("system", "MB/s", bytes as f64 / secs / 1e6, "MB/s");
-    r.add("system", "agent CPU per GB", agent_cpu / gb, "s/GB");
-    r.add("system", "aggregator CPU per GB", agg_cpu / gb, "s/GB");
+    r.add(name, "MB/s", bytes as f64 / secs / 1e6, "MB/s");
+    r.add(name, "agent CPU per GB", agent_cpu / gb, "s/GB");
+    r.add(name, "aggregator CPU per GB", agg_cpu / gb, "s/GB");
     r.add(
-        "system",
+        name,
         "agent peak RSS",
         agent.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
     r.add(
-        "system",
+        name,
         "aggregator peak RSS",
         agg.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
     r.add(
-        "system",
+        name,
         "aggregator disk bytes per input byte",
         du(&dir.join("data")) as f64 / bytes as f64,
         "x",
