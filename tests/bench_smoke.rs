@@ -11,6 +11,7 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
     let json = dir.path().join("bench.json");
     let out = Command::new(bin("logship-bench"))
         .arg("--quick")
+        .arg("--tls")
         .arg("--json")
         .arg(&json)
         .output()
@@ -24,7 +25,15 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
     let rows = v["rows"].as_array().expect("rows");
     for scenario in [
-        "ingest", "store", "agent", "system", "download", "idle", "latency",
+        "ingest",
+        "ingest-tls",
+        "store",
+        "agent",
+        "system",
+        "system-tls",
+        "download",
+        "idle",
+        "latency",
     ] {
         let n = rows.iter().filter(|r| r["scenario"] == scenario).count();
         assert!(n > 0, "no figures for scenario {scenario}");
