@@ -480,3 +480,72 @@ fn garbage_and_half_open_handshakes_do_not_stop_ruok() {
     );
     drop(held);
 }
+
+#[test]
+fn a_reload_swaps_the_certificate_for_new_connections_and_keeps_open_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // Two unrelated CAs: the aggregator starts with A's certificate and is reloaded with B's.
+    let (a, b) = (Pki::generate(&d.join("a")), Pki::generate(&d.join("b")));
+    let live = d.join("live");
+    std::fs::create_dir_all(&live).expect("mkdir");
+    let install = |pki: &Pki| {
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(pki.dir.join(f), live.join(f)).expect("copy");
+        }
+    };
+    install(&a);
+    let agg = Aggregator::with_config(
+        d,
+        &format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            live.join("server.pem").to_string_lossy(),
+            live.join("server.key").to_string_lossy()
+        ),
+    );
+    let post_lines = |client: &ureq::Agent, start: u64, n: u64| {
+        let mut w = logship_wire::compact::Writer::new("h", "/live.log", "g", start);
+        for i in start..start + n {
+            w.push(format!("line {i}").as_bytes(), false);
+        }
+        let r = client
+            .post(&agg.url("/store/batch"))
+            .set("Content-Type", logship_wire::COMPACT_CONTENT_TYPE)
+            .send_bytes(&w.finish())
+            .expect("post");
+        assert_eq!(r.status(), 200);
+    };
+    post_lines(&a.client(false), 0, 10);
+    // A live tail open over a connection that negotiated A's certificate.
+    let follower = Follower::open_with(
+        &a.client(false),
+        &agg.url("/store/log?host=h&file=/live.log&follow=true"),
+    );
+    assert_eq!(follower.status, 200);
+    assert!(wait_until(Duration::from_secs(10), || follower
+        .text()
+        .contains("line 9\n")));
+
+    install(&b);
+    agg.proc.signal("HUP");
+    // New connections get B's certificate: a fresh client trusting only B gets through, a
+    // fresh one trusting only A no longer does.
+    assert!(
+        wait_until(Duration::from_secs(10), || try_get_via(
+            &b.client(false),
+            &agg.url("/ruok")
+        )
+        .is_ok()),
+        "the new certificate was not served after SIGHUP"
+    );
+    assert!(try_get_via(&a.client(false), &agg.url("/ruok")).is_err());
+    // The connection opened before the reload is still served: new lines reach it.
+    post_lines(&b.client(false), 10, 10);
+    assert!(
+        wait_until(Duration::from_secs(10), || follower
+            .text()
+            .contains("line 19\n")),
+        "the live tail opened before the reload stopped: {:?}",
+        follower.text()
+    );
+}

@@ -448,6 +448,11 @@ impl Follower {
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(120))
             .build();
+        Self::open_with(&agent, url)
+    }
+
+    /// As [`open`](Self::open), through `agent` (a TLS client, say).
+    pub fn open_with(agent: &ureq::Agent, url: &str) -> Follower {
         let resp = match agent.get(url).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
