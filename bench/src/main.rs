@@ -5,9 +5,10 @@
 //! Reference figures (`cat`, raw sled) are measured in the same run, so results read as
 //! ratios on a shared, noisy machine.
 
-mod fleet;
 mod gen;
+mod http;
 mod proc;
+mod report;
 mod scenarios;
 mod sink;
 mod tls;

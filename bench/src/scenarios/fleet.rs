@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::proc::Measured;
-use crate::scenarios::Report;
+use crate::report::Report;
 use crate::Args;
 
 /// What one load produced.
@@ -28,7 +28,12 @@ struct Load {
     refused: u64,
 }
 
-pub async fn fleet(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyhow::Result<()> {
+pub(super) async fn fleet(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    r: &mut Report,
+) -> anyhow::Result<()> {
     let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
     let addr: SocketAddr = base
         .trim_start_matches("http://")
@@ -38,7 +43,7 @@ pub async fn fleet(args: &Args, bins: &Path, dir: &Path, r: &mut Report) -> anyh
     let secs = args.fleet_seconds;
     let reference = load(addr, 4, rate, 1000..=1000, secs.min(20), &agg, "ref").await?;
     let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
-    let stored = crate::scenarios::total_lines(&crate::scenarios::client(), &base, None).await?;
+    let stored = crate::http::total_lines(&crate::http::client(), &base, None).await?;
     if stored != reference.lines + fleet.lines {
         bail!(
             "fleet stored {stored} lines of {}",

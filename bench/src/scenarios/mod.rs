@@ -1,0 +1,194 @@
+//! The scenarios, one file each; each checks that its result is complete and exact before
+//! it reports. This file runs the ones asked for and holds what several share.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use bytes::Bytes;
+use logship_aggregator::store::{SledOptions, SledStore, Store};
+
+use crate::http::{client, get, post, total_lines};
+use crate::proc::Measured;
+use crate::report::{machine, Report};
+use crate::{gen, sink, Args};
+
+mod agent;
+mod download;
+mod fleet;
+mod idle;
+mod ingest;
+mod latency;
+mod store;
+mod system;
+
+fn bin_dir(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.bin_dir {
+        Some(d) => Ok(d.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("no directory beside the benchmark")?
+            .to_path_buf()),
+    }
+}
+
+pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let bins = bin_dir(args)?;
+    for name in ["agent", "aggregator"] {
+        if !bins.join(name).exists() {
+            bail!(
+                "{} not found; build with `cargo build --release --bins`",
+                bins.join(name).display()
+            );
+        }
+    }
+    eprintln!(
+        "logship-bench on {} (binaries from {})",
+        machine(),
+        bins.display()
+    );
+    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let tmp = tempfile::tempdir()?;
+    // One CA per run: the benchmark's client trusts it from its first use on.
+    let mut tls = None;
+    for s in &wanted {
+        eprintln!("== {s}");
+        let dir = tmp.path().join(s);
+        std::fs::create_dir_all(&dir)?;
+        match *s {
+            "ingest" => ingest::ingest(args, &bins, &dir, &mut report, None).await?,
+            "store" => store::store(args, &dir, &mut report).await?,
+            "agent" => agent::agent_alone(args, &bins, &dir, &mut report).await?,
+            "system" => system::system(args, &bins, &dir, &mut report, None).await?,
+            "download" => download::download(args, &bins, &dir, &mut report).await?,
+            "idle" => idle::idle(args, &bins, &dir, &mut report).await?,
+            "latency" => latency::latency(args, &bins, &dir, &mut report).await?,
+            "fleet" => fleet::fleet(args, &bins, &dir, &mut report).await?,
+            other => bail!("unknown scenario {other:?}"),
+        }
+        // `--tls`: the same scenario again over HTTPS, and the ratio of the two.
+        if args.tls && matches!(*s, "ingest" | "system") {
+            let tls_dir = tmp.path().join(format!("{s}-tls"));
+            std::fs::create_dir_all(&tls_dir)?;
+            if tls.is_none() {
+                tls = Some(crate::tls::BenchTls::generate(&tmp.path().join("pki"))?);
+            }
+            let tls = tls.as_ref().context("TLS material")?;
+            eprintln!("== {s} over TLS");
+            match *s {
+                "ingest" => ingest::ingest(args, &bins, &tls_dir, &mut report, Some(tls)).await?,
+                _ => system::system(args, &bins, &tls_dir, &mut report, Some(tls)).await?,
+            }
+            let first = |scenario: &str| {
+                report
+                    .rows
+                    .iter()
+                    .find(|r| r.scenario == scenario && r.metric.starts_with("lines/s"))
+                    .map(|r| r.value)
+            };
+            let (plain, secure) = match *s {
+                "ingest" => (first("ingest"), first("ingest-tls")),
+                _ => (first("system"), first("system-tls")),
+            };
+            if let (Some(p), Some(t)) = (plain, secure) {
+                let name = if *s == "ingest" {
+                    "ingest-tls"
+                } else {
+                    "system-tls"
+                };
+                report.add(
+                    name,
+                    "TLS throughput / plaintext (same run)",
+                    t / p * 100.0,
+                    "%",
+                );
+            }
+            let _ = std::fs::remove_dir_all(&tls_dir);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
+}
+
+/// Generates the agent's input files; returns their paths and total bytes.
+pub(super) fn make_files(
+    dir: &Path,
+    n: usize,
+    lines: usize,
+    seed: u64,
+) -> anyhow::Result<(Vec<PathBuf>, u64)> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let mut total = 0;
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| dir.join(format!("logs/app-{i}.log")))
+        .collect();
+    for (i, p) in paths.iter().enumerate() {
+        total += gen::file(p, lines, seed + i as u64)?;
+    }
+    Ok((paths, total))
+}
+
+pub(super) fn agent_cmd(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    url: &str,
+    pattern: &str,
+) -> anyhow::Result<Command> {
+    agent_cmd_with(args, bins, dir, url, pattern, "")
+}
+
+/// As [`agent_cmd`], with `sink_keys` added to `[sink]` (the CA of a `--tls` run).
+pub(super) fn agent_cmd_with(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    url: &str,
+    pattern: &str,
+    sink_keys: &str,
+) -> anyhow::Result<Command> {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host = \"bench\"\nstate_dir = {:?}\n[sink]\nurl = {url:?}\n{}\n{sink_keys}\n[[sources]]\npaths = [{pattern:?}]\n",
+            dir.join("state").to_string_lossy(),
+            args.sink_extra
+        ),
+    )?;
+    let mut cmd = Command::new(bins.join("agent"));
+    cmd.arg("--config").arg(cfg).env("RUST_LOG", "warn");
+    Ok(cmd)
+}
+
+pub(super) async fn wait_for(
+    deadline: Duration,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < deadline {
+        if done().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("not complete within {deadline:?}")
+}
+
+pub(super) fn du(path: &Path) -> u64 {
+    walk_size(path)
+}
+
+fn walk_size(p: &Path) -> u64 {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| walk_size(&e.path()))
+            .sum(),
+        Err(_) => std::fs::metadata(p).map_or(0, |m| m.len()),
+    }
+}
