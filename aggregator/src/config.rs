@@ -53,7 +53,33 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    pub search: SearchConfig,
     pub store: StoreConfig,
+}
+
+/// `[search]`: what `GET /store/search` may cost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Searches running at once; past it, 503 + Retry-After.
+    pub max_searches: usize,
+    /// A search stops after this long and says so in its summary.
+    pub timeout: String,
+    /// The largest `limit` a search may ask for (matches returned).
+    pub max_limit: u64,
+    /// The largest `context` (lines before and after each match).
+    pub max_context: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            max_searches: 4,
+            timeout: "30s".into(),
+            max_limit: 100_000,
+            max_context: 20,
+        }
+    }
 }
 
 /// `[tls]`: serve HTTPS instead of plain HTTP when `cert_file` and `key_file` are set.
@@ -170,6 +196,7 @@ impl Default for Config {
             body_grace: "5s".into(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            search: SearchConfig::default(),
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
         }
@@ -211,6 +238,10 @@ pub struct Settings {
     pub read_tokens: Vec<Secret>,
     /// HTTPS when set.
     pub tls: Option<crate::tls::ServerTls>,
+    pub max_searches: usize,
+    pub search_timeout: Duration,
+    pub search_max_limit: u64,
+    pub search_max_context: u64,
     pub per_host_lines_per_sec: u32,
     /// Per-request decode limits (`[limits]`).
     pub decode_limits: logship_wire::Limits,
@@ -322,6 +353,7 @@ impl Config {
             ("max_connections", self.max_connections),
             ("max_followers", self.max_followers),
             ("max_downloads", self.max_downloads),
+            ("search.max_searches", self.search.max_searches),
             (
                 "max_connections_per_client",
                 self.max_connections_per_client,
@@ -398,6 +430,10 @@ impl Config {
             write_tokens,
             read_tokens,
             tls,
+            max_searches: self.search.max_searches,
+            search_timeout: dur("search.timeout", &self.search.timeout)?,
+            search_max_limit: self.search.max_limit.max(1),
+            search_max_context: self.search.max_context.min(1_000),
             per_host_lines_per_sec: self.limits.per_host_lines_per_sec,
             decode_limits: logship_wire::Limits {
                 max_lines: self.limits.max_lines_per_request,

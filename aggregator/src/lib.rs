@@ -61,6 +61,8 @@ pub struct App {
     pub followers: Arc<tokio::sync::Semaphore>,
     /// Caps concurrent plain downloads (503 past the cap).
     pub downloads: Arc<tokio::sync::Semaphore>,
+    /// Caps concurrent searches (503 past the cap).
+    pub searches: Arc<tokio::sync::Semaphore>,
     /// The memory budget of requests being read, decompressed and decoded, in KiB permits
     /// (`limits.ingest_memory`).
     pub ingest_memory: Arc<tokio::sync::Semaphore>,
@@ -79,6 +81,7 @@ impl App {
             stopping: watch::channel(false).0,
             followers: Arc::new(tokio::sync::Semaphore::new(settings.max_followers)),
             downloads: Arc::new(tokio::sync::Semaphore::new(settings.max_downloads)),
+            searches: Arc::new(tokio::sync::Semaphore::new(settings.max_searches)),
             ingest_memory: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(settings.ingest_memory / 1024).unwrap_or(usize::MAX >> 4),
             )),

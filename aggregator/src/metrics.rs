@@ -41,6 +41,9 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub connections_reclaimed: Counter,
     pub followers: Gauge,
+    /// Searches run (`GET /store/search`), and the stored bytes they scanned.
+    pub searches: Counter,
+    pub search_bytes: Counter,
     pub store_size: Gauge,
     pub generations_dropped: Counter,
     pub segments_compacted: Counter,
@@ -131,6 +134,14 @@ impl Metrics {
         );
         let followers = Gauge::default();
         registry.register("followers", "Open follow=true downloads", followers.clone());
+        let searches = Counter::default();
+        registry.register("searches", "Searches run", searches.clone());
+        let search_bytes = Counter::default();
+        registry.register(
+            "search_scanned_bytes",
+            "Stored bytes read by searches",
+            search_bytes.clone(),
+        );
         let store_size = Gauge::default();
         registry.register(
             "store_size_bytes",
@@ -230,6 +241,8 @@ impl Metrics {
             tls_handshake_failures,
             connections_reclaimed,
             followers,
+            searches,
+            search_bytes,
             store_size,
         }
     }

@@ -45,6 +45,7 @@ pub fn apply(app: &App, new: Settings) {
         max_connections => "max_connections",
         max_followers => "max_followers",
         max_downloads => "max_downloads",
+        max_searches => "search.max_searches",
         ingest_memory => "limits.ingest_memory",
         header_read_timeout => "header_read_timeout",
         shutdown_timeout => "shutdown_timeout",

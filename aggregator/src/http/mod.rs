@@ -7,3 +7,4 @@ pub mod ingest;
 pub mod listing;
 pub mod query;
 pub mod routes;
+pub mod search;

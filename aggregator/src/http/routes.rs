@@ -10,7 +10,7 @@ use hyper::{Method, Request, Response};
 
 use super::body::{full, Body};
 use super::error::ApiError;
-use super::{download, ingest, listing};
+use super::{download, ingest, listing, search};
 use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
 use crate::App;
 
@@ -80,6 +80,10 @@ async fn route(
         "/store/log" => match only(&method, &Method::GET, "GET") {
             Ok(()) => ("log", download::download(app, req).await),
             Err(e) => ("log", Err(e)),
+        },
+        "/store/search" => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("search", search::search(app, req).await),
+            Err(e) => ("search", Err(e)),
         },
         "/store/hosts" => match only(&method, &Method::GET, "GET") {
             Ok(()) => ("hosts", listing::hosts(app, &req).await),

@@ -83,6 +83,8 @@ pub struct Chunk {
     /// Where each rendered line starts in `data`, when asked for (`numbered`): what an
     /// out-of-band rendering (NDJSON with line numbers) needs, since `data` skips gaps.
     pub lines: Vec<LineRef>,
+    /// Buckets skipped unread because they were received outside a search's time window.
+    pub skipped: u64,
 }
 
 /// One rendered line of a [`Chunk`].
@@ -151,6 +153,17 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
         contiguous: bool,
         numbered: bool,
+    ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
+
+    /// For a search: numbered lines of generation `id` from `from` on, about `max_bytes`,
+    /// skipping unread every bucket whose lines were received wholly outside `window`
+    /// (`(since, until)` in ms since the epoch).
+    fn search_chunk(
+        &self,
+        id: u64,
+        from: u64,
+        max_bytes: usize,
+        window: Option<(u64, u64)>,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
 
     /// Bytes the store takes on disk, for metrics.

@@ -37,14 +37,16 @@ impl Loc {
         b
     }
 
+    /// Reads the first 16 bytes of an index value (which may carry more after them: see
+    /// `sled_store::index_value`).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 16 {
+        if b.len() != 16 && b.len() != 32 {
             return None;
         }
         Some(Loc {
             segment: u32::from_be_bytes(b[..4].try_into().ok()?),
             offset: u64::from_be_bytes(b[4..12].try_into().ok()?),
-            len: u32::from_be_bytes(b[12..].try_into().ok()?),
+            len: u32::from_be_bytes(b[12..16].try_into().ok()?),
         })
     }
 }

@@ -309,9 +309,10 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         meta.last_write_ms = now;
         let mut data = Vec::new();
-        let mut placed: Vec<(u64, usize, usize)> = Vec::new();
+        let mut placed: Vec<Placed> = Vec::new();
         for (b, entries) in buckets {
             let new: Vec<Entry<'_>> = entries.into_values().collect();
+            let mut first_ms = now;
             let old = match self.db.get(line_key(meta.id, b)).map_err(unavailable)? {
                 Some(v) => {
                     let loc = Loc::decode(&v).ok_or_else(|| {
@@ -320,6 +321,7 @@ impl Inner {
                             meta.id
                         ))
                     })?;
+                    first_ms = received(&v).0;
                     Some(self.segments.read(loc).map_err(io_unavailable)?)
                 }
                 None => None,
@@ -334,7 +336,12 @@ impl Inner {
             drop(old);
             stats.new_lines += added;
             meta.lines += added;
-            placed.push((b, data.len(), merged.len()));
+            placed.push(Placed {
+                bucket: b,
+                offset: data.len(),
+                len: merged.len(),
+                first_ms,
+            });
             data.extend_from_slice(&merged);
             if data.len() >= APPLY_CHUNK_BYTES || placed.len() >= APPLY_CHUNK_BUCKETS {
                 self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
@@ -353,20 +360,24 @@ impl Inner {
         meta: &Meta,
         batch: &mut sled::Batch,
         data: &mut Vec<u8>,
-        placed: &mut Vec<(u64, usize, usize)>,
+        placed: &mut Vec<Placed>,
     ) -> Result<(), StoreError> {
         if !placed.is_empty() {
             let (segment, start) = self.segments.append(data).map_err(io_unavailable)?;
-            for (b, off, len) in placed.drain(..) {
-                let len = u32::try_from(len).map_err(|_| {
-                    StoreError::Corrupt(format!("bucket {b} would be {len} bytes, over 4 GiB"))
+            for p in placed.drain(..) {
+                let len = u32::try_from(p.len).map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "bucket {} would be {} bytes, over 4 GiB",
+                        p.bucket, p.len
+                    ))
                 })?;
                 let loc = Loc {
                     segment,
-                    offset: start + off as u64,
+                    offset: start + p.offset as u64,
                     len,
                 };
-                batch.insert(&line_key(meta.id, b)[..], &loc.encode()[..]);
+                let value = index_value(&loc, p.first_ms, meta.last_write_ms);
+                batch.insert(&line_key(meta.id, p.bucket)[..], &value[..]);
             }
             data.clear();
         }
@@ -428,6 +439,7 @@ impl Inner {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn read_chunk(
         &self,
         id: u64,
@@ -436,6 +448,7 @@ impl Inner {
         max_bytes: usize,
         contiguous: bool,
         numbered: bool,
+        window: Option<(u64, u64)>,
     ) -> Result<Chunk, StoreError> {
         let mut chunk = Chunk {
             end: from,
@@ -453,6 +466,14 @@ impl Inner {
             let loc = Loc::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index at line {base} of generation {id}"))
             })?;
+            if let Some((since, until)) = window {
+                let (first, last) = received(&v);
+                if first > until || last < since {
+                    // Received wholly outside the window: not even read.
+                    chunk.skipped += 1;
+                    continue;
+                }
+            }
             let corrupt = |e: std::io::Error| {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     StoreError::Corrupt(format!("bucket at line {base} of generation {id}: {e}"))
@@ -566,6 +587,40 @@ fn info(name: String, m: Meta) -> GenerationInfo {
         max_line: m.max_line,
         first_write: to_time(m.first_write_ms),
         last_write: to_time(m.last_write_ms),
+    }
+}
+
+/// A merged bucket waiting in an append: where it sits in the data, and when its first
+/// line was received.
+struct Placed {
+    bucket: u64,
+    offset: usize,
+    len: usize,
+    first_ms: u64,
+}
+
+/// A bucket's index value: its [`Loc`], then when its lines were received — the first write
+/// to the bucket and the last, in ms since the epoch — so a search by receive time skips
+/// whole buckets without reading them.
+pub(super) fn index_value(loc: &Loc, first_ms: u64, last_ms: u64) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(&loc.encode());
+    v[16..24].copy_from_slice(&first_ms.to_be_bytes());
+    v[24..].copy_from_slice(&last_ms.to_be_bytes());
+    v
+}
+
+/// When a bucket's lines were received, (first, last) in ms; `(0, u64::MAX)` for an index
+/// value written before receive times were kept (it matches any window).
+pub(super) fn received(v: &[u8]) -> (u64, u64) {
+    let at = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    match (at(16..24), at(24..32)) {
+        (Some(first), Some(last)) => (first, last),
+        _ => (0, u64::MAX),
     }
 }
 
@@ -683,7 +738,20 @@ impl Store for SledStore {
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(blocking(move || {
-            inner.read_chunk(id, from, to, max_bytes, contiguous, numbered)
+            inner.read_chunk(id, from, to, max_bytes, contiguous, numbered, None)
+        }))
+    }
+
+    fn search_chunk(
+        &self,
+        id: u64,
+        from: u64,
+        max_bytes: usize,
+        window: Option<(u64, u64)>,
+    ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || {
+            inner.read_chunk(id, from, u64::MAX >> 16, max_bytes, false, true, window)
         }))
     }
 

@@ -230,7 +230,7 @@ impl Inner {
     /// Copies the live buckets of closed segments to the active one, in one scan of the
     /// index; returns bytes moved.
     pub(super) fn move_live(&self, segments: &[u32]) -> Result<u64, StoreError> {
-        let mut pending: Vec<(sled::IVec, Loc)> = Vec::new();
+        let mut pending: Vec<(sled::IVec, Loc, sled::IVec)> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut moved = 0u64;
         for item in self.db.scan_prefix([LINES]) {
@@ -242,7 +242,7 @@ impl Inner {
                 continue;
             }
             pending_bytes += loc.len as usize;
-            pending.push((k, loc));
+            pending.push((k, loc, v));
             if pending_bytes >= COPY_BATCH {
                 moved += self.copy(&std::mem::take(&mut pending))?;
                 pending_bytes = 0;
@@ -254,7 +254,7 @@ impl Inner {
 
     /// Appends copies of `buckets` and points each index entry at its copy unless a writer
     /// changed it meanwhile.
-    fn copy(&self, buckets: &[(sled::IVec, Loc)]) -> Result<u64, StoreError> {
+    fn copy(&self, buckets: &[(sled::IVec, Loc, sled::IVec)]) -> Result<u64, StoreError> {
         if buckets.is_empty() {
             return Ok(0);
         }
@@ -264,22 +264,26 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut data = Vec::new();
-        for (_, loc) in buckets {
+        for (_, loc, _) in buckets {
             data.extend_from_slice(&self.segments.read(*loc).map_err(io_unavailable)?);
         }
         let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
         let mut offset = start;
         let mut moved = 0;
-        for (key, old) in buckets {
+        for (key, old, value) in buckets {
             let new = Loc {
                 segment,
                 offset,
                 len: old.len,
             };
             offset += u64::from(old.len);
+            // The new location, the receive times kept as they were; swapped only if the
+            // value is still exactly what was read.
+            let mut new_value = new.encode().to_vec();
+            new_value.extend_from_slice(value.get(16..).unwrap_or_default());
             let swapped = self
                 .db
-                .compare_and_swap(key, Some(&old.encode()[..]), Some(&new.encode()[..]))
+                .compare_and_swap(key, Some(&value[..]), Some(new_value))
                 .map_err(unavailable)?;
             if swapped.is_ok() {
                 moved += u64::from(old.len);

@@ -1,0 +1,785 @@
+//! `GET /store/search`: every stored line that matches, across hosts, files and
+//! generations, streamed as it is found.
+//!
+//! The scan runs on a blocking thread (matching is CPU work), reads the store a chunk at a
+//! time through [`Store::search_chunk`] — the next chunk is read while this one is matched —
+//! and runs the pattern over the whole chunk at once, so the regex crate's literal
+//! prefilters (memchr/SIMD) skip the bytes that cannot match; a hit is then checked against
+//! its own line, so no match ever spans two lines. Results leave through a bounded channel:
+//! memory is a few chunks whatever the store's size, and a client that goes away (or stops
+//! reading) stops the scan at the next chunk. A time window (`since`/`until`, by when lines
+//! were *received*) skips whole buckets unread, using the receive times kept in the index.
+//!
+//! Order: hosts, then files (in key order), then generations (oldest first), then lines.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use regex::bytes::{Regex, RegexBuilder};
+
+use super::body::{streamed, Body, StreamSender};
+use super::error::ApiError;
+use super::query::Params;
+use crate::store::{Chunk, GenerationInfo, Store, StoreError};
+use crate::App;
+
+/// Bytes of stored lines read per store call.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Output is sent in pieces of about this size.
+const OUT_BYTES: usize = 64 * 1024;
+/// The longest `q` accepted.
+const MAX_PATTERN: usize = 4096;
+/// Compiled-pattern limits: a pattern that needs more is refused with a 400.
+const REGEX_SIZE: usize = 1 << 20;
+const REGEX_DFA_SIZE: usize = 8 << 20;
+/// Listings are walked this many entries at a time.
+const PAGE: usize = 256;
+
+/// What to look for and where: a parsed, validated request.
+#[derive(Debug)]
+pub struct Query {
+    pub matcher: Regex,
+    pub host: Option<String>,
+    pub file: FileFilter,
+    pub generation: Option<String>,
+    /// (since, until) in ms since the epoch, by receive time.
+    pub window: Option<(u64, u64)>,
+    pub limit: u64,
+    pub context: usize,
+    pub text: bool,
+    pub deadline: Duration,
+}
+
+/// `file=`: one exact name, or a glob.
+#[derive(Debug)]
+pub enum FileFilter {
+    Any,
+    Exact(String),
+    Glob(globset::GlobMatcher),
+}
+
+impl FileFilter {
+    fn admits(&self, file: &str) -> bool {
+        match self {
+            FileFilter::Any => true,
+            FileFilter::Exact(f) => f == file,
+            FileFilter::Glob(g) => g.is_match(file),
+        }
+    }
+}
+
+const PARAMS: &[&str] = &[
+    "q",
+    "regex",
+    "case",
+    "host",
+    "file",
+    "generation",
+    "since",
+    "until",
+    "limit",
+    "context",
+    "format",
+];
+
+impl Query {
+    /// Parses and checks a request's parameters; every mistake is a 400 naming it.
+    pub fn parse(
+        query: Option<&str>,
+        max_limit: u64,
+        max_context: u64,
+        deadline: Duration,
+        now: SystemTime,
+    ) -> Result<Query, ApiError> {
+        let p = Params::parse(query, PARAMS)?;
+        p.required("q")?;
+        // `q` as the bytes it encodes: a literal may hold bytes that are not UTF-8.
+        let q = raw_param(query.unwrap_or(""), "q").unwrap_or_default();
+        if q.len() > MAX_PATTERN {
+            return Err(ApiError::bad_request(format!(
+                "parameter `q` is {} bytes; at most {MAX_PATTERN}",
+                q.len()
+            )));
+        }
+        let is_regex = p.flag("regex")?;
+        let insensitive = match p.optional("case") {
+            None | Some("sensitive") => false,
+            Some("insensitive") => true,
+            Some(other) => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(ApiError::bad_request(format!(
+                    "parameter `case` must be sensitive or insensitive, not {shown:?}"
+                )));
+            }
+        };
+        let pattern = if is_regex {
+            String::from_utf8(q).map_err(|_| {
+                ApiError::bad_request(
+                    "parameter `q` (a regex) must be UTF-8; write other bytes as (?-u:\\xff)",
+                )
+            })?
+        } else {
+            literal(&q)
+        };
+        let matcher = RegexBuilder::new(&pattern)
+            .case_insensitive(insensitive)
+            // `^` and `$` at line boundaries, as in grep: the pattern runs over many lines
+            // at once.
+            .multi_line(true)
+            .size_limit(REGEX_SIZE)
+            .dfa_size_limit(REGEX_DFA_SIZE)
+            .build()
+            .map_err(|e| {
+                let msg: String = e.to_string().chars().take(600).collect();
+                ApiError::bad_request(format!("parameter `q` is not a usable regex: {msg}"))
+            })?;
+        let file = match p.optional("file") {
+            None | Some("") => FileFilter::Any,
+            Some(f) if f.contains(['*', '?', '[', '{']) => FileFilter::Glob(
+                globset::GlobBuilder::new(f)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "parameter `file` is not a usable glob: {}",
+                            e.kind()
+                        ))
+                    })?
+                    .compile_matcher(),
+            ),
+            Some(f) => FileFilter::Exact(f.to_owned()),
+        };
+        let since = p
+            .optional("since")
+            .map(|v| time("since", v, now))
+            .transpose()?;
+        let until = p
+            .optional("until")
+            .map(|v| time("until", v, now))
+            .transpose()?;
+        let window = match (since, until) {
+            (None, None) => None,
+            (s, u) => {
+                let (s, u) = (s.unwrap_or(0), u.unwrap_or(u64::MAX));
+                if s > u {
+                    return Err(ApiError::bad_request(
+                        "`since` is later than `until`: the window is empty",
+                    ));
+                }
+                Some((s, u))
+            }
+        };
+        let limit = p.number("limit")?.unwrap_or(1_000.min(max_limit));
+        if limit == 0 {
+            return Err(ApiError::bad_request(
+                "parameter `limit` must be at least 1",
+            ));
+        }
+        if limit > max_limit {
+            return Err(ApiError::bad_request(format!(
+                "parameter `limit` is {limit}; at most {max_limit} (search.max_limit)"
+            )));
+        }
+        let context = p.number("context")?.unwrap_or(0);
+        if context > max_context {
+            return Err(ApiError::bad_request(format!(
+                "parameter `context` is {context}; at most {max_context} (search.max_context)"
+            )));
+        }
+        let text = match p.optional("format") {
+            None | Some("ndjson") => false,
+            Some("text") => true,
+            Some(other) => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(ApiError::bad_request(format!(
+                    "parameter `format` must be ndjson or text, not {shown:?}"
+                )));
+            }
+        };
+        Ok(Query {
+            matcher,
+            host: p
+                .optional("host")
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
+            file,
+            generation: p
+                .optional("generation")
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned),
+            window,
+            limit,
+            context: context as usize,
+            text,
+            deadline,
+        })
+    }
+}
+
+/// A regex matching exactly the bytes of `q`: UTF-8 runs escaped (so case-insensitive
+/// matching still works on them), other bytes as raw byte escapes.
+fn literal(q: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in q.utf8_chunks() {
+        out.push_str(&regex::escape(chunk.valid()));
+        for b in chunk.invalid() {
+            out.push_str(&format!("(?-u:\\x{b:02x})"));
+        }
+    }
+    out
+}
+
+/// The percent-decoded bytes of parameter `name` in a query string (`+` is a space).
+fn raw_param(query: &str, name: &str) -> Option<Vec<u8>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            let v = v.replace('+', " ");
+            percent_encoding::percent_decode_str(&v).collect()
+        })
+    })
+}
+
+/// An RFC 3339 time (`2026-11-29T10:00:00Z`) or one relative to now (`15m`, `2h`, `7d`),
+/// in ms since the epoch.
+fn time(name: &str, v: &str, now: SystemTime) -> Result<u64, ApiError> {
+    let bad = || {
+        let shown: String = v.chars().take(40).collect();
+        ApiError::bad_request(format!(
+            "parameter `{name}` must be an RFC 3339 time such as 2026-11-29T10:00:00Z or a \
+             duration before now such as 15m, not {shown:?}"
+        ))
+    };
+    let at = match humantime::parse_rfc3339_weak(v.trim()) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(v.trim()).map_err(|_| bad())?;
+            now.checked_sub(d).unwrap_or(UNIX_EPOCH)
+        }
+    };
+    Ok(at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// The route.
+pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    app.authorize_download(&req)?;
+    let settings = app.settings();
+    let query = Query::parse(
+        req.uri().query(),
+        settings.search_max_limit,
+        settings.search_max_context,
+        settings.search_timeout,
+        SystemTime::now(),
+    )?;
+    let permit = app.searches.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many searches running (search.max_searches); retry later",
+        )
+        .retry_after(2)
+    })?;
+    let (tx, body) = streamed(4);
+    let store = app.store.clone();
+    let (searches, scanned) = (
+        app.metrics.searches.clone(),
+        app.metrics.search_bytes.clone(),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let text = query.text;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut scan = Scan::new(&query, &tx, &handle);
+        let outcome = scan.run(&store);
+        searches.inc();
+        scanned.inc_by(scan.bytes);
+        match outcome {
+            Ok(reason) => {
+                if !scan.text {
+                    scan.summary(reason);
+                }
+                if scan.flush() {
+                    tx.finish();
+                }
+            }
+            Err(Stop::Gone) => {
+                tracing::debug!("search stopped: the client went away");
+            }
+            Err(Stop::Store(e)) => {
+                // The head is sent: the failure ends the stream as aborted (never as a
+                // complete-looking answer) and is logged.
+                tracing::warn!(error = %e, "search failed reading the store");
+            }
+        }
+    });
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if text {
+            "text/plain"
+        } else {
+            "application/x-ndjson"
+        }),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+/// Why a scan stopped early.
+#[derive(Debug)]
+enum Stop {
+    /// The client closed the connection (or stopped reading).
+    Gone,
+    Store(StoreError),
+}
+
+/// Why a completed scan did not look at everything, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncated {
+    No,
+    Limit,
+    Time,
+}
+
+/// One line kept for context before a match.
+struct Kept {
+    number: u64,
+    content: Vec<u8>,
+    partial: bool,
+}
+
+/// One search in progress.
+struct Scan<'a> {
+    q: &'a Query,
+    tx: &'a StreamSender,
+    rt: &'a tokio::runtime::Handle,
+    text: bool,
+    started: Instant,
+    out: Vec<u8>,
+    matches: u64,
+    lines: u64,
+    bytes: u64,
+    skipped: u64,
+    /// The last `context` lines seen before the current chunk (same generation).
+    ring: VecDeque<Kept>,
+    /// Lines of context still owed after the last match.
+    after: usize,
+    /// The highest line number already written in this generation (so context never
+    /// repeats a line).
+    written: Option<u64>,
+}
+
+/// Where one generation is: its host, file and name, for the output.
+struct Place<'a> {
+    host: &'a str,
+    file: &'a str,
+    generation: &'a str,
+}
+
+impl<'a> Scan<'a> {
+    fn new(q: &'a Query, tx: &'a StreamSender, rt: &'a tokio::runtime::Handle) -> Self {
+        Scan {
+            q,
+            tx,
+            rt,
+            text: q.text,
+            started: Instant::now(),
+            out: Vec::with_capacity(OUT_BYTES + 4096),
+            matches: 0,
+            lines: 0,
+            bytes: 0,
+            skipped: 0,
+            ring: VecDeque::new(),
+            after: 0,
+            written: None,
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.tx.sender().is_closed()
+    }
+
+    fn expired(&self) -> bool {
+        self.started.elapsed() >= self.q.deadline
+    }
+
+    /// Walks hosts → files → generations and scans each; returns why it stopped.
+    fn run(&mut self, store: &Arc<dyn Store>) -> Result<Truncated, Stop> {
+        let hosts: Vec<String> = match &self.q.host {
+            Some(h) => vec![h.clone()],
+            None => {
+                let mut all = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let page = self
+                        .rt
+                        .block_on(store.hosts_page(after.as_deref(), PAGE))
+                        .map_err(Stop::Store)?;
+                    let done = page.len() < PAGE;
+                    after = page.last().cloned();
+                    all.extend(page);
+                    if done || after.is_none() {
+                        break;
+                    }
+                }
+                all
+            }
+        };
+        for host in &hosts {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .rt
+                    .block_on(store.files_page(
+                        Some(host),
+                        after.as_deref().map(|f| (host.as_str(), f)),
+                        PAGE,
+                    ))
+                    .map_err(Stop::Store)?;
+                let done = page.len() < PAGE;
+                after = page.last().map(|f| f.file.clone());
+                for f in page.iter().filter(|f| self.q.file.admits(&f.file)) {
+                    for g in &f.generations {
+                        if !self.wanted(g) {
+                            continue;
+                        }
+                        let place = Place {
+                            host,
+                            file: &f.file,
+                            generation: &g.name,
+                        };
+                        let t = self.generation(store, g.id, &place)?;
+                        if t != Truncated::No {
+                            return Ok(t);
+                        }
+                    }
+                }
+                if done || after.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(Truncated::No)
+    }
+
+    /// Whether a generation can hold a wanted line: the right name, and written within the
+    /// window at all.
+    fn wanted(&self, g: &GenerationInfo) -> bool {
+        if self.q.generation.as_deref().is_some_and(|n| n != g.name) {
+            return false;
+        }
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        match self.q.window {
+            Some((since, until)) => ms(g.first_write) <= until && ms(g.last_write) >= since,
+            None => true,
+        }
+    }
+
+    /// Scans one generation, reading the next chunk while matching this one.
+    fn generation(
+        &mut self,
+        store: &Arc<dyn Store>,
+        id: u64,
+        place: &Place<'_>,
+    ) -> Result<Truncated, Stop> {
+        self.ring.clear();
+        self.after = 0;
+        self.written = None;
+        let window = self.q.window;
+        let mut chunk = self
+            .rt
+            .block_on(store.search_chunk(id, 0, CHUNK_BYTES, window))
+            .map_err(Stop::Store)?;
+        loop {
+            if self.gone() {
+                return Err(Stop::Gone);
+            }
+            // Read ahead: the store decodes the next chunk on its own thread meanwhile.
+            let next = chunk.next.map(|from| {
+                let store = store.clone();
+                self.rt
+                    .spawn(async move { store.search_chunk(id, from, CHUNK_BYTES, window).await })
+            });
+            self.lines += chunk.lines.len() as u64;
+            self.bytes += chunk.data.len() as u64;
+            self.skipped += chunk.skipped;
+            let t = self.chunk(&chunk, place)?;
+            if t != Truncated::No {
+                if let Some(n) = next {
+                    n.abort();
+                }
+                return Ok(t);
+            }
+            if self.expired() {
+                return Ok(Truncated::Time);
+            }
+            match next {
+                Some(n) => {
+                    chunk = self
+                        .rt
+                        .block_on(n)
+                        .map_err(|e| Stop::Store(StoreError::Unavailable(e.to_string())))?
+                        .map_err(Stop::Store)?;
+                }
+                None => return Ok(Truncated::No),
+            }
+        }
+    }
+
+    /// Matches one chunk.
+    fn chunk(&mut self, c: &Chunk, place: &Place<'_>) -> Result<Truncated, Stop> {
+        let data = &c.data;
+        let line_end = |i: usize| c.lines.get(i + 1).map_or(data.len(), |n| n.start);
+        let content = |i: usize| {
+            let l = &c.lines[i];
+            let raw = &data[l.start..line_end(i)];
+            if l.partial {
+                raw
+            } else {
+                raw.strip_suffix(b"\n").unwrap_or(raw)
+            }
+        };
+        let mut i = 0usize;
+        while i < c.lines.len() {
+            if self.after > 0 {
+                // Owed context: line by line until it is paid or another match comes.
+                let line = content(i);
+                if self.q.matcher.is_match(line) {
+                    self.hit(c, i, &content, place)?;
+                    if self.matches >= self.q.limit {
+                        return Ok(Truncated::Limit);
+                    }
+                } else {
+                    self.emit(place, c.lines[i].number, line, c.lines[i].partial, true)?;
+                    self.after -= 1;
+                }
+                i += 1;
+                continue;
+            }
+            let Some(m) = self.q.matcher.find_at(data, c.lines[i].start) else {
+                break;
+            };
+            // The line holding the match's start; the match counts only within its line.
+            let at = c.lines.partition_point(|l| l.start <= m.start()) - 1;
+            if self.q.matcher.is_match(content(at)) {
+                self.hit(c, at, &content, place)?;
+                if self.matches >= self.q.limit {
+                    return Ok(Truncated::Limit);
+                }
+            }
+            i = at + 1;
+        }
+        // Keep the chunk's last lines for the context of a match early in the next one.
+        if self.q.context > 0 {
+            let from = c.lines.len().saturating_sub(self.q.context);
+            for j in from..c.lines.len() {
+                self.ring.push_back(Kept {
+                    number: c.lines[j].number,
+                    content: content(j).to_vec(),
+                    partial: c.lines[j].partial,
+                });
+                if self.ring.len() > self.q.context {
+                    self.ring.pop_front();
+                }
+            }
+        }
+        Ok(Truncated::No)
+    }
+
+    /// Writes a match at line `i` of `c`, with the context before it.
+    fn hit<'c>(
+        &mut self,
+        c: &'c Chunk,
+        i: usize,
+        content: &impl Fn(usize) -> &'c [u8],
+        place: &Place<'_>,
+    ) -> Result<(), Stop> {
+        let n = self.q.context;
+        if n > 0 {
+            let number = c.lines[i].number;
+            // Up to n lines before: from this chunk, then from the ring.
+            let here = i.saturating_sub(n)..i;
+            let need_ring = n - here.len();
+            let from_ring: Vec<(u64, Vec<u8>, bool)> = self
+                .ring
+                .iter()
+                .rev()
+                .take(need_ring)
+                .map(|k| (k.number, k.content.clone(), k.partial))
+                .collect();
+            for (num, text, partial) in from_ring.into_iter().rev() {
+                if self.written.is_none_or(|w| num > w) && num < number {
+                    self.emit(place, num, &text, partial, true)?;
+                }
+            }
+            for j in here {
+                let num = c.lines[j].number;
+                if self.written.is_none_or(|w| num > w) {
+                    self.emit(place, num, content(j), c.lines[j].partial, true)?;
+                }
+            }
+        }
+        self.matches += 1;
+        self.emit(
+            place,
+            c.lines[i].number,
+            content(i),
+            c.lines[i].partial,
+            false,
+        )?;
+        self.after = n;
+        Ok(())
+    }
+
+    /// Renders one result line (a match, or context).
+    fn emit(
+        &mut self,
+        place: &Place<'_>,
+        number: u64,
+        content: &[u8],
+        partial: bool,
+        context: bool,
+    ) -> Result<(), Stop> {
+        self.written = Some(number);
+        if self.text {
+            // grep's form: `host:file:line:content`, context lines with `-`.
+            let sep = if context { '-' } else { ':' };
+            self.out.extend_from_slice(
+                format!("{}:{}{sep}{number}{sep}", place.host, place.file).as_bytes(),
+            );
+            self.out.extend_from_slice(content);
+            self.out.push(b'\n');
+        } else {
+            use base64::Engine;
+            let mut v = serde_json::json!({
+                "host": place.host,
+                "file": place.file,
+                "generation": place.generation,
+                "line": number,
+            });
+            match std::str::from_utf8(content) {
+                Ok(s) => v["content"] = s.into(),
+                Err(_) => {
+                    v["content_base64"] = base64::engine::general_purpose::STANDARD
+                        .encode(content)
+                        .into()
+                }
+            }
+            if partial {
+                v["partial"] = true.into();
+            }
+            if context {
+                v["context"] = true.into();
+            }
+            self.out.extend_from_slice(v.to_string().as_bytes());
+            self.out.push(b'\n');
+        }
+        if self.out.len() >= OUT_BYTES && !self.flush() {
+            return Err(Stop::Gone);
+        }
+        Ok(())
+    }
+
+    /// The last NDJSON object: what was scanned and whether the answer is complete.
+    fn summary(&mut self, truncated: Truncated) {
+        let v = serde_json::json!({
+            "summary": {
+                "matches": self.matches,
+                "lines_scanned": self.lines,
+                "bytes_scanned": self.bytes,
+                "buckets_skipped": self.skipped,
+                "truncated": truncated != Truncated::No,
+                "reason": match truncated {
+                    Truncated::No => serde_json::Value::Null,
+                    Truncated::Limit => "limit".into(),
+                    Truncated::Time => "time limit (search.timeout)".into(),
+                },
+                "elapsed_ms": self.started.elapsed().as_millis() as u64,
+            }
+        });
+        self.out.extend_from_slice(v.to_string().as_bytes());
+        self.out.push(b'\n');
+    }
+
+    /// Sends what is buffered; false once the client has gone.
+    fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let data = Bytes::from(std::mem::take(&mut self.out));
+        self.out.reserve(OUT_BYTES + 4096);
+        self.tx.sender().blocking_send(data).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Result<Query, String> {
+        Query::parse(
+            Some(q),
+            100,
+            5,
+            Duration::from_secs(1),
+            UNIX_EPOCH + Duration::from_secs(1_000_000),
+        )
+        .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn bad_queries_name_what_is_wrong() {
+        for (q, want) in [
+            ("", "missing parameter `q`"),
+            ("q=", "must not be empty"),
+            ("q=a&limit=0", "at least 1"),
+            ("q=a&limit=101", "at most 100"),
+            ("q=a&context=6", "at most 5"),
+            ("q=(&regex=true", "not a usable regex"),
+            ("q=a&since=yesterday", "`since`"),
+            ("q=a&since=1m&until=2m", "window is empty"),
+            ("q=a&colour=red", "unknown parameter `colour`"),
+            ("q=a&case=upper", "`case`"),
+            ("q=a&format=xml", "`format`"),
+            ("q=a&file=%5B", "glob"),
+        ] {
+            let e = parse(q).expect_err(q);
+            assert!(e.contains(want), "{q}: {e}");
+        }
+        let e = parse(&format!("q={}&regex=true", "a{1000}{1000}")).expect_err("huge");
+        assert!(e.contains("not a usable regex"), "{e}");
+    }
+
+    #[test]
+    fn literals_are_literal_and_times_are_absolute_or_relative() {
+        let q = parse("q=a.b%5B&since=10s&until=2026-11-29T00:00:00Z").expect("valid");
+        assert!(q.matcher.is_match(b"xa.b[y"));
+        assert!(!q.matcher.is_match(b"axb["));
+        let (since, until) = q.window.expect("window");
+        assert_eq!(since, (1_000_000 - 10) * 1000);
+        assert_eq!(until, 1_795_910_400_000);
+        let q = parse("q=ERROR&case=insensitive").expect("valid");
+        assert!(q.matcher.is_match(b"an error here"));
+        let q = parse("q=%28%3F-u%3A%5Cxff%29&regex=true").expect("bytes");
+        assert!(q.matcher.is_match(b"\xff"));
+        let q = parse("q=a%FFb").expect("a literal with a byte that is not UTF-8");
+        assert!(q.matcher.is_match(b"xa\xffby") && !q.matcher.is_match(b"ab"));
+        let q = parse("q=%5EERROR&regex=true").expect("anchored");
+        assert!(q.matcher.is_match(b"x\nERROR at line start"));
+        assert!(parse("q=%FF&regex=true").is_err());
+    }
+}
