@@ -17,5 +17,6 @@ mod overload;
 mod refusals;
 mod reload;
 mod retention;
+mod search;
 mod service;
 mod tls;
