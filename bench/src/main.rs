@@ -22,10 +22,10 @@ use clap::Parser;
 #[command(version)]
 pub struct Args {
     /// Scenarios to run, comma-separated: ingest, store, agent, system, download, idle,
-    /// latency, fleet.
+    /// latency, fleet, search.
     #[arg(
         long,
-        default_value = "ingest,store,agent,system,download,idle,latency,fleet"
+        default_value = "ingest,store,agent,system,download,idle,latency,fleet,search"
     )]
     pub scenarios: String,
     /// Files generated for the agent and system scenarios.
@@ -62,6 +62,9 @@ pub struct Args {
     /// Seconds the fleet scenario lasts.
     #[arg(long, default_value_t = 60)]
     pub fleet_seconds: u64,
+    /// MiB stored (across 100 files) for the search scenario.
+    #[arg(long, default_value_t = 1024)]
+    pub search_mib: usize,
     /// Seed of the generated lines.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         args.fleet_agents = 20;
         args.fleet_rate = 2_000;
         args.fleet_seconds = 2;
+        args.search_mib = 8;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

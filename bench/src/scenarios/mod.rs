@@ -22,6 +22,7 @@ mod fleet;
 mod idle;
 mod ingest;
 mod latency;
+mod search;
 mod store;
 mod system;
 
@@ -68,6 +69,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
             "idle" => idle::idle(args, &bins, &dir, &mut report).await?,
             "latency" => latency::latency(args, &bins, &dir, &mut report).await?,
             "fleet" => fleet::fleet(args, &bins, &dir, &mut report).await?,
+            "search" => search::search(args, &bins, &dir, &mut report).await?,
             other => bail!("unknown scenario {other:?}"),
         }
         // `--tls`: the same scenario again over HTTPS, and the ratio of the two.

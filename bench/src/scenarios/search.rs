@@ -1,0 +1,140 @@
+//! `search`: `GET /store/search` over ~1 GiB stored across 100 files — a rare literal, a
+//! common literal and a regex with an alternation — beside `rg -c` (ripgrep) over the same
+//! original files in the same run. Every search's match count must equal ripgrep's.
+
+use super::*;
+
+/// The searches: (name, query string for the aggregator, ripgrep arguments).
+const QUERIES: &[(&str, &str, &[&str])] = &[
+    ("rare literal", "q=req%3D00000", &["-F", "req=00000"]),
+    (
+        "common literal (~1 % of lines)",
+        "q=ERROR%20%5Bworker-1%5D",
+        &["-F", "ERROR [worker-1]"],
+    ),
+    (
+        "regex with an alternation",
+        "regex=true&q=%28PUT%7CDELETE%29%20%2Fhealthz%2F%5Cd%2B%20status%3D500%20bytes%3D2",
+        &[r"(PUT|DELETE) /healthz/\d+ status=500 bytes=2"],
+    ),
+];
+
+pub(super) async fn search(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    if Command::new("rg").arg("--version").output().is_err() {
+        bail!("the search scenario compares with ripgrep: install it (apt-get install ripgrep)");
+    }
+    let files = 100;
+    let per_file = ((args.search_mib as u64) << 20) / 126 / files as u64;
+    let (paths, bytes) = make_files(dir, files, per_file as usize, args.seed)?;
+    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+    // Store the same files: four clients posting 1,000-line batches.
+    let mut tasks = Vec::new();
+    for part in paths.chunks(files.div_ceil(4)) {
+        let part = part.to_vec();
+        let url = format!("{base}/store/batch");
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for p in part {
+                let text = std::fs::read(&p)?;
+                let name = p.to_string_lossy().into_owned();
+                let lines: Vec<&[u8]> = text
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                for (i, chunk) in lines.chunks(1000).enumerate() {
+                    let mut w =
+                        logship_wire::compact::Writer::new("bench", &name, "g", (i * 1000) as u64);
+                    for l in chunk {
+                        w.push(l, false);
+                    }
+                    let s = post(&c, &url, Bytes::from(w.finish())).await?;
+                    if s != 200 {
+                        bail!("storing the search corpus answered {s}");
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let c = client();
+    let rss_before = agg.rss();
+    agg.reset_peak();
+    for (name, query, rg_args) in QUERIES {
+        let t = Instant::now();
+        let (status, body) = get(&c, &format!("{base}/store/search?{query}&limit=100000")).await?;
+        let secs = t.elapsed().as_secs_f64();
+        if status != 200 {
+            bail!(
+                "search {name:?} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let summary: serde_json::Value = body
+            .split(|&b| b == b'\n')
+            .rev()
+            .find(|l| !l.is_empty())
+            .map(serde_json::from_slice)
+            .transpose()?
+            .unwrap_or_default();
+        let summary = &summary["summary"];
+        let matches = summary["matches"].as_u64().unwrap_or(0);
+        if summary["truncated"] != false {
+            bail!("search {name:?} did not finish: {summary}");
+        }
+        let t = Instant::now();
+        let out = Command::new("rg")
+            .args(["-c", "--no-messages"])
+            .args(*rg_args)
+            .arg(dir.join("logs"))
+            .output()?;
+        let rg_secs = t.elapsed().as_secs_f64();
+        let rg_matches: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.parse::<u64>().ok())
+            .sum();
+        if matches != rg_matches {
+            bail!("search {name:?} found {matches} lines, ripgrep {rg_matches}");
+        }
+        let rate = bytes as f64 / secs / 1e9;
+        let rg_rate = bytes as f64 / rg_secs / 1e9;
+        r.add(
+            "search",
+            format!("{name}: GB/s of stored content ({matches} matches)"),
+            rate,
+            "GB/s",
+        );
+        r.add(
+            "search",
+            format!("{name}: reference rg -c"),
+            rg_rate,
+            "GB/s",
+        );
+        r.add(
+            "search",
+            format!("{name}: share of ripgrep's rate"),
+            rate / rg_rate * 100.0,
+            "%",
+        );
+    }
+    r.add(
+        "search",
+        "aggregator RSS before the searches",
+        rss_before as f64 / 1048576.0,
+        "MiB",
+    );
+    r.add(
+        "search",
+        "aggregator peak RSS during the searches",
+        agg.peak_rss() as f64 / 1048576.0,
+        "MiB",
+    );
+    Ok(())
+}
