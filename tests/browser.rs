@@ -217,3 +217,92 @@ fn page_lists_host_and_file_shows_lines_and_live_tails() {
     d.screenshot(&shot);
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
 }
+
+#[test]
+fn page_groups_and_filters_many_files_searches_and_opens_a_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    // One host with 300 files in three directories; one line holds the needle.
+    for d in ["/srv/a/f", "/srv/b/f", "/var/log/x"] {
+        for i in 0..100 {
+            let file = format!("{d}{i}.log");
+            let mut w = logship_wire::compact::Writer::new("many", &file, "g", 0);
+            for n in 0..100 {
+                let text = if file == "/srv/b/f5.log" && n == 60 {
+                    "request failed: needle-42 not found".to_owned()
+                } else {
+                    format!("{file} line {n}")
+                };
+                w.push(text.as_bytes(), false);
+            }
+            let a = post(
+                &agg.url("/store/batch"),
+                &w.finish(),
+                &[("Content-Type", logship_wire::COMPACT_CONTENT_TYPE)],
+            );
+            assert_eq!(a.status, 200);
+        }
+    }
+    let d = Driver::start();
+    d.goto(&agg.url("/"));
+    let count = "return document.querySelectorAll('#files button[data-file]').length";
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(count) == 300),
+        "files not listed: {:?}",
+        d.js(count)
+    );
+    let groups = "return [...document.querySelectorAll('#files details')].filter(g => !g.hidden).map(g => g.dataset.dir)";
+    assert_eq!(d.js(groups), json!(["/srv/a/", "/srv/b/", "/var/log/"]));
+    // The filter narrows the list and hides groups left empty.
+    d.js("const f = document.getElementById('ffilter'); f.value = 'b/f1'; f.dispatchEvent(new Event('input'))");
+    let visible = "return [...document.querySelectorAll('#files button[data-file]')].filter(b => !b.hidden).map(b => b.dataset.file)";
+    let shown = d.js(visible);
+    assert_eq!(
+        shown.as_array().map(Vec::len),
+        Some(11),
+        "f1 and f10..f19 of /srv/b: {shown}"
+    );
+    assert_eq!(d.js(groups), json!(["/srv/b/"]));
+    d.js("const f = document.getElementById('ffilter'); f.value = ''; f.dispatchEvent(new Event('input'))");
+    assert_eq!(d.js(count), 300);
+    // Search everything; one result, with host, file and line.
+    d.js("document.getElementById('sq').value = 'needle-42'; document.getElementById('search-form').requestSubmit()");
+    let results = "return [...document.querySelectorAll('#log .res')].map(b => [b.dataset.host, b.dataset.file, b.dataset.line])";
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(results)
+            == json!([["many", "/srv/b/f5.log", "60"]])),
+        "search results: {:?}, status {:?}",
+        d.js(results),
+        d.js("return document.getElementById('status').textContent")
+    );
+    // Clicking it opens the file at that line, with context around it.
+    d.js("document.querySelector('#log .res').click()");
+    let target = "return [...document.querySelectorAll('#log .ln.target')].map(d => d.children[0].textContent + ' ' + d.children[1].textContent)";
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(target)
+            == json!(["60 request failed: needle-42 not found"])),
+        "result not opened at its line: {:?}, status {:?}",
+        d.js(target),
+        d.js("return document.getElementById('status').textContent")
+    );
+    let around = d.js(
+        "return [...document.querySelectorAll('#log .ln')].map(d => +d.children[0].textContent)",
+    );
+    let nums: Vec<u64> = around
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(
+        nums,
+        (40..=80).collect::<Vec<u64>>(),
+        "lines around the result"
+    );
+    assert_eq!(
+        d.js("return document.getElementById('title').textContent"),
+        "/srv/b/f5.log"
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/search.png");
+    d.screenshot(&shot);
+}

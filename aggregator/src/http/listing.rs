@@ -75,8 +75,28 @@ pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
 
 pub async fn files(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     app.authorize(req, &app.settings().read_tokens)?;
-    let p = Params::parse(req.uri().query(), &["host", "limit", "after"])?;
+    let p = Params::parse(req.uri().query(), &["host", "file", "limit", "after"])?;
     let host = p.optional("host").map(str::to_owned);
+    // One file by name (the page opens a search result with it).
+    if let Some(file) = p.optional("file") {
+        let host = host.ok_or_else(|| ApiError::bad_request("`file` needs `host`"))?;
+        let generations = app.store.generations(&host, file).await?;
+        let files: Vec<serde_json::Value> = if generations.is_empty() {
+            Vec::new()
+        } else {
+            vec![file_json(&FileInfo {
+                host,
+                file: file.to_owned(),
+                generations,
+            })]
+        };
+        let mut resp = Response::new(super::body::full(
+            serde_json::json!({ "files": files }).to_string(),
+        ));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return Ok(resp);
+    }
     let after = p.optional("after").map(parse_file_cursor).transpose()?;
     let busy = app.metrics.worker_busy.clone();
     let app = app.clone();
