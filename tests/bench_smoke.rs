@@ -34,6 +34,7 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
         "download",
         "idle",
         "latency",
+        "search",
     ] {
         let n = rows.iter().filter(|r| r["scenario"] == scenario).count();
         assert!(n > 0, "no figures for scenario {scenario}");
