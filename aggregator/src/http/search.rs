@@ -25,7 +25,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use super::body::{streamed, Body, StreamSender};
 use super::error::ApiError;
 use super::query::Params;
-use crate::store::{Chunk, GenerationInfo, Store, StoreError};
+use crate::store::{GenerationInfo, RawLine, Store, StoreError};
 use crate::App;
 
 /// Bytes of stored lines read per store call.
@@ -37,6 +37,12 @@ const MAX_PATTERN: usize = 4096;
 /// Compiled-pattern limits: a pattern that needs more is refused with a 400.
 const REGEX_SIZE: usize = 1 << 20;
 const REGEX_DFA_SIZE: usize = 8 << 20;
+/// A block of a store scan: its bytes and its lines' positions.
+type Block = (Vec<u8>, Vec<RawLine>);
+/// Buffers kept between generations.
+const POOL_BLOCKS: usize = 4;
+/// Generations with more lines than this are read and matched on two threads.
+const PIPELINE_LINES: u64 = 10_000;
 /// Listings are walked this many entries at a time.
 const PAGE: usize = 256;
 
@@ -44,6 +50,11 @@ const PAGE: usize = 256;
 #[derive(Debug)]
 pub struct Query {
     pub matcher: Regex,
+    /// The pattern has no look-around (`^`, `$`, `\b`): it may run over bytes that are
+    /// not separated by `\n`.
+    pub look_free: bool,
+    /// `q` is a literal (not `regex=true`).
+    pub literal: bool,
     pub host: Option<String>,
     pub file: FileFilter,
     pub generation: Option<String>,
@@ -138,6 +149,13 @@ impl Query {
                 let msg: String = e.to_string().chars().take(600).collect();
                 ApiError::bad_request(format!("parameter `q` is not a usable regex: {msg}"))
             })?;
+        let look_free = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .case_insensitive(insensitive)
+            .multi_line(true)
+            .build()
+            .parse(&pattern)
+            .is_ok_and(|hir| hir.properties().look_set().is_empty());
         let file = match p.optional("file") {
             None | Some("") => FileFilter::Any,
             Some(f) if f.contains(['*', '?', '[', '{']) => FileFilter::Glob(
@@ -203,6 +221,8 @@ impl Query {
         };
         Ok(Query {
             matcher,
+            look_free,
+            literal: !is_regex,
             host: p
                 .optional("host")
                 .filter(|h| !h.is_empty())
@@ -352,6 +372,21 @@ pub enum Truncated {
     Time,
 }
 
+/// A block of lines to match: bytes, and where each line lies in them.
+struct View<'a> {
+    data: &'a [u8],
+    lines: &'a [RawLine],
+    /// Lines are separated by `\n` (a rendered chunk), not by the store's own bytes.
+    newline_separated: bool,
+}
+
+impl View<'_> {
+    fn content(&self, i: usize) -> &[u8] {
+        let l = self.lines[i];
+        &self.data[l.start..l.end]
+    }
+}
+
 /// One line kept for context before a match.
 struct Kept {
     number: u64,
@@ -378,6 +413,8 @@ struct Scan<'a> {
     /// The highest line number already written in this generation (so context never
     /// repeats a line).
     written: Option<u64>,
+    /// Block buffers reused from one generation to the next.
+    pool: Vec<Block>,
 }
 
 /// Where one generation is: its host, file and name, for the output.
@@ -403,6 +440,7 @@ impl<'a> Scan<'a> {
             ring: VecDeque::new(),
             after: 0,
             written: None,
+            pool: Vec::new(),
         }
     }
 
@@ -459,7 +497,7 @@ impl<'a> Scan<'a> {
                             file: &f.file,
                             generation: &g.name,
                         };
-                        let t = self.generation(store, g.id, &place)?;
+                        let t = self.generation(store, g, &place)?;
                         if t != Truncated::No {
                             return Ok(t);
                         }
@@ -489,21 +527,134 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Scans one generation, reading the next chunk while matching this one.
+    /// Scans one generation: through the store's own scan when it has one (large blocks as
+    /// stored, no copy per line), else chunk by chunk, reading the next while matching this
+    /// one.
     fn generation(
+        &mut self,
+        store: &Arc<dyn Store>,
+        g: &GenerationInfo,
+        place: &Place<'_>,
+    ) -> Result<Truncated, Stop> {
+        let id = g.id;
+        // A large generation is read on one thread while matched on this one, when matching
+        // costs about as much as reading: a regex. A literal's SIMD prefilter is so much
+        // faster than reading that the hand-over only costs (measured: 6.2 → 3.9 GB/s).
+        let large = g.lines > PIPELINE_LINES && !self.q.literal;
+        self.ring.clear();
+        self.after = 0;
+        self.written = None;
+        let window = self.q.window;
+        let mut outcome: Result<Truncated, Stop> = Ok(Truncated::No);
+        let scanned =
+            if large {
+                self.generation_pipelined(store, id, place, &mut outcome)
+            } else {
+                store.scan_blocking(id, window, &mut |data, lines| match self
+                    .visit(data, lines, place)
+                {
+                    Ok(Truncated::No) => true,
+                    other => {
+                        outcome = other;
+                        false
+                    }
+                })
+            };
+        if let Some(result) = scanned {
+            self.skipped += result.map_err(Stop::Store)?;
+            return outcome;
+        }
+        self.generation_by_chunks(store, id, place)
+    }
+
+    /// Matches one block of the store's scan, with the bookkeeping around it.
+    fn visit(
+        &mut self,
+        data: &[u8],
+        lines: &[RawLine],
+        place: &Place<'_>,
+    ) -> Result<Truncated, Stop> {
+        if self.gone() {
+            return Err(Stop::Gone);
+        }
+        self.lines += lines.len() as u64;
+        self.bytes += lines.iter().map(|l| (l.end - l.start) as u64).sum::<u64>();
+        let view = View {
+            data,
+            lines,
+            newline_separated: false,
+        };
+        match self.block(&view, place)? {
+            Truncated::No if self.expired() => Ok(Truncated::Time),
+            t => Ok(t),
+        }
+    }
+
+    /// The store's scan on a thread of its own, handing each block over (buffers swapped,
+    /// not copied) to be matched here; its buffers come back for reuse, and are kept for
+    /// the next generation. Two blocks wait at most. When matching stops, the reader's next
+    /// hand-over fails and its scan ends.
+    fn generation_pipelined(
+        &mut self,
+        store: &Arc<dyn Store>,
+        id: u64,
+        place: &Place<'_>,
+        outcome: &mut Result<Truncated, Stop>,
+    ) -> Option<Result<u64, StoreError>> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Block>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Block>();
+        // Buffers kept from earlier generations: no fresh 4 MiB to fault in each time.
+        for b in self.pool.drain(..) {
+            let _ = empty_tx.send(b);
+        }
+        let window = self.q.window;
+        let store = store.clone();
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let scanned = store.scan_blocking(id, window, &mut |data, lines| {
+                    let (mut d, mut l) = empty_rx.try_recv().unwrap_or_default();
+                    std::mem::swap(data, &mut d);
+                    std::mem::swap(lines, &mut l);
+                    full_tx.send((d, l)).is_ok()
+                });
+                (scanned, empty_rx)
+            });
+            for (data, lines) in full_rx.iter() {
+                match self.visit(&data, &lines, place) {
+                    Ok(Truncated::No) => {
+                        let _ = empty_tx.send((data, lines));
+                    }
+                    other => {
+                        *outcome = other;
+                        break;
+                    }
+                }
+            }
+            drop(full_rx);
+            match reader.join() {
+                Ok((scanned, empty_rx)) => {
+                    drop(empty_tx);
+                    self.pool.extend(empty_rx.try_iter().take(POOL_BLOCKS));
+                    scanned
+                }
+                Err(_) => Some(Err(StoreError::Unavailable("search reader failed".into()))),
+            }
+        })
+    }
+
+    /// The scan through [`Store::search_chunk`], for backends without their own.
+    fn generation_by_chunks(
         &mut self,
         store: &Arc<dyn Store>,
         id: u64,
         place: &Place<'_>,
     ) -> Result<Truncated, Stop> {
-        self.ring.clear();
-        self.after = 0;
-        self.written = None;
         let window = self.q.window;
         let mut chunk = self
             .rt
             .block_on(store.search_chunk(id, 0, CHUNK_BYTES, window))
             .map_err(Stop::Store)?;
+        let mut lines = Vec::new();
         loop {
             if self.gone() {
                 return Err(Stop::Gone);
@@ -514,10 +665,30 @@ impl<'a> Scan<'a> {
                 self.rt
                     .spawn(async move { store.search_chunk(id, from, CHUNK_BYTES, window).await })
             });
-            self.lines += chunk.lines.len() as u64;
+            lines.clear();
+            for (i, l) in chunk.lines.iter().enumerate() {
+                let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
+                let end = if l.partial {
+                    end
+                } else {
+                    end.saturating_sub(1)
+                };
+                lines.push(RawLine {
+                    number: l.number,
+                    start: l.start,
+                    end: end.max(l.start),
+                    partial: l.partial,
+                });
+            }
+            self.lines += lines.len() as u64;
             self.bytes += chunk.data.len() as u64;
             self.skipped += chunk.skipped;
-            let t = self.chunk(&chunk, place)?;
+            let view = View {
+                data: &chunk.data,
+                lines: &lines,
+                newline_separated: true,
+            };
+            let t = self.block(&view, place)?;
             if t != Truncated::No {
                 if let Some(n) = next {
                     n.abort();
@@ -540,57 +711,55 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Matches one chunk.
-    fn chunk(&mut self, c: &Chunk, place: &Place<'_>) -> Result<Truncated, Stop> {
-        let data = &c.data;
-        let line_end = |i: usize| c.lines.get(i + 1).map_or(data.len(), |n| n.start);
-        let content = |i: usize| {
-            let l = &c.lines[i];
-            let raw = &data[l.start..line_end(i)];
-            if l.partial {
-                raw
-            } else {
-                raw.strip_suffix(b"\n").unwrap_or(raw)
-            }
-        };
+    /// Matches one block of lines.
+    fn block(&mut self, v: &View<'_>, place: &Place<'_>) -> Result<Truncated, Stop> {
+        let n = v.lines.len();
+        // The pattern runs over the whole block when nothing in it depends on what
+        // surrounds a line (`^`, `$`, `\b`) or the lines are separated by `\n` as in a file;
+        // otherwise line by line.
+        let whole = v.newline_separated || self.q.look_free;
         let mut i = 0usize;
-        while i < c.lines.len() {
-            if self.after > 0 {
-                // Owed context: line by line until it is paid or another match comes.
-                let line = content(i);
-                if self.q.matcher.is_match(line) {
-                    self.hit(c, i, &content, place)?;
+        while i < n {
+            if self.after > 0 || !whole {
+                // Owed context, or line-by-line matching.
+                if self.q.matcher.is_match(v.content(i)) {
+                    self.hit(v, i, place)?;
                     if self.matches >= self.q.limit {
                         return Ok(Truncated::Limit);
                     }
-                } else {
-                    self.emit(place, c.lines[i].number, line, c.lines[i].partial, true)?;
+                } else if self.after > 0 {
+                    let l = v.lines[i];
+                    self.emit(place, l.number, v.content(i), l.partial, true)?;
                     self.after -= 1;
                 }
                 i += 1;
                 continue;
             }
-            let Some(m) = self.q.matcher.find_at(data, c.lines[i].start) else {
+            let Some(m) = self.q.matcher.find_at(v.data, v.lines[i].start) else {
                 break;
             };
-            // The line holding the match's start; the match counts only within its line.
-            let at = c.lines.partition_point(|l| l.start <= m.start()) - 1;
-            if self.q.matcher.is_match(content(at)) {
-                self.hit(c, at, &content, place)?;
+            // The line the match starts in (or the next one, if it starts between lines);
+            // the match counts only within its line.
+            let at = i + v.lines[i..].partition_point(|l| l.end < m.start());
+            if at >= n {
+                break;
+            }
+            if self.q.matcher.is_match(v.content(at)) {
+                self.hit(v, at, place)?;
                 if self.matches >= self.q.limit {
                     return Ok(Truncated::Limit);
                 }
             }
             i = at + 1;
         }
-        // Keep the chunk's last lines for the context of a match early in the next one.
+        // Keep the block's last lines for the context of a match early in the next one.
         if self.q.context > 0 {
-            let from = c.lines.len().saturating_sub(self.q.context);
-            for j in from..c.lines.len() {
+            for j in n.saturating_sub(self.q.context)..n {
+                let l = v.lines[j];
                 self.ring.push_back(Kept {
-                    number: c.lines[j].number,
-                    content: content(j).to_vec(),
-                    partial: c.lines[j].partial,
+                    number: l.number,
+                    content: v.content(j).to_vec(),
+                    partial: l.partial,
                 });
                 if self.ring.len() > self.q.context {
                     self.ring.pop_front();
@@ -600,18 +769,12 @@ impl<'a> Scan<'a> {
         Ok(Truncated::No)
     }
 
-    /// Writes a match at line `i` of `c`, with the context before it.
-    fn hit<'c>(
-        &mut self,
-        c: &'c Chunk,
-        i: usize,
-        content: &impl Fn(usize) -> &'c [u8],
-        place: &Place<'_>,
-    ) -> Result<(), Stop> {
+    /// Writes a match at line `i` of `v`, with the context before it.
+    fn hit(&mut self, v: &View<'_>, i: usize, place: &Place<'_>) -> Result<(), Stop> {
         let n = self.q.context;
+        let number = v.lines[i].number;
         if n > 0 {
-            let number = c.lines[i].number;
-            // Up to n lines before: from this chunk, then from the ring.
+            // Up to n lines before: from this block, then from the ring.
             let here = i.saturating_sub(n)..i;
             let need_ring = n - here.len();
             let from_ring: Vec<(u64, Vec<u8>, bool)> = self
@@ -627,20 +790,14 @@ impl<'a> Scan<'a> {
                 }
             }
             for j in here {
-                let num = c.lines[j].number;
-                if self.written.is_none_or(|w| num > w) {
-                    self.emit(place, num, content(j), c.lines[j].partial, true)?;
+                let l = v.lines[j];
+                if self.written.is_none_or(|w| l.number > w) {
+                    self.emit(place, l.number, v.content(j), l.partial, true)?;
                 }
             }
         }
         self.matches += 1;
-        self.emit(
-            place,
-            c.lines[i].number,
-            content(i),
-            c.lines[i].partial,
-            false,
-        )?;
+        self.emit(place, number, v.content(i), v.lines[i].partial, false)?;
         self.after = n;
         Ok(())
     }

@@ -38,6 +38,36 @@ pub fn decode(mut buf: &[u8]) -> Option<Vec<Entry<'_>>> {
     Some(out)
 }
 
+/// Appends the lines of the bucket stored at `block[at..at + len]` (its first line number
+/// `base`) to `out`, as positions in `block`; `None` if the bytes are corrupt.
+pub fn index_into(
+    block: &[u8],
+    at: usize,
+    len: usize,
+    base: u64,
+    out: &mut Vec<super::RawLine>,
+) -> Option<()> {
+    let end = at.checked_add(len)?;
+    let mut pos = at;
+    while pos < end {
+        let offset = *block.get(pos)?;
+        let (header, rest) = varint(block.get(pos + 1..end)?)?;
+        let len = usize::try_from(header >> 1).ok()?;
+        let start = end - rest.len();
+        if rest.len() < len || u64::from(offset) >= LINES_PER_BUCKET {
+            return None;
+        }
+        out.push(super::RawLine {
+            number: base + u64::from(offset),
+            start,
+            end: start + len,
+            partial: header & 1 == 1,
+        });
+        pos = start + len;
+    }
+    Some(())
+}
+
 /// An entry's header as read by a [`Cursor`](super::segments::Cursor); its content follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {

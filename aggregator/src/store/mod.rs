@@ -97,6 +97,21 @@ pub struct LineRef {
     pub partial: bool,
 }
 
+/// One stored line inside a block a search scans: its number and where its content lies in
+/// the block (the bytes between lines are the store's own, not `\n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawLine {
+    pub number: u64,
+    pub start: usize,
+    pub end: usize,
+    pub partial: bool,
+}
+
+/// Visits the blocks of a scan; returns false to stop it. The visitor may take the block's
+/// buffers (swapping in spare ones), so a block can be matched on another thread without a
+/// copy; the store refills whatever buffers it is left with.
+pub type Visitor<'a> = dyn FnMut(&mut Vec<u8>, &mut Vec<RawLine>) -> bool + 'a;
+
 /// The storage interface the aggregator serves from.
 pub trait Store: Send + Sync + 'static {
     /// Stores every line of every batch, last write wins; resolves once durable.
@@ -165,6 +180,20 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
         window: Option<(u64, u64)>,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>>;
+
+    /// For a search, when the backend can do better than [`search_chunk`](Store::search_chunk):
+    /// visits generation `id`'s lines in order as the bytes they are stored in, in large
+    /// blocks (no copy per line), skipping buckets received outside `window`. Blocking:
+    /// call it from a blocking thread. Returns the buckets skipped, or `None` when the
+    /// backend has no such scan.
+    fn scan_blocking(
+        &self,
+        _id: u64,
+        _window: Option<(u64, u64)>,
+        _visit: &mut Visitor<'_>,
+    ) -> Option<Result<u64, StoreError>> {
+        None
+    }
 
     /// Bytes the store takes on disk, for metrics.
     fn size_on_disk(&self) -> u64;

@@ -204,6 +204,25 @@ impl Segments {
         Ok(buf)
     }
 
+    /// Reads `len` bytes at `offset` of `segment` into `buf` (cleared first): many adjacent
+    /// buckets in one call, for a search's sequential scan.
+    pub fn read_range_into(
+        &self,
+        segment: u32,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let file = self.handle(segment)?;
+        // Only bytes never used before are zeroed: a reused buffer is just cut to size.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        } else {
+            buf.truncate(len);
+        }
+        file.read_exact_at(buf, offset)
+    }
+
     /// A cursor over a bucket, for readers that must not hold it whole (downloads).
     pub fn cursor(&self, loc: Loc) -> std::io::Result<Cursor> {
         Ok(Cursor {

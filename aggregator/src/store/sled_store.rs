@@ -527,7 +527,115 @@ impl Inner {
     }
 }
 
+/// Buckets adjacent in a segment are read together up to this many bytes.
+const SCAN_RUN_BYTES: usize = 4 << 20;
+
 impl Inner {
+    /// A search's scan of one generation: the index walked in line order, adjacent buckets
+    /// read in one `pread` of up to [`SCAN_RUN_BYTES`], each block handed to `visit` as it
+    /// is on disk with its lines' positions. Returns the buckets skipped by `window`.
+    fn scan(
+        &self,
+        id: u64,
+        window: Option<(u64, u64)>,
+        visit: &mut super::Visitor<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut run: Vec<(u64, Loc)> = Vec::new();
+        let mut block = Vec::new();
+        let mut lines = Vec::new();
+        let mut skipped = 0;
+        for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
+            let (k, v) = item.map_err(unavailable)?;
+            let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
+            let loc = Loc::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+            })?;
+            if let Some((since, until)) = window {
+                let (first, last) = received(&v);
+                if first > until || last < since {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            let adjacent = run.last().is_some_and(|(_, l)| {
+                l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
+            });
+            let size: usize = run.iter().map(|(_, l)| l.len as usize).sum();
+            if !run.is_empty() && (!adjacent || size + loc.len as usize > SCAN_RUN_BYTES) {
+                if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                    return Ok(skipped);
+                }
+                run.clear();
+            }
+            run.push((bucket, loc));
+        }
+        if !run.is_empty() {
+            self.scan_run(id, &run, &mut block, &mut lines, visit)?;
+        }
+        Ok(skipped)
+    }
+
+    /// Reads one run of adjacent buckets and visits it; false when the visitor stopped.
+    fn scan_run(
+        &self,
+        id: u64,
+        run: &[(u64, Loc)],
+        block: &mut Vec<u8>,
+        lines: &mut Vec<super::RawLine>,
+        visit: &mut super::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        let (first, last) = (run[0].1, run[run.len() - 1].1);
+        let len = (last.offset + u64::from(last.len) - first.offset) as usize;
+        lines.clear();
+        match self
+            .segments
+            .read_range_into(first.segment, first.offset, len, block)
+        {
+            Ok(()) => {
+                for (bucket, loc) in run {
+                    let at = (loc.offset - first.offset) as usize;
+                    bucket::index_into(
+                        block,
+                        at,
+                        loc.len as usize,
+                        bucket * LINES_PER_BUCKET,
+                        lines,
+                    )
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                    })?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Compaction moved these buckets and deleted the segment meanwhile: read each
+                // where the index points now.
+                block.clear();
+                for (bucket, _) in run {
+                    let Some(v) = self.db.get(line_key(id, *bucket)).map_err(unavailable)? else {
+                        continue;
+                    };
+                    let loc = Loc::decode(&v).ok_or_else(|| {
+                        StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+                    })?;
+                    let at = block.len();
+                    block.extend_from_slice(&self.segments.read(loc).map_err(io_unavailable)?);
+                    bucket::index_into(
+                        block,
+                        at,
+                        loc.len as usize,
+                        bucket * LINES_PER_BUCKET,
+                        lines,
+                    )
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                    })?;
+                }
+            }
+            Err(e) => return Err(io_unavailable(e)),
+        }
+        Ok(visit(block, lines))
+    }
+
     /// Opens a bucket for a download; if compaction just moved it and deleted its segment,
     /// opens it where the index points now.
     fn bucket_cursor(&self, key: &[u8], loc: Loc) -> Result<super::segments::Cursor, StoreError> {
@@ -753,6 +861,15 @@ impl Store for SledStore {
         Box::pin(blocking(move || {
             inner.read_chunk(id, from, u64::MAX >> 16, max_bytes, false, true, window)
         }))
+    }
+
+    fn scan_blocking(
+        &self,
+        id: u64,
+        window: Option<(u64, u64)>,
+        visit: &mut super::Visitor<'_>,
+    ) -> Option<Result<u64, StoreError>> {
+        Some(self.inner.scan(id, window, visit))
     }
 
     fn size_on_disk(&self) -> u64 {

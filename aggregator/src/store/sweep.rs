@@ -592,9 +592,18 @@ mod tests {
         let later: Vec<(u64, String)> = (10..20).map(|i| (i, format!("later {i}"))).collect();
         let late: Vec<(u64, String)> = (128..138).map(|i| (i, format!("late {i}"))).collect();
         // Bucket 0 is first written at t=1s and again at 3s; bucket 1 only at 5s.
-        store.inner.apply(&batch("/f", "g", &early), 1_000).expect("apply");
-        store.inner.apply(&batch("/f", "g", &later), 3_000).expect("apply");
-        store.inner.apply(&batch("/f", "g", &late), 5_000).expect("apply");
+        store
+            .inner
+            .apply(&batch("/f", "g", &early), 1_000)
+            .expect("apply");
+        store
+            .inner
+            .apply(&batch("/f", "g", &later), 3_000)
+            .expect("apply");
+        store
+            .inner
+            .apply(&batch("/f", "g", &late), 5_000)
+            .expect("apply");
         let id = store.generations("h", "/f").await.expect("gens")[0].id;
         let lines_in = |window: (u64, u64)| {
             let store = &store;
@@ -603,7 +612,10 @@ mod tests {
                     .search_chunk(id, 0, 1 << 20, Some(window))
                     .await
                     .expect("search chunk");
-                (c.lines.iter().map(|l| l.number).collect::<Vec<u64>>(), c.skipped)
+                (
+                    c.lines.iter().map(|l| l.number).collect::<Vec<u64>>(),
+                    c.skipped,
+                )
             }
         };
         let check = |label: &'static str| {
@@ -614,7 +626,11 @@ mod tests {
                 let (n, skipped) = lines_in((0, 2_000)).await;
                 assert_eq!((n, skipped), ((0..20).collect(), 1), "{label}: before 2s");
                 let (n, _) = lines_in((2_500, 2_600)).await;
-                assert_eq!(n, (0..20).collect::<Vec<u64>>(), "{label}: within bucket 0's span");
+                assert_eq!(
+                    n,
+                    (0..20).collect::<Vec<u64>>(),
+                    "{label}: within bucket 0's span"
+                );
                 let (n, skipped) = lines_in((6_000, 7_000)).await;
                 assert_eq!((n.len(), skipped), (0, 2), "{label}: after everything");
             }

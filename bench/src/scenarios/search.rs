@@ -68,9 +68,11 @@ pub(super) async fn search(
     let rss_before = agg.rss();
     agg.reset_peak();
     for (name, query, rg_args) in QUERIES {
+        let cpu0 = agg.cpu_secs();
         let t = Instant::now();
         let (status, body) = get(&c, &format!("{base}/store/search?{query}&limit=100000")).await?;
         let secs = t.elapsed().as_secs_f64();
+        let cores = (agg.cpu_secs() - cpu0) / secs;
         if status != 200 {
             bail!(
                 "search {name:?} answered {status}: {}",
@@ -110,6 +112,12 @@ pub(super) async fn search(
             format!("{name}: GB/s of stored content ({matches} matches)"),
             rate,
             "GB/s",
+        );
+        r.add(
+            "search",
+            format!("{name}: aggregator cores busy"),
+            cores,
+            "cores",
         );
         r.add(
             "search",
