@@ -939,4 +939,142 @@ mod tests {
         assert!(q.matcher.is_match(b"x\nERROR at line start"));
         assert!(parse("q=%FF&regex=true").is_err());
     }
+
+    /// The sled store without its own scan: what a backend that only has `search_chunk`
+    /// looks like to the search.
+    struct ChunksOnly(Arc<crate::store::SledStore>);
+
+    impl Store for ChunksOnly {
+        fn write<'a>(
+            &'a self,
+            b: &'a [logship_wire::FileBatch<'a>],
+        ) -> crate::store::BoxFuture<'a, Result<crate::store::WriteStats, StoreError>> {
+            self.0.write(b)
+        }
+        fn hosts_page<'a>(
+            &'a self,
+            after: Option<&'a str>,
+            limit: usize,
+        ) -> crate::store::BoxFuture<'a, Result<Vec<String>, StoreError>> {
+            self.0.hosts_page(after, limit)
+        }
+        fn files_page<'a>(
+            &'a self,
+            host: Option<&'a str>,
+            after: Option<(&'a str, &'a str)>,
+            limit: usize,
+        ) -> crate::store::BoxFuture<'a, Result<Vec<crate::store::FileInfo>, StoreError>> {
+            self.0.files_page(host, after, limit)
+        }
+        fn generations<'a>(
+            &'a self,
+            host: &'a str,
+            file: &'a str,
+        ) -> crate::store::BoxFuture<'a, Result<Vec<GenerationInfo>, StoreError>> {
+            self.0.generations(host, file)
+        }
+        fn read_chunk(
+            &self,
+            id: u64,
+            from: u64,
+            to: u64,
+            max: usize,
+            contiguous: bool,
+            numbered: bool,
+        ) -> crate::store::BoxFuture<'_, Result<crate::store::Chunk, StoreError>> {
+            self.0.read_chunk(id, from, to, max, contiguous, numbered)
+        }
+        fn search_chunk(
+            &self,
+            id: u64,
+            from: u64,
+            max: usize,
+            window: Option<(u64, u64)>,
+        ) -> crate::store::BoxFuture<'_, Result<crate::store::Chunk, StoreError>> {
+            self.0.search_chunk(id, from, max, window)
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.0.size_on_disk()
+        }
+        fn flush(&self) -> crate::store::BoxFuture<'_, Result<(), StoreError>> {
+            self.0.flush()
+        }
+        fn sweep(
+            &self,
+            policy: crate::store::RetentionPolicy,
+            now: SystemTime,
+        ) -> crate::store::BoxFuture<'_, Result<crate::store::SweepReport, StoreError>> {
+            self.0.sweep(policy, now)
+        }
+    }
+
+    async fn run_search(store: Arc<dyn Store>, query: &str) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let q = Query::parse(Some(query), 100_000, 20, Duration::from_secs(30), SystemTime::now())
+            .expect("query");
+        let (tx, body) = streamed(4);
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut scan = Scan::new(&q, &tx, &handle);
+            let t = scan.run(&store).expect("scan");
+            scan.summary(t);
+            if scan.flush() {
+                tx.finish();
+            }
+        });
+        let all = body.collect().await.expect("body").to_bytes().to_vec();
+        // The summary's timing differs from run to run; everything else must not.
+        let cut = all[..all.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let mut out = all[..cut].to_vec();
+        let summary: serde_json::Value = serde_json::from_slice(&all[cut..]).expect("summary");
+        out.extend_from_slice(summary["summary"]["matches"].to_string().as_bytes());
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_chunk_path_finds_what_the_store_scan_finds() {
+        use std::borrow::Cow;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = Arc::new(
+            crate::store::SledStore::open(dir.path(), &Default::default()).expect("open"),
+        );
+        let mut rng = fastrand::Rng::with_seed(3);
+        for f in 0..3 {
+            // 30,000 lines: several 256 KiB chunks and several scan blocks.
+            let lines: Vec<logship_wire::Line<'static>> = (0..30_000u64)
+                .map(|n| {
+                    let word = ["alpha", "beta", "ERROR", "gamma \u{e9}"][rng.usize(..4)];
+                    logship_wire::Line {
+                        number: n,
+                        content: Cow::Owned(format!("{word} {n} {}", rng.u32(..1000)).into_bytes()),
+                        partial: false,
+                    }
+                })
+                .collect();
+            let fb = logship_wire::FileBatch {
+                host: Cow::Borrowed("h"),
+                file: Cow::Owned(format!("/f{f}.log")),
+                generation: Cow::Borrowed("g"),
+                lines,
+            };
+            sled.write(std::slice::from_ref(&fb)).await.expect("write");
+        }
+        let chunks: Arc<dyn Store> = Arc::new(ChunksOnly(sled.clone()));
+        let scan: Arc<dyn Store> = sled;
+        for query in [
+            "q=ERROR%2012",
+            "q=error&case=insensitive&context=2&limit=5000",
+            "q=%5Egamma.*%209%24&regex=true&context=1",
+            "q=beta%20(1%7C2)7&regex=true",
+            "q=alpha&limit=7",
+        ] {
+            let a = run_search(scan.clone(), query).await;
+            let b = run_search(chunks.clone(), query).await;
+            assert!(a.len() > 10, "{query}: found nothing");
+            assert!(a == b, "{query}: the two paths differ");
+        }
+    }
 }
