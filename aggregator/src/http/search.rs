@@ -13,6 +13,7 @@
 //! Order: hosts, then files (in key order), then generations (oldest first), then lines.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,10 @@ const MAX_PATTERN: usize = 4096;
 /// Compiled-pattern limits: a pattern that needs more is refused with a 400.
 const REGEX_SIZE: usize = 1 << 20;
 const REGEX_DFA_SIZE: usize = 8 << 20;
+/// Generations scanned at once (at most one per core).
+const MAX_WORKERS: usize = 8;
+/// Pieces of output (each up to [`OUT_BYTES`]) a worker ahead of the one being sent may hold.
+const PART_QUEUE: usize = 64;
 /// A block of a store scan: its bytes and its lines' positions.
 type Block = (Vec<u8>, Vec<RawLine>);
 /// Buffers kept between generations.
@@ -395,10 +400,32 @@ struct Kept {
 }
 
 /// One search in progress.
+/// Where a scan's output goes: the response body, or (for a worker scanning a generation
+/// ahead of the one being sent) its own bounded channel, read in order by the main scan.
+enum Sink<'a> {
+    Body(&'a StreamSender),
+    Part(std::sync::mpsc::SyncSender<Part>, &'a AtomicBool),
+}
+
+/// What a worker sends for its generation.
+enum Part {
+    /// Rendered results, and where each match line ends in them (for the limit's cut).
+    Out(Vec<u8>, Vec<usize>),
+    /// The generation is done: what was read, and how it ended.
+    Done {
+        lines: u64,
+        bytes: u64,
+        skipped: u64,
+        outcome: Result<Truncated, StoreError>,
+    },
+}
+
 struct Scan<'a> {
     q: &'a Query,
-    tx: &'a StreamSender,
+    sink: Sink<'a>,
     rt: &'a tokio::runtime::Handle,
+    /// Where in `out` each match line ends (workers only).
+    match_ends: Vec<usize>,
     text: bool,
     started: Instant,
     out: Vec<u8>,
@@ -426,12 +453,22 @@ struct Place<'a> {
 
 impl<'a> Scan<'a> {
     fn new(q: &'a Query, tx: &'a StreamSender, rt: &'a tokio::runtime::Handle) -> Self {
+        Self::with_sink(q, Sink::Body(tx), rt, Instant::now())
+    }
+
+    fn with_sink(
+        q: &'a Query,
+        sink: Sink<'a>,
+        rt: &'a tokio::runtime::Handle,
+        started: Instant,
+    ) -> Self {
         Scan {
             q,
-            tx,
+            sink,
             rt,
+            match_ends: Vec::new(),
             text: q.text,
-            started: Instant::now(),
+            started,
             out: Vec::with_capacity(OUT_BYTES + 4096),
             matches: 0,
             lines: 0,
@@ -445,7 +482,10 @@ impl<'a> Scan<'a> {
     }
 
     fn gone(&self) -> bool {
-        self.tx.sender().is_closed()
+        match &self.sink {
+            Sink::Body(tx) => tx.sender().is_closed(),
+            Sink::Part(_, stop) => stop.load(Ordering::SeqCst),
+        }
     }
 
     fn expired(&self) -> bool {
@@ -487,24 +527,154 @@ impl<'a> Scan<'a> {
                     .map_err(Stop::Store)?;
                 let done = page.len() < PAGE;
                 after = page.last().map(|f| f.file.clone());
-                for f in page.iter().filter(|f| self.q.file.admits(&f.file)) {
-                    for g in &f.generations {
-                        if !self.wanted(g) {
-                            continue;
-                        }
-                        let place = Place {
-                            host,
-                            file: &f.file,
-                            generation: &g.name,
-                        };
-                        let t = self.generation(store, g, &place)?;
-                        if t != Truncated::No {
-                            return Ok(t);
-                        }
-                    }
+                let targets: Vec<(&str, &GenerationInfo)> = page
+                    .iter()
+                    .filter(|f| self.q.file.admits(&f.file))
+                    .flat_map(|f| f.generations.iter().map(move |g| (f.file.as_str(), g)))
+                    .filter(|(_, g)| self.wanted(g))
+                    .collect();
+                let t = self.batch(store, host, &targets)?;
+                if t != Truncated::No {
+                    return Ok(t);
                 }
                 if done || after.is_none() {
                     break;
+                }
+            }
+        }
+        Ok(Truncated::No)
+    }
+
+    /// Scans generations in order. Several at once, one per core: each worker renders a
+    /// generation into its own bounded channel (a worker ahead of the one being sent waits
+    /// once it holds [`PART_QUEUE`] pieces), and this scan forwards them in order, cutting at
+    /// the limit. A lone generation is scanned here.
+    fn batch(
+        &mut self,
+        store: &Arc<dyn Store>,
+        host: &str,
+        targets: &[(&str, &GenerationInfo)],
+    ) -> Result<Truncated, Stop> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS)
+            .min(targets.len());
+        if workers <= 1 {
+            for (file, g) in targets {
+                let place = Place {
+                    host,
+                    file,
+                    generation: &g.name,
+                };
+                let t = self.generation(store, g, &place)?;
+                if t != Truncated::No {
+                    return Ok(t);
+                }
+            }
+            return Ok(Truncated::No);
+        }
+        let stop = AtomicBool::new(false);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut receivers = Vec::with_capacity(targets.len());
+        let mut senders = Vec::with_capacity(targets.len());
+        for _ in targets {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Part>(PART_QUEUE);
+            senders.push(Some(tx));
+            receivers.push(rx);
+        }
+        let senders = std::sync::Mutex::new(senders);
+        let (q, rt, started) = (self.q, self.rt, self.started);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((file, g)) = targets.get(i) else {
+                        return;
+                    };
+                    let Some(part) = senders
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_mut(i)
+                        .and_then(Option::take)
+                    else {
+                        return;
+                    };
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let mut w = Scan::with_sink(q, Sink::Part(part.clone(), &stop), rt, started);
+                    let place = Place {
+                        host,
+                        file,
+                        generation: &g.name,
+                    };
+                    let outcome = match w.generation(store, g, &place) {
+                        Ok(t) => Ok(t),
+                        Err(Stop::Gone) => return,
+                        Err(Stop::Store(e)) => Err(e),
+                    };
+                    if !w.flush() {
+                        return;
+                    }
+                    let _ = part.send(Part::Done {
+                        lines: w.lines,
+                        bytes: w.bytes,
+                        skipped: w.skipped,
+                        outcome,
+                    });
+                });
+            }
+            let result = self.merge(&receivers);
+            stop.store(true, Ordering::SeqCst);
+            drop(receivers);
+            result
+        })
+    }
+
+    /// Forwards the workers' parts in generation order; stops at the limit, the time limit,
+    /// a store error, or a gone client.
+    fn merge(&mut self, receivers: &[std::sync::mpsc::Receiver<Part>]) -> Result<Truncated, Stop> {
+        for rx in receivers {
+            loop {
+                if self.gone() {
+                    return Err(Stop::Gone);
+                }
+                let Ok(part) = rx.recv() else {
+                    // A worker stopped without finishing: only when the scan is ending.
+                    return Err(Stop::Gone);
+                };
+                match part {
+                    Part::Out(data, ends) => {
+                        let left = self.q.limit - self.matches;
+                        if ends.len() as u64 >= left {
+                            let cut = ends[left as usize - 1];
+                            self.out.extend_from_slice(&data[..cut]);
+                            self.matches = self.q.limit;
+                            return Ok(Truncated::Limit);
+                        }
+                        self.matches += ends.len() as u64;
+                        self.out.extend_from_slice(&data);
+                        if self.out.len() >= OUT_BYTES && !self.flush() {
+                            return Err(Stop::Gone);
+                        }
+                    }
+                    Part::Done {
+                        lines,
+                        bytes,
+                        skipped,
+                        outcome,
+                    } => {
+                        self.lines += lines;
+                        self.bytes += bytes;
+                        self.skipped += skipped;
+                        match outcome.map_err(Stop::Store)? {
+                            Truncated::No => break,
+                            // A worker's own limit is the global one: the cut above
+                            // happened first if it was reached here.
+                            Truncated::Limit => break,
+                            Truncated::Time => return Ok(Truncated::Time),
+                        }
+                    }
                 }
             }
         }
@@ -845,6 +1015,9 @@ impl<'a> Scan<'a> {
             self.out.extend_from_slice(v.to_string().as_bytes());
             self.out.push(b'\n');
         }
+        if !context {
+            self.match_ends.push(self.out.len());
+        }
         if self.out.len() >= OUT_BYTES && !self.flush() {
             return Err(Stop::Gone);
         }
@@ -872,14 +1045,19 @@ impl<'a> Scan<'a> {
         self.out.push(b'\n');
     }
 
-    /// Sends what is buffered; false once the client has gone.
+    /// Sends what is buffered; false once the client (or the main scan) has gone.
     fn flush(&mut self) -> bool {
         if self.out.is_empty() {
             return true;
         }
-        let data = Bytes::from(std::mem::take(&mut self.out));
+        let data = std::mem::take(&mut self.out);
         self.out.reserve(OUT_BYTES + 4096);
-        self.tx.sender().blocking_send(data).is_ok()
+        match &self.sink {
+            Sink::Body(tx) => tx.sender().blocking_send(Bytes::from(data)).is_ok(),
+            Sink::Part(part, _) => part
+                .send(Part::Out(data, std::mem::take(&mut self.match_ends)))
+                .is_ok(),
+        }
     }
 }
 
@@ -1010,8 +1188,14 @@ mod tests {
 
     async fn run_search(store: Arc<dyn Store>, query: &str) -> Vec<u8> {
         use http_body_util::BodyExt;
-        let q = Query::parse(Some(query), 100_000, 20, Duration::from_secs(30), SystemTime::now())
-            .expect("query");
+        let q = Query::parse(
+            Some(query),
+            100_000,
+            20,
+            Duration::from_secs(30),
+            SystemTime::now(),
+        )
+        .expect("query");
         let (tx, body) = streamed(4);
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -1038,9 +1222,8 @@ mod tests {
     async fn the_chunk_path_finds_what_the_store_scan_finds() {
         use std::borrow::Cow;
         let dir = tempfile::tempdir().expect("tempdir");
-        let sled = Arc::new(
-            crate::store::SledStore::open(dir.path(), &Default::default()).expect("open"),
-        );
+        let sled =
+            Arc::new(crate::store::SledStore::open(dir.path(), &Default::default()).expect("open"));
         let mut rng = fastrand::Rng::with_seed(3);
         for f in 0..3 {
             // 30,000 lines: several 256 KiB chunks and several scan blocks.
