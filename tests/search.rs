@@ -476,17 +476,11 @@ fn a_search_during_ingest_sees_every_line_acknowledged_before_it_began() {
     assert_eq!(summary["truncated"], false);
 }
 
-#[test]
-fn hostile_queries_get_clear_4xx_and_the_time_limit_holds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::with_config(
-        dir.path(),
-        "[search]\ntimeout = \"5ms\"\nmax_searches = 1\n",
-    );
-    // ~12 MB of lines: more than a search can scan in the 5 ms it is given.
+/// Stores `batches` × 2,000 copies of one 155-byte line in `/big.log` of host `h`.
+fn store_lorem(agg: &Aggregator, batches: u64) {
     let line =
         "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ".repeat(2);
-    for b in 0..40 {
+    for b in 0..batches {
         let mut w = logship_wire::compact::Writer::new("h", "/big.log", "g", b * 2_000);
         for _ in 0..2_000 {
             w.push(line.as_bytes(), false);
@@ -498,6 +492,17 @@ fn hostile_queries_get_clear_4xx_and_the_time_limit_holds() {
         );
         assert_eq!(a.status, 200);
     }
+}
+
+#[test]
+fn hostile_queries_get_clear_4xx_and_the_time_limit_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::with_config(
+        dir.path(),
+        "[search]\ntimeout = \"5ms\"\nmax_searches = 1\n",
+    );
+    // ~12 MB of lines: more than a search can scan in the 5 ms it is given.
+    store_lorem(&agg, 40);
     for (q, want) in [
         ("", "missing parameter `q`"),
         ("q=", "must not be empty"),
@@ -546,20 +551,7 @@ fn a_client_that_disconnects_stops_its_search() {
         dir.path(),
         "[search]\ntimeout = \"60s\"\nmax_searches = 1\n",
     );
-    let line =
-        "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ".repeat(2);
-    for b in 0..60 {
-        let mut w = logship_wire::compact::Writer::new("h", "/big.log", "g", b * 2_000);
-        for _ in 0..2_000 {
-            w.push(line.as_bytes(), false);
-        }
-        let a = post(
-            &agg.url("/store/batch"),
-            &w.finish(),
-            &[("Content-Type", logship_wire::COMPACT_CONTENT_TYPE)],
-        );
-        assert_eq!(a.status, 200);
-    }
+    store_lorem(&agg, 60);
     // Every line matches: 120k results, far more than the socket and the channel hold, so
     // the search waits on a client that reads nothing.
     let slow = "/store/search?q=lorem&limit=100000";

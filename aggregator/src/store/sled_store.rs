@@ -587,6 +587,10 @@ impl Inner {
         let (first, last) = (run[0].1, run[run.len() - 1].1);
         let len = (last.offset + u64::from(last.len) - first.offset) as usize;
         lines.clear();
+        let index = |block: &[u8], lines: &mut Vec<super::RawLine>, bucket: u64, at, len| {
+            bucket::index_into(block, at, len, bucket * LINES_PER_BUCKET, lines)
+                .ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket} of generation {id}")))
+        };
         match self
             .segments
             .read_range_into(first.segment, first.offset, len, block)
@@ -594,16 +598,7 @@ impl Inner {
             Ok(()) => {
                 for (bucket, loc) in run {
                     let at = (loc.offset - first.offset) as usize;
-                    bucket::index_into(
-                        block,
-                        at,
-                        loc.len as usize,
-                        bucket * LINES_PER_BUCKET,
-                        lines,
-                    )
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
-                    })?;
+                    index(block, lines, *bucket, at, loc.len as usize)?;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -619,16 +614,7 @@ impl Inner {
                     })?;
                     let at = block.len();
                     block.extend_from_slice(&self.segments.read(loc).map_err(io_unavailable)?);
-                    bucket::index_into(
-                        block,
-                        at,
-                        loc.len as usize,
-                        bucket * LINES_PER_BUCKET,
-                        lines,
-                    )
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
-                    })?;
+                    index(block, lines, *bucket, at, loc.len as usize)?;
                 }
             }
             Err(e) => return Err(io_unavailable(e)),
