@@ -9,7 +9,6 @@
 //! busy more than 10 ms on one request" is a figure an operator (and the hardening tests)
 //! can read, not a hope.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,35 +16,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 
-thread_local! {
-    /// Time this thread spent in [`offload`]ed work, so [`Timed`] can leave it out.
-    static OFFLOADED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
-}
-
-/// Below this much input, a step runs inline: handing the worker over (`block_in_place`)
-/// costs thread switches that, for an agent's usual ~100 KB batch, were a quarter of the
-/// aggregator's CPU (measured: 6.4–6.8 → 4.8–5.0 CPU s per GB stored), while the step itself
-/// takes well under a millisecond.
-pub const INLINE_BYTES: usize = 256 * 1024;
-
-/// [`offload`] when `large`, else runs `f` right here.
-pub fn offload_if<R>(large: bool, f: impl FnOnce() -> R) -> R {
-    if large {
-        offload(f)
-    } else {
-        f()
-    }
-}
-
-/// Runs CPU-heavy or blocking work from an async task without holding up the worker's
-/// other tasks.
-pub fn offload<R>(f: impl FnOnce() -> R) -> R {
-    let started = logship_common::thread_cpu_time();
-    let r = tokio::task::block_in_place(f);
-    let used = logship_common::thread_cpu_time().saturating_sub(started);
-    OFFLOADED.with(|c| c.set(c.get() + used));
-    r
-}
+pub use logship_common::offload::{offload, offload_if, INLINE_BYTES};
 
 /// The histogram of the longest worker-busy poll per request.
 pub fn histogram() -> Histogram {
@@ -82,12 +53,12 @@ impl<F: Future> Future for Timed<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let offloaded = OFFLOADED.with(Cell::get);
+        let offloaded = logship_common::offload::offloaded();
         let started = logship_common::thread_cpu_time();
         let r = self.inner.as_mut().poll(cx);
         let busy = logship_common::thread_cpu_time()
             .saturating_sub(started)
-            .saturating_sub(OFFLOADED.with(Cell::get).saturating_sub(offloaded));
+            .saturating_sub(logship_common::offload::offloaded().saturating_sub(offloaded));
         self.longest = self.longest.max(busy);
         r
     }

@@ -18,8 +18,10 @@ pub mod http;
 pub mod metrics;
 pub mod reload;
 pub mod server;
-pub mod store;
 pub mod tls;
+
+/// The storage layer, its own crate (`store/`): the trait, the sled backend.
+pub use logship_store as store;
 
 use std::future::Future;
 use std::num::NonZeroU32;

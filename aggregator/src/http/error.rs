@@ -96,9 +96,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after(5)
             }
-            StoreError::Corrupt(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
+            // Corrupt data, or a kind the store may add later: the server's fault.
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }

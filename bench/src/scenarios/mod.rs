@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use bytes::Bytes;
-use logship_aggregator::store::{SledOptions, SledStore, Store};
+use logship_store::{SledOptions, SledStore, Store};
 
 use crate::http::{client, get, post, total_lines};
 use crate::proc::Measured;

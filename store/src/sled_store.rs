@@ -754,8 +754,9 @@ impl Store for SledStore {
                 .sum();
             // Each file is its own index batch (and maybe a new generation): many files are
             // large work however few their lines.
-            let large = lines > 1_500 || bytes > crate::busy::INLINE_BYTES || batches.len() > 8;
-            let stats = crate::busy::offload_if(large, || {
+            let large =
+                lines > 1_500 || bytes > logship_common::offload::INLINE_BYTES || batches.len() > 8;
+            let stats = logship_common::offload::offload_if(large, || {
                 let mut total = WriteStats::default();
                 for fb in batches {
                     let s = self.inner.apply(fb, now)?;
