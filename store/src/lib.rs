@@ -8,6 +8,7 @@
 mod bucket;
 pub mod clock;
 mod flusher;
+mod keys;
 mod segments;
 mod sled_store;
 mod sweep;

@@ -17,11 +17,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use super::keys::{file_prefix, id_of_line_key, line_key, parse_file_key, Meta, FILE, HOST, LINES};
 use super::segments::Loc;
-use super::sled_store::{
-    file_prefix, io_unavailable, line_key, parse_file_key, stripe_of, unavailable, Inner, Meta,
-    FILE, HOST, LINES,
-};
+use super::sled_store::{io_unavailable, stripe_of, unavailable, Inner};
 use super::{RetentionPolicy, StoreError, SweepReport};
 
 /// A segment with at least this share of garbage is compacted even below `max_disk_bytes`.
@@ -320,10 +318,6 @@ impl Inner {
         }
         Ok((count, bytes))
     }
-}
-
-fn id_of_line_key(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
 }
 
 #[cfg(test)]
