@@ -238,6 +238,12 @@ fn every_error_status_is_a_json_answer_and_the_server_keeps_serving() {
         "token",
     );
     assert_json_error(&get(&agg.url("/store/hosts")), 401, "token");
+    // Search is a read: it needs the read token, and the write token is not one.
+    let a = get(&agg.url("/store/search?q=x"));
+    assert_json_error(&a, 401, "token");
+    assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+    assert_json_error(&get_with(&agg.url("/store/search?q=x"), &[w]), 401, "token");
+    assert_eq!(get_with(&agg.url("/store/search?q=x"), &[r]).status, 200);
     // 404 unknown route and unknown file
     assert_json_error(&get(&agg.url("/nope")), 404, "/nope");
     assert_json_error(
