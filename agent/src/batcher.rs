@@ -114,6 +114,9 @@ pub struct Batcher {
     budget: Budget,
     output: mpsc::Sender<Box<Batch>>,
     open: Option<Open>,
+    /// Budget taken before a chunk was read ([`Batcher::reserve`]), spent first by the lines
+    /// of that chunk; what is left returns when the chunk is in.
+    reserved: Option<OwnedSemaphorePermit>,
 }
 
 /// The sender went away.
@@ -135,6 +138,7 @@ impl Batcher {
             budget,
             output,
             open: None,
+            reserved: None,
         }
     }
 
@@ -176,7 +180,10 @@ impl Batcher {
                 // The wait for budget here is the back-pressure up to the tailer.
                 let header = 64 + self.host.len() + self.file.len() + generation.len();
                 let first = GROW.max(header + content.len() + 16);
-                let permit = self.budget.acquire(first).await;
+                let permit = match self.take_reserved(first) {
+                    Some(p) => Some(p),
+                    None => self.budget.acquire(first).await,
+                };
                 let mut writer = Writer::new(&self.host, &self.file, generation, line);
                 let held = permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
                 writer.reserve_exact(held.saturating_sub(writer.encoded_len()));
@@ -199,7 +206,28 @@ impl Batcher {
                 break;
             }
             let more = (need - held).max(held).max(GROW);
-            if self.budget.try_grow(&mut o.permit, more) {
+            let from_reserve = self.reserved.is_some();
+            let grown = if from_reserve {
+                // The reservation covers this chunk's lines: spend it before the budget.
+                let more = (need - held).max(GROW);
+                match self.take_reserved(more) {
+                    Some(p) => {
+                        let o = self.open.as_mut().ok_or(Gone)?;
+                        match &mut o.permit {
+                            Some(h) => h.merge(p),
+                            None => o.permit = Some(p),
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                false
+            };
+            let Some(o) = self.open.as_mut() else {
+                return Ok(());
+            };
+            if grown || self.budget.try_grow(&mut o.permit, more) {
                 let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
                 o.writer
                     .reserve_exact(held.saturating_sub(o.writer.encoded_len()));
@@ -229,6 +257,41 @@ impl Batcher {
     }
 
     /// Adds a chunk's lines, sealing batches as they fill.
+    /// Takes `bytes` of budget for the next read, before reading: a file that has to wait
+    /// for budget waits holding nothing it read (with many active files, their chunks
+    /// waiting outside the budget were the agent's largest use of memory). An open batch is
+    /// sealed first rather than kept open while waiting, as in [`push`](Self::push).
+    pub async fn reserve(&mut self, bytes: usize) -> Result<(), Gone> {
+        if self.try_reserve(bytes) {
+            return Ok(());
+        }
+        self.seal().await?;
+        self.reserved = self.budget.acquire(bytes).await;
+        Ok(())
+    }
+
+    /// Returns an unused reservation (a read that produced no complete line).
+    pub fn release_reserved(&mut self) {
+        self.reserved = None;
+    }
+
+    /// As [`reserve`](Self::reserve) when the budget has `bytes` now; `false` if not.
+    pub fn try_reserve(&mut self, bytes: usize) -> bool {
+        self.reserved.is_some() || self.budget.try_grow(&mut self.reserved, bytes)
+    }
+
+    /// Budget for `bytes`: from the reservation when it has enough, else from the shared
+    /// budget now if it can (`try_grow`).
+    fn take_reserved(&mut self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let want = bytes.div_ceil(1024).max(1);
+        let r = self.reserved.as_mut()?;
+        if r.num_permits() > want {
+            r.split(want)
+        } else {
+            self.reserved.take()
+        }
+    }
+
     pub async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
         let mut line = chunk.first_line;
         let mut pos = 0usize;
@@ -256,6 +319,8 @@ impl Batcher {
             )
             .await?;
         }
+        // What the chunk did not need goes back.
+        self.reserved = None;
         Ok(())
     }
 

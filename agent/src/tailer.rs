@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 /// A chunk goes to the batcher at this size. Small, because a tailer holds its chunk while
 /// its batcher waits for budget: with a thousand active files, 64 KiB chunks were 55 MB.
 const CHUNK_BYTES: usize = 16 * 1024;
+/// Budget reserved before reading into a chunk: a chunk closes past `CHUNK_BYTES`, at most
+/// one read (16 KiB) later.
+const RESERVE_BYTES: usize = 2 * CHUNK_BYTES;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
 
@@ -405,9 +408,29 @@ impl Tailer {
             if n == 0 {
                 break;
             }
+            // Budget for what this read adds, before it goes anywhere: without it the file
+            // waits holding neither its read buffer nor a chunk (pread is positional, so
+            // the same bytes are simply read again after the wait).
+            if !out.try_reserve(RESERVE_BYTES) {
+                drop(buf);
+                if chunk.count() > 0 {
+                    let next = Chunk::new(generation.clone(), self.line);
+                    if out.add(std::mem::replace(&mut chunk, next)).await.is_err() {
+                        return Ok(ReadOutcome::Closed);
+                    }
+                }
+                if out.reserve(RESERVE_BYTES).await.is_err() {
+                    return Ok(ReadOutcome::Closed);
+                }
+                buf = crate::buffers::take();
+                continue;
+            }
             any = true;
             self.last_data = Instant::now();
             self.env.metrics.bytes_read(&self.name, n as u64);
+            // Exactly what this read can add: a chunk grown by doubling held up to twice
+            // its bytes, for every file waiting with one.
+            chunk.data.reserve_exact(n + self.pending.len());
             self.split_lines(&buf[..n], &mut chunk);
             turn += n;
             if chunk.data.len() >= CHUNK_BYTES {
@@ -427,6 +450,7 @@ impl Tailer {
         if chunk.count() > 0 && out.add(chunk).await.is_err() {
             return Ok(ReadOutcome::Closed);
         }
+        out.release_reserved();
         // After reading anything, check once more before sleeping.
         Ok(if any {
             ReadOutcome::Data
