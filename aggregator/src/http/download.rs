@@ -66,16 +66,7 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     )?;
     let follow = p.flag("follow")?;
     let attachment = p.flag("download")?;
-    let ndjson = match p.optional("format") {
-        None | Some("text") => false,
-        Some("ndjson") => true,
-        Some(other) => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(ApiError::bad_request(format!(
-                "parameter `format` must be text or ndjson, not {shown:?}"
-            )));
-        }
-    };
+    let ndjson = p.one_of("format", &["text", "ndjson"])? == "ndjson";
     let sel = select(app, &p).await?;
     // A stored generation's answer changes only when it is written to: an ETag and
     // Last-Modified let a client (or a proxy) revalidate instead of downloading again.

@@ -59,6 +59,20 @@ impl Params {
             .transpose()
     }
 
+    /// An optional parameter that must be one of `options`; absent means the first.
+    pub fn one_of(&self, name: &str, options: &[&'static str]) -> Result<&'static str, ApiError> {
+        match self.optional(name) {
+            None => Ok(options[0]),
+            Some(v) => options.iter().copied().find(|o| *o == v).ok_or_else(|| {
+                let shown: String = v.chars().take(32).collect();
+                ApiError::bad_request(format!(
+                    "parameter `{name}` must be {}, not {shown:?}",
+                    options.join(" or ")
+                ))
+            }),
+        }
+    }
+
     /// An optional boolean (`true`/`false`/`1`/`0`).
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.optional(name) {

@@ -123,16 +123,7 @@ impl Query {
             )));
         }
         let is_regex = p.flag("regex")?;
-        let insensitive = match p.optional("case") {
-            None | Some("sensitive") => false,
-            Some("insensitive") => true,
-            Some(other) => {
-                let shown: String = other.chars().take(32).collect();
-                return Err(ApiError::bad_request(format!(
-                    "parameter `case` must be sensitive or insensitive, not {shown:?}"
-                )));
-            }
-        };
+        let insensitive = p.one_of("case", &["sensitive", "insensitive"])? == "insensitive";
         let pattern = if is_regex {
             String::from_utf8(q).map_err(|_| {
                 ApiError::bad_request(
@@ -214,16 +205,7 @@ impl Query {
                 "parameter `context` is {context}; at most {max_context} (search.max_context)"
             )));
         }
-        let text = match p.optional("format") {
-            None | Some("ndjson") => false,
-            Some("text") => true,
-            Some(other) => {
-                let shown: String = other.chars().take(32).collect();
-                return Err(ApiError::bad_request(format!(
-                    "parameter `format` must be ndjson or text, not {shown:?}"
-                )));
-            }
-        };
+        let text = p.one_of("format", &["ndjson", "text"])? == "text";
         Ok(Query {
             matcher,
             look_free,
