@@ -175,6 +175,45 @@ fn long_lines_are_capped_and_stalled_downloads_hold_little() {
         .collect();
     assert_eq!(agg.log("h", "/big", "").expect("download"), want);
     drop(stalled);
+
+    // Four searches of the same bucket at once (issue 15): each reads it a chunk at a time,
+    // never whole. One finds the line that ends the bucket.
+    let quiet = agg.proc.rss();
+    let peak = std::sync::atomic::AtomicU64::new(quiet);
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let searches: Vec<_> = ["zqzq", "zqzq", "zqzq", "0127y"]
+            .into_iter()
+            .map(|q| {
+                let agg = &agg;
+                s.spawn(move || get(&agg.url(&format!("/store/search?q={q}&file=/big"))))
+            })
+            .collect();
+        while !searches.iter().all(|h| h.is_finished()) {
+            peak.fetch_max(agg.proc.rss(), std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        searches
+            .into_iter()
+            .map(|h| h.join().expect("search"))
+            .collect()
+    });
+    let peak = peak.into_inner();
+    assert!(
+        peak < quiet + 48 * MIB,
+        "4 searches of a 64 MiB bucket grew the server from {} to {} MiB",
+        quiet / MIB,
+        peak / MIB
+    );
+    for (a, matches) in answers.iter().zip([0, 0, 0, 1]) {
+        assert_eq!(a.status, 200);
+        let summary = a
+            .body
+            .split(|&b| b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("summary"))
+            .expect("summary line");
+        assert_eq!(summary["summary"]["matches"], matches, "{summary}");
+    }
     assert_workers_stay_free(&agg);
 }
 

@@ -430,6 +430,8 @@ impl Inner {
 
 /// Buckets adjacent in a segment are read together up to this many bytes.
 const SCAN_RUN_BYTES: usize = 4 << 20;
+/// A bucket larger than this is scanned through a cursor, never read whole.
+const SCAN_BIG_BUCKET: usize = 1 << 20;
 
 impl Inner {
     /// A search's scan of one generation: the index walked in line order, adjacent buckets
@@ -442,6 +444,7 @@ impl Inner {
         visit: &mut super::Visitor<'_>,
     ) -> Result<u64, StoreError> {
         let mut run: Vec<(u64, Loc)> = Vec::new();
+        let mut run_bytes = 0usize;
         let mut block = Vec::new();
         let mut lines = Vec::new();
         let mut skipped = 0;
@@ -461,19 +464,72 @@ impl Inner {
             let adjacent = run.last().is_some_and(|(_, l)| {
                 l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
             });
-            let size: usize = run.iter().map(|(_, l)| l.len as usize).sum();
-            if !run.is_empty() && (!adjacent || size + loc.len as usize > SCAN_RUN_BYTES) {
+            let big = loc.len as usize > SCAN_BIG_BUCKET;
+            if !run.is_empty()
+                && (big || !adjacent || run_bytes + loc.len as usize > SCAN_RUN_BYTES)
+            {
                 if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
                     return Ok(skipped);
                 }
                 run.clear();
+                run_bytes = 0;
             }
+            if big {
+                // Never read whole (a bucket of long lines can be 128 times their size):
+                // through the download's cursor, a chunk at a time.
+                if !self.scan_big_bucket(id, bucket, visit)? {
+                    return Ok(skipped);
+                }
+                continue;
+            }
+            run_bytes += loc.len as usize;
             run.push((bucket, loc));
         }
         if !run.is_empty() {
             self.scan_run(id, &run, &mut block, &mut lines, visit)?;
         }
         Ok(skipped)
+    }
+
+    /// Visits a bucket too big to read whole, [`SCAN_BIG_BUCKET`] at a time (plus at most
+    /// one line); false when the visitor stopped.
+    fn scan_big_bucket(
+        &self,
+        id: u64,
+        bucket: u64,
+        visit: &mut super::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        let (first, last) = (
+            bucket * LINES_PER_BUCKET,
+            (bucket + 1) * LINES_PER_BUCKET - 1,
+        );
+        let mut from = first;
+        loop {
+            let c = self.read_chunk(id, from, last, SCAN_BIG_BUCKET, false, true, None)?;
+            let mut lines: Vec<super::RawLine> = c
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let next = c.lines.get(i + 1).map_or(c.data.len(), |n| n.start);
+                    super::RawLine {
+                        number: l.number,
+                        start: l.start,
+                        // The rendered chunk ends each complete line with `\n`.
+                        end: if l.partial { next } else { next - 1 },
+                        partial: l.partial,
+                    }
+                })
+                .collect();
+            let mut data = c.data;
+            if !lines.is_empty() && !visit(&mut data, &mut lines) {
+                return Ok(false);
+            }
+            match c.next {
+                Some(n) => from = n,
+                None => return Ok(true),
+            }
+        }
     }
 
     /// Reads one run of adjacent buckets and visits it; false when the visitor stopped.

@@ -113,9 +113,10 @@ impl Query {
         now: SystemTime,
     ) -> Result<Query, ApiError> {
         let p = Params::parse(query, PARAMS)?;
-        p.required("q")?;
-        // `q` as the bytes it encodes: a literal may hold bytes that are not UTF-8.
-        let q = raw_param(query.unwrap_or(""), "q").unwrap_or_default();
+        let decoded = p.required("q")?;
+        // `q` as the bytes it encodes: a literal may hold bytes that are not UTF-8. (A name
+        // written percent-encoded, `%71=`, is only found decoded.)
+        let q = raw_param(query.unwrap_or(""), "q").unwrap_or_else(|| decoded.as_bytes().to_vec());
         if q.len() > MAX_PATTERN {
             return Err(ApiError::bad_request(format!(
                 "parameter `q` is {} bytes; at most {MAX_PATTERN}",
@@ -1098,6 +1099,8 @@ mod tests {
         let q = parse("q=%5EERROR&regex=true").expect("anchored");
         assert!(q.matcher.is_match(b"x\nERROR at line start"));
         assert!(parse("q=%FF&regex=true").is_err());
+        let q = parse("%71=abc").expect("an encoded name");
+        assert!(q.matcher.is_match(b"xabc") && !q.matcher.is_match(b"xyz"));
     }
 
     /// The sled store without its own scan: what a backend that only has `search_chunk`
