@@ -19,6 +19,9 @@ use crate::store::RetentionPolicy;
 pub struct Config {
     /// Address to serve HTTP on.
     pub listen: String,
+    /// What this process serves: "all" (default), "ingest" (`POST /store/batch`) or
+    /// "query" (the read API, follow, the page). Split roles need a shared store (redis).
+    pub role: String,
     /// Where the embedded sled database lives.
     pub data_dir: PathBuf,
     /// Largest request body accepted, compressed, as sent on the wire.
@@ -151,9 +154,25 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Backend: only "sled" so far.
+    /// Backend: "sled" (embedded, the default) or "redis" (a Redis Cluster or one server,
+    /// shared by several aggregators).
     #[serde(rename = "type")]
     pub kind: String,
+    /// redis: seed nodes, `redis://host:port`.
+    pub nodes: Vec<String>,
+    /// redis: ACL user and password (or `password_file`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// redis: replicas that must have a write before it is acknowledged (`WAIT`); 0 = the
+    /// primary's AOF only.
+    pub wait_replicas: u32,
+    /// redis: how long `WAIT` may take; past it the batch is refused with 503 and resent.
+    pub wait_timeout: String,
+    /// redis: bound on every store call; past it the request gets 503.
+    pub timeout: String,
+    /// redis: prefix of every key (no braces), so deployments can share a cluster.
+    pub key_prefix: String,
     /// sled page cache size.
     pub cache_capacity: String,
     /// Drop generations not written for this long.
@@ -168,6 +187,14 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             kind: "sled".into(),
+            nodes: Vec::new(),
+            username: None,
+            password: None,
+            password_file: None,
+            wait_replicas: 0,
+            wait_timeout: "1s".into(),
+            timeout: "5s".into(),
+            key_prefix: "logship".into(),
             cache_capacity: "64MiB".into(),
             retention: None,
             max_disk_bytes: None,
@@ -180,6 +207,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:3000".into(),
+            role: "all".into(),
             data_dir: PathBuf::from("./data"),
             max_body_bytes: "16MiB".into(),
             max_decoded_bytes: "64MiB".into(),
@@ -220,6 +248,9 @@ fn dur(key: &str, s: &str) -> Result<Duration, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub role: Role,
+    /// The store to open.
+    pub backend: Backend,
     pub data_dir: PathBuf,
     pub max_body_bytes: u64,
     pub max_decoded_bytes: u64,
@@ -264,6 +295,39 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// What one aggregator process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Ingest,
+    Query,
+}
+
+impl Role {
+    pub fn ingests(self) -> bool {
+        self != Role::Query
+    }
+    pub fn queries(self) -> bool {
+        self != Role::Ingest
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Query => "query",
+        }
+    }
+}
+
+/// The store a config asks for.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sled,
+    Redis(crate::store::RedisOptions),
 }
 
 /// The loaded config and where each value came from (for error messages).
@@ -341,10 +405,22 @@ impl Config {
                 ))
             }
         };
-        if self.store.kind != "sled" {
+        let role = match self.role.as_str() {
+            "all" => Role::All,
+            "ingest" => Role::Ingest,
+            "query" => Role::Query,
+            other => {
+                return Err(ConfigError(format!(
+                    "role: unknown role {other:?} (available: \"all\", \"ingest\", \"query\")"
+                )))
+            }
+        };
+        let backend = self.backend(base)?;
+        if matches!(backend, Backend::Sled) && role != Role::All {
             return Err(ConfigError(format!(
-                "store.type: unknown store {:?} (available: \"sled\")",
-                self.store.kind
+                "role: {:?} needs a shared store: with store.type = \"sled\" one process holds \
+                 the data, so it must serve both (role = \"all\"); use store.type = \"redis\"",
+                self.role
             )));
         }
         // Both become semaphores, which cannot hold more than a few quintillion permits; a
@@ -410,6 +486,8 @@ impl Config {
             ));
         }
         Ok(Settings {
+            role,
+            backend,
             listen: self.listen.parse().map_err(|e| {
                 ConfigError(format!("listen: {:?} is not an address: {e}", self.listen))
             })?,
@@ -462,6 +540,108 @@ impl Config {
             sweep_interval,
         })
     }
+}
+
+impl Config {
+    /// Validates the `[store]` backend keys.
+    fn backend(&self, base: &Path) -> Result<Backend, ConfigError> {
+        let st = &self.store;
+        match st.kind.as_str() {
+            "sled" => Ok(Backend::Sled),
+            "redis" => {
+                if st.nodes.is_empty() {
+                    return Err(ConfigError(
+                        "store.nodes: required with store.type = \"redis\" \
+                         (e.g. [\"redis://127.0.0.1:7000\"])"
+                            .into(),
+                    ));
+                }
+                for (i, n) in st.nodes.iter().enumerate() {
+                    if !(n.starts_with("redis://") || n.starts_with("rediss://"))
+                        || redis_node_info(n).is_err()
+                    {
+                        return Err(ConfigError(format!(
+                            "store.nodes.{i}: {n:?} is not a redis://host:port URL"
+                        )));
+                    }
+                }
+                if st.key_prefix.is_empty() || st.key_prefix.contains(['{', '}']) {
+                    return Err(ConfigError(
+                        "store.key_prefix: must be non-empty and contain no braces (they \
+                         would change which cluster slot keys map to)"
+                            .into(),
+                    ));
+                }
+                let password = match (&st.password, &st.password_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError(
+                            "store.password_file: set either store.password or \
+                             store.password_file, not both"
+                                .into(),
+                        ))
+                    }
+                    (Some(p), None) => Some(p.clone()),
+                    (None, Some(f)) => {
+                        let path = resolve(base, f);
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            ConfigError(format!(
+                                "store.password_file: cannot read {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                        Some(text.trim().to_owned())
+                    }
+                    (None, None) => None,
+                };
+                let timeout = dur("store.timeout", &st.timeout)?;
+                if timeout.is_zero() {
+                    return Err(ConfigError("store.timeout: must be more than 0".into()));
+                }
+                let wait_timeout = dur("store.wait_timeout", &st.wait_timeout)?;
+                if st.wait_replicas > 0 && wait_timeout.is_zero() {
+                    return Err(ConfigError(
+                        "store.wait_timeout: must be more than 0 when store.wait_replicas > 0 \
+                         (WAIT 0 would wait forever)"
+                            .into(),
+                    ));
+                }
+                if st.wait_replicas > 16 {
+                    return Err(ConfigError(format!(
+                        "store.wait_replicas: {} is more replicas than any cluster keeps",
+                        st.wait_replicas
+                    )));
+                }
+                Ok(Backend::Redis(crate::store::RedisOptions {
+                    nodes: st.nodes.clone(),
+                    username: st.username.clone(),
+                    password,
+                    wait_replicas: st.wait_replicas,
+                    wait_timeout,
+                    timeout,
+                    key_prefix: st.key_prefix.clone(),
+                }))
+            }
+            other => Err(ConfigError(format!(
+                "store.type: unknown store {other:?} (available: \"sled\", \"redis\")"
+            ))),
+        }
+    }
+}
+
+fn redis_node_info(url: &str) -> Result<(), ()> {
+    let rest = url.split_once("://").map(|(_, r)| r).ok_or(())?;
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .ok_or(())?
+        .split('/')
+        .next()
+        .ok_or(())?;
+    let (host, port) = hostport.rsplit_once(':').ok_or(())?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

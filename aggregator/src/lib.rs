@@ -341,6 +341,13 @@ pub async fn run(
             }
         });
     }
+    if app.settings().role.queries() {
+        // Writes through other aggregators sharing the store wake followers here too.
+        let written = app.written.clone();
+        store.watch_writes(Arc::new(move |host: &str, file: &str| {
+            let _ = written.send(file_hash(host, file));
+        }));
+    }
     reload::on_sighup(Arc::downgrade(&app), reload_config);
     tokio::spawn(sweep_periodically(Arc::downgrade(&app)));
     server::serve(app, listener, shutdown).await;

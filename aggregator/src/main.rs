@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use logship_aggregator::config::{Config, Overrides};
-use logship_aggregator::store::{SledOptions, SledStore};
+use logship_aggregator::config::{Backend, Config, Overrides};
+use logship_aggregator::store::{RedisStore, SledOptions, SledStore, Store};
 
 /// Receives log batches from agents, stores them durably, serves them back.
 #[derive(Debug, Parser)]
@@ -27,6 +27,9 @@ struct Cli {
     /// Log format: text or json [default: text, or the config's log_format].
     #[arg(long)]
     log_format: Option<String>,
+    /// What to serve: all, ingest or query [default: all, or the config's role].
+    #[arg(long)]
+    role: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +43,7 @@ fn real_main() -> anyhow::Result<()> {
         listen: cli.listen,
         data_dir: cli.data_dir,
         log_format: cli.log_format,
+        role: cli.role,
     };
     let loaded = Config::load(cli.config.as_deref(), &overrides)?;
     let settings = loaded.validate()?;
@@ -54,23 +58,41 @@ fn real_main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let signal = logship_common::shutdown_signal();
-        let store = SledStore::open(
-            &settings.data_dir,
-            &SledOptions {
-                cache_capacity: settings.cache_capacity,
-            },
-        )
-        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        let store: Arc<dyn Store> = match &settings.backend {
+            Backend::Sled => Arc::new(
+                SledStore::open(
+                    &settings.data_dir,
+                    &SledOptions {
+                        cache_capacity: settings.cache_capacity,
+                    },
+                )
+                .with_context(|| {
+                    format!("opening the store in {}", settings.data_dir.display())
+                })?,
+            ),
+            Backend::Redis(opts) => {
+                let store = RedisStore::new(opts.clone());
+                // Not fatal: the aggregator serves 503s until Redis answers.
+                if let Err(e) = store.check().await {
+                    tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is");
+                }
+                Arc::new(store)
+            }
+        };
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, tls = settings.tls.is_some(), data_dir = %settings.data_dir.display(), "aggregator listening");
+        let backend = match &settings.backend {
+            Backend::Sled => format!("sled in {}", settings.data_dir.display()),
+            Backend::Redis(o) => format!("redis at {}", o.nodes.join(",")),
+        };
+        tracing::info!(%addr, tls = settings.tls.is_some(), role = settings.role.name(), store = %backend, "aggregator listening");
         // One stable line on stdout, so scripts and tests learn the port when it was 0.
         let scheme = if settings.tls.is_some() { "https" } else { "http" };
         logship_common::out!("aggregator listening on {scheme}://{addr}");
         // SIGHUP re-reads the same layers: the file, AGGREGATOR_* variables, these flags.
         let reload = move || Config::load(cli.config.as_deref(), &overrides)?.validate();
-        logship_aggregator::run(settings, Arc::new(store), listener, signal, reload).await
+        logship_aggregator::run(settings, store, listener, signal, reload).await
     })
 }

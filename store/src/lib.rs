@@ -9,17 +9,24 @@ mod bucket;
 pub mod clock;
 mod flusher;
 mod keys;
+mod redis_conn;
+mod redis_keys;
+mod redis_scripts;
+mod redis_store;
 mod segments;
 mod sled_store;
 mod sweep;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use logship_wire::FileBatch;
 
 pub use bucket::distinct_buckets;
+pub use redis_conn::RedisOptions;
+pub use redis_store::RedisStore;
 pub use sled_store::{SledOptions, SledStore};
 
 /// A boxed future, so the trait stays object safe (`Arc<dyn Store>`).
@@ -86,6 +93,45 @@ pub struct Chunk {
     pub lines: Vec<LineRef>,
     /// Buckets skipped unread because they were received outside a search's time window.
     pub skipped: u64,
+}
+
+impl Chunk {
+    /// Whether line `n` may be rendered next (and notes where it starts when numbered): a
+    /// follower must never skip a line that may still arrive, nor show a partial line it
+    /// would have to show again.
+    pub(crate) fn admit(
+        &mut self,
+        n: u64,
+        partial: bool,
+        contiguous: bool,
+        numbered: bool,
+    ) -> bool {
+        if contiguous && (n != self.end || partial) {
+            return false;
+        }
+        if numbered {
+            self.lines.push(LineRef {
+                number: n,
+                start: self.data.len(),
+                partial,
+            });
+        }
+        true
+    }
+
+    /// Ends line `n`'s rendering; whether the chunk is full (it stops inside a bucket too,
+    /// so it holds at most `max_bytes` and one line).
+    pub(crate) fn close_line(&mut self, n: u64, partial: bool, max_bytes: usize, to: u64) -> bool {
+        if !partial {
+            self.data.push(b'\n');
+        }
+        self.end = n + 1;
+        if self.data.len() >= max_bytes && n < to {
+            self.next = Some(n + 1);
+            return true;
+        }
+        false
+    }
 }
 
 /// One rendered line of a [`Chunk`].
@@ -216,6 +262,11 @@ pub trait Store: Send + Sync + 'static {
         policy: RetentionPolicy,
         now: SystemTime,
     ) -> BoxFuture<'_, Result<SweepReport, StoreError>>;
+
+    /// Calls `on_write(host, file)` for writes made through other processes sharing the
+    /// store (the redis backend's pub/sub), so followers here wake for them too. Writes
+    /// through this process are announced by the HTTP layer itself.
+    fn watch_writes(&self, _on_write: Arc<dyn Fn(&str, &str) + Send + Sync>) {}
 
     /// Adds the backend's own metrics (e.g. where commit time goes) to the registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

@@ -18,8 +18,8 @@ use super::keys::{
 use super::segments::{Loc, Segments};
 use super::sweep::SEGMENTS_PER_PASS;
 use super::{
-    BoxFuture, Chunk, FileInfo, GenerationInfo, LineRef, PhaseLabels, RetentionPolicy, Store,
-    StoreError, SweepReport, WriteStats,
+    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
+    SweepReport, WriteStats,
 };
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -594,39 +594,6 @@ impl Inner {
             }
             other => other.map_err(io_unavailable),
         }
-    }
-}
-
-impl Chunk {
-    /// Whether line `n` may be rendered next (and notes where it starts when numbered): a
-    /// follower must never skip a line that may still arrive, nor show a partial line it
-    /// would have to show again.
-    fn admit(&mut self, n: u64, partial: bool, contiguous: bool, numbered: bool) -> bool {
-        if contiguous && (n != self.end || partial) {
-            return false;
-        }
-        if numbered {
-            self.lines.push(LineRef {
-                number: n,
-                start: self.data.len(),
-                partial,
-            });
-        }
-        true
-    }
-
-    /// Ends line `n`'s rendering; whether the chunk is full (it stops inside a bucket too,
-    /// so it holds at most `max_bytes` and one line).
-    fn close_line(&mut self, n: u64, partial: bool, max_bytes: usize, to: u64) -> bool {
-        if !partial {
-            self.data.push(b'\n');
-        }
-        self.end = n + 1;
-        if self.data.len() >= max_bytes && n < to {
-            self.next = Some(n + 1);
-            return true;
-        }
-        false
     }
 }
 

@@ -55,6 +55,9 @@ async fn route(
     req: Request<Incoming>,
 ) -> (&'static str, Result<Response<Body>, ApiError>) {
     let method = req.method().clone();
+    if let Some(e) = refused_by_role(app.settings().role, req.uri().path()) {
+        return ("role", Err(e));
+    }
     match req.uri().path() {
         "/" | "/index.html" => (
             "page",
@@ -109,6 +112,22 @@ async fn route(
             )
         }
     }
+}
+
+/// A 404 naming the role for a route this process does not serve, so an agent pointed at a
+/// query node (or a browser at an ingest node) is told why.
+fn refused_by_role(role: crate::config::Role, path: &str) -> Option<ApiError> {
+    let ingest = path == "/store/batch";
+    let query = matches!(path, "/" | "/index.html") || (path.starts_with("/store/") && !ingest);
+    if (ingest && !role.ingests()) || (query && !role.queries()) {
+        let other = if ingest { "ingest" } else { "query" };
+        return Some(ApiError::not_found(format!(
+            "{path} is not served here: this aggregator's role is {:?}; send it to an aggregator \
+             with role \"{other}\" or \"all\"",
+            role.name()
+        )));
+    }
+    None
 }
 
 fn only(method: &Method, expected: &Method, allow: &'static str) -> Result<(), ApiError> {
