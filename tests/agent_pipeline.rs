@@ -41,13 +41,14 @@ fn assert_all_shipped(agg: &Aggregator, host: &str, files: &[PathBuf], within: D
     }
 }
 
-#[test]
-fn globs_with_appends_and_new_files_ship_byte_identical() {
+logship_e2e::both_backends!(globs_with_appends_and_new_files_ship_byte_identical);
+
+fn globs_with_appends_and_new_files_ship_byte_identical(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(logs.join("a/deep")).expect("mkdir");
     std::fs::create_dir_all(logs.join("b")).expect("mkdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let mut files: Vec<PathBuf> = (0..6).map(|i| logs.join(format!("a/f{i}.log"))).collect();
     files.push(logs.join("a/deep/nested.log"));
     files.push(logs.join("b/other.log"));

@@ -5,6 +5,13 @@ use std::time::Duration;
 
 use logship_e2e::*;
 
+logship_e2e::both_backends!(
+    prototype_form_out_of_order_and_twice_downloads_in_order,
+    compact_form_round_trips_arbitrary_bytes_with_compression,
+    ranges_tail_and_generations,
+    kill_9_right_after_acks_loses_nothing,
+);
+
 fn prototype_body(entries: &[(u64, String)]) -> Vec<u8> {
     let batch: Vec<serde_json::Value> = entries
         .iter()
@@ -17,10 +24,9 @@ fn prototype_body(entries: &[(u64, String)]) -> Vec<u8> {
         .into_bytes()
 }
 
-#[test]
-fn prototype_form_out_of_order_and_twice_downloads_in_order() {
+fn prototype_form_out_of_order_and_twice_downloads_in_order(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let mut entries: Vec<(u64, String)> = (100..=110).map(|v| (v - 100, v.to_string())).collect();
     entries.reverse();
     entries.swap(2, 7);
@@ -47,10 +53,9 @@ fn prototype_form_out_of_order_and_twice_downloads_in_order() {
     );
 }
 
-#[test]
-fn compact_form_round_trips_arbitrary_bytes_with_compression() {
+fn compact_form_round_trips_arbitrary_bytes_with_compression(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let mut rng = fastrand::Rng::with_seed(7);
     let mut lines: Vec<Vec<u8>> = (0..3000)
         .map(|i| {
@@ -116,10 +121,9 @@ fn compact_form_round_trips_arbitrary_bytes_with_compression() {
     );
 }
 
-#[test]
-fn ranges_tail_and_generations() {
+fn ranges_tail_and_generations(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let old: Vec<Vec<u8>> = (0..300).map(|i| format!("old {i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
     assert_eq!(post_compact(&agg, "h", "/f", "gen-a", 0, &refs).status, 200);
@@ -158,11 +162,9 @@ fn ranges_tail_and_generations() {
     assert_eq!(gens, vec!["gen-a", "gen-b"], "oldest first");
 }
 
-#[test]
-fn kill_9_right_after_acks_loses_nothing() {
+fn kill_9_right_after_acks_loses_nothing(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let mut agg = Aggregator::start(&data, &[]);
+    let mut agg = backend.aggregator(dir.path(), "", &[]);
     let mut expected = Vec::new();
     for batch in 0..40u64 {
         let lines: Vec<Vec<u8>> = (0..500)
@@ -177,7 +179,7 @@ fn kill_9_right_after_acks_loses_nothing() {
         }
     }
     agg.proc.kill9();
-    let agg = Aggregator::start(&data, &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     assert!(
         agg.log("h", "/durable", "").expect("download") == expected,
         "acknowledged lines lost after kill -9"

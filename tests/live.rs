@@ -4,11 +4,22 @@ use std::time::{Duration, Instant};
 
 use logship_e2e::*;
 
-#[test]
-fn follow_streams_each_appended_line_once_in_order_across_a_rotation() {
+logship_e2e::both_backends!(follow_streams_each_appended_line_once_in_order_across_a_rotation);
+
+fn follow_streams_each_appended_line_once_in_order_across_a_rotation(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     // linger 50ms (agent_config's default for tests)
-    let (agg, logs, cfg) = start_pair(dir.path(), "", "rotate_wait = \"300ms\"");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let agg = backend.aggregator(dir.path(), "", &[]);
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        "",
+        "rotate_wait = \"300ms\"",
+    );
     let log = logs.join("live.log");
     append_lines(&log, "before", 0..300);
     let _agent = Agent::start(&cfg);

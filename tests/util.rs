@@ -8,6 +8,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod redis_cluster;
+pub use redis_cluster::{Backend, RedisCluster};
+
 /// The directory holding the binaries built with this test (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LOGSHIP_BIN_DIR") {
