@@ -17,6 +17,7 @@ mod overload;
 mod refusals;
 mod reload;
 mod retention;
+mod scale_out;
 mod search;
 mod service;
 mod tls;

@@ -43,6 +43,25 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
 }
 
+/// `sink.url`: one URL or several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UrlList {
+    /// The URLs; a single string may list several separated by commas (what an
+    /// `AGENT_SINK__URL` variable can hold).
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            UrlList::One(u) => u.split(',').map(|u| u.trim().to_owned()).collect(),
+            UrlList::Many(v) => v.clone(),
+        }
+    }
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -50,8 +69,10 @@ pub struct SinkConfig {
     /// `"aggregator"` (HTTP) or `"stdout"` (JSON lines, for dry runs).
     #[serde(rename = "type")]
     pub kind: String,
-    /// `POST /store/batch` URL of the aggregator.
-    pub url: Option<String>,
+    /// `POST /store/batch` URL of the aggregator, or a list of them (several aggregators
+    /// sharing one store): batches are spread across the healthy ones, and one that refuses
+    /// connections or times out is skipped, with its own backoff, until it answers again.
+    pub url: Option<UrlList>,
     /// Bearer token sent with every request.
     pub token: Option<String>,
     /// A file holding the token (first non-comment line), instead of `token`; re-read on
@@ -193,7 +214,8 @@ pub struct SourceSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkSettings {
     pub kind: String,
-    pub url: Option<String>,
+    /// Every aggregator URL, in the order configured (empty for other sinks).
+    pub urls: Vec<String>,
     pub token: Option<Secret>,
     pub compression: Compression,
     pub compression_level: i32,
@@ -384,21 +406,36 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
         ));
     }
     let mut https = false;
+    let mut urls = Vec::new();
     if s.kind == "aggregator" {
-        match &s.url {
+        let list = match &s.url {
             None => return Err(("sink.url".into(), "required for the aggregator sink".into())),
-            Some(u) => {
-                let uri: hyper::Uri = u
-                    .parse()
-                    .map_err(|e| ("sink.url".to_owned(), format!("{u:?}: {e}")))?;
-                https = uri.scheme_str() == Some("https");
-                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                    return Err((
-                        "sink.url".into(),
-                        format!("{u:?} must be an http:// or https:// URL such as http://127.0.0.1:3000/store/batch"),
-                    ));
-                }
+            Some(l) => l.urls(),
+        };
+        if list.is_empty() {
+            return Err(("sink.url".into(), "the list holds no URL".into()));
+        }
+        let many = matches!(s.url, Some(UrlList::Many(_)));
+        for (i, u) in list.iter().enumerate() {
+            let key = if many {
+                format!("sink.url.{i}")
+            } else {
+                "sink.url".to_owned()
+            };
+            let uri: hyper::Uri = u
+                .parse()
+                .map_err(|e| (key.clone(), format!("{u:?}: {e}")))?;
+            https |= uri.scheme_str() == Some("https");
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err((
+                    key,
+                    format!("{u:?} must be an http:// or https:// URL such as http://127.0.0.1:3000/store/batch"),
+                ));
             }
+            if urls.contains(u) {
+                return Err((key, format!("{u:?} is listed twice")));
+            }
+            urls.push(u.clone());
         }
     }
     let file = |p: &Option<PathBuf>| p.as_deref().map(|p| resolve(base, p));
@@ -453,7 +490,7 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
     }
     Ok(SinkSettings {
         kind: s.kind.clone(),
-        url: s.url.clone(),
+        urls,
         token,
         tls,
         compression,

@@ -56,7 +56,7 @@ pub async fn run(
             settings.state_dir.display()
         )
     })?);
-    let sink = sink::build(&settings.sink)?;
+    let sink = sink::build(&settings.sink, &metrics.endpoints)?;
     if let Some(addr) = settings.metrics_listen {
         metrics::serve(addr, metrics.clone(), sink.clone())
             .await

@@ -123,7 +123,10 @@ fn dead_letters(what: DeadLetters, settings: &Settings) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            let sink = logship_agent::sink::build(&settings.sink)?;
+            let sink = logship_agent::sink::build(
+                &settings.sink,
+                &logship_agent::metrics::EndpointMetrics::default(),
+            )?;
             let done = runtime
                 .block_on(dead_letter::replay(&dir, sink.as_ref(), |line| {
                     logship_common::out!("{line}")

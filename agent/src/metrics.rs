@@ -20,6 +20,26 @@ pub struct FileLabel {
     pub file: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointOutcome {
+    pub endpoint: String,
+    /// ok, retry, failover, park, too_large, reject.
+    pub outcome: &'static str,
+}
+
+/// Per-aggregator metrics of the sink: which endpoints answer, and how each request ended.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointMetrics {
+    pub requests: Family<EndpointOutcome, Counter>,
+    /// 1 while the endpoint is taking batches, 0 while it is skipped after a failure.
+    pub up: Family<EndpointLabel, Gauge>,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +67,7 @@ pub struct Metrics {
     pub files_refused: Counter,
     /// Files whose delivery waits on an endpoint that refuses for a non-batch reason.
     pub parked: Gauge,
+    pub endpoints: EndpointMetrics,
 }
 
 impl Default for Metrics {
@@ -76,8 +97,19 @@ impl Metrics {
             live: std::sync::Mutex::default(),
             parked: Gauge::default(),
             files_refused: Counter::default(),
+            endpoints: EndpointMetrics::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "endpoint_requests",
+            "Requests to each aggregator endpoint, by outcome",
+            m.endpoints.requests.clone(),
+        );
+        r.register(
+            "endpoint_up",
+            "Whether each aggregator endpoint is taking batches (0 while skipped after a failure)",
+            m.endpoints.up.clone(),
+        );
         r.register(
             "lines_read",
             "Complete lines read, per file",

@@ -62,14 +62,14 @@ fn apply(
         log_level => "log_level",
     );
     if new.sink != old.sink {
-        match crate::sink::build(&new.sink) {
+        match crate::sink::build(&new.sink, &send.metrics.endpoints) {
             Ok(sink) => {
                 *send
                     .sink
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = sink;
                 tracing::info!(
-                    url = new.sink.url.as_deref().unwrap_or(""),
+                    urls = %new.sink.urls.join(","),
                     "sink reconfigured"
                 );
             }

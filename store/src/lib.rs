@@ -159,6 +159,9 @@ pub struct RawLine {
 /// copy; the store refills whatever buffers it is left with.
 pub type Visitor<'a> = dyn FnMut(&mut Vec<u8>, &mut Vec<RawLine>) -> bool + 'a;
 
+/// Called with (host, file) for a write made through another process sharing the store.
+pub type OnWrite = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// The storage interface the aggregator serves from.
 pub trait Store: Send + Sync + 'static {
     /// Stores every line of every batch, last write wins; resolves once durable.
@@ -266,7 +269,7 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `on_write(host, file)` for writes made through other processes sharing the
     /// store (the redis backend's pub/sub), so followers here wake for them too. Writes
     /// through this process are announced by the HTTP layer itself.
-    fn watch_writes(&self, _on_write: Arc<dyn Fn(&str, &str) + Send + Sync>) {}
+    fn watch_writes(&self, _on_write: OnWrite) {}
 
     /// Adds the backend's own metrics (e.g. where commit time goes) to the registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

@@ -40,6 +40,9 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 /// Generation ids remembered per process before the cache starts over.
 const CACHE_ENTRIES: usize = 100_000;
 
+/// (host, file, generation) → id and when its retention score was last refreshed.
+type IdCache = HashMap<(String, String, String), (u64, Instant)>;
+
 /// A Redis (Cluster) store.
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -50,7 +53,7 @@ struct Inner {
     keys: Keys,
     write: redis::Script,
     /// (host, file, generation) → id and when its retention score was last refreshed.
-    ids: std::sync::Mutex<HashMap<(String, String, String), (u64, Instant)>>,
+    ids: std::sync::Mutex<IdCache>,
     /// Memory the primaries reported at the last sweep (`INFO memory`).
     used_memory: AtomicU64,
 }
@@ -225,9 +228,7 @@ impl Inner {
         Ok(id)
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (u64, Instant)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, IdCache> {
         self.ids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -727,7 +728,7 @@ impl Inner {
                     )
                     .await?;
                 tracing::info!(%host, %file, generation = %name, id, "dropped a generation");
-                Ok(Dropped::Dropped)
+                Ok(Dropped::Yes)
             }
             _ => Err(StoreError::Corrupt(format!(
                 "generation {id}: unexpected drop answer {answer:?}"
@@ -778,7 +779,7 @@ impl Inner {
                     break;
                 }
                 for id in ids {
-                    if let Dropped::Dropped = self.drop_generation(id, Some(cutoff)).await? {
+                    if let Dropped::Yes = self.drop_generation(id, Some(cutoff)).await? {
                         report.generations_dropped += 1;
                     }
                 }
@@ -801,7 +802,7 @@ impl Inner {
                     break;
                 }
                 for id in ids {
-                    if let Dropped::Dropped = self.drop_generation(id, None).await? {
+                    if let Dropped::Yes = self.drop_generation(id, None).await? {
                         report.generations_dropped += 1;
                     }
                 }
@@ -813,7 +814,7 @@ impl Inner {
 
     /// Wakes `on_write` for every write published by any aggregator, resubscribing (to the
     /// next seed node) whenever the subscription breaks.
-    async fn watch(self: Arc<Self>, on_write: Arc<dyn Fn(&str, &str) + Send + Sync>) {
+    async fn watch(self: Arc<Self>, on_write: super::OnWrite) {
         let nodes = self.opts().nodes.clone();
         let channel = self.keys.channel();
         let mut n = 0usize;
@@ -863,7 +864,7 @@ enum Bound<'a> {
 }
 
 enum Dropped {
-    Dropped,
+    Yes,
     Kept,
     Gone,
 }
@@ -997,7 +998,7 @@ impl Store for RedisStore {
         Box::pin(self.inner.sweep(policy, super::clock::millis(now)))
     }
 
-    fn watch_writes(&self, on_write: Arc<dyn Fn(&str, &str) + Send + Sync>) {
+    fn watch_writes(&self, on_write: super::OnWrite) {
         tokio::spawn(self.inner.clone().watch(on_write));
     }
 }

@@ -1,10 +1,16 @@
 //! The `aggregator` sink: `POST /store/batch` in the compact form over one shared hyper
 //! client (connections are reused across all files), optionally compressed, over TLS for an
 //! `https://` URL.
+//!
+//! With several URLs (aggregators sharing one store) batches go round-robin to the healthy
+//! ones; an endpoint that refuses connections, times out or answers 5xx is skipped — the
+//! same batch goes straight to the next — and retried on its own backoff. A file's batches
+//! are still sent one at a time, so its checkpoint order is unchanged.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -16,11 +22,15 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{BoxFuture, Outcome, Sink};
 use crate::config::{Compression, SinkSettings};
+use crate::metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 
 #[derive(Debug)]
 pub struct AggregatorSink {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    url: Uri,
+    endpoints: Vec<Endpoint>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    metrics: EndpointMetrics,
     auth: Option<HeaderValue>,
     compression: Compression,
     /// zstd level (negative levels trade ratio for speed).
@@ -28,9 +38,59 @@ pub struct AggregatorSink {
     timeout: Duration,
 }
 
+/// One aggregator URL and whether it is taking batches.
+#[derive(Debug)]
+struct Endpoint {
+    url: Uri,
+    label: String,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Failures in a row.
+    failures: u32,
+    /// Skipped until then (unless every endpoint is).
+    down_until: Option<Instant>,
+}
+
+/// Backoff of a failing endpoint: 100 ms doubling to 10 s, with jitter.
+fn endpoint_backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << failures.min(7).saturating_sub(1));
+    let base = base.min(Duration::from_secs(10));
+    base + base.mul_f64(fastrand::f64() * 0.5)
+}
+
+impl Endpoint {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl AggregatorSink {
-    pub fn new(s: &SinkSettings) -> anyhow::Result<Self> {
-        let url: Uri = s.url.as_deref().unwrap_or_default().parse()?;
+    pub fn new(s: &SinkSettings, metrics: EndpointMetrics) -> anyhow::Result<Self> {
+        let endpoints = s
+            .urls
+            .iter()
+            .map(|u| {
+                Ok(Endpoint {
+                    url: u.parse()?,
+                    label: u.clone(),
+                    health: Mutex::default(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!endpoints.is_empty(), "sink.url: no URL");
+        for e in &endpoints {
+            metrics
+                .up
+                .get_or_create(&EndpointLabel {
+                    endpoint: e.label.clone(),
+                })
+                .set(1);
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -67,7 +127,9 @@ impl AggregatorSink {
             .map_err(|_| anyhow::anyhow!("sink.token: not a valid header value"))?;
         Ok(AggregatorSink {
             client,
-            url,
+            endpoints,
+            next: AtomicUsize::new(0),
+            metrics,
             auth,
             compression: s.compression,
             level: s.compression_level,
@@ -87,6 +149,58 @@ impl AggregatorSink {
         })
     }
 
+    /// Endpoints to try, in order: the healthy ones round-robin, then the skipped ones,
+    /// soonest due first.
+    fn order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = Instant::now();
+        let mut up = Vec::with_capacity(n);
+        let mut down = Vec::new();
+        for i in (0..n).map(|k| (start + k) % n) {
+            match self.endpoints[i].health().down_until {
+                Some(t) if t > now => down.push((t, i)),
+                _ => up.push(i),
+            }
+        }
+        down.sort();
+        up.extend(down.into_iter().map(|(_, i)| i));
+        up
+    }
+
+    fn count(&self, ep: &Endpoint, outcome: &'static str) {
+        self.metrics
+            .requests
+            .get_or_create(&EndpointOutcome {
+                endpoint: ep.label.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn mark(&self, ep: &Endpoint, ok: bool, reason: &str) {
+        let mut h = ep.health();
+        if ok {
+            if h.failures > 0 {
+                tracing::info!(endpoint = %ep.label, "aggregator endpoint answers again");
+            }
+            *h = Health::default();
+        } else {
+            h.failures += 1;
+            h.down_until = Some(Instant::now() + endpoint_backoff(h.failures));
+            if h.failures == 1 && self.endpoints.len() > 1 {
+                tracing::warn!(endpoint = %ep.label, %reason, "aggregator endpoint failing; sending to the others");
+            }
+        }
+        self.metrics
+            .up
+            .get_or_create(&EndpointLabel {
+                endpoint: ep.label.clone(),
+            })
+            .set(i64::from(ok));
+    }
+
+    /// Sends `body` to the first endpoint that takes it.
     async fn attempt(&self, body: &[u8]) -> Outcome {
         let (payload, encoding) = match self.encode(body) {
             Ok(p) => p,
@@ -96,7 +210,60 @@ impl AggregatorSink {
                 }
             }
         };
-        let mut req = Request::post(self.url.clone())
+        let mut retry = None;
+        let mut park = None;
+        for i in self.order() {
+            let ep = &self.endpoints[i];
+            let (outcome, endpoint_fault) =
+                self.attempt_at(ep, body, payload.clone(), encoding).await;
+            match outcome {
+                Outcome::Ok => {
+                    self.count(ep, "ok");
+                    self.mark(ep, true, "");
+                    return Outcome::Ok;
+                }
+                Outcome::Retry { ref reason, .. } if endpoint_fault => {
+                    self.count(ep, "retry");
+                    self.mark(ep, false, reason);
+                    retry = Some(outcome);
+                }
+                Outcome::Park { ref reason, .. } => {
+                    self.count(ep, "park");
+                    self.mark(ep, false, reason);
+                    park = Some(outcome);
+                }
+                Outcome::Retry { .. } => {
+                    // 429: this host's own limit, which another endpoint would apply too.
+                    self.count(ep, "retry");
+                    return outcome;
+                }
+                Outcome::TooLarge => {
+                    self.count(ep, "too_large");
+                    return outcome;
+                }
+                Outcome::Reject { .. } => {
+                    self.count(ep, "reject");
+                    return outcome;
+                }
+            }
+        }
+        // Every endpoint failed: a retry if any may come back by itself, else the park.
+        retry.or(park).unwrap_or(Outcome::Retry {
+            reason: "no endpoint".into(),
+            after: None,
+        })
+    }
+
+    /// One request to one endpoint; also says whether a retryable failure is the endpoint's
+    /// (unreachable, timed out, 5xx: worth trying another) rather than this host's (429).
+    async fn attempt_at(
+        &self,
+        ep: &Endpoint,
+        body: &[u8],
+        payload: Bytes,
+        encoding: Option<&'static str>,
+    ) -> (Outcome, bool) {
+        let mut req = Request::post(ep.url.clone())
             .header(CONTENT_TYPE, logship_wire::COMPACT_CONTENT_TYPE)
             .body(Full::new(payload));
         if let Ok(r) = &mut req {
@@ -111,30 +278,42 @@ impl AggregatorSink {
         let req = match req {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Reject {
-                    reason: format!("cannot build request: {e}"),
-                }
+                return (
+                    Outcome::Reject {
+                        reason: format!("cannot build request: {e}"),
+                    },
+                    false,
+                )
             }
         };
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
-                return Outcome::Retry {
-                    reason: format!("no answer within {:?}", self.timeout),
-                    after: None,
-                }
+                return (
+                    Outcome::Retry {
+                        reason: format!("{}: no answer within {:?}", ep.label, self.timeout),
+                        after: None,
+                    },
+                    true,
+                )
             }
             Ok(Err(e)) => {
                 // A refused handshake or certificate is the configuration's fault: park.
                 if let Some(reason) = super::tls::tls_failure(&e) {
-                    return Outcome::Park {
-                        endpoint: self.url.to_string(),
-                        reason: format!("TLS: {reason}"),
-                    };
+                    return (
+                        Outcome::Park {
+                            endpoint: ep.label.clone(),
+                            reason: format!("TLS: {reason}"),
+                        },
+                        true,
+                    );
                 }
-                return Outcome::Retry {
-                    reason: format!("request failed: {e}"),
-                    after: None,
-                };
+                return (
+                    Outcome::Retry {
+                        reason: format!("{}: request failed: {e}", ep.label),
+                        after: None,
+                    },
+                    true,
+                );
             }
             Ok(Ok(r)) => r,
         };
@@ -151,8 +330,9 @@ impl AggregatorSink {
             Ok(Ok(b)) => b.to_bytes(),
             _ => Bytes::new(),
         };
-        let endpoint = || self.url.to_string();
-        match classify(status, after, &answer) {
+        let endpoint = || ep.label.clone();
+        let endpoint_fault = status != StatusCode::TOO_MANY_REQUESTS;
+        let outcome = match classify(status, after, &answer) {
             Verdict::Ok => match acknowledged_lines(&answer) {
                 Some(n) if Some(n) == logship_wire::compact::line_count(body) => Outcome::Ok,
                 _ => Outcome::Park {
@@ -168,7 +348,8 @@ impl AggregatorSink {
                 reason,
             },
             Verdict::Other(o) => o,
-        }
+        };
+        (outcome, endpoint_fault)
     }
 }
 
@@ -239,27 +420,34 @@ impl Sink for AggregatorSink {
         Box::pin(self.attempt(body))
     }
 
-    /// Reachable when a TCP connection to the aggregator opens within 2 s.
+    /// Reachable when a TCP connection to any aggregator opens within 2 s.
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let host = self
-                .url
-                .host()
-                .unwrap_or("localhost")
-                .trim_matches(['[', ']']);
-            let default_port = if self.url.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            };
-            let port = self.url.port_u16().unwrap_or(default_port);
-            let connect = tokio::net::TcpStream::connect((host, port));
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("{}: {e}", self.url)),
-                Err(_) => Err(format!("{}: no connection within 2 s", self.url)),
+            let mut errors = Vec::new();
+            for ep in &self.endpoints {
+                match reachable(&ep.url).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => errors.push(e),
+                }
             }
+            Err(errors.join("; "))
         })
+    }
+}
+
+async fn reachable(url: &Uri) -> Result<(), String> {
+    let host = url.host().unwrap_or("localhost").trim_matches(['[', ']']);
+    let default_port = if url.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let port = url.port_u16().unwrap_or(default_port);
+    let connect = tokio::net::TcpStream::connect((host, port));
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: no connection within 2 s")),
     }
 }
 

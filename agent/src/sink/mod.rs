@@ -53,9 +53,12 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Builds the configured sink.
-pub fn build(s: &SinkSettings) -> anyhow::Result<Arc<dyn Sink>> {
+pub fn build(
+    s: &SinkSettings,
+    endpoints: &crate::metrics::EndpointMetrics,
+) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match s.kind.as_str() {
-        "aggregator" => Arc::new(aggregator::AggregatorSink::new(s)?),
+        "aggregator" => Arc::new(aggregator::AggregatorSink::new(s, endpoints.clone())?),
         "stdout" => Arc::new(stdout::StdoutSink),
         other => anyhow::bail!("unknown sink type {other:?}"),
     })
