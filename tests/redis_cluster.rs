@@ -225,6 +225,13 @@ impl RedisCluster {
             .sum()
     }
 
+    /// Empties every primary (`FLUSHALL`), replicas follow.
+    pub fn flush_all(&self) {
+        for p in self.primaries() {
+            redis_cli(p, &["flushall"]);
+        }
+    }
+
     /// Keys stored on the primaries (`DBSIZE`), summed.
     pub fn keys(&self) -> u64 {
         self.primaries()

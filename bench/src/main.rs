@@ -78,6 +78,17 @@ pub struct Args {
     /// and report the TLS throughput as a share of plaintext measured in the same run.
     #[arg(long)]
     pub tls: bool,
+    /// The aggregator's store for `ingest`, `system`, `download` and `scaling`: `sled` or
+    /// `redis` (a 3-primary, 3-replica Redis Cluster on loopback that the benchmark starts,
+    /// AOF with fsync always; needs `redis-server`).
+    #[arg(long, default_value = "sled")]
+    pub store: String,
+    /// With `--store redis`: replicas each write must reach before it is acknowledged.
+    #[arg(long, default_value_t = 0)]
+    pub wait_replicas: u32,
+    /// The `[store]` TOML of the run (set from `--store`).
+    #[arg(skip)]
+    pub store_toml: String,
     /// Write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

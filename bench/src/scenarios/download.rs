@@ -11,7 +11,8 @@ pub(super) async fn download(
     dir: &Path,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+    let config = aggregator_config(args, dir, None, "")?;
+    let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let target = (args.download_mib as u64) << 20;
     let src = dir.join("big.log");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);

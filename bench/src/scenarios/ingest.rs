@@ -46,9 +46,10 @@ pub(super) async fn ingest(
     } else {
         "ingest"
     };
-    let config = tls.map(|t| t.aggregator_config(dir)).transpose()?;
+    let config = aggregator_config(args, dir, tls, "")?;
     let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let (bodies, bytes) = bodies(args.ingest_lines, args.clients, args.seed);
+    let memory_before = cluster().map(|c| c.used_memory());
     let lines = (args.ingest_lines / args.clients * args.clients) as u64;
     let cpu0 = agg.cpu_secs();
     let t = Instant::now();
@@ -94,6 +95,29 @@ pub(super) async fn ingest(
         "MiB",
     );
     if tls.is_some() {
+        return Ok(());
+    }
+    if let (Some(c), Some(before)) = (cluster(), memory_before) {
+        let used = c.used_memory().saturating_sub(before);
+        r.add(
+            name,
+            "redis memory per content byte (primaries, INFO memory)",
+            used as f64 / bytes as f64,
+            "x",
+        );
+        let ceiling = super::scaling::redis_ceiling(c, bytes as f64 / lines as f64)?;
+        r.add(
+            name,
+            "reference: redis-benchmark SET of one bucket's size, pipelined, as lines/s",
+            ceiling,
+            "lines/s",
+        );
+        r.add(
+            name,
+            "ratio to the cluster's own ceiling",
+            lines as f64 / secs / ceiling,
+            "x",
+        );
         return Ok(());
     }
     let raw = raw_sled_per_line(dir, args.ingest_lines.min(300_000), args.seed)?;

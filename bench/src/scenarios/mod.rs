@@ -22,9 +22,46 @@ mod fleet;
 mod idle;
 mod ingest;
 mod latency;
+mod scaling;
 mod search;
 mod store;
 mod system;
+
+/// The Redis Cluster of a `--store redis` run.
+static CLUSTER: std::sync::OnceLock<logship_e2e::RedisCluster> = std::sync::OnceLock::new();
+
+/// The run's cluster, when `--store redis`.
+pub(super) fn cluster() -> Option<&'static logship_e2e::RedisCluster> {
+    CLUSTER.get()
+}
+
+/// The aggregator config of a scenario: the TLS table of a `--tls` run and the `[store]`
+/// table of a `--store redis` run, with `extra` top-level keys; `None` when all are empty.
+pub(super) fn aggregator_config(
+    args: &Args,
+    dir: &Path,
+    tls: Option<&crate::tls::BenchTls>,
+    extra: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let tls_toml = match tls {
+        Some(t) => std::fs::read_to_string(t.aggregator_config(dir)?)?,
+        None => String::new(),
+    };
+    if tls_toml.is_empty() && args.store_toml.is_empty() && extra.is_empty() {
+        return Ok(None);
+    }
+    let p = dir.join(format!("aggregator-{}.toml", fastrand::u32(..)));
+    std::fs::write(
+        &p,
+        format!(
+            "{extra}
+{tls_toml}
+{}",
+            args.store_toml
+        ),
+    )?;
+    Ok(Some(p))
+}
 
 fn bin_dir(args: &Args) -> anyhow::Result<PathBuf> {
     match &args.bin_dir {
@@ -38,7 +75,25 @@ fn bin_dir(args: &Args) -> anyhow::Result<PathBuf> {
 
 pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    let mut args = args.clone();
+    let args = &mut args;
     let bins = bin_dir(args)?;
+    match args.store.as_str() {
+        "sled" => {}
+        "redis" => {
+            for s in args.scenarios.split(',').map(str::trim) {
+                if !matches!(s, "ingest" | "system" | "download" | "scaling") {
+                    bail!("--store redis runs ingest, system, download and scaling, not {s:?}");
+                }
+            }
+            eprintln!("starting a Redis Cluster (3 primaries + 3 replicas, AOF always)");
+            let c = tokio::task::spawn_blocking(logship_e2e::RedisCluster::start).await?;
+            args.store_toml = c.store_toml(args.wait_replicas);
+            let _ = CLUSTER.set(c);
+        }
+        other => bail!("--store: unknown store {other:?} (sled or redis)"),
+    }
+    let args = &*args;
     for name in ["agent", "aggregator"] {
         if !bins.join(name).exists() {
             bail!(
@@ -70,6 +125,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
             "latency" => latency::latency(args, &bins, &dir, &mut report).await?,
             "fleet" => fleet::fleet(args, &bins, &dir, &mut report).await?,
             "search" => search::search(args, &bins, &dir, &mut report).await?,
+            "scaling" => scaling::scaling(args, &bins, &dir, &mut report).await?,
             other => bail!("unknown scenario {other:?}"),
         }
         // `--tls`: the same scenario again over HTTPS, and the ratio of the two.
@@ -112,6 +168,12 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
             let _ = std::fs::remove_dir_all(&tls_dir);
         }
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(c) = cluster() {
+            c.flush_all();
+        }
+    }
+    if let Some(c) = cluster() {
+        c.kill_all();
     }
     Ok(report)
 }

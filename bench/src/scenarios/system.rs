@@ -17,7 +17,7 @@ pub(super) async fn system(
         "system"
     };
     let (paths, bytes) = make_files(dir, args.files, args.lines, args.seed)?;
-    let config = tls.map(|t| t.aggregator_config(dir)).transpose()?;
+    let config = aggregator_config(args, dir, tls, "")?;
     let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
@@ -67,11 +67,13 @@ pub(super) async fn system(
         agg.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
-    r.add(
-        name,
-        "aggregator disk bytes per input byte",
-        du(&dir.join("data")) as f64 / bytes as f64,
-        "x",
-    );
+    if cluster().is_none() {
+        r.add(
+            name,
+            "aggregator disk bytes per input byte",
+            du(&dir.join("data")) as f64 / bytes as f64,
+            "x",
+        );
+    }
     Ok(())
 }
