@@ -68,7 +68,7 @@ pub fn index_into(
     Some(())
 }
 
-/// An entry's header as read by a [`Cursor`](super::segments::Cursor); its content follows.
+/// An entry's header as read by a [`Cursor`](crate::sled_store::segments::Cursor); its content follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub offset: u8,
@@ -77,7 +77,7 @@ pub struct Header {
 }
 
 /// Reads the next entry's header from a cursor; `None` at the end of the bucket.
-pub fn next_header(c: &mut super::segments::Cursor) -> std::io::Result<Option<Header>> {
+pub fn next_header(c: &mut crate::sled_store::segments::Cursor) -> std::io::Result<Option<Header>> {
     // Fast path: the whole header is in the buffer (almost always), parsed from the slice.
     let buffered = c.buffered()?;
     if buffered.len() >= 11 {

@@ -7,15 +7,8 @@
 
 mod bucket;
 pub mod clock;
-mod flusher;
-mod keys;
-mod redis_conn;
-mod redis_keys;
-mod redis_scripts;
 mod redis_store;
-mod segments;
 mod sled_store;
-mod sweep;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,8 +18,7 @@ use std::time::{Duration, SystemTime};
 use logship_wire::FileBatch;
 
 pub use bucket::distinct_buckets;
-pub use redis_conn::RedisOptions;
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisOptions, RedisStore};
 pub use sled_store::{SledOptions, SledStore};
 
 /// A boxed future, so the trait stays object safe (`Arc<dyn Store>`).

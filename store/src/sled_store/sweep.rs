@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 
 use super::keys::{file_prefix, id_of_line_key, line_key, parse_file_key, Meta, FILE, HOST, LINES};
 use super::segments::Loc;
-use super::sled_store::{io_unavailable, stripe_of, unavailable, Inner};
-use super::{RetentionPolicy, StoreError, SweepReport};
+use super::{io_unavailable, stripe_of, unavailable, Inner};
+use crate::{RetentionPolicy, StoreError, SweepReport};
 
 /// A segment with at least this share of garbage is compacted even below `max_disk_bytes`.
 const GARBAGE_RATIO: f64 = 0.5;
@@ -328,9 +328,9 @@ mod tests {
 
     use logship_wire::{FileBatch, Line};
 
-    use super::super::sled_store::{SledOptions, SledStore};
-    use super::super::Store;
+    use crate::sled_store::{SledOptions, SledStore};
     use super::*;
+    use crate::Store;
 
     fn batch(file: &str, generation: &str, lines: &[(u64, String)]) -> FileBatch<'static> {
         FileBatch {

@@ -22,8 +22,8 @@
 //! up to it. Nothing on the write or download path scans keys: a generation's buckets are
 //! named by number, up to its `max_line`.
 
-use super::bucket::{self, Entry, LINES_PER_BUCKET};
-use super::StoreError;
+use crate::bucket::{self, Entry, LINES_PER_BUCKET};
+use crate::StoreError;
 
 /// Size of a bucket value's header.
 pub(super) const HEADER: usize = 17;

@@ -12,7 +12,7 @@
 //! numbers make one range scan return a generation's lines in order.
 
 use super::segments::Loc;
-use super::StoreError;
+use crate::StoreError;
 
 pub(super) const HOST: u8 = b'H';
 pub(super) const FILE: u8 = b'F';

@@ -3,6 +3,11 @@
 //! (see `segments.rs` for why). A generation's metadata and its buckets change in one
 //! `apply_batch`, so they never disagree after a crash.
 
+mod flusher;
+mod keys;
+pub(crate) mod segments;
+mod sweep;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,19 +15,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use logship_wire::FileBatch;
 
-use super::bucket::{self, Entry, LINES_PER_BUCKET};
-use super::flusher::GroupCommit;
-use super::keys::{
-    file_prefix, index_value, line_key, parse_file_key, received, Meta, FILE, HOST, PROBE,
-};
-use super::segments::{Loc, Segments};
-use super::sweep::SEGMENTS_PER_PASS;
-use super::{
+use crate::bucket::{self, Entry, LINES_PER_BUCKET};
+use crate::{
     BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
     SweepReport, WriteStats,
 };
+use flusher::GroupCommit;
+use keys::{file_prefix, index_value, line_key, parse_file_key, received, Meta, FILE, HOST, PROBE};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use segments::{Loc, Segments};
+use sweep::SEGMENTS_PER_PASS;
 
 /// Writers to the same generation serialise on one of these (read-merge-write of buckets).
 const LOCK_STRIPES: usize = 64;
@@ -441,7 +444,7 @@ impl Inner {
         &self,
         id: u64,
         window: Option<(u64, u64)>,
-        visit: &mut super::Visitor<'_>,
+        visit: &mut crate::Visitor<'_>,
     ) -> Result<u64, StoreError> {
         let mut run: Vec<(u64, Loc)> = Vec::new();
         let mut run_bytes = 0usize;
@@ -497,7 +500,7 @@ impl Inner {
         &self,
         id: u64,
         bucket: u64,
-        visit: &mut super::Visitor<'_>,
+        visit: &mut crate::Visitor<'_>,
     ) -> Result<bool, StoreError> {
         let (first, last) = (
             bucket * LINES_PER_BUCKET,
@@ -506,13 +509,13 @@ impl Inner {
         let mut from = first;
         loop {
             let c = self.read_chunk(id, from, last, SCAN_BIG_BUCKET, false, true, None)?;
-            let mut lines: Vec<super::RawLine> = c
+            let mut lines: Vec<crate::RawLine> = c
                 .lines
                 .iter()
                 .enumerate()
                 .map(|(i, l)| {
                     let next = c.lines.get(i + 1).map_or(c.data.len(), |n| n.start);
-                    super::RawLine {
+                    crate::RawLine {
                         number: l.number,
                         start: l.start,
                         // The rendered chunk ends each complete line with `\n`.
@@ -538,13 +541,13 @@ impl Inner {
         id: u64,
         run: &[(u64, Loc)],
         block: &mut Vec<u8>,
-        lines: &mut Vec<super::RawLine>,
-        visit: &mut super::Visitor<'_>,
+        lines: &mut Vec<crate::RawLine>,
+        visit: &mut crate::Visitor<'_>,
     ) -> Result<bool, StoreError> {
         let (first, last) = (run[0].1, run[run.len() - 1].1);
         let len = (last.offset + u64::from(last.len) - first.offset) as usize;
         lines.clear();
-        let index = |block: &[u8], lines: &mut Vec<super::RawLine>, bucket: u64, at, len| {
+        let index = |block: &[u8], lines: &mut Vec<crate::RawLine>, bucket: u64, at, len| {
             bucket::index_into(block, at, len, bucket * LINES_PER_BUCKET, lines)
                 .ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket} of generation {id}")))
         };
@@ -581,7 +584,7 @@ impl Inner {
 
     /// Opens a bucket for a download; if compaction just moved it and deleted its segment,
     /// opens it where the index points now.
-    fn bucket_cursor(&self, key: &[u8], loc: Loc) -> Result<super::segments::Cursor, StoreError> {
+    fn bucket_cursor(&self, key: &[u8], loc: Loc) -> Result<segments::Cursor, StoreError> {
         match self.segments.cursor(loc) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let now = self.db.get(key).map_err(unavailable)?;
@@ -753,7 +756,7 @@ impl Store for SledStore {
         &self,
         id: u64,
         window: Option<(u64, u64)>,
-        visit: &mut super::Visitor<'_>,
+        visit: &mut crate::Visitor<'_>,
     ) -> Option<Result<u64, StoreError>> {
         Some(self.inner.scan(id, window, visit))
     }
@@ -785,7 +788,7 @@ impl Store for SledStore {
     ) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let now = super::clock::millis(now);
+            let now = crate::clock::millis(now);
             let i = inner.clone();
             let (candidates, mut report) = blocking(move || {
                 let mut report = SweepReport::default();

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
-use super::StoreError;
+use crate::StoreError;
 
 /// Where and how to reach Redis (`[store] type = "redis"`).
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
-use super::StoreError;
+use crate::StoreError;
 
 /// State published after each flush.
 #[derive(Debug, Clone, Copy, Default)]

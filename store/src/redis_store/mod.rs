@@ -1,6 +1,6 @@
 //! The redis backend: the same cells as sled (128-line buckets, last write wins per line),
 //! kept in a Redis Cluster (or one Redis server) so several stateless aggregators share one
-//! store. Layout in [`super::redis_keys`], scripts in [`super::redis_scripts`].
+//! store. Layout in [`keys`], scripts in [`scripts`].
 //!
 //! Durability: a write is acknowledged after its script ran on the slot's primary — which,
 //! run with `appendonly yes` and `appendfsync always`, has written it to its AOF and fsynced
@@ -8,6 +8,12 @@
 //! take it. A failover can still lose what the promoted replica had not received; with
 //! `wait_replicas = 1` that is nothing acknowledged, as long as a replica that had the write
 //! is the one promoted.
+
+mod conn;
+mod keys;
+mod scripts;
+
+pub use conn::RedisOptions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +26,11 @@ use logship_wire::FileBatch;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult, Value};
 
-use super::bucket::{Entry, LINES_PER_BUCKET};
-use super::redis_conn::{is_server_answer, Conn, Connector, RedisOptions};
-use super::redis_keys::{self as keys, buckets_of, Keys};
-use super::redis_scripts;
-use super::{
+use crate::bucket::{Entry, LINES_PER_BUCKET};
+use conn::{is_server_answer, Conn, Connector};
+use keys::{buckets_of, Keys};
+
+use crate::{
     BoxFuture, Chunk, FileInfo, GenerationInfo, RetentionPolicy, Store, StoreError, SweepReport,
     WriteStats,
 };
@@ -74,7 +80,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 conn: Connector::new(opts),
                 keys,
-                write: redis::Script::new(redis_scripts::WRITE),
+                write: redis::Script::new(scripts::WRITE),
                 ids: std::sync::Mutex::new(HashMap::new()),
                 used_memory: AtomicU64::new(0),
             }),
@@ -88,7 +94,7 @@ impl RedisStore {
 }
 
 fn now_ms() -> u64 {
-    super::clock::millis(SystemTime::now())
+    crate::clock::millis(SystemTime::now())
 }
 
 fn to_time(ms: u64) -> SystemTime {
@@ -181,7 +187,7 @@ impl Inner {
                 let () = self.cmd("creating a generation", hset).await?;
                 let mut create = redis::cmd("EVAL");
                 create
-                    .arg(redis_scripts::CREATE)
+                    .arg(scripts::CREATE)
                     .arg(2)
                     .arg(k.gens(host, file))
                     .arg(k.files(host))
@@ -333,7 +339,7 @@ impl Inner {
         let build = |by_body: bool| {
             let mut c = if by_body {
                 let mut c = redis::cmd("EVAL");
-                c.arg(redis_scripts::WRITE);
+                c.arg(scripts::WRITE);
                 c
             } else {
                 let mut c = redis::cmd("EVALSHA");
@@ -628,7 +634,7 @@ impl Inner {
     async fn unindex(&self, id: u64, host: &str, file: &str, name: &str) -> Result<(), StoreError> {
         let k = &self.keys;
         let mut c = redis::cmd("EVAL");
-        c.arg(redis_scripts::UNINDEX)
+        c.arg(scripts::UNINDEX)
             .arg(2)
             .arg(k.gens(host, file))
             .arg(k.files(host))
@@ -667,7 +673,7 @@ impl Inner {
     async fn drop_generation(&self, id: u64, cutoff: Option<u64>) -> Result<Dropped, StoreError> {
         let k = &self.keys;
         let mut mark = redis::cmd("EVAL");
-        mark.arg(redis_scripts::MARK_DROP)
+        mark.arg(scripts::MARK_DROP)
             .arg(1)
             .arg(k.meta(id))
             .arg(cutoff.map(|c| c.to_string()).unwrap_or_default());
@@ -814,7 +820,7 @@ impl Inner {
 
     /// Wakes `on_write` for every write published by any aggregator, resubscribing (to the
     /// next seed node) whenever the subscription breaks.
-    async fn watch(self: Arc<Self>, on_write: super::OnWrite) {
+    async fn watch(self: Arc<Self>, on_write: crate::OnWrite) {
         let nodes = self.opts().nodes.clone();
         let channel = self.keys.channel();
         let mut n = 0usize;
@@ -995,10 +1001,10 @@ impl Store for RedisStore {
         policy: RetentionPolicy,
         now: SystemTime,
     ) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
-        Box::pin(self.inner.sweep(policy, super::clock::millis(now)))
+        Box::pin(self.inner.sweep(policy, crate::clock::millis(now)))
     }
 
-    fn watch_writes(&self, on_write: super::OnWrite) {
+    fn watch_writes(&self, on_write: crate::OnWrite) {
         tokio::spawn(self.inner.clone().watch(on_write));
     }
 }
