@@ -330,10 +330,9 @@ fn parse_results(body: &[u8]) -> (Vec<Hit>, serde_json::Value) {
     (hits, summary)
 }
 
-#[test]
-fn search_matches_a_model_of_random_lines_and_queries() {
+fn search_matches_a_model_of_random_lines_and_queries(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let seed = std::env::var("LOGSHIP_SEARCH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -421,10 +420,9 @@ fn search_matches_a_model_of_random_lines_and_queries() {
     );
 }
 
-#[test]
-fn a_search_during_ingest_sees_every_line_acknowledged_before_it_began() {
+fn a_search_during_ingest_sees_every_line_acknowledged_before_it_began(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -493,6 +491,11 @@ fn store_lorem(agg: &Aggregator, batches: u64) {
         assert_eq!(a.status, 200);
     }
 }
+
+logship_e2e::both_backends!(
+    search_matches_a_model_of_random_lines_and_queries,
+    a_search_during_ingest_sees_every_line_acknowledged_before_it_began,
+);
 
 #[test]
 fn hostile_queries_get_clear_4xx_and_the_time_limit_holds() {

@@ -328,8 +328,8 @@ mod tests {
 
     use logship_wire::{FileBatch, Line};
 
-    use crate::sled_store::{SledOptions, SledStore};
     use super::*;
+    use crate::sled_store::{SledOptions, SledStore};
     use crate::Store;
 
     fn batch(file: &str, generation: &str, lines: &[(u64, String)]) -> FileBatch<'static> {
