@@ -22,7 +22,7 @@ struct Node {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Mutex<Vec<Node>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Six consecutive free ports whose cluster-bus ports (+10000) are free too.
@@ -116,7 +116,7 @@ impl RedisCluster {
         );
         let cluster = RedisCluster {
             nodes: Mutex::new(nodes),
-            _dir: dir,
+            dir,
         };
         assert!(
             cluster.wait_ok(Duration::from_secs(30)),
@@ -129,6 +129,11 @@ impl RedisCluster {
         self.nodes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the nodes keep their data (AOF, cluster config).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Seed URLs of every node.
@@ -225,10 +230,14 @@ impl RedisCluster {
             .sum()
     }
 
-    /// Empties every primary (`FLUSHALL`), replicas follow.
+    /// Empties every primary (`FLUSHALL`; replicas follow) and rewrites every node's AOF,
+    /// so its disk space comes back too.
     pub fn flush_all(&self) {
         for p in self.primaries() {
             redis_cli(p, &["flushall"]);
+        }
+        for p in self.running() {
+            redis_cli(p, &["bgrewriteaof"]);
         }
     }
 

@@ -74,6 +74,16 @@ fn bin_dir(args: &Args) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
+    let result = run_scenarios(args).await;
+    // The cluster lives in a static, which is never dropped: stop it on every path.
+    if let Some(c) = cluster() {
+        c.kill_all();
+        let _ = std::fs::remove_dir_all(c.data_dir());
+    }
+    result
+}
+
+async fn run_scenarios(args: &Args) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let mut args = args.clone();
     let args = &mut args;
@@ -171,9 +181,6 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         if let Some(c) = cluster() {
             c.flush_all();
         }
-    }
-    if let Some(c) = cluster() {
-        c.kill_all();
     }
     Ok(report)
 }

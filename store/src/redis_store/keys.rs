@@ -96,23 +96,28 @@ pub(super) struct Bucket<'a> {
     pub(super) entries: Vec<Entry<'a>>,
 }
 
+/// The first and last receive times (ms) in a bucket value's header.
+pub(super) fn header_times(head: &[u8]) -> Option<(u64, u64)> {
+    let f = |r: std::ops::Range<usize>| -> Option<u64> {
+        Some(f64::from_be_bytes(head.get(r)?.try_into().ok()?) as u64)
+    };
+    Some((f(1..9)?, f(9..17)?))
+}
+
 /// Decodes a bucket value; `what` names it in the error.
 pub(super) fn decode_bucket<'a>(v: &'a [u8], what: &str) -> Result<Bucket<'a>, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("{what}: bad bucket value"));
     if v.len() < HEADER {
         return Err(corrupt());
     }
-    let f = |r: std::ops::Range<usize>| -> Result<u64, StoreError> {
-        let b: [u8; 8] = v[r].try_into().map_err(|_| corrupt())?;
-        Ok(f64::from_be_bytes(b) as u64)
-    };
+    let (first_ms, last_ms) = header_times(v).ok_or_else(corrupt)?;
     let entries = bucket::decode(&v[HEADER..]).ok_or_else(corrupt)?;
     if entries.len() != usize::from(v[0]) {
         return Err(corrupt());
     }
     Ok(Bucket {
-        first_ms: f(1..9)?,
-        last_ms: f(9..17)?,
+        first_ms,
+        last_ms,
         entries,
     })
 }
