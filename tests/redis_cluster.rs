@@ -276,13 +276,18 @@ impl Backend {
         Backend::Redis(RedisCluster::start())
     }
 
+    /// The `[store]` table of this backend ("" for sled, the default).
+    pub fn store_toml(&self) -> String {
+        match self {
+            Backend::Sled => String::new(),
+            Backend::Redis(c) => c.store_toml(1),
+        }
+    }
+
     /// Starts an aggregator on this backend with `toml` (which must not have a `[store]`
     /// table) written to `dir/agg.toml`, plus `extra` flags; sled data goes to `dir/data`.
     pub fn aggregator(&self, dir: &Path, toml: &str, extra: &[&str]) -> Aggregator {
-        let store = match self {
-            Backend::Sled => String::new(),
-            Backend::Redis(c) => c.store_toml(1),
-        };
+        let store = self.store_toml();
         std::fs::create_dir_all(dir).expect("mkdir");
         let cfg = dir.join("agg.toml");
         std::fs::write(&cfg, format!("{toml}\n{store}")).expect("write aggregator config");

@@ -31,8 +31,9 @@ fn agent_toml(
     )
 }
 
-#[test]
-fn sighup_reloads_both_sides_while_files_are_written() {
+logship_e2e::both_backends!(sighup_reloads_both_sides_while_files_are_written);
+
+fn sighup_reloads_both_sides_while_files_are_written(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     for sub in ["a", "b"] {
@@ -43,7 +44,12 @@ fn sighup_reloads_both_sides_while_files_are_written() {
     for f in &b_files {
         append_lines(f, "b before", 0..200);
     }
-    let agg_cfg = |tokens: &str| format!("[auth]\nwrite_tokens = [{tokens}]\n");
+    let agg_cfg = |tokens: &str| {
+        format!(
+            "[auth]\nwrite_tokens = [{tokens}]\n{}",
+            backend.store_toml()
+        )
+    };
     let agg = Aggregator::with_config(d, &agg_cfg("\"t1\""));
     let url = agg.url("/store/batch");
     let metrics = free_addr();

@@ -410,3 +410,54 @@ fn retention_on_redis_drops_expired_generations_and_frees_their_memory() {
         cluster.keys()
     );
 }
+
+#[test]
+fn max_disk_bytes_on_redis_bounds_the_primaries_memory_dropping_the_oldest_first() {
+    let cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let baseline = cluster.used_memory();
+    let budget = baseline + (30 << 20);
+    let cfg = dir.path().join("agg.toml");
+    std::fs::write(&cfg, format!("role = \"all\"\n{}", cluster.store_toml(1))).expect("write");
+    let agg = Aggregator::start_with_env(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", cfg.to_str().expect("utf-8")],
+        &[
+            ("AGGREGATOR_STORE__MAX_DISK_BYTES", &budget.to_string()),
+            ("AGGREGATOR_STORE__SWEEP_INTERVAL", "300ms"),
+        ],
+    );
+    let line = vec![b'm'; 1000];
+    let lines: Vec<&[u8]> = (0..1000).map(|_| line.as_slice()).collect();
+    // Three files of 15 MB, oldest first: together over the budget.
+    for file in ["/first", "/second", "/third"] {
+        for batch in 0..15u64 {
+            let r = post_compact(&agg, "h", file, "g", batch * 1000, &lines);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let listed = || -> Vec<String> {
+        get(&agg.url("/store/files?host=h")).json()["files"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|f| f["file"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || !listed()
+            .contains(&"/first".to_owned())
+            && cluster.used_memory() <= budget),
+        "over the budget: {} of {budget} bytes, files {:?}",
+        cluster.used_memory(),
+        listed()
+    );
+    // The newest file is whole; the oldest went first.
+    let third = agg.log("h", "/third", "").expect("newest kept");
+    assert_eq!(third.len(), 15_000 * 1001);
+    assert_eq!(agg.log("h", "/first", ""), Err(404));
+}

@@ -707,6 +707,32 @@ mod tests {
     }
 
     #[test]
+    fn sink_url_may_be_a_list_and_each_entry_is_checked() {
+        let src = "[[sources]]\npaths = [\"/a\"]\n";
+        let s = load(&format!(
+            "[sink]\nurl = [\"http://a:1/store/batch\", \"http://b:2/store/batch\"]\n{src}"
+        ))
+        .expect("a list");
+        assert_eq!(
+            s.sink.urls,
+            ["http://a:1/store/batch", "http://b:2/store/batch"]
+        );
+        let s = load(&format!(
+            "[sink]\nurl = \"http://a:1/store/batch, http://b:2/store/batch\"\n{src}"
+        ))
+        .expect("a comma list (what an AGENT_SINK__URL variable holds)");
+        assert_eq!(s.sink.urls.len(), 2);
+        for (text, key) in [
+            ("url = [\"http://a:1/x\", \"ftp://b/x\"]", "sink.url.1"),
+            ("url = [\"http://a:1/x\", \"http://a:1/x\"]", "listed twice"),
+            ("url = []", "no URL"),
+        ] {
+            let e = load(&format!("[sink]\n{text}\n{src}")).expect_err(text);
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn sources_inherit_defaults_and_override_them() {
         let s = load(&format!(
             "{SINK}[defaults]\nbatch_lines = 7\nlinger = \"1s\"\n[[sources]]\npaths = [\"/a/*.log\"]\n[[sources]]\npaths = [\"/b/**/*.log\"]\nbatch_lines = 9\n"

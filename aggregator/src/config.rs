@@ -324,7 +324,7 @@ impl Role {
 }
 
 /// The store a config asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
     Sled,
     Redis(crate::store::RedisOptions),
@@ -699,6 +699,57 @@ mod tests {
             .expect("valid");
         assert_eq!(s.retention.retention, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(s.retention.max_disk_bytes, Some(10 << 30));
+    }
+
+    #[test]
+    fn redis_store_and_role_keys_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.toml");
+        let redis = "[store]\ntype = \"redis\"\nnodes = [\"redis://127.0.0.1:7000\"]\n";
+        for (text, needle) in [
+            ("role = \"both\"\n".to_owned(), "role: unknown role"),
+            ("role = \"query\"\n".to_owned(), "needs a shared store"),
+            (
+                "[store]\ntype = \"redis\"\n".to_owned(),
+                "store.nodes: required",
+            ),
+            (
+                "[store]\ntype = \"redis\"\nnodes = [\"127.0.0.1:7000\"]\n".to_owned(),
+                "store.nodes.0",
+            ),
+            (
+                format!("{redis}key_prefix = \"a{{b}}\"\n"),
+                "store.key_prefix",
+            ),
+            (
+                format!("{redis}wait_replicas = 1\nwait_timeout = \"0s\"\n"),
+                "store.wait_timeout",
+            ),
+            (
+                format!("{redis}password = \"x\"\npassword_file = \"p\"\n"),
+                "store.password_file",
+            ),
+            ("[store]\ntype = \"mongo\"\n".to_owned(), "store.type"),
+        ] {
+            std::fs::write(&p, &text).expect("write");
+            let c = Config::load(Some(&p), &Overrides::default()).expect("loads");
+            let e = c.validate().expect_err(&text).to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        std::fs::write(&p, format!("role = \"ingest\"\n{redis}wait_replicas = 1\n"))
+            .expect("write");
+        let s = Config::load(Some(&p), &Overrides::default())
+            .expect("loads")
+            .validate()
+            .expect("valid");
+        assert_eq!(s.role, Role::Ingest);
+        match s.backend {
+            Backend::Redis(o) => {
+                assert_eq!(o.wait_replicas, 1);
+                assert_eq!(o.key_prefix, "logship");
+            }
+            Backend::Sled => panic!("expected the redis backend"),
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub fn apply(app: &App, new: Settings) {
     }
     restart_only!(
         listen => "listen",
+        role => "role",
+        backend => "store.type (and the redis store's keys)",
         data_dir => "data_dir",
         cache_capacity => "store.cache_capacity",
         max_connections => "max_connections",

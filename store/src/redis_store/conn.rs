@@ -12,7 +12,7 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use crate::StoreError;
 
 /// Where and how to reach Redis (`[store] type = "redis"`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     /// Seed nodes, `redis://host:port`.
     pub nodes: Vec<String>,
