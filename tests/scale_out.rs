@@ -320,6 +320,26 @@ fn the_whole_cluster_down_for_20_s_gets_503s_and_everything_arrives_after() {
         "{}",
         r.text()
     );
+    // Twenty at once: none queues behind another's attempt to reconnect.
+    let slowest = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..20)
+            .map(|i| {
+                let agg = &agg;
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let line = format!("concurrent {i}");
+                    let r = post_compact(agg, "other", "/y", "g", i, &[line.as_bytes()]);
+                    assert_eq!(r.status, 503, "{}", r.text());
+                    t.elapsed()
+                })
+            })
+            .collect();
+        posts.into_iter().map(|h| h.join().expect("post")).max()
+    });
+    assert!(
+        slowest.is_some_and(|d| d < Duration::from_secs(8)),
+        "slowest 503 took {slowest:?}"
+    );
     let r = get(&agg.url("/store/hosts"));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(get(&agg.url("/readyz")).status, 503);

@@ -63,13 +63,20 @@ impl ConnectionLike for Conn {
 pub(super) struct Connector {
     opts: RedisOptions,
     current: tokio::sync::Mutex<Option<(Conn, Instant)>>,
+    /// The last failure to connect, answered again for [`RETRY_CONNECT`] so a burst of
+    /// requests while Redis is down gets prompt 503s instead of queueing for a connect each.
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a failure to connect is answered from memory before trying again.
+const RETRY_CONNECT: Duration = Duration::from_millis(500);
 
 impl Connector {
     pub(super) fn new(opts: RedisOptions) -> Arc<Self> {
         Arc::new(Connector {
             opts,
             current: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         })
     }
 
@@ -79,20 +86,47 @@ impl Connector {
 
     /// The connection, made (within the timeout) if needed.
     pub(super) async fn get(&self) -> Result<Conn, StoreError> {
+        let recent_failure = || {
+            self.failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < RETRY_CONNECT)
+                .map(|(_, msg)| StoreError::Unavailable(msg.clone()))
+        };
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
         let mut cur = self.current.lock().await;
         if let Some((c, _)) = &*cur {
             return Ok(c.clone());
         }
-        let conn = tokio::time::timeout(self.opts.timeout, self.connect())
+        // Another request may have just failed to connect while this one waited.
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
+        let made = tokio::time::timeout(self.opts.timeout, self.connect())
             .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
                     "redis: no node of {:?} answered within {:?}",
                     self.opts.nodes, self.opts.timeout
-                ))
-            })??;
-        *cur = Some((conn.clone(), Instant::now()));
-        Ok(conn)
+                )))
+            });
+        match made {
+            Ok(conn) => {
+                *cur = Some((conn.clone(), Instant::now()));
+                Ok(conn)
+            }
+            Err(e) => {
+                *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((Instant::now(), unavailable_message(&e)));
+                Err(e)
+            }
+        }
     }
 
     /// Drops the connection after a failure that may mean it is broken (not after a
@@ -177,6 +211,12 @@ impl Connector {
         Err(StoreError::Unavailable(format!(
             "redis unreachable: {last}"
         )))
+    }
+}
+
+fn unavailable_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Unavailable(m) | StoreError::Corrupt(m) => m.clone(),
     }
 }
 
