@@ -7,40 +7,6 @@ use std::time::Duration;
 
 use logship_e2e::*;
 
-fn all_shipped(agg: &Aggregator, host: &str, files: &[PathBuf]) -> bool {
-    files.iter().all(|f| shipped_exactly(agg, host, f))
-}
-
-fn assert_all_shipped(agg: &Aggregator, host: &str, files: &[PathBuf], within: Duration) {
-    let ok = wait_until(within, || all_shipped(agg, host, files));
-    if !ok {
-        for f in files {
-            let got = agg.log(host, &f.to_string_lossy(), "").map(|b| b.len());
-            let want = std::fs::metadata(f).map(|m| m.len());
-            eprintln!("{}: downloaded {got:?}, file {want:?}", f.display());
-        }
-    }
-    assert!(
-        ok,
-        "not every file downloaded byte-identical within {within:?}"
-    );
-    for f in files {
-        let gens = generations(agg, host, &f.to_string_lossy());
-        assert_eq!(
-            gens.len(),
-            1,
-            "{}: one generation expected, got {gens:?}",
-            f.display()
-        );
-        assert_eq!(
-            gens[0].1,
-            line_count(f),
-            "{}: stored line count",
-            f.display()
-        );
-    }
-}
-
 logship_e2e::both_backends!(globs_with_appends_and_new_files_ship_byte_identical);
 
 fn globs_with_appends_and_new_files_ship_byte_identical(backend: Backend) {

@@ -9,17 +9,7 @@ logship_e2e::both_backends!(follow_streams_each_appended_line_once_in_order_acro
 fn follow_streams_each_appended_line_once_in_order_across_a_rotation(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     // linger 50ms (agent_config's default for tests)
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let agg = backend.aggregator(dir.path(), "", &[]);
-    let cfg = agent_config(
-        dir.path(),
-        &agg.url("/store/batch"),
-        "h",
-        &[&format!("{}/*.log", logs.display())],
-        "",
-        "rotate_wait = \"300ms\"",
-    );
+    let (agg, logs, cfg) = start_pair_on(&backend, dir.path(), "", "rotate_wait = \"300ms\"");
     let log = logs.join("live.log");
     append_lines(&log, "before", 0..300);
     let _agent = Agent::start(&cfg);

@@ -32,6 +32,19 @@ fn node(
     )
 }
 
+/// An all-role aggregator on `cluster` with store keys set through the environment (the
+/// cluster's `[store]` table is the file's).
+fn node_with_env(cluster: &RedisCluster, dir: &Path, env: &[(&str, &str)]) -> Aggregator {
+    let cfg = dir.join("agg.toml");
+    std::fs::write(&cfg, format!("role = \"all\"\n{}", cluster.store_toml(1))).expect("write");
+    Aggregator::start_with_env(
+        &dir.join("data"),
+        "127.0.0.1:0",
+        &["--config", cfg.to_str().expect("utf-8")],
+        env,
+    )
+}
+
 /// An agent config shipping `logs/*.log` as `host` to every URL in `urls`.
 fn agent_to(dir: &Path, urls: &[String], host: &str, logs: &Path, extra: &str) -> PathBuf {
     let list: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
@@ -47,6 +60,32 @@ fn agent_to(dir: &Path, urls: &[String], host: &str, logs: &Path, extra: &str) -
     p
 }
 
+/// An all-role aggregator (`wait_replicas = 1`) and an agent shipping `n` files of `lines`
+/// lines each, as host `h`, from `dir/logs`.
+fn one_node_shipping(
+    cluster: &RedisCluster,
+    dir: &Path,
+    n: usize,
+    lines: usize,
+) -> (Aggregator, Vec<PathBuf>, Agent) {
+    let agg = node(cluster, &dir.join("agg"), "all", 1, "");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let files: Vec<PathBuf> = (0..n).map(|i| logs.join(format!("f{i}.log"))).collect();
+    for f in &files {
+        append_lines(f, "start", 0..lines);
+    }
+    let cfg = agent_to(
+        &dir.join("agent"),
+        &[agg.url("/store/batch")],
+        "h",
+        &logs,
+        "",
+    );
+    let agent = Agent::start(&cfg);
+    (agg, files, agent)
+}
+
 /// Appends to every file in `files`, a few lines each round, until `stop`.
 fn keep_writing(files: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -59,30 +98,6 @@ fn keep_writing(files: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::Join
             std::thread::sleep(Duration::from_millis(20));
         }
     })
-}
-
-/// Every file downloads byte-identical from `agg` as `host`, with one generation whose line
-/// count is the file's (nothing stored twice).
-fn assert_identical(agg: &Aggregator, host: &str, files: &[PathBuf], within: Duration) {
-    let ok = wait_until(within, || {
-        files.iter().all(|f| shipped_exactly(agg, host, f))
-    });
-    if !ok {
-        for f in files {
-            let got = agg.log(host, &f.to_string_lossy(), "").map(|b| b.len());
-            let want = std::fs::metadata(f).map(|m| m.len());
-            eprintln!("{}: downloaded {got:?}, file {want:?}", f.display());
-        }
-    }
-    assert!(
-        ok,
-        "not every file of {host} downloaded byte-identical within {within:?}"
-    );
-    for f in files {
-        let gens = generations(agg, host, &f.to_string_lossy());
-        assert_eq!(gens.len(), 1, "{}: {gens:?}", f.display());
-        assert_eq!(gens[0].1, line_count(f), "{}: stored lines", f.display());
-    }
 }
 
 #[test]
@@ -212,7 +227,7 @@ fn agents_fail_over_when_an_ingest_node_is_killed_and_nothing_is_duplicated() {
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     for (host, host_files) in &files {
-        assert_identical(&query, host, host_files, Duration::from_secs(60));
+        assert_all_shipped(&query, host, host_files, Duration::from_secs(60));
     }
     // The agents saw the dead endpoint and say so per endpoint.
     let dead = format!("agent_endpoint_up{{endpoint=\"{}\"}} 0", urls[0]);
@@ -236,21 +251,7 @@ fn agents_fail_over_when_an_ingest_node_is_killed_and_nothing_is_duplicated() {
 fn a_redis_primary_killed_mid_stream_loses_nothing_acknowledged() {
     let cluster = RedisCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = node(&cluster, &dir.path().join("agg"), "all", 1, "");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let files: Vec<PathBuf> = (0..6).map(|i| logs.join(format!("p{i}.log"))).collect();
-    for f in &files {
-        append_lines(f, "start", 0..1000);
-    }
-    let cfg = agent_to(
-        &dir.path().join("agent"),
-        &[agg.url("/store/batch")],
-        "h",
-        &logs,
-        "",
-    );
-    let _agent = Agent::start(&cfg);
+    let (agg, files, _agent) = one_node_shipping(&cluster, dir.path(), 6, 1000);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = keep_writing(files.clone(), stop.clone());
     assert!(wait_until(Duration::from_secs(20), || files.iter().all(
@@ -278,29 +279,15 @@ fn a_redis_primary_killed_mid_stream_loses_nothing_acknowledged() {
     );
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
-    assert_identical(&agg, "h", &files, Duration::from_secs(60));
+    assert_all_shipped(&agg, "h", &files, Duration::from_secs(60));
 }
 
 #[test]
 fn the_whole_cluster_down_for_20_s_gets_503s_and_everything_arrives_after() {
     let cluster = RedisCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = node(&cluster, &dir.path().join("agg"), "all", 1, "");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let files: Vec<PathBuf> = (0..4).map(|i| logs.join(format!("d{i}.log"))).collect();
-    for f in &files {
-        append_lines(f, "before", 0..500);
-    }
-    let cfg = agent_to(
-        &dir.path().join("agent"),
-        &[agg.url("/store/batch")],
-        "h",
-        &logs,
-        "",
-    );
-    let agent = Agent::start(&cfg);
-    assert_identical(&agg, "h", &files, Duration::from_secs(30));
+    let (agg, files, agent) = one_node_shipping(&cluster, dir.path(), 4, 500);
+    assert_all_shipped(&agg, "h", &files, Duration::from_secs(30));
     cluster.kill_all();
     let down_at = Instant::now();
     // Ingest answers 503 + Retry-After within the store timeout (3 s + 2 s wait), never 500.
@@ -361,7 +348,7 @@ fn the_whole_cluster_down_for_20_s_gets_503s_and_everything_arrives_after() {
         cluster.wait_ok(Duration::from_secs(60)),
         "cluster did not come back"
     );
-    assert_identical(&agg, "h", &files, Duration::from_secs(60));
+    assert_all_shipped(&agg, "h", &files, Duration::from_secs(60));
     assert_eq!(get(&agg.url("/readyz")).status, 200);
 }
 
@@ -369,13 +356,9 @@ fn the_whole_cluster_down_for_20_s_gets_503s_and_everything_arrives_after() {
 fn retention_on_redis_drops_expired_generations_and_frees_their_memory() {
     let cluster = RedisCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    // Retention goes in through the environment: the cluster's `[store]` table is the file's.
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, format!("role = \"all\"\n{}", cluster.store_toml(1))).expect("write");
-    let agg = Aggregator::start_with_env(
-        &dir.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", cfg.to_str().expect("utf-8")],
+    let agg = node_with_env(
+        &cluster,
+        dir.path(),
         &[
             ("AGGREGATOR_STORE__RETENTION", "4s"),
             ("AGGREGATOR_STORE__SWEEP_INTERVAL", "500ms"),
@@ -437,12 +420,9 @@ fn max_disk_bytes_on_redis_bounds_the_primaries_memory_dropping_the_oldest_first
     let dir = tempfile::tempdir().expect("tempdir");
     let baseline = cluster.used_memory();
     let budget = baseline + (30 << 20);
-    let cfg = dir.path().join("agg.toml");
-    std::fs::write(&cfg, format!("role = \"all\"\n{}", cluster.store_toml(1))).expect("write");
-    let agg = Aggregator::start_with_env(
-        &dir.path().join("data"),
-        "127.0.0.1:0",
-        &["--config", cfg.to_str().expect("utf-8")],
+    let agg = node_with_env(
+        &cluster,
+        dir.path(),
         &[
             ("AGGREGATOR_STORE__MAX_DISK_BYTES", &budget.to_string()),
             ("AGGREGATOR_STORE__SWEEP_INTERVAL", "300ms"),

@@ -408,6 +408,40 @@ pub fn shipped_exactly(agg: &Aggregator, host: &str, path: &Path) -> bool {
         .is_ok_and(|got| got == want)
 }
 
+/// Waits up to `within` until every file downloads byte-identical as `host`, then checks
+/// each is stored as one generation holding exactly the file's lines (nothing twice).
+pub fn assert_all_shipped(agg: &Aggregator, host: &str, files: &[PathBuf], within: Duration) {
+    let ok = wait_until(within, || {
+        files.iter().all(|f| shipped_exactly(agg, host, f))
+    });
+    if !ok {
+        for f in files {
+            let got = agg.log(host, &f.to_string_lossy(), "").map(|b| b.len());
+            let want = std::fs::metadata(f).map(|m| m.len());
+            eprintln!("{}: downloaded {got:?}, file {want:?}", f.display());
+        }
+    }
+    assert!(
+        ok,
+        "not every file of {host} downloaded byte-identical within {within:?}"
+    );
+    for f in files {
+        let gens = generations(agg, host, &f.to_string_lossy());
+        assert_eq!(
+            gens.len(),
+            1,
+            "{}: one generation expected, got {gens:?}",
+            f.display()
+        );
+        assert_eq!(
+            gens[0].1,
+            line_count(f),
+            "{}: stored line count",
+            f.display()
+        );
+    }
+}
+
 /// The generations listed for `host`/`file`: (name, lines).
 pub fn generations(agg: &Aggregator, host: &str, file: &str) -> Vec<(String, u64)> {
     let v = get(&agg.url(&format!("/store/files?host={}", enc(host)))).json();
@@ -490,9 +524,22 @@ pub fn start_pair(
     top_extra: &str,
     source_extra: &str,
 ) -> (Aggregator, PathBuf, PathBuf) {
+    start_pair_on(&Backend::Sled, dir, top_extra, source_extra)
+}
+
+/// As [`start_pair`], the aggregator on `backend`.
+pub fn start_pair_on(
+    backend: &Backend,
+    dir: &Path,
+    top_extra: &str,
+    source_extra: &str,
+) -> (Aggregator, PathBuf, PathBuf) {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).expect("mkdir");
-    let agg = Aggregator::start(&dir.join("data"), &[]);
+    let agg = match backend {
+        Backend::Sled => Aggregator::start(&dir.join("data"), &[]),
+        other => other.aggregator(dir, "", &[]),
+    };
     let cfg = agent_config(
         dir,
         &agg.url("/store/batch"),

@@ -119,6 +119,47 @@ pub fn next_header(c: &mut crate::sled_store::segments::Cursor) -> std::io::Resu
     Err(corrupt("length varint too long"))
 }
 
+/// One file batch's lines grouped by bucket, entries sorted by offset; within a batch a
+/// later copy of a line wins, as across batches.
+#[derive(Debug, Default)]
+pub struct Grouped<'a> {
+    pub buckets: std::collections::BTreeMap<u64, Vec<Entry<'a>>>,
+    /// Lines and content bytes received (copies included).
+    pub lines: u64,
+    pub bytes: u64,
+    /// The highest line number (0 for no lines).
+    pub max_line: u64,
+}
+
+/// Groups `lines` by bucket (what both backends merge).
+pub fn group<'a>(lines: &'a [logship_wire::Line<'_>]) -> Grouped<'a> {
+    let mut by_bucket: std::collections::BTreeMap<u64, std::collections::BTreeMap<u8, Entry<'a>>> =
+        std::collections::BTreeMap::new();
+    let mut g = Grouped::default();
+    for l in lines {
+        let offset = (l.number % LINES_PER_BUCKET) as u8;
+        by_bucket
+            .entry(l.number / LINES_PER_BUCKET)
+            .or_default()
+            .insert(
+                offset,
+                Entry {
+                    offset,
+                    partial: l.partial,
+                    content: &l.content,
+                },
+            );
+        g.lines += 1;
+        g.bytes += l.content.len() as u64;
+        g.max_line = g.max_line.max(l.number);
+    }
+    g.buckets = by_bucket
+        .into_iter()
+        .map(|(b, e)| (b, e.into_values().collect()))
+        .collect();
+    g
+}
+
 /// Distinct buckets the lines of `batches` fall in: what a write costs the store (one
 /// index entry and one merged record each), whatever the number of lines.
 pub fn distinct_buckets(batches: &[logship_wire::FileBatch<'_>]) -> usize {

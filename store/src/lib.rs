@@ -126,6 +126,62 @@ impl Chunk {
     }
 }
 
+/// What a read asks for; the backends' read loops share its checks.
+pub(crate) struct Read {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) max_bytes: usize,
+    pub(crate) contiguous: bool,
+    pub(crate) numbered: bool,
+    /// A search's receive-time window, (since, until) in ms.
+    pub(crate) window: Option<(u64, u64)>,
+}
+
+impl Read {
+    /// Whether a bucket received from `first` to `last` (ms) lies wholly outside a search's
+    /// time window, and so is skipped unread.
+    pub(crate) fn outside(&self, first: u64, last: u64) -> bool {
+        self.window
+            .is_some_and(|(since, until)| first > until || last < since)
+    }
+
+    /// After the bucket at `base`: whether the chunk is full, noting where to go on.
+    pub(crate) fn full_after(&self, chunk: &mut Chunk, base: u64) -> bool {
+        let next = base + bucket::LINES_PER_BUCKET;
+        if chunk.data.len() >= self.max_bytes && next <= self.to {
+            chunk.next = Some(if self.contiguous { chunk.end } else { next });
+            return true;
+        }
+        false
+    }
+}
+
+impl Chunk {
+    /// Renders a decoded bucket's entries (first line number `base`) that `read` wants;
+    /// whether the chunk is complete.
+    pub(crate) fn push_bucket(
+        &mut self,
+        base: u64,
+        entries: &[bucket::Entry<'_>],
+        read: &Read,
+    ) -> bool {
+        for e in entries {
+            let n = base + u64::from(e.offset);
+            if n < read.from || n > read.to {
+                continue;
+            }
+            if !self.admit(n, e.partial, read.contiguous, read.numbered) {
+                return true;
+            }
+            self.data.extend_from_slice(e.content);
+            if self.close_line(n, e.partial, read.max_bytes, read.to) {
+                return true;
+            }
+        }
+        read.full_after(self, base)
+    }
+}
+
 /// One rendered line of a [`Chunk`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineRef {

@@ -32,6 +32,29 @@ pub(super) fn bodies(total: usize, clients: usize, seed: u64) -> (Vec<Vec<Bytes>
     (out, bytes)
 }
 
+/// Posts every client's bodies, one task per client, client `k` to `bases[k % n]`;
+/// anything but a 200 fails the run.
+pub(super) async fn post_all(bodies: Vec<Vec<Bytes>>, bases: &[String]) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for (k, list) in bodies.into_iter().enumerate() {
+        let url = format!("{}/store/batch", bases[k % bases.len()]);
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for b in list {
+                let s = post(&c, &url, b).await?;
+                if s != 200 {
+                    bail!("ingest answered {s}");
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 /// Many concurrent clients posting compact batches of 1,000 lines to the real aggregator
 /// (over HTTPS with `tls`, reported as `ingest-tls`).
 pub(super) async fn ingest(
@@ -53,23 +76,7 @@ pub(super) async fn ingest(
     let lines = (args.ingest_lines / args.clients * args.clients) as u64;
     let cpu0 = agg.cpu_secs();
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for list in bodies {
-        let url = format!("{base}/store/batch");
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            for b in list {
-                let s = post(&c, &url, b).await?;
-                if s != 200 {
-                    bail!("ingest answered {s}");
-                }
-            }
-            Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    post_all(bodies, std::slice::from_ref(&base)).await?;
     let secs = t.elapsed().as_secs_f64();
     let stored = total_lines(&client(), &base, Some("bench")).await?;
     if stored != lines {

@@ -34,24 +34,8 @@ pub(super) async fn scaling(
             Measured::aggregator_with(bins, &q.join("data"), cfg.as_deref())?;
         let cpu0: f64 = nodes.iter().map(|(m, _)| m.cpu_secs()).sum();
         let t = Instant::now();
-        let mut tasks = Vec::new();
-        for (k, list) in bodies.iter().enumerate() {
-            let url = format!("{}/store/batch", nodes[k % n].1);
-            let list = list.clone();
-            tasks.push(tokio::spawn(async move {
-                let c = client();
-                for b in list {
-                    let s = post(&c, &url, b).await?;
-                    if s != 200 {
-                        bail!("ingest answered {s}");
-                    }
-                }
-                Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
+        let bases: Vec<String> = nodes.iter().map(|(_, b)| b.clone()).collect();
+        ingest::post_all(bodies.clone(), &bases).await?;
         let secs = t.elapsed().as_secs_f64();
         let cpu: f64 = nodes.iter().map(|(m, _)| m.cpu_secs()).sum::<f64>() - cpu0;
         let stored = total_lines(&client(), &query_base, Some("bench")).await?;

@@ -15,7 +15,7 @@ mod scripts;
 
 pub use conn::RedisOptions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,13 +26,13 @@ use logship_wire::FileBatch;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult, Value};
 
-use crate::bucket::{Entry, LINES_PER_BUCKET};
+use crate::bucket::{self, LINES_PER_BUCKET};
 use conn::{is_server_answer, Conn, Connector};
 use keys::{buckets_of, Keys};
 
 use crate::{
-    BoxFuture, Chunk, FileInfo, GenerationInfo, RetentionPolicy, Store, StoreError, SweepReport,
-    WriteStats,
+    BoxFuture, Chunk, FileInfo, GenerationInfo, Read, RetentionPolicy, Store, StoreError,
+    SweepReport, WriteStats,
 };
 
 /// Buckets per write script: bounds how long one script holds its node.
@@ -204,28 +204,14 @@ impl Inner {
                         )
                         .await;
                 } else {
-                    let _: i64 = self
-                        .cmd(
-                            "scoring a generation for retention",
-                            redis::cmd("ZADD")
-                                .arg(k.by_last())
-                                .arg(now)
-                                .arg(new)
-                                .clone(),
-                        )
-                        .await?;
+                    self.score(new, now, false).await?;
                 }
                 winner
             }
         };
         // Always (not only on creation): a crash between creating and listing is repaired
         // by the next aggregator that writes to the generation.
-        let _: i64 = self
-            .cmd(
-                "listing a host",
-                redis::cmd("ZADD").arg(k.hosts()).arg(0).arg(host).clone(),
-            )
-            .await?;
+        self.list_host(host).await?;
         let mut cache = self.cache();
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
@@ -247,30 +233,13 @@ impl Inner {
         if fb.lines.is_empty() {
             return Ok(stats);
         }
-        // Group by bucket; within a batch a later copy of a line wins, as across batches.
-        let mut buckets: BTreeMap<u64, BTreeMap<u8, Entry<'_>>> = BTreeMap::new();
-        let mut max_line = 0;
-        for l in &fb.lines {
-            let offset = (l.number % LINES_PER_BUCKET) as u8;
-            buckets
-                .entry(l.number / LINES_PER_BUCKET)
-                .or_default()
-                .insert(
-                    offset,
-                    Entry {
-                        offset,
-                        partial: l.partial,
-                        content: &l.content,
-                    },
-                );
-            stats.lines += 1;
-            stats.bytes += l.content.len() as u64;
-            max_line = max_line.max(l.number);
-        }
+        let grouped = bucket::group(&fb.lines);
+        stats.lines = grouped.lines;
+        stats.bytes = grouped.bytes;
+        let max_line = grouped.max_line;
         let mut pieces: Vec<Vec<(u64, usize, Vec<u8>)>> = vec![Vec::new()];
         let mut piece_bytes = 0;
-        for (b, entries) in buckets {
-            let entries: Vec<Entry<'_>> = entries.into_values().collect();
+        for (b, entries) in grouped.buckets {
             let blob = keys::encode_entries(&entries);
             let last = pieces
                 .last_mut()
@@ -419,13 +388,8 @@ impl Inner {
             _ => false,
         };
         if due {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(self.keys.by_last())
-                .arg("GT")
-                .arg(now_ms())
-                .arg(id);
             // The score is only a hint: the drop re-checks the generation's own last write.
-            let _: Result<i64, _> = self.cmd("scoring a generation", zadd).await;
+            let _ = self.score(id, now_ms(), true).await;
         }
     }
 
@@ -636,20 +600,7 @@ impl Inner {
                         chunk.skipped += 1;
                         continue;
                     }
-                    for e in bucket.entries {
-                        let n = base + u64::from(e.offset);
-                        if n < from || n > to {
-                            continue;
-                        }
-                        if !chunk.admit(n, e.partial, contiguous, numbered) {
-                            return Ok(chunk);
-                        }
-                        chunk.data.extend_from_slice(e.content);
-                        if chunk.close_line(n, e.partial, max_bytes, to) {
-                            return Ok(chunk);
-                        }
-                    }
-                    if read.full_after(&mut chunk, base) {
+                    if chunk.push_bucket(base, &bucket.entries, &read) {
                         return Ok(chunk);
                     }
                 }
@@ -743,14 +694,29 @@ impl Inner {
                 )
                 .await?;
             if now > 0 {
-                let _: i64 = self
-                    .cmd(
-                        "listing a host",
-                        redis::cmd("ZADD").arg(k.hosts()).arg(0).arg(host).clone(),
-                    )
-                    .await?;
+                self.list_host(host).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Lists a host (idempotent).
+    async fn list_host(&self, host: &str) -> Result<(), StoreError> {
+        let mut c = redis::cmd("ZADD");
+        c.arg(self.keys.hosts()).arg(0).arg(host);
+        let _: i64 = self.cmd("listing a host", c).await?;
+        Ok(())
+    }
+
+    /// Sets generation `id`'s retention score to `ms` (only upwards when `raise`).
+    async fn score(&self, id: u64, ms: u64, raise: bool) -> Result<(), StoreError> {
+        let mut c = redis::cmd("ZADD");
+        c.arg(self.keys.by_last());
+        if raise {
+            c.arg("GT");
+        }
+        c.arg(ms).arg(id);
+        let _: i64 = self.cmd("scoring a generation for retention", c).await?;
         Ok(())
     }
 
@@ -779,16 +745,7 @@ impl Inner {
                     .get(1)
                     .and_then(|l| l.parse::<u64>().ok())
                     .unwrap_or(0);
-                let _: i64 = self
-                    .cmd(
-                        "rescoring a generation",
-                        redis::cmd("ZADD")
-                            .arg(k.by_last())
-                            .arg(last)
-                            .arg(id)
-                            .clone(),
-                    )
-                    .await?;
+                self.score(id, last, false).await?;
                 Ok(Dropped::Kept)
             }
             Some("drop") if answer.len() == 5 => {
@@ -952,35 +909,6 @@ impl Inner {
 const BIG_BUCKET: u64 = 1 << 20;
 /// Bucket bytes fetched per `MGET`, at most.
 const GROUP_BYTES: u64 = 4 << 20;
-
-/// What a read asks for.
-struct Read {
-    from: u64,
-    to: u64,
-    max_bytes: usize,
-    contiguous: bool,
-    numbered: bool,
-    window: Option<(u64, u64)>,
-}
-
-impl Read {
-    /// Whether a bucket received from `first` to `last` (ms) lies wholly outside a search's
-    /// time window, and so is skipped unread.
-    fn outside(&self, first: u64, last: u64) -> bool {
-        self.window
-            .is_some_and(|(since, until)| first > until || last < since)
-    }
-
-    /// After the bucket at `base`: whether the chunk is full, noting where to go on.
-    fn full_after(&self, chunk: &mut Chunk, base: u64) -> bool {
-        let next = base + LINES_PER_BUCKET;
-        if chunk.data.len() >= self.max_bytes && next <= self.to {
-            chunk.next = Some(if self.contiguous { chunk.end } else { next });
-            return true;
-        }
-        false
-    }
-}
 
 /// Reads one string value piecewise with `GETRANGE`.
 struct RangeReader<'a> {

@@ -8,17 +8,16 @@ mod keys;
 pub(crate) mod segments;
 mod sweep;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use logship_wire::FileBatch;
 
-use crate::bucket::{self, Entry, LINES_PER_BUCKET};
+use crate::bucket::{self, LINES_PER_BUCKET};
 use crate::{
-    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, RetentionPolicy, Store, StoreError,
-    SweepReport, WriteStats,
+    BoxFuture, Chunk, FileInfo, GenerationInfo, PhaseLabels, Read, RetentionPolicy, Store,
+    StoreError, SweepReport, WriteStats,
 };
 use flusher::GroupCommit;
 use keys::{file_prefix, index_value, line_key, parse_file_key, received, Meta, FILE, HOST, PROBE};
@@ -178,30 +177,17 @@ impl Inner {
             }
         };
 
-        // Group by bucket; within a batch a later copy of a line wins, as across batches.
-        let mut buckets: BTreeMap<u64, BTreeMap<u8, Entry<'_>>> = BTreeMap::new();
-        let mut stats = WriteStats::default();
-        for l in &fb.lines {
-            let offset = (l.number % LINES_PER_BUCKET) as u8;
-            buckets
-                .entry(l.number / LINES_PER_BUCKET)
-                .or_default()
-                .insert(
-                    offset,
-                    Entry {
-                        offset,
-                        partial: l.partial,
-                        content: &l.content,
-                    },
-                );
-            stats.lines += 1;
-            stats.bytes += l.content.len() as u64;
-            meta.max_line = if fresh && stats.lines == 1 {
-                l.number
-            } else {
-                meta.max_line.max(l.number)
-            };
-        }
+        let grouped = bucket::group(&fb.lines);
+        let mut stats = WriteStats {
+            lines: grouped.lines,
+            bytes: grouped.bytes,
+            new_lines: 0,
+        };
+        meta.max_line = if fresh {
+            grouped.max_line
+        } else {
+            meta.max_line.max(grouped.max_line)
+        };
         // Merged buckets go to the segment in appends of at most APPLY_CHUNK_BYTES (or
         // APPLY_CHUNK_BUCKETS), each with its own index batch: a request touching many
         // buckets costs bounded memory, and no append overshoots a segment by much.
@@ -214,8 +200,7 @@ impl Inner {
         meta.last_write_ms = now;
         let mut data = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
-        for (b, entries) in buckets {
-            let new: Vec<Entry<'_>> = entries.into_values().collect();
+        for (b, new) in grouped.buckets {
             let mut first_ms = now;
             let old = match self.db.get(line_key(meta.id, b)).map_err(unavailable)? {
                 Some(v) => {
@@ -361,6 +346,14 @@ impl Inner {
         if from > to {
             return Ok(chunk);
         }
+        let read = Read {
+            from,
+            to,
+            max_bytes,
+            contiguous,
+            numbered,
+            window,
+        };
         let (first, last) = (from / LINES_PER_BUCKET, to / LINES_PER_BUCKET);
         for item in self.db.range(line_key(id, first)..=line_key(id, last)) {
             let (k, v) = item.map_err(unavailable)?;
@@ -370,13 +363,11 @@ impl Inner {
             let loc = Loc::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index at line {base} of generation {id}"))
             })?;
-            if let Some((since, until)) = window {
-                let (first, last) = received(&v);
-                if first > until || last < since {
-                    // Received wholly outside the window: not even read.
-                    chunk.skipped += 1;
-                    continue;
-                }
+            let (first_ms, last_ms) = received(&v);
+            if read.outside(first_ms, last_ms) {
+                // Received wholly outside the window: not even read.
+                chunk.skipped += 1;
+                continue;
             }
             let corrupt = |e: std::io::Error| {
                 if e.kind() == std::io::ErrorKind::InvalidData {
@@ -392,19 +383,10 @@ impl Inner {
                 let entries = bucket::decode(whole).ok_or_else(|| {
                     StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
                 })?;
-                for e in entries {
-                    let n = base + u64::from(e.offset);
-                    if n < from || n > to {
-                        continue;
-                    }
-                    if !chunk.admit(n, e.partial, contiguous, numbered) {
-                        return Ok(chunk);
-                    }
-                    chunk.data.extend_from_slice(e.content);
-                    if chunk.close_line(n, e.partial, max_bytes, to) {
-                        return Ok(chunk);
-                    }
+                if chunk.push_bucket(base, &entries, &read) {
+                    return Ok(chunk);
                 }
+                continue;
             } else {
                 while let Some(h) = bucket::next_header(&mut cursor).map_err(corrupt)? {
                     let n = base + u64::from(h.offset);
@@ -421,9 +403,7 @@ impl Inner {
                     }
                 }
             }
-            let next = base + LINES_PER_BUCKET;
-            if chunk.data.len() >= max_bytes && next <= to {
-                chunk.next = Some(if contiguous { chunk.end } else { next });
+            if read.full_after(&mut chunk, base) {
                 return Ok(chunk);
             }
         }
