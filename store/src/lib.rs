@@ -138,6 +138,36 @@ pub(crate) struct Read {
 }
 
 impl Read {
+    /// A download's read of lines `from..=to`.
+    pub(crate) fn download(
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        contiguous: bool,
+        numbered: bool,
+    ) -> Read {
+        Read {
+            from,
+            to,
+            max_bytes,
+            contiguous,
+            numbered,
+            window: None,
+        }
+    }
+
+    /// A search's read: numbered, not contiguous, within `window`.
+    pub(crate) fn search(from: u64, to: u64, max_bytes: usize, window: Option<(u64, u64)>) -> Read {
+        Read {
+            from,
+            to,
+            max_bytes,
+            contiguous: false,
+            numbered: true,
+            window,
+        }
+    }
+
     /// Whether a bucket received from `first` to `last` (ms) lies wholly outside a search's
     /// time window, and so is skipped unread.
     pub(crate) fn outside(&self, first: u64, last: u64) -> bool {

@@ -185,15 +185,7 @@ impl Inner {
                     .arg("last")
                     .arg(now);
                 let () = self.cmd("creating a generation", hset).await?;
-                let mut create = redis::cmd("EVAL");
-                create
-                    .arg(scripts::CREATE)
-                    .arg(2)
-                    .arg(k.gens(host, file))
-                    .arg(k.files(host))
-                    .arg(name)
-                    .arg(new)
-                    .arg(file);
+                let create = self.host_script(scripts::CREATE, host, file, name, new);
                 let winner: u64 = self.cmd("indexing a generation", create).await?;
                 if winner != new {
                     // Another aggregator created it first; ours was never used.
@@ -513,17 +505,8 @@ impl Inner {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn read_chunk(
-        &self,
-        id: u64,
-        from: u64,
-        to: u64,
-        max_bytes: usize,
-        contiguous: bool,
-        numbered: bool,
-        window: Option<(u64, u64)>,
-    ) -> Result<Chunk, StoreError> {
+    async fn read_chunk(&self, id: u64, mut read: Read) -> Result<Chunk, StoreError> {
+        let (from, max_bytes) = (read.from, read.max_bytes);
         let mut chunk = Chunk {
             end: from,
             ..Chunk::default()
@@ -540,20 +523,12 @@ impl Inner {
         let Some(max_line) = max_line.and_then(|m| m.parse::<u64>().ok()) else {
             return Ok(chunk);
         };
-        let to = to.min(max_line);
-        if from > to {
+        read.to = read.to.min(max_line);
+        if from > read.to {
             return Ok(chunk);
         }
-        let range = buckets_of(from, to);
+        let range = buckets_of(from, read.to);
         let (mut b, last) = (*range.start(), *range.end());
-        let read = Read {
-            from,
-            to,
-            max_bytes,
-            contiguous,
-            numbered,
-            window,
-        };
         // A few buckets per round trip at first, more while they keep coming back small.
         let mut group = 2u64;
         while b <= last {
@@ -670,14 +645,7 @@ impl Inner {
     /// list when it was its last file).
     async fn unindex(&self, id: u64, host: &str, file: &str, name: &str) -> Result<(), StoreError> {
         let k = &self.keys;
-        let mut c = redis::cmd("EVAL");
-        c.arg(scripts::UNINDEX)
-            .arg(2)
-            .arg(k.gens(host, file))
-            .arg(k.files(host))
-            .arg(name)
-            .arg(id)
-            .arg(file);
+        let c = self.host_script(scripts::UNINDEX, host, file, name, id);
         let remaining: i64 = self.cmd("unlisting a generation", c).await?;
         if remaining == 0 {
             let _: i64 = self
@@ -698,6 +666,20 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// A script on a host's index (`CREATE`, `UNINDEX`): KEYS gens, files; ARGV name, id,
+    /// file.
+    fn host_script(&self, script: &str, host: &str, file: &str, name: &str, id: u64) -> redis::Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(script)
+            .arg(2)
+            .arg(self.keys.gens(host, file))
+            .arg(self.keys.files(host))
+            .arg(name)
+            .arg(id)
+            .arg(file);
+        c
     }
 
     /// Lists a host (idempotent).
@@ -1090,10 +1072,10 @@ impl Store for RedisStore {
         contiguous: bool,
         numbered: bool,
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
-        Box::pin(
-            self.inner
-                .read_chunk(id, from, to, max_bytes, contiguous, numbered, None),
-        )
+        Box::pin(self.inner.read_chunk(
+            id,
+            Read::download(from, to, max_bytes, contiguous, numbered),
+        ))
     }
 
     fn search_chunk(
@@ -1105,7 +1087,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         Box::pin(
             self.inner
-                .read_chunk(id, from, u64::MAX >> 16, max_bytes, false, true, window),
+                .read_chunk(id, Read::search(from, u64::MAX >> 16, max_bytes, window)),
         )
     }
 

@@ -328,17 +328,8 @@ impl Inner {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn read_chunk(
-        &self,
-        id: u64,
-        from: u64,
-        to: u64,
-        max_bytes: usize,
-        contiguous: bool,
-        numbered: bool,
-        window: Option<(u64, u64)>,
-    ) -> Result<Chunk, StoreError> {
+    fn read_chunk(&self, id: u64, read: &Read) -> Result<Chunk, StoreError> {
+        let (from, to) = (read.from, read.to);
         let mut chunk = Chunk {
             end: from,
             ..Chunk::default()
@@ -346,14 +337,6 @@ impl Inner {
         if from > to {
             return Ok(chunk);
         }
-        let read = Read {
-            from,
-            to,
-            max_bytes,
-            contiguous,
-            numbered,
-            window,
-        };
         let (first, last) = (from / LINES_PER_BUCKET, to / LINES_PER_BUCKET);
         for item in self.db.range(line_key(id, first)..=line_key(id, last)) {
             let (k, v) = item.map_err(unavailable)?;
@@ -383,7 +366,7 @@ impl Inner {
                 let entries = bucket::decode(whole).ok_or_else(|| {
                     StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
                 })?;
-                if chunk.push_bucket(base, &entries, &read) {
+                if chunk.push_bucket(base, &entries, read) {
                     return Ok(chunk);
                 }
                 continue;
@@ -394,11 +377,11 @@ impl Inner {
                         cursor.skip(h.len).map_err(corrupt)?;
                         continue;
                     }
-                    if !chunk.admit(n, h.partial, contiguous, numbered) {
+                    if !chunk.admit(n, h.partial, read.contiguous, read.numbered) {
                         return Ok(chunk);
                     }
                     cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;
-                    if chunk.close_line(n, h.partial, max_bytes, to) {
+                    if chunk.close_line(n, h.partial, read.max_bytes, to) {
                         return Ok(chunk);
                     }
                 }
@@ -488,7 +471,7 @@ impl Inner {
         );
         let mut from = first;
         loop {
-            let c = self.read_chunk(id, from, last, SCAN_BIG_BUCKET, false, true, None)?;
+            let c = self.read_chunk(id, &Read::search(from, last, SCAN_BIG_BUCKET, None))?;
             let mut lines: Vec<crate::RawLine> = c
                 .lines
                 .iter()
@@ -715,7 +698,10 @@ impl Store for SledStore {
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(blocking(move || {
-            inner.read_chunk(id, from, to, max_bytes, contiguous, numbered, None)
+            inner.read_chunk(
+                id,
+                &Read::download(from, to, max_bytes, contiguous, numbered),
+            )
         }))
     }
 
@@ -728,7 +714,7 @@ impl Store for SledStore {
     ) -> BoxFuture<'_, Result<Chunk, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(blocking(move || {
-            inner.read_chunk(id, from, u64::MAX >> 16, max_bytes, false, true, window)
+            inner.read_chunk(id, &Read::search(from, u64::MAX >> 16, max_bytes, window))
         }))
     }
 
