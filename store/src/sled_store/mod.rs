@@ -1,7 +1,9 @@
 //! The embedded default store: a sled index (one tree, three key kinds: see `keys.rs`, the
 //! one place the layout is defined) over append-only segment files holding the line buckets
-//! (see `segments.rs` for why). A generation's metadata and its buckets change in one
-//! `apply_batch`, so they never disagree after a crash.
+//! (see `segments.rs` for why). Index changes wait in [`Pending`] until the group commit,
+//! which applies all of them in one `apply_batch` after the segments' fsync: a generation's
+//! metadata and its buckets never disagree after a crash, and sled (which writes and syncs
+//! its log on every `apply_batch`) is written once per commit, not once per request.
 
 mod flusher;
 mod keys;
@@ -68,7 +70,16 @@ pub(super) struct Inner {
     commit_phases: Family<PhaseLabels, Histogram>,
     /// Segment bytes at the last full sweep; the sweep rescans only after growth or drops.
     pub(super) swept_segment_bytes: std::sync::atomic::AtomicU64,
+    /// Index entries written since the last commit, not yet in sled.
+    pub(super) pending: Pending,
 }
+
+/// Index entries (key → value) written by requests since the last commit. Writers read
+/// through it (under their stripe lock) so a merge sees the latest bucket; readers see sled
+/// only, which is everything acknowledged: an ack waits for the commit that applies these.
+/// One sled `apply_batch` per commit instead of one per request: sled 0.34 rolls, writes and
+/// `sync_file_range`s its log buffer on every batch.
+pub(super) type Pending = Arc<Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>>;
 
 pub(super) fn unavailable(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -104,8 +115,10 @@ impl SledStore {
         let commit_phases = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
+        let pending: Pending = Arc::default();
         let commit = {
             let (db, segments, gate) = (db.clone(), segments.clone(), gate.clone());
+            let pending = pending.clone();
             let phases = commit_phases.clone();
             GroupCommit::start(Arc::new(move || {
                 let t = std::time::Instant::now();
@@ -113,8 +126,23 @@ impl SledStore {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let locked = t.elapsed();
+                // Writers hold the gate shared from reading the index to adding their
+                // entries, so these are complete; the data they name is fsynced before sled
+                // gets them.
+                let entries = std::mem::take(
+                    &mut *pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
                 segments.sync().map_err(|e| e.to_string())?;
                 let synced = t.elapsed();
+                if !entries.is_empty() {
+                    let mut batch = sled::Batch::default();
+                    for (k, v) in entries {
+                        batch.insert(k, v);
+                    }
+                    db.apply_batch(batch).map_err(|e| e.to_string())?;
+                }
                 db.flush().map(|_| ()).map_err(|e| e.to_string())?;
                 let total = t.elapsed();
                 for (phase, d) in [
@@ -141,6 +169,7 @@ impl SledStore {
                 gate,
                 commit_phases,
                 swept_segment_bytes: std::sync::atomic::AtomicU64::new(0),
+                pending,
             }),
         })
     }
@@ -157,16 +186,23 @@ impl Inner {
         let _guard = self.stripes[stripe_of(&key)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Shared from reading the index to adding this write's entries to `pending`: a
+        // commit (exclusive) takes either none or all of them, and never leaves a window in
+        // which they are neither pending nor in sled.
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
 
-        let mut batch = sled::Batch::default();
-        let existing = self.db.get(&key).map_err(unavailable)?;
+        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let existing = self.latest(&key)?;
         let fresh = existing.is_none();
         let mut meta = match existing {
             Some(v) => Meta::decode(&v)?,
             None => {
                 let mut host_key = vec![HOST];
                 host_key.extend_from_slice(fb.host.as_bytes());
-                batch.insert(host_key, &[][..]);
+                batch.push((host_key, Vec::new()));
                 Meta {
                     id: self.db.generate_id().map_err(unavailable)?,
                     lines: 0,
@@ -191,18 +227,12 @@ impl Inner {
         // Merged buckets go to the segment in appends of at most APPLY_CHUNK_BYTES (or
         // APPLY_CHUNK_BUCKETS), each with its own index batch: a request touching many
         // buckets costs bounded memory, and no append overshoots a segment by much.
-        // Shared from reading a bucket's location to indexing its merged copy: a commit (and
-        // so a compaction's delete of the old segment) cannot run in between.
-        let _shared = self
-            .gate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         meta.last_write_ms = now;
         let mut data = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
         for (b, new) in grouped.buckets {
             let mut first_ms = now;
-            let old = match self.db.get(line_key(meta.id, b)).map_err(unavailable)? {
+            let old = match self.latest(&line_key(meta.id, b))? {
                 Some(v) => {
                     let loc = Loc::decode(&v).ok_or_else(|| {
                         StoreError::Corrupt(format!(
@@ -240,14 +270,29 @@ impl Inner {
         Ok(stats)
     }
 
-    /// Appends merged buckets and applies their index entries with the generation's
-    /// metadata in one sled batch (so the two never disagree after a crash). The caller
-    /// holds the gate shared.
+    /// The newest value of an index key: pending (written, not yet committed) or in sled.
+    /// For writers, under their stripe lock and the gate.
+    pub(super) fn latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        match pending {
+            Some(v) => Ok(Some(v)),
+            None => Ok(self.db.get(key).map_err(unavailable)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Appends merged buckets and adds their index entries, with the generation's metadata,
+    /// to the pending entries the next commit applies in one sled batch (so the two never
+    /// disagree after a crash). The caller holds the gate shared.
     fn append_chunk(
         &self,
         key: &[u8],
         meta: &Meta,
-        batch: &mut sled::Batch,
+        batch: &mut Vec<(Vec<u8>, Vec<u8>)>,
         data: &mut Vec<u8>,
         placed: &mut Vec<Placed>,
     ) -> Result<(), StoreError> {
@@ -266,14 +311,16 @@ impl Inner {
                     len,
                 };
                 let value = index_value(&loc, p.first_ms, meta.last_write_ms);
-                batch.insert(&line_key(meta.id, p.bucket)[..], &value[..]);
+                batch.push((line_key(meta.id, p.bucket).to_vec(), value.to_vec()));
             }
             data.clear();
         }
-        batch.insert(key, &meta.encode()[..]);
-        self.db
-            .apply_batch(std::mem::take(batch))
-            .map_err(unavailable)
+        batch.push((key.to_vec(), meta.encode().to_vec()));
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(batch.drain(..));
+        Ok(())
     }
 
     fn generations(&self, host: &str, file: &str) -> Result<Vec<GenerationInfo>, StoreError> {

@@ -131,7 +131,13 @@ impl Inner {
         let _guard = self.stripes[stripe_of(&g.key)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match self.db.get(&g.key).map_err(unavailable)? {
+        // A write waiting for its commit has its new metadata pending: `latest` sees it. The
+        // gate keeps a commit from being between taking the pending entries and applying them.
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.latest(&g.key)? {
             Some(v) if Meta::decode(&v)? == g.meta => {}
             _ => return Ok(false),
         }
@@ -393,6 +399,7 @@ mod tests {
             .inner
             .apply(&batch("/f", "g", &lines(10, 10, "a")), 1_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         let (expired, _) = store.inner.expired(policy, 10_000).expect("expired");
         assert_eq!(expired.len(), 1);
         // A write lands between the listing and the drop, and is acknowledged.
@@ -411,6 +418,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_still_waiting_for_its_commit_keeps_its_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let policy = RetentionPolicy {
+            retention: Some(Duration::from_secs(1)),
+            max_disk_bytes: None,
+        };
+        store
+            .inner
+            .apply(&batch("/f", "g", &lines(10, 10, "a")), 1_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        let (expired, _) = store.inner.expired(policy, 10_000).expect("expired");
+        // Applied but not committed: its index entries are only pending. The drop must see
+        // them, or the commit would resurrect a half-deleted generation.
+        store
+            .inner
+            .apply(&batch("/f", "g", &[(10, "late".to_owned())]), 20_000)
+            .expect("apply");
+        assert!(!store.inner.drop_generation(&expired[0]).expect("drop"));
+        store.flush().await.expect("commit");
+        let text = read_all(&store, "h", "/f").await.expect("kept");
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.ends_with("late\n"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_generations_are_dropped_and_their_space_reclaimed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
@@ -420,6 +454,7 @@ mod tests {
             .inner
             .apply(&batch("/old", "g", &old), 1_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         store
             .write(&[batch("/new", "g", &new)])
             .await
@@ -473,6 +508,7 @@ mod tests {
             .inner
             .apply(&batch("/only", "g", &lines(10, 10, "a")), 1_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         store.flush().await.expect("flush");
         let policy = RetentionPolicy {
             retention: Some(Duration::from_secs(1)),
@@ -503,6 +539,7 @@ mod tests {
                 .inner
                 .apply(&batch(&format!("/f{i}"), "g", c), when)
                 .expect("apply");
+            store.flush().await.expect("commit");
         }
         store.flush().await.expect("flush");
         let index = store.inner.db.size_on_disk().expect("size");
@@ -590,14 +627,17 @@ mod tests {
             .inner
             .apply(&batch("/f", "g", &early), 1_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         store
             .inner
             .apply(&batch("/f", "g", &later), 3_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         store
             .inner
             .apply(&batch("/f", "g", &late), 5_000)
             .expect("apply");
+        store.flush().await.expect("commit");
         let id = store.generations("h", "/f").await.expect("gens")[0].id;
         let lines_in = |window: (u64, u64)| {
             let store = &store;
