@@ -74,6 +74,9 @@ pub(super) struct Inner {
     pub(super) pending: Pending,
 }
 
+/// A commit that applied at least this many index entries gives free heap pages back.
+const TRIM_AFTER_ENTRIES: usize = 1024;
+
 /// Index entries (key → value) written by requests since the last commit. Writers read
 /// through it (under their stripe lock) so a merge sees the latest bucket; readers see sled
 /// only, which is everything acknowledged: an ack waits for the commit that applies these.
@@ -136,6 +139,7 @@ impl SledStore {
                 );
                 segments.sync().map_err(|e| e.to_string())?;
                 let synced = t.elapsed();
+                let applied = entries.len();
                 if !entries.is_empty() {
                     let mut batch = sled::Batch::default();
                     for (k, v) in entries {
@@ -144,6 +148,11 @@ impl SledStore {
                     db.apply_batch(batch).map_err(|e| e.to_string())?;
                 }
                 db.flush().map(|_| ()).map_err(|e| e.to_string())?;
+                if applied >= TRIM_AFTER_ENTRIES {
+                    // A large commit allocated on this (blocking-pool) thread's own heap;
+                    // glibc keeps what it freed there unless asked.
+                    logship_common::trim_free_memory();
+                }
                 let total = t.elapsed();
                 for (phase, d) in [
                     ("wait_for_writers", locked),
