@@ -387,10 +387,12 @@ mod tests {
         SledStore::open(dir, &SledOptions::default()).expect("open")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_generation_written_after_it_was_listed_as_expired_is_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
+    /// A store with one committed generation, `/f` written at t=1s, and the sweep's listing
+    /// of it as expired at t=10s under a 1 s retention.
+    async fn one_expired_generation(
+        dir: &std::path::Path,
+    ) -> (SledStore, RetentionPolicy, Vec<Generation>) {
+        let store = open(dir);
         let policy = RetentionPolicy {
             retention: Some(Duration::from_secs(1)),
             max_disk_bytes: None,
@@ -401,6 +403,13 @@ mod tests {
             .expect("apply");
         store.flush().await.expect("commit");
         let (expired, _) = store.inner.expired(policy, 10_000).expect("expired");
+        (store, policy, expired)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_written_after_it_was_listed_as_expired_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, policy, expired) = one_expired_generation(dir.path()).await;
         assert_eq!(expired.len(), 1);
         // A write lands between the listing and the drop, and is acknowledged.
         let late = vec![(10, "late".to_owned())];
@@ -420,17 +429,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_still_waiting_for_its_commit_keeps_its_generation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        let policy = RetentionPolicy {
-            retention: Some(Duration::from_secs(1)),
-            max_disk_bytes: None,
-        };
-        store
-            .inner
-            .apply(&batch("/f", "g", &lines(10, 10, "a")), 1_000)
-            .expect("apply");
-        store.flush().await.expect("commit");
-        let (expired, _) = store.inner.expired(policy, 10_000).expect("expired");
+        let (store, policy, expired) = one_expired_generation(dir.path()).await;
         // Applied but not committed: its index entries are only pending. The drop must see
         // them, or the commit would resurrect a half-deleted generation.
         store
