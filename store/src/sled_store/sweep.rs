@@ -429,7 +429,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_still_waiting_for_its_commit_keeps_its_generation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, policy, expired) = one_expired_generation(dir.path()).await;
+        let (store, _, expired) = one_expired_generation(dir.path()).await;
         // Applied but not committed: its index entries are only pending. The drop must see
         // them, or the commit would resurrect a half-deleted generation.
         store
