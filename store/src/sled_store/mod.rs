@@ -74,6 +74,12 @@ pub(super) struct Inner {
     pub(super) pending: Pending,
 }
 
+/// What [`Inner::lock_generation`] holds; dropped together.
+pub(super) type GenerationLocks<'a> = (
+    std::sync::MutexGuard<'a, ()>,
+    std::sync::RwLockReadGuard<'a, ()>,
+);
+
 /// A commit that applied at least this many index entries gives free heap pages back.
 const TRIM_AFTER_ENTRIES: usize = 1024;
 
@@ -192,16 +198,7 @@ impl Inner {
         }
         let mut key = file_prefix(&fb.host, Some(&fb.file));
         key.extend_from_slice(fb.generation.as_bytes());
-        let _guard = self.stripes[stripe_of(&key)]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Shared from reading the index to adding this write's entries to `pending`: a
-        // commit (exclusive) takes either none or all of them, and never leaves a window in
-        // which they are neither pending nor in sled.
-        let _shared = self
-            .gate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _locks = self.lock_generation(&key);
 
         let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let existing = self.latest(&key)?;
@@ -277,6 +274,22 @@ impl Inner {
         }
         self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
         Ok(stats)
+    }
+
+    /// Locks a generation (by its metadata key) for a change: its stripe lock, which every
+    /// write and drop of it holds, then the gate shared, from reading the index to adding the
+    /// change's entries to `pending` — a commit (exclusive) takes either none or all of them,
+    /// and never leaves a window in which they are neither pending nor in sled. Always in
+    /// this order.
+    pub(super) fn lock_generation(&self, key: &[u8]) -> GenerationLocks<'_> {
+        let stripe = self.stripes[stripe_of(key)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gate = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (stripe, gate)
     }
 
     /// The newest value of an index key: pending (written, not yet committed) or in sled.
@@ -640,7 +653,7 @@ struct Placed {
 }
 
 /// The lock stripe of a generation's metadata key.
-pub(super) fn stripe_of(key: &[u8]) -> usize {
+fn stripe_of(key: &[u8]) -> usize {
     xxh(key) as usize % LOCK_STRIPES
 }
 

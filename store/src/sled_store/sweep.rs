@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 
 use super::keys::{file_prefix, id_of_line_key, line_key, parse_file_key, Meta, FILE, HOST, LINES};
 use super::segments::Loc;
-use super::{io_unavailable, stripe_of, unavailable, Inner};
+use super::{io_unavailable, unavailable, Inner};
 use crate::{RetentionPolicy, StoreError, SweepReport};
 
 /// A segment with at least this share of garbage is compacted even below `max_disk_bytes`.
@@ -128,15 +128,8 @@ impl Inner {
     /// the check, a write landing between the listing and the drop was acknowledged and then
     /// deleted (issue 11.1).
     fn drop_generation(&self, g: &Generation) -> Result<bool, StoreError> {
-        let _guard = self.stripes[stripe_of(&g.key)]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A write waiting for its commit has its new metadata pending: `latest` sees it. The
-        // gate keeps a commit from being between taking the pending entries and applying them.
-        let _shared = self
-            .gate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A write waiting for its commit has its new metadata pending: `latest` sees it.
+        let _locks = self.lock_generation(&g.key);
         match self.latest(&g.key)? {
             Some(v) if Meta::decode(&v)? == g.meta => {}
             _ => return Ok(false),
