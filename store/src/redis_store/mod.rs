@@ -473,26 +473,35 @@ impl Inner {
                 .next(),
         };
         while let Some(h) = host_start.take() {
-            let start = match after {
-                Some((ah, af)) if ah == h => Bound::After(af),
-                _ => Bound::All,
+            let mut file_after = match after {
+                Some((ah, af)) if ah == h => Some(af.to_owned()),
+                _ => None,
             };
-            let files = self
-                .range(self.keys.files(&h), start, limit - out.len())
+            // A file whose generations are all being created or dropped is not listed; the
+            // page is filled from the files after it, so a short page still means the end.
+            while out.len() < limit {
+                let start = file_after.as_deref().map_or(Bound::All, Bound::After);
+                let files = self
+                    .range(self.keys.files(&h), start, limit - out.len())
+                    .await?;
+                let Some(last) = files.last().cloned() else {
+                    break;
+                };
+                let infos = try_join_all(files.into_iter().map(|f| {
+                    let h = h.clone();
+                    async move {
+                        let generations = self.generations(&h, &f).await?;
+                        Ok::<_, StoreError>(FileInfo {
+                            host: h,
+                            file: f,
+                            generations,
+                        })
+                    }
+                }))
                 .await?;
-            let infos = try_join_all(files.into_iter().map(|f| {
-                let h = h.clone();
-                async move {
-                    let generations = self.generations(&h, &f).await?;
-                    Ok::<_, StoreError>(FileInfo {
-                        host: h,
-                        file: f,
-                        generations,
-                    })
-                }
-            }))
-            .await?;
-            out.extend(infos.into_iter().filter(|f| !f.generations.is_empty()));
+                out.extend(infos.into_iter().filter(|f| !f.generations.is_empty()));
+                file_after = Some(last);
+            }
             if out.len() >= limit || host.is_some() {
                 break;
             }
@@ -848,25 +857,23 @@ impl Inner {
     async fn watch(self: Arc<Self>, on_write: crate::OnWrite) {
         let nodes = self.opts().nodes.clone();
         let channel = self.keys.channel();
-        let mut n = 0usize;
-        loop {
-            let url = &nodes[n % nodes.len().max(1)];
-            n += 1;
-            let subscribed = async {
+        for url in nodes.iter().cycle() {
+            let subscribe = async {
                 let client = redis::Client::open(self.conn.info(url)?)
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let mut pubsub =
-                    tokio::time::timeout(self.opts().timeout, client.get_async_pubsub())
-                        .await
-                        .map_err(|_| StoreError::Unavailable("subscribe timed out".into()))?
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let mut pubsub = client
+                    .get_async_pubsub()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 pubsub
                     .subscribe(&channel)
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 Ok::<_, StoreError>(pubsub)
-            }
-            .await;
+            };
+            let subscribed = tokio::time::timeout(self.opts().timeout, subscribe)
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("subscribe timed out".into())));
             match subscribed {
                 Ok(pubsub) => {
                     tracing::info!(node = %url, "redis: following writes");
