@@ -143,7 +143,7 @@ fn roles_split_the_api_and_a_query_node_follows_writes_made_elsewhere() {
     );
     let mut expected = String::from("first\n");
     let mut delays = Vec::new();
-    for i in 1..=40u64 {
+    for i in 1..=100u64 {
         let line = format!("line {i}");
         let t = Instant::now();
         assert_eq!(
