@@ -48,6 +48,7 @@ enum DeadLetters {
 }
 
 fn main() -> std::process::ExitCode {
+    logship_common::single_allocator_arena();
     logship_common::run_main("agent", real_main)
 }
 

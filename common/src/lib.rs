@@ -172,6 +172,24 @@ pub fn release_large_allocations() {
     }
 }
 
+/// Makes every thread allocate from one glibc heap (arena).
+///
+/// glibc gives each thread that allocates under contention its own arena, and memory freed
+/// on another thread goes back to the arena it came from. The agent allocates read chunks
+/// and batch bodies on one thread and frees them on another (tailer, compressor, sender), so
+/// with many active files each arena kept its own high-water mark of free memory: measured
+/// with `logship-bench --scenarios agent`, 100 files peaked at 71–72 MiB with glibc's
+/// default arenas and 56 MiB with one, 1,000 files at 88 and 74 MiB, at the same throughput
+/// (the agent's allocations are a few per chunk, not per line, so one lock costs nothing).
+pub fn single_allocator_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only changes allocator tuning; called once at start, before threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Gives the free pages inside the allocator's heaps back to the system.
 ///
 /// A process that passed a burst of data through (an agent catching up on thousands of
