@@ -319,7 +319,10 @@ impl Inner {
         placed: &mut Vec<Placed>,
     ) -> Result<(), StoreError> {
         if !placed.is_empty() {
-            let (segment, start) = self.segments.append(data).map_err(io_unavailable)?;
+            let (segment, start) = self
+                .segments
+                .append_buffered(data)
+                .map_err(io_unavailable)?;
             for p in placed.drain(..) {
                 let len = u32::try_from(p.len).map_err(|_| {
                     StoreError::Corrupt(format!(
@@ -700,7 +703,7 @@ impl Store for SledStore {
                 }
                 Ok::<_, StoreError>(total)
             })?;
-            self.inner.commit.durable().await?;
+            self.inner.commit.durable(stats.bytes).await?;
             Ok(stats)
         })
     }
@@ -813,7 +816,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.inner.commit.durable().await })
+        Box::pin(async move { self.inner.commit.durable_now().await })
     }
 
     fn sweep(
@@ -836,13 +839,13 @@ impl Store for SledStore {
             }
             // Writers that appended to a segment just closed apply their index entries
             // before it is scanned: a commit waits for them.
-            inner.commit.durable().await?;
+            inner.commit.durable_now().await?;
             let passes = candidates.len().div_ceil(SEGMENTS_PER_PASS);
             for (n, group) in candidates.chunks(SEGMENTS_PER_PASS).enumerate() {
                 let (i, g) = (inner.clone(), group.to_vec());
                 let moved = blocking(move || i.move_live(&g)).await?;
                 // Durable copies, and no writer still holding a location in these segments.
-                inner.commit.durable().await?;
+                inner.commit.durable_now().await?;
                 let (i, g) = (inner.clone(), group.to_vec());
                 let (count, freed) = blocking(move || i.remove_unreferenced(&g)).await?;
                 report.segments_compacted += count;

@@ -7,9 +7,16 @@
 //! from these files go through the kernel's page cache instead, and memory stays flat.
 //!
 //! A bucket is never changed in place: a merge appends the new version and the index moves
-//! to it. Data always reaches the file (a `write` syscall, so it survives a kill -9) before
-//! the index entry naming it is applied; at a commit the files are fsynced before sled is
-//! flushed, so a durable index entry never names data that is not.
+//! to it. Data always reaches the file before the index entry naming it is applied to sled;
+//! at a commit the files are fsynced before sled is flushed, so a durable index entry never
+//! names data that is not.
+//!
+//! Writers' small appends wait in a write buffer until the commit ([`Segments::sync`]) or
+//! until it holds [`BUFFER_BYTES`]: under a fleet of agents sending a few dozen lines each,
+//! one `write` per request was 7 % of the aggregator's CPU, and the data only has to be in the
+//! file when the commit that acknowledges it fsyncs. Their index entries wait for the same
+//! commit (in the store's pending map), so nothing outside the writers ever names a buffered
+//! byte; writers merging into a bucket they just wrote read it from the buffer.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -19,6 +26,9 @@ use std::sync::{Arc, Mutex};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 256 << 20;
+/// Buffered appends are written out once this many bytes wait; appends this large or larger
+/// are written at once.
+pub const BUFFER_BYTES: usize = 256 * 1024;
 
 /// Where a bucket's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +74,25 @@ pub struct Segments {
 struct Active {
     number: u32,
     file: Arc<File>,
+    /// Logical length: the file's bytes, then `buf`.
     len: u64,
+    /// Appended, not yet written: the bytes at `len - buf.len()..len`.
+    buf: Vec<u8>,
     /// Segments written since the last sync (closed ones included).
     unsynced: Vec<Arc<File>>,
+}
+
+impl Active {
+    /// Writes the buffered bytes to the file. On an error they stay buffered, to be written
+    /// at the same offset by the next attempt.
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let at = self.len - self.buf.len() as u64;
+            self.file.write_all_at(&self.buf, at)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 fn path_of(dir: &Path, n: u32) -> PathBuf {
@@ -111,21 +137,44 @@ impl Segments {
                 number: newest,
                 file: file.clone(),
                 len,
+                buf: Vec::new(),
                 unsynced: Vec::new(),
             }),
             readers: Mutex::new(HashMap::from([(newest, file)])),
         })
     }
 
-    /// Appends `data` (one or more buckets back to back); returns where it starts.
+    /// Appends `data` (one or more buckets back to back) and writes it to the file now;
+    /// returns where it starts. For appends whose location goes straight into sled
+    /// (compaction's copies).
     pub fn append(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
         let mut a = self.lock_active();
+        a.write_buffer()?;
         if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
             self.start_next(&mut a)?;
         }
         let at = a.len;
         a.file.write_all_at(data, at)?;
         a.len += data.len() as u64;
+        Ok((a.number, at))
+    }
+
+    /// Appends `data` for a writer whose index entries wait for the next commit, which writes
+    /// it out (if the buffer has not already) before it fsyncs; returns where it starts.
+    pub fn append_buffered(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
+        if data.len() >= BUFFER_BYTES {
+            return self.append(data);
+        }
+        let mut a = self.lock_active();
+        if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
+            self.start_next(&mut a)?;
+        }
+        let at = a.len;
+        a.buf.extend_from_slice(data);
+        a.len += data.len() as u64;
+        if a.buf.len() >= BUFFER_BYTES {
+            a.write_buffer()?;
+        }
         Ok((a.number, at))
     }
 
@@ -137,6 +186,7 @@ impl Segments {
 
     /// Closes the active segment and starts the next one.
     fn start_next(&self, a: &mut Active) -> std::io::Result<()> {
+        a.write_buffer()?;
         let number = a.number + 1;
         let file = Arc::new(open_segment(&self.dir, number)?);
         // The new file's name must survive a power cut as its data will.
@@ -196,8 +246,20 @@ impl Segments {
         sync_dir(&self.dir)
     }
 
-    /// Reads a bucket.
+    /// Reads a bucket (from the write buffer if it is still there).
     pub fn read(&self, loc: Loc) -> std::io::Result<Vec<u8>> {
+        {
+            let a = self.lock_active();
+            let buffered_from = a.len - a.buf.len() as u64;
+            if loc.segment == a.number && loc.offset >= buffered_from {
+                let start = (loc.offset - buffered_from) as usize;
+                return a
+                    .buf
+                    .get(start..start + loc.len as usize)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| std::io::Error::other("bucket past the segment's end"));
+            }
+        }
         let file = self.handle(loc.segment)?;
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)?;
@@ -373,6 +435,7 @@ impl Segments {
     pub fn sync(&self) -> std::io::Result<()> {
         let (current, closed) = {
             let mut a = self.lock_active();
+            a.write_buffer()?;
             (a.file.clone(), std::mem::take(&mut a.unsynced))
         };
         for f in closed {
@@ -397,6 +460,68 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffered_appends_read_back_before_and_after_they_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Segments::open(dir.path()).expect("open");
+        let (seg, a) = s.append_buffered(b"hello").expect("append");
+        let (_, b) = s.append_buffered(b"world!").expect("append");
+        let at = |offset, len| Loc {
+            segment: seg,
+            offset,
+            len,
+        };
+        assert_eq!(
+            std::fs::metadata(path_of(dir.path(), seg))
+                .expect("stat")
+                .len(),
+            0,
+            "small appends wait for the commit"
+        );
+        assert_eq!(s.read(at(b, 6)).expect("read buffered"), b"world!");
+        // A write-through append (compaction) goes after the buffered bytes, not over them.
+        let (_, c) = s.append(b"copied").expect("append through");
+        assert_eq!(c, 11);
+        let (_, d) = s.append_buffered(b"tail").expect("append");
+        // Closing the segment writes its buffer first.
+        s.close_if_active(seg).expect("close");
+        let (next, e) = s
+            .append_buffered(b"next")
+            .expect("append to the next segment");
+        assert_eq!((next, e), (seg + 1, 0));
+        s.sync().expect("sync");
+        drop(s);
+        let s = Segments::open(dir.path()).expect("reopen");
+        for (loc, want) in [
+            (at(a, 5), &b"hello"[..]),
+            (at(b, 6), b"world!"),
+            (at(c, 6), b"copied"),
+            (at(d, 4), b"tail"),
+        ] {
+            assert_eq!(s.read(loc).expect("read"), want);
+        }
+        let l = Loc {
+            segment: next,
+            offset: 0,
+            len: 4,
+        };
+        assert_eq!(s.read(l).expect("read"), b"next");
+    }
+
+    #[test]
+    fn a_large_append_is_written_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Segments::open(dir.path()).expect("open");
+        s.append_buffered(b"small").expect("append");
+        let big = vec![7u8; BUFFER_BYTES];
+        let (seg, at) = s.append_buffered(&big).expect("append");
+        assert_eq!(at, 5);
+        let len = std::fs::metadata(path_of(dir.path(), seg))
+            .expect("stat")
+            .len();
+        assert_eq!(len, 5 + BUFFER_BYTES as u64, "both are in the file");
+    }
 
     #[test]
     fn appends_read_back_and_survive_reopen() {
