@@ -5,12 +5,13 @@
 //! flusher is both the fix and what makes durability cheap: one fsync covers every request
 //! that arrived while the previous one ran.
 //!
-//! When commits follow each other closely, the next one waits for more writers: at least
-//! [`COMMIT_DELAY`], then until [`COMMIT_BYTES`] wait or [`MAX_COMMIT_DELAY`] has passed. A
-//! commit costs about half a millisecond of CPU (fsync, a sled batch and flush, and sled's
-//! thread hand-offs) whatever it carries, so a fleet of agents sending 30 lines each paid for
-//! ~270 commits a second at 100k lines/s; a few large writers still commit as soon as a
-//! commit's worth of data waits.
+//! When commits follow each other closely, the next one waits for more writers while they
+//! keep arriving: until none has come for [`QUIET`], [`COMMIT_BYTES`] wait, or
+//! [`MAX_COMMIT_DELAY`] has passed. A commit costs about half a millisecond of CPU (fsync, a
+//! sled batch and flush, sled's thread hand-offs) whatever it carries, so a fleet of agents
+//! sending 30 lines each paid for ~270 commits a second at 100k lines/s (now ~90); one
+//! writer waiting alone, or a few large ones, commit after a short quiet gap, so a single
+//! file's pipeline (one batch in flight) is not slowed down by the fleet's wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,8 +40,6 @@ pub struct GroupCommit {
     done: watch::Receiver<Flushed>,
     /// Bytes written by the writers waiting for the next commit.
     waiting_bytes: Arc<AtomicU64>,
-    /// Told when `waiting_bytes` reaches [`COMMIT_BYTES`].
-    full: Arc<Notify>,
 }
 
 impl Drop for GroupCommit {
@@ -49,9 +48,11 @@ impl Drop for GroupCommit {
     }
 }
 
-/// How long a commit waits for more writers when commits follow each other closely…
-const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
-/// …and then at most this long in all while less than [`COMMIT_BYTES`] wait (an ack's
+/// Commits closer together than this wait for more writers.
+const RECENT: std::time::Duration = std::time::Duration::from_millis(8);
+/// A commit that waits for writers starts once none has arrived for this long…
+const QUIET: std::time::Duration = std::time::Duration::from_millis(1);
+/// …or [`COMMIT_BYTES`] wait, and at the latest this long after the first writer (an ack's
 /// added latency under a stream of small requests; the target is a p99 under 50 ms).
 const MAX_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Data enough to be worth a commit of its own.
@@ -65,29 +66,28 @@ impl GroupCommit {
     pub fn start(flush: FlushFn) -> Arc<Self> {
         let (tx, rx) = watch::channel(Flushed { done: 0, ok: true });
         let wake = Arc::new(Notify::new());
-        let (waiting_bytes, full) = (Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
+        let waiting_bytes = Arc::new(AtomicU64::new(0));
         let gc = Arc::new(GroupCommit {
             next: AtomicU64::new(1),
             wake: wake.clone(),
             done: rx,
             waiting_bytes: waiting_bytes.clone(),
-            full: full.clone(),
         });
         let weak = Arc::downgrade(&gc);
         tokio::spawn(async move {
-            let mut last_flush = std::time::Instant::now() - COMMIT_DELAY * 10;
+            let mut last_flush = std::time::Instant::now() - RECENT;
             loop {
                 wake.notified().await;
-                // Under a stream of small requests (a fleet of agents), wait for more
-                // writers to join this commit: one fsync and one index flush then cover
-                // dozens of requests instead of a few.
-                if last_flush.elapsed() < COMMIT_DELAY * 4 {
+                // Under a stream of small requests (a fleet of agents), wait while more
+                // writers keep joining this commit: one fsync and one index flush then cover
+                // dozens of requests instead of a few. Every writer's `durable` wakes us.
+                if last_flush.elapsed() < RECENT {
                     let until = tokio::time::Instant::now() + MAX_COMMIT_DELAY;
-                    tokio::time::sleep(COMMIT_DELAY).await;
                     while waiting_bytes.load(Ordering::SeqCst) < COMMIT_BYTES {
                         tokio::select! {
                             _ = tokio::time::sleep_until(until) => break,
-                            _ = full.notified() => {}
+                            _ = tokio::time::sleep(QUIET) => break,
+                            _ = wake.notified() => {}
                         }
                     }
                 }
@@ -126,10 +126,7 @@ impl GroupCommit {
     /// Resolves once everything written before this call is on disk; `bytes` is what the
     /// caller wrote (it decides how long the commit waits for others).
     pub async fn durable(&self, bytes: u64) -> Result<(), StoreError> {
-        let before = self.waiting_bytes.fetch_add(bytes, Ordering::SeqCst);
-        if before < COMMIT_BYTES && before + bytes >= COMMIT_BYTES {
-            self.full.notify_one();
-        }
+        self.waiting_bytes.fetch_add(bytes, Ordering::SeqCst);
         let ticket = self.next.load(Ordering::SeqCst);
         let mut rx = self.done.clone();
         // `notify_one` stores a permit if the flusher is busy, so no wake-up is lost.
