@@ -20,7 +20,7 @@ pub struct Entry<'a> {
 
 /// Decodes a stored bucket. `None` means the bytes are corrupt.
 pub fn decode(mut buf: &[u8]) -> Option<Vec<Entry<'_>>> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(LINES_PER_BUCKET as usize);
     while let Some((&offset, rest)) = buf.split_first() {
         let (header, rest) = varint(rest)?;
         let len = usize::try_from(header >> 1).ok()?;

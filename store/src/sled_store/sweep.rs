@@ -141,6 +141,8 @@ impl Inner {
             batch.remove(k);
         }
         self.db.apply_batch(batch).map_err(unavailable)?;
+        // Under the generation's lock still: no writer can have read the dropped entries.
+        self.forget_recent();
         // The host goes from the host list with its last file; a writer creating a file of
         // the host meanwhile puts it back (checked after the removal, so never lost).
         let files_of_host = file_prefix(&g.host, None);
@@ -286,6 +288,10 @@ impl Inner {
                 moved += u64::from(old.len);
             }
         }
+        // Before the gate is let go: a writer merging after this reads the new locations.
+        // One that read an old one meanwhile still finds its segment (deleted only after a
+        // commit, which waits for it), and its newer bucket supersedes the copy.
+        self.forget_recent();
         Ok(moved)
     }
 
@@ -605,6 +611,65 @@ mod tests {
             "garbage left: {} bytes of segments for {live} live",
             store.inner.segments.size()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_after_compaction_merges_into_the_moved_bucket() {
+        // The writers' overlay remembers the bucket's committed location; compaction moves
+        // it and deletes the old segment. A write to the same bucket afterwards must merge
+        // with the copy, not read the location it remembered.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let first = lines(10, 10, "a");
+        store
+            .inner
+            .apply(&batch("/f", "g", &first), 1_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        let old: Vec<u32> = store
+            .inner
+            .segments
+            .sizes()
+            .expect("sizes")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        for &s in &old {
+            store.inner.segments.close_if_active(s).expect("close");
+        }
+        assert!(store.inner.move_live(&old).expect("move") > 0);
+        store.flush().await.expect("commit");
+        let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
+        assert_eq!(removed, old.len() as u64, "the old segments are gone");
+        let more: Vec<(u64, String)> = (10..20).map(|i| (i, format!("b {i}"))).collect();
+        store
+            .inner
+            .apply(&batch("/f", "g", &more), 2_000)
+            .expect("a write after compaction");
+        store.flush().await.expect("commit");
+        let mut want = first.clone();
+        want.extend(more);
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_generation_is_not_written_through_its_remembered_entries() {
+        // After a retention drop, the next write of the file starts a new generation: the
+        // overlay must not still hold the dropped generation's metadata.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _, expired) = one_expired_generation(dir.path()).await;
+        let old_id = store.generations("h", "/f").await.expect("gens")[0].id;
+        assert!(store.inner.drop_generation(&expired[0]).expect("drop"));
+        let late: Vec<(u64, String)> = vec![(10, "late".to_owned())];
+        store
+            .inner
+            .apply(&batch("/f", "g", &late), 20_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        let gens = store.generations("h", "/f").await.expect("gens");
+        assert_eq!(gens.len(), 1);
+        assert_ne!(gens[0].id, old_id, "a new generation, not the dropped one");
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&late)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
