@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 256 << 20;
-/// Buffered appends are written out once this many bytes wait; appends this large or larger
-/// are written at once.
+/// Buffered appends are written out before the buffer would hold more than this; appends
+/// this large or larger are written at once.
 pub const BUFFER_BYTES: usize = 256 * 1024;
 
 /// Where a bucket's bytes are.
@@ -166,15 +166,17 @@ impl Segments {
             return self.append(data);
         }
         let mut a = self.lock_active();
+        // Room first: if the write fails (a full disk), nothing is added, so the buffer
+        // never holds more than BUFFER_BYTES however long the disk stays full.
+        if a.buf.len() + data.len() > BUFFER_BYTES {
+            a.write_buffer()?;
+        }
         if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
             self.start_next(&mut a)?;
         }
         let at = a.len;
         a.buf.extend_from_slice(data);
         a.len += data.len() as u64;
-        if a.buf.len() >= BUFFER_BYTES {
-            a.write_buffer()?;
-        }
         Ok((a.number, at))
     }
 
