@@ -5,16 +5,16 @@
 //! flusher is both the fix and what makes durability cheap: one fsync covers every request
 //! that arrived while the previous one ran.
 //!
-//! When commits follow each other closely, the next one waits for more writers while they
-//! keep arriving: until none has come for [`QUIET`], [`COMMIT_BYTES`] wait, or
-//! [`MAX_COMMIT_DELAY`] has passed. A commit costs about half a millisecond of CPU (fsync, a
-//! sled batch and flush, sled's thread hand-offs) whatever it carries, so a fleet of agents
-//! sending 30 lines each paid for ~270 commits a second at 100k lines/s (now ~180: at 2,860
-//! requests/s, a 1 ms gap between arrivals is common); one writer waiting alone, or a few
-//! large ones, commit after a short quiet gap, so a single file's pipeline (one batch in
-//! flight) is not slowed down by the fleet's wait. Measured: a 2 ms gap, or 2 ms at least
-//! before the gap, halved the fleet's commits but cost a single file's pipeline 20–45 % of
-//! its throughput (tokio's timer rounds sleeps up to whole milliseconds).
+//! When commits follow each other closely and the last one covered more than one writer, the
+//! next waits for more writers while they keep arriving: until none has come for [`QUIET`],
+//! [`COMMIT_BYTES`] wait, or [`MAX_COMMIT_DELAY`] has passed. A commit costs about half a
+//! millisecond of CPU (fsync, a sled batch and flush, sled's thread hand-offs) whatever it
+//! carries, so a fleet of agents sending 30 lines each paid for ~270 commits a second at 100k
+//! lines/s (now ~180: at 2,860 requests/s a 1 ms gap between arrivals is common). A writer
+//! that had the last commit to itself is not made to wait at all, and a few large writers
+//! commit after a short gap. Measured (`logship-bench --scenarios system --files 1`): a fixed
+//! 2 ms wait (the rule before) 522–531k lines/s; a fixed 10 ms wait 165k; a 2 ms quiet gap
+//! 419–423k (tokio's timer rounds sleeps up to whole milliseconds); this rule 613k.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,8 +41,10 @@ pub struct GroupCommit {
     /// waits: it ends (and lets go of the store) once the last handle is dropped.
     wake: Arc<Notify>,
     done: watch::Receiver<Flushed>,
-    /// Bytes written by the writers waiting for the next commit.
+    /// Bytes written by the writers waiting for the next commit…
     waiting_bytes: Arc<AtomicU64>,
+    /// …and how many they are.
+    waiting_writers: Arc<AtomicU64>,
 }
 
 impl Drop for GroupCommit {
@@ -70,21 +72,27 @@ impl GroupCommit {
         let (tx, rx) = watch::channel(Flushed { done: 0, ok: true });
         let wake = Arc::new(Notify::new());
         let waiting_bytes = Arc::new(AtomicU64::new(0));
+        let waiting_writers = Arc::new(AtomicU64::new(0));
         let gc = Arc::new(GroupCommit {
             next: AtomicU64::new(1),
             wake: wake.clone(),
             done: rx,
             waiting_bytes: waiting_bytes.clone(),
+            waiting_writers: waiting_writers.clone(),
         });
         let weak = Arc::downgrade(&gc);
         tokio::spawn(async move {
             let mut last_flush = std::time::Instant::now() - RECENT;
+            // Writers the previous commit covered.
+            let mut last_writers = 0;
             loop {
                 wake.notified().await;
                 // Under a stream of small requests (a fleet of agents), wait while more
                 // writers keep joining this commit: one fsync and one index flush then cover
-                // dozens of requests instead of a few. Every writer's `durable` wakes us.
-                if last_flush.elapsed() < RECENT {
+                // dozens of requests instead of a few. Every writer's `durable` wakes us. A
+                // writer that had the last commit to itself (one file's pipeline) is alone
+                // again: waiting would only slow it down.
+                if last_flush.elapsed() < RECENT && last_writers > 1 {
                     let until = tokio::time::Instant::now() + MAX_COMMIT_DELAY;
                     while waiting_bytes.load(Ordering::SeqCst) < COMMIT_BYTES {
                         tokio::select! {
@@ -99,6 +107,7 @@ impl GroupCommit {
                 // later ones wait for the next.
                 let number = gc.next.fetch_add(1, Ordering::SeqCst);
                 waiting_bytes.store(0, Ordering::SeqCst);
+                last_writers = waiting_writers.swap(0, Ordering::SeqCst);
                 drop(gc);
                 let flush = flush.clone();
                 let ok = match tokio::task::spawn_blocking(move || flush()).await {
@@ -130,6 +139,7 @@ impl GroupCommit {
     /// caller wrote (it decides how long the commit waits for others).
     pub async fn durable(&self, bytes: u64) -> Result<(), StoreError> {
         self.waiting_bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.waiting_writers.fetch_add(1, Ordering::SeqCst);
         let ticket = self.next.load(Ordering::SeqCst);
         let mut rx = self.done.clone();
         // `notify_one` stores a permit if the flusher is busy, so no wake-up is lost.
