@@ -386,6 +386,24 @@ mod tests {
         SledStore::open(dir, &SledOptions::default()).expect("open")
     }
 
+    /// Compacts every segment (the active one closed first), moving each live bucket to a
+    /// new one; returns the segments moved from.
+    fn move_everything(store: &SledStore) -> Vec<u32> {
+        let segments: Vec<u32> = store
+            .inner
+            .segments
+            .sizes()
+            .expect("sizes")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        for &s in &segments {
+            store.inner.segments.close_if_active(s).expect("close");
+        }
+        assert!(store.inner.move_live(&segments).expect("move") > 0);
+        segments
+    }
+
     /// A store with one committed generation, `/f` written at t=1s, and the sweep's listing
     /// of it as expired at t=10s under a 1 s retention.
     async fn one_expired_generation(
@@ -626,18 +644,7 @@ mod tests {
             .apply(&batch("/f", "g", &first), 1_000)
             .expect("apply");
         store.flush().await.expect("commit");
-        let old: Vec<u32> = store
-            .inner
-            .segments
-            .sizes()
-            .expect("sizes")
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        for &s in &old {
-            store.inner.segments.close_if_active(s).expect("close");
-        }
-        assert!(store.inner.move_live(&old).expect("move") > 0);
+        let old = move_everything(&store);
         store.flush().await.expect("commit");
         let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
         assert_eq!(removed, old.len() as u64, "the old segments are gone");
@@ -728,18 +735,7 @@ mod tests {
         };
         check("before compaction").await;
         // Move every bucket to a new segment: the times go with them.
-        let segments: Vec<u32> = store
-            .inner
-            .segments
-            .sizes()
-            .expect("sizes")
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        for &s in &segments {
-            store.inner.segments.close_if_active(s).expect("close");
-        }
-        assert!(store.inner.move_live(&segments).expect("move") > 0);
+        move_everything(&store);
         check("after compaction").await;
     }
 }
