@@ -189,10 +189,11 @@ impl SledStore {
                     }
                     db.apply_batch(batch).map_err(|e| e.to_string())?;
                 }
-                db.flush().map(|_| ()).map_err(|e| e.to_string())?;
-                // Still under the exclusive gate: no drop or compaction can come between
-                // sled taking these values and the overlay remembering them.
+                // Remembered as soon as sled has them (a failed flush below leaves them in
+                // sled too), so the overlay never holds a value older than sled's. Still under
+                // the exclusive gate: no drop or compaction can come in between.
                 lock().committed(entries);
+                db.flush().map(|_| ()).map_err(|e| e.to_string())?;
                 if applied >= TRIM_AFTER_ENTRIES {
                     // A large commit allocated on this (blocking-pool) thread's own heap;
                     // glibc keeps what it freed there unless asked.
