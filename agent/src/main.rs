@@ -48,7 +48,7 @@ enum DeadLetters {
 }
 
 fn main() -> std::process::ExitCode {
-    logship_common::single_allocator_arena();
+    logship_common::limit_allocator_arenas(1);
     logship_common::run_main("agent", real_main)
 }
 

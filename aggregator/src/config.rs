@@ -173,7 +173,8 @@ pub struct StoreConfig {
     pub timeout: String,
     /// redis: prefix of every key (no braces), so deployments can share a cluster.
     pub key_prefix: String,
-    /// sled page cache size.
+    /// Memory the sled index cache may take (RSS; sled itself is given a third, as it counts
+    /// pages at their on-disk size).
     pub cache_capacity: String,
     /// Drop generations not written for this long.
     pub retention: Option<String>,
@@ -195,7 +196,7 @@ impl Default for StoreConfig {
             wait_timeout: "1s".into(),
             timeout: "5s".into(),
             key_prefix: "logship".into(),
-            cache_capacity: "64MiB".into(),
+            cache_capacity: "16MiB".into(),
             retention: None,
             max_disk_bytes: None,
             sweep_interval: "1m".into(),

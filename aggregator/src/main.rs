@@ -33,6 +33,9 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    logship_common::limit_allocator_arenas(
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+    );
     logship_common::run_main("aggregator", real_main)
 }
 

@@ -172,22 +172,32 @@ pub fn release_large_allocations() {
     }
 }
 
-/// Makes every thread allocate from one glibc heap (arena).
+/// Caps how many glibc heaps (arenas) threads allocate from.
 ///
-/// glibc gives each thread that allocates under contention its own arena, and memory freed
-/// on another thread goes back to the arena it came from. The agent allocates read chunks
-/// and batch bodies on one thread and frees them on another (tailer, compressor, sender), so
-/// with many active files each arena kept its own high-water mark of free memory: measured
-/// with `logship-bench --scenarios agent`, 100 files peaked at 71–72 MiB with glibc's
-/// default arenas and 56 MiB with one, 1,000 files at 88 and 74 MiB, at the same throughput
-/// (the agent's allocations are a few per chunk, not per line, so one lock costs nothing).
-pub fn single_allocator_arena() {
+/// glibc gives each thread that allocates under contention its own arena (up to 8 per core),
+/// and memory freed on another thread goes back to the arena it came from, so each arena
+/// keeps its own high-water mark of free memory.
+/// - The agent allocates read chunks and batch bodies on one thread and frees them on another
+///   (tailer, compressor, sender); with many active files, measured with `logship-bench
+///   --scenarios agent`, 100 files peaked at 71–72 MiB with glibc's default arenas and 56 MiB
+///   with one, 1,000 files at 88 and 74 MiB, at the same throughput (its allocations are a
+///   few per chunk, not per line, so one lock costs nothing). It uses one.
+/// - The aggregator's request, commit and sled threads pass index entries and buckets between
+///   them the same way: a store taking 40M lines settled at 50 MiB with the default arenas and
+///   at 30–32 MiB with one or two, at the same rate. It uses one per core, so two threads
+///   rarely wait on one arena's lock.
+pub fn limit_allocator_arenas(max: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: mallopt only changes allocator tuning; called once at start, before threads.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(
+            libc::M_ARENA_MAX,
+            libc::c_int::try_from(max.max(1)).unwrap_or(libc::c_int::MAX),
+        );
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = max;
 }
 
 /// Gives the free pages inside the allocator's heaps back to the system.

@@ -29,10 +29,19 @@ pub(super) async fn system(
     let c = client();
     let t = Instant::now();
     let agent = Measured::spawn(cmd)?;
+    // The aggregator's RSS once half the lines are stored: what it grows by over the second
+    // half says whether it is flat at steady state (a cache filling up stops growing; a
+    // per-line cost does not).
+    let mut rss_half = None;
     wait_for(Duration::from_secs(600), async || {
-        Ok(total_lines(&c, &base, Some("bench")).await? >= want)
+        let stored = total_lines(&c, &base, Some("bench")).await?;
+        if rss_half.is_none() && stored >= want / 2 {
+            rss_half = Some(agg.rss());
+        }
+        Ok(stored >= want)
     })
     .await?;
+    let rss_end = agg.rss();
     let secs = t.elapsed().as_secs_f64();
     let (agent_cpu, agg_cpu) = (agent.cpu_secs(), agg.cpu_secs());
     for p in &paths {
@@ -67,6 +76,14 @@ pub(super) async fn system(
         agg.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
+    if let Some(half) = rss_half {
+        r.add(
+            name,
+            "aggregator RSS growth over the second half",
+            (rss_end as f64 - half as f64) / 1048576.0 / (gb / 2.0),
+            "MiB/GB",
+        );
+    }
     if cluster().is_none() {
         r.add(
             name,
