@@ -25,6 +25,8 @@ use crate::Args;
 struct Load {
     lines: u64,
     cpu_secs: f64,
+    /// Group commits the aggregator ran during the load.
+    commits: u64,
     latencies: Vec<Duration>,
     refused: u64,
 }
@@ -44,6 +46,14 @@ pub(super) async fn fleet(
     let secs = args.fleet_seconds;
     let reference = load(addr, 4, rate, 1000..=1000, secs, &agg, "ref").await?;
     let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
+    for (what, l) in [("fleet", &fleet), ("reference", &reference)] {
+        r.add(
+            "fleet",
+            format!("{what}: group commits per second"),
+            l.commits as f64 / secs.max(1) as f64,
+            "/s",
+        );
+    }
     let stored = crate::http::total_lines(&crate::http::client(), &base, None).await?;
     if stored != reference.lines + fleet.lines {
         bail!(
@@ -130,6 +140,8 @@ async fn load(
     agg: &Measured,
     tag: &'static str,
 ) -> anyhow::Result<Load> {
+    let base = format!("http://{to}");
+    let commits0 = commits(&base).await?;
     let cpu0 = agg.cpu_secs();
     let per_client = rate as f64 / clients.max(1) as f64;
     let start = Instant::now();
@@ -181,6 +193,7 @@ async fn load(
     let mut out = Load {
         lines: 0,
         cpu_secs: 0.0,
+        commits: 0,
         latencies: Vec::new(),
         refused: 0,
     };
@@ -191,5 +204,22 @@ async fn load(
         out.latencies.extend(latencies);
     }
     out.cpu_secs = agg.cpu_secs() - cpu0;
+    out.commits = commits(&base).await?.saturating_sub(commits0);
     Ok(out)
+}
+
+/// Group commits so far, from the aggregator's `/metrics` (each commit times its fsync once;
+/// the series appears with the first commit).
+async fn commits(base: &str) -> anyhow::Result<u64> {
+    let (status, body) =
+        crate::http::get(&crate::http::client(), &format!("{base}/metrics")).await?;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    let text = String::from_utf8_lossy(&body);
+    let name = "aggregator_store_commit_phase_seconds_count{phase=\"segments_fsync\"} ";
+    match text.lines().find_map(|l| l.strip_prefix(name)) {
+        Some(v) => v.trim().parse().with_context(|| format!("{name}{v}")),
+        None => Ok(0),
+    }
 }

@@ -6,15 +6,18 @@
 //! that arrived while the previous one ran.
 //!
 //! When commits follow each other closely and the last one covered more than one writer, the
-//! next waits for more writers while they keep arriving: until none has come for [`QUIET`],
-//! [`COMMIT_BYTES`] wait, or [`MAX_COMMIT_DELAY`] has passed. A commit costs about half a
-//! millisecond of CPU (fsync, a sled batch and flush, sled's thread hand-offs) whatever it
-//! carries, so a fleet of agents sending 30 lines each paid for ~270 commits a second at 100k
-//! lines/s (now ~180: at 2,860 requests/s a 1 ms gap between arrivals is common). A writer
-//! that had the last commit to itself is not made to wait at all, and a few large writers
-//! commit after a short gap. Measured (`logship-bench --scenarios system --files 1`): a fixed
-//! 2 ms wait (the rule before) 522–531k lines/s; a fixed 10 ms wait 165k; a 2 ms quiet gap
-//! 419–423k (tokio's timer rounds sleeps up to whole milliseconds); this rule 613k.
+//! next waits for more writers while they keep arriving: until none has come for [`QUIET`]
+//! ([`QUIET_MANY`] after a commit of many writers), [`COMMIT_BYTES`] wait, or
+//! [`MAX_COMMIT_DELAY`] has passed. A commit costs about half a millisecond of CPU (fsync, a
+//! sled batch and flush, sled's thread hand-offs) whatever it carries, so a fleet of agents
+//! sending 30 lines each paid for ~270 commits a second at 100k lines/s; with a 1 ms gap ~140
+//! (at 2,860 requests/s a 1 ms gap between random arrivals is common), with 3 ms after a
+//! commit of 8 or more writers ~85–90, the same as 1,000-line batches at that rate. A writer
+//! that had the last commit to itself is not made to wait at all, and a few writers commit
+//! after a short gap: they are likely all in (a 3 ms gap for them cut one file's pipeline
+//! from ~570k to ~360k lines/s). Measured (`logship-bench --scenarios system --files 1`): a
+//! fixed 2 ms wait (the rule before) 522–531k lines/s; a fixed 10 ms wait 165k; a 2 ms quiet
+//! gap 419–423k (tokio's timer rounds sleeps up to whole milliseconds); this rule 560–626k.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,8 +58,14 @@ impl Drop for GroupCommit {
 
 /// Commits closer together than this wait for more writers.
 const RECENT: std::time::Duration = std::time::Duration::from_millis(8);
-/// A commit that waits for writers starts once none has arrived for this long…
+/// A commit that waits for writers starts once none has arrived for this long (after a
+/// commit of a few writers: they are likely all in)…
 const QUIET: std::time::Duration = std::time::Duration::from_millis(1);
+/// …or for this long after a commit of [`MANY_WRITERS`] or more (a fleet's arrivals are
+/// random, and at ~3 a millisecond a 1 ms gap between them came often enough to end half the
+/// waits early)…
+const QUIET_MANY: std::time::Duration = std::time::Duration::from_millis(3);
+const MANY_WRITERS: u64 = 8;
 /// …or [`COMMIT_BYTES`] wait, and at the latest this long after the first writer (an ack's
 /// added latency under a stream of small requests; the target is a p99 under 50 ms).
 const MAX_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -94,10 +103,15 @@ impl GroupCommit {
                 // again: waiting would only slow it down.
                 if last_flush.elapsed() < RECENT && last_writers > 1 {
                     let until = tokio::time::Instant::now() + MAX_COMMIT_DELAY;
+                    let quiet = if last_writers >= MANY_WRITERS {
+                        QUIET_MANY
+                    } else {
+                        QUIET
+                    };
                     while waiting_bytes.load(Ordering::SeqCst) < COMMIT_BYTES {
                         tokio::select! {
                             _ = tokio::time::sleep_until(until) => break,
-                            _ = tokio::time::sleep(QUIET) => break,
+                            _ = tokio::time::sleep(quiet) => break,
                             _ = wake.notified() => {}
                         }
                     }
