@@ -1011,6 +1011,26 @@ mod tests {
         assert_eq!(read_all(&store, gens[0].id).await, expected);
     }
 
+    /// `store.cache_capacity = "0"` (or anything under sled's share of a few bytes) once
+    /// reached sled as a zero capacity, which sled 0.34 asserts against at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tiny_cache_capacity_still_opens_and_stores() {
+        for cache_capacity in [0, 1, 100] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = SledStore::open(dir.path(), &SledOptions { cache_capacity }).expect("open");
+            store
+                .write(&[batch("g1", &[(0, "a"), (1, "b")])])
+                .await
+                .expect("write");
+            let gens = store.generations("h", "/var/log/x").await.expect("gens");
+            assert_eq!(
+                read_all(&store, gens[0].id).await,
+                "a\nb\n",
+                "{cache_capacity}"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn generations_are_separate_and_ordered_by_creation() {
         let dir = tempfile::tempdir().expect("tempdir");
