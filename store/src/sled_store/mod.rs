@@ -50,8 +50,8 @@ pub struct SledOptions {
 /// measured about 3× that: 8, 16 and 32 MiB of sled `cache_capacity` filled to 23, 47 and
 /// 100 MiB of RSS under the store's bucket index (17-byte keys, 32-byte values). sled is given
 /// the configured capacity divided by this, so `store.cache_capacity` is what the cache
-/// costs in memory. (Beyond the cache, sled keeps ~17 bytes per index entry for every page it
-/// paged out, ~1.2 MiB per GB stored; see docs/PERFORMANCE.md.)
+/// costs in memory. (Beyond the cache, sled keeps a stub for every page it paged out, ~17
+/// bytes per index entry or ~1 MiB per GB stored; see docs/PERFORMANCE.md.)
 pub const SLED_MEMORY_PER_CACHE_BYTE: u64 = 3;
 
 impl Default for SledOptions {
@@ -160,6 +160,7 @@ impl SledStore {
         let segments = Arc::new(Segments::open(&dir.join("segments")).map_err(io_unavailable)?);
         let db = sled::Config::new()
             .path(dir.join("index"))
+            // sled asserts its cache is not empty; a tiny setting gets 1 MiB.
             .cache_capacity((opts.cache_capacity / SLED_MEMORY_PER_CACHE_BYTE).max(1 << 20))
             // Our group commit flushes on every durable write; a second, timed flusher only
             // competes with it for the log (seen as multi-second ack stalls).
@@ -1011,8 +1012,8 @@ mod tests {
         assert_eq!(read_all(&store, gens[0].id).await, expected);
     }
 
-    /// `store.cache_capacity = "0"` (or anything under sled's share of a few bytes) once
-    /// reached sled as a zero capacity, which sled 0.34 asserts against at open.
+    /// `store.cache_capacity = "0"` (or under 3 bytes) once reached sled as a zero capacity,
+    /// which sled 0.34 asserts against at open.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tiny_cache_capacity_still_opens_and_stores() {
         for cache_capacity in [0, 1, 100] {
