@@ -95,10 +95,17 @@ pub struct Args {
     /// Tiny sizes, for the test suite: checks the command works, not the figures.
     #[arg(long)]
     pub quick: bool,
+    /// Runs only the discarding sink, printing its URL (the fleet scenario's transport
+    /// reference runs this program so).
+    #[arg(long, hide = true)]
+    pub serve_sink: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if args.serve_sink {
+        return sink::serve();
+    }
     if args.quick {
         args.files = 3;
         args.lines = 3000;

@@ -55,8 +55,21 @@ impl Measured {
         }
         cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped());
+            .env("RUST_LOG", "warn");
+        Self::listening(cmd, "aggregator listening on ")
+    }
+
+    /// The discarding sink in a process of its own (this program, `--serve-sink`), so its
+    /// CPU can be measured apart from the load's: the HTTP transport's share of a scenario.
+    pub fn sink() -> anyhow::Result<(Self, String)> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--serve-sink");
+        Self::listening(cmd, crate::sink::LISTENING)
+    }
+
+    /// Starts `cmd` and waits for the line `prefix` + its base URL on its stdout.
+    fn listening(mut cmd: Command, prefix: &'static str) -> anyhow::Result<(Self, String)> {
+        cmd.stdout(Stdio::piped());
         let mut m = Self::spawn(cmd)?;
         let stdout = m
             .child
@@ -66,14 +79,14 @@ impl Measured {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("aggregator listening on ") {
+                if let Some(url) = line.strip_prefix(prefix) {
                     let _ = tx.send(url.trim().to_owned());
                 }
             }
         });
         let url = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow::anyhow!("aggregator did not start"))?;
+            .map_err(|_| anyhow::anyhow!("{} did not start", prefix.trim()))?;
         Ok((m, url))
     }
 

@@ -41,6 +41,22 @@ impl Seen {
     }
 }
 
+/// What `--serve-sink` prints before the sink's base URL.
+pub const LISTENING: &str = "sink listening on ";
+
+/// Runs the sink until killed: the `--serve-sink` process, on a runtime like the
+/// aggregator's (one worker per core).
+pub fn serve() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (addr, _seen) = start().await?;
+        println!("{LISTENING}http://{addr}");
+        std::future::pending::<anyhow::Result<()>>().await
+    })
+}
+
 /// Starts the sink on an ephemeral port.
 pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -5,6 +5,8 @@
 //! batches of 1,000 lines from four clients: the aggregator's CPU per
 //! line should stay within 2× of that, acknowledgements fast (group commit must share each
 //! fsync between connections), and no connection refused. Every line is checked stored.
+//! Last, the same fleet against a bare hyper server (the discarding sink in a process of its
+//! own): the transport's share of the fleet's cost, which no store design removes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -46,6 +48,17 @@ pub(super) async fn fleet(
     let secs = args.fleet_seconds;
     let reference = load(addr, 4, rate, 1000..=1000, secs, &agg, "ref").await?;
     let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
+    // The same fleet against a bare hyper server that only decodes and answers: what the
+    // HTTP transport itself costs per line (epoll, reads, response writes over loopback),
+    // which no store design removes.
+    let transport = {
+        let (sink, sink_base) = Measured::sink()?;
+        let to: SocketAddr = sink_base
+            .trim_start_matches("http://")
+            .parse()
+            .context("sink address")?;
+        load(to, args.fleet_agents, rate, 20..=50, secs, &sink, "bare").await?
+    };
     for (what, l) in [("fleet", &fleet), ("reference", &reference)] {
         r.add(
             "fleet",
@@ -93,13 +106,25 @@ pub(super) async fn fleet(
         per_line(&fleet) / per_line(&reference).max(1e-9),
         "x",
     );
+    r.add(
+        "fleet",
+        "transport: bare hyper sink, same requests: CPU per line",
+        per_line(&transport),
+        "µs",
+    );
+    r.add(
+        "fleet",
+        "ratio beyond the transport ((fleet - transport) / reference)",
+        (per_line(&fleet) - per_line(&transport)) / per_line(&reference).max(1e-9),
+        "x",
+    );
     r.add("fleet", "ack latency p50", pct(0.50), "ms");
     r.add("fleet", "ack latency p99 (target ≤ 50)", pct(0.99), "ms");
     r.add("fleet", "ack latency max", pct(1.0), "ms");
     r.add(
         "fleet",
         "requests refused or failed",
-        (fleet.refused + reference.refused) as f64,
+        (fleet.refused + reference.refused + transport.refused) as f64,
         "",
     );
     r.add(
@@ -141,7 +166,9 @@ async fn load(
     tag: &'static str,
 ) -> anyhow::Result<Load> {
     let base = format!("http://{to}");
-    let commits0 = commits(&base).await?;
+    // Only the aggregator has group commits to count.
+    let aggregator = tag != "bare";
+    let commits0 = if aggregator { commits(&base).await? } else { 0 };
     let cpu0 = agg.cpu_secs();
     let per_client = rate as f64 / clients.max(1) as f64;
     let start = Instant::now();
@@ -204,7 +231,9 @@ async fn load(
         out.latencies.extend(latencies);
     }
     out.cpu_secs = agg.cpu_secs() - cpu0;
-    out.commits = commits(&base).await?.saturating_sub(commits0);
+    if aggregator {
+        out.commits = commits(&base).await?.saturating_sub(commits0);
+    }
     Ok(out)
 }
 
