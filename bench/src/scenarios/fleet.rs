@@ -23,6 +23,9 @@ use crate::proc::Measured;
 use crate::report::Report;
 use crate::Args;
 
+/// Less CPU than this (a few of /proc's 10 ms ticks) gives no meaningful ratio.
+const MEASURABLE_CPU_SECS: f64 = 0.05;
+
 /// What one load produced.
 struct Load {
     lines: u64,
@@ -102,22 +105,25 @@ pub(super) async fn fleet(
     );
     r.add(
         "fleet",
-        "ratio (target ≤ 2)",
-        per_line(&fleet) / per_line(&reference).max(1e-9),
-        "x",
-    );
-    r.add(
-        "fleet",
         "transport: bare hyper sink, same requests: CPU per line",
         per_line(&transport),
         "µs",
     );
-    r.add(
-        "fleet",
-        "ratio beyond the transport ((fleet - transport) / reference)",
-        (per_line(&fleet) - per_line(&transport)) / per_line(&reference).max(1e-9),
-        "x",
-    );
+    // /proc counts CPU in 10 ms ticks: a `--quick` reference uses too few for a ratio.
+    if reference.cpu_secs >= MEASURABLE_CPU_SECS {
+        r.add(
+            "fleet",
+            "ratio (target ≤ 2)",
+            per_line(&fleet) / per_line(&reference).max(1e-9),
+            "x",
+        );
+        r.add(
+            "fleet",
+            "ratio beyond the transport ((fleet - transport) / reference)",
+            (per_line(&fleet) - per_line(&transport)) / per_line(&reference).max(1e-9),
+            "x",
+        );
+    }
     r.add("fleet", "ack latency p50", pct(0.50), "ms");
     r.add("fleet", "ack latency p99 (target ≤ 50)", pct(0.99), "ms");
     r.add("fleet", "ack latency max", pct(1.0), "ms");
