@@ -215,6 +215,26 @@ pub fn trim_free_memory() {
     }
 }
 
+/// Asks the kernel to drop a file's clean pages from its page cache (`posix_fadvise`
+/// `DONTNEED`); pages not yet written back stay. Advice only: the file's data is unchanged,
+/// and a later read brings back what it needs.
+pub fn drop_cached_pages(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        #[allow(unsafe_code)]
+        // SAFETY: posix_fadvise only reads its arguments; the descriptor is open for as long
+        // as `file` is borrowed.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
+
 /// CPU time the calling thread has used: what "a worker was busy" means, unlike wall time,
 /// which also counts the moments the OS ran something else.
 pub fn thread_cpu_time() -> std::time::Duration {

@@ -17,6 +17,14 @@
 //! file when the commit that acknowledges it fsyncs. Their index entries wait for the same
 //! commit (in the store's pending map), so nothing outside the writers ever names a buffered
 //! byte; writers merging into a bucket they just wrote read it from the buffer.
+//!
+//! Closed segments leave the kernel's page cache once [`CACHED_CLOSED_SEGMENTS`] newer ones
+//! are durable ([`Segments::sync`]): what the store writes keeps recycling the same ~1 GiB of
+//! cache instead of filling all of memory with data nobody may read again. Measured on this
+//! project's VM: writing into never-used page cache cost 1.1–2.4 s of kernel CPU per GB (the
+//! host backs each new page on first touch), into recycled pages 0.25 s; a 5.9 GB ingest spent
+//! ~40 % of the aggregator's CPU copying into fresh pages. Reads of older data come from disk
+//! through the page cache as usual (and stay cached by the kernel's own rules).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -26,6 +34,9 @@ use std::sync::{Arc, Mutex};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 256 << 20;
+/// Closed, durable segments kept in the page cache (with the active one, ~1.25 GiB of the
+/// newest data); older ones are dropped from it.
+const CACHED_CLOSED_SEGMENTS: usize = 4;
 /// Buffered appends are written out before the buffer would hold more than this; appends
 /// this large or larger are written at once.
 pub const BUFFER_BYTES: usize = 256 * 1024;
@@ -68,6 +79,9 @@ pub struct Segments {
     active: Mutex<Active>,
     /// Open read handles, by segment number.
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// Closed segments made durable, oldest first, still in the page cache (by number: a
+    /// handle held here would keep a compacted segment's disk space).
+    cached: Mutex<std::collections::VecDeque<u32>>,
 }
 
 #[derive(Debug)]
@@ -79,7 +93,7 @@ struct Active {
     /// Appended, not yet written: the bytes at `len - buf.len()..len`.
     buf: Vec<u8>,
     /// Segments written since the last sync (closed ones included).
-    unsynced: Vec<Arc<File>>,
+    unsynced: Vec<(u32, Arc<File>)>,
 }
 
 impl Active {
@@ -141,6 +155,7 @@ impl Segments {
                 unsynced: Vec::new(),
             }),
             readers: Mutex::new(HashMap::from([(newest, file)])),
+            cached: Mutex::default(),
         })
     }
 
@@ -194,7 +209,7 @@ impl Segments {
         // The new file's name must survive a power cut as its data will.
         sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut a.file, file.clone());
-        a.unsynced.push(old);
+        a.unsynced.push((a.number, old));
         a.number = number;
         a.len = file.metadata()?.len();
         self.readers
@@ -440,10 +455,42 @@ impl Segments {
             a.write_buffer()?;
             (a.file.clone(), std::mem::take(&mut a.unsynced))
         };
-        for f in closed {
+        for (_, f) in &closed {
             f.sync_data()?;
         }
-        current.sync_data()
+        current.sync_data()?;
+        if !closed.is_empty() {
+            self.leave_page_cache(closed.into_iter().map(|(n, _)| n));
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest durable closed segments from the page cache, keeping the newest
+    /// [`CACHED_CLOSED_SEGMENTS`]. Only advice: a failure costs memory, not data.
+    fn leave_page_cache(&self, durable: impl IntoIterator<Item = u32>) {
+        let leaving: Vec<u32> = {
+            let mut cached = self
+                .cached
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cached.extend(durable);
+            let excess = cached.len().saturating_sub(CACHED_CLOSED_SEGMENTS);
+            cached.drain(..excess).collect()
+        };
+        for number in leaving {
+            // A segment compacted away meanwhile has no handle left and nothing to drop.
+            let file = self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&number)
+                .cloned();
+            if let Some(f) = file {
+                if let Err(e) = logship_common::drop_cached_pages(&f) {
+                    tracing::debug!(error = %e, segment = number, "could not drop a segment from the page cache");
+                }
+            }
+        }
     }
 
     /// Bytes on disk.
@@ -462,6 +509,42 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_durable_closed_segments_stay_in_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Segments::open(dir.path()).expect("open");
+        let mut closed = Vec::new();
+        for i in 0..7u8 {
+            let (n, _) = s.append_buffered(&[i; 100]).expect("append");
+            s.close_if_active(n).expect("close");
+            closed.push(n);
+            // Closed but not yet durable: nothing may leave the cache before its fsync.
+            assert!(!s.cached.lock().expect("lock").contains(&n));
+            s.sync().expect("sync");
+        }
+        // One compacted away: leaving the cache later must not need (or keep) its file.
+        s.remove(closed[2]).expect("remove");
+        let (n, _) = s.append_buffered(b"last").expect("append");
+        s.close_if_active(n).expect("close");
+        closed.push(n);
+        s.sync().expect("sync");
+        let kept: Vec<u32> = s.cached.lock().expect("lock").iter().copied().collect();
+        assert_eq!(kept, closed[closed.len() - CACHED_CLOSED_SEGMENTS..]);
+        // Dropping pages changes no byte.
+        for (i, &n) in closed.iter().enumerate() {
+            if n == closed[2] {
+                continue;
+            }
+            let want: &[u8] = if i == 7 { b"last" } else { &[i as u8; 100] };
+            let loc = Loc {
+                segment: n,
+                offset: 0,
+                len: want.len() as u32,
+            };
+            assert_eq!(s.read(loc).expect("read"), want, "segment {n}");
+        }
+    }
 
     #[test]
     fn buffered_appends_read_back_before_and_after_they_are_written() {
