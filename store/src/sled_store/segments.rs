@@ -19,7 +19,7 @@
 //! byte; writers merging into a bucket they just wrote read it from the buffer.
 //!
 //! Closed segments leave the kernel's page cache once [`CACHED_CLOSED_SEGMENTS`] newer ones
-//! are durable ([`Segments::sync`]): what the store writes keeps recycling the same ~1 GiB of
+//! are durable ([`Segments::sync`]): what the store writes keeps recycling the same ~1.25 GiB of
 //! cache instead of filling all of memory with data nobody may read again. Measured on this
 //! project's VM: writing into never-used page cache cost 1.1–2.4 s of kernel CPU per GB (the
 //! host backs each new page on first touch), into recycled pages 0.25 s; a 5.9 GB ingest spent
