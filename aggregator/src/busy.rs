@@ -89,11 +89,12 @@ impl<F> Drop for Timed<F> {
 mod tests {
     use super::*;
 
-    /// Burns CPU for about `d` (a sleep would not count: it is not CPU time).
+    /// Burns `d` of this thread's CPU time (a sleep would not count; nor would a wall-clock
+    /// spin on a busy machine, where it gets a fraction of a core).
     fn spin(d: Duration) {
-        let until = std::time::Instant::now() + d;
+        let until = logship_common::thread_cpu_time() + d;
         let mut x = 0u64;
-        while std::time::Instant::now() < until {
+        while logship_common::thread_cpu_time() < until {
             x = std::hint::black_box(x.wrapping_add(1));
         }
     }
