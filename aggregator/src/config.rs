@@ -53,6 +53,9 @@ pub struct Config {
     /// bodies that hold connections are cut off with 408).
     pub min_body_bytes_per_sec: String,
     pub body_grace: String,
+    /// Threads serving connections (async workers); absent = half the cores, at least one.
+    /// Merges, decoding and commits run on threads of their own beside them.
+    pub worker_threads: Option<usize>,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
@@ -223,6 +226,7 @@ impl Default for Config {
             max_connections_per_client: 128,
             min_body_bytes_per_sec: "16KiB".into(),
             body_grace: "5s".into(),
+            worker_threads: None,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             search: SearchConfig::default(),
@@ -234,6 +238,8 @@ impl Default for Config {
 
 /// The most connections or followers a config may ask for.
 const MAX_COUNT: usize = 1_000_000;
+/// The most async worker threads a config may ask for (each has a stack and a queue).
+const MAX_WORKER_THREADS: usize = 1_024;
 /// The longest `limits.max_line_bytes`: 128 such lines still fit a bucket's u32 length.
 const MAX_LINE_BYTES: u64 = 16 << 20;
 
@@ -266,6 +272,8 @@ pub struct Settings {
     pub max_connections_per_client: usize,
     pub min_body_bytes_per_sec: u64,
     pub body_grace: Duration,
+    /// Async worker threads (`worker_threads`, or half the cores).
+    pub worker_threads: usize,
     pub write_tokens: Vec<Secret>,
     pub read_tokens: Vec<Secret>,
     /// HTTPS when set.
@@ -442,6 +450,16 @@ impl Config {
                 )));
             }
         }
+        let worker_threads = match self.worker_threads {
+            None => logship_common::default_worker_threads(),
+            Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "worker_threads: {n} must be between 1 and {MAX_WORKER_THREADS} \
+                     (or absent: half the cores)"
+                )))
+            }
+        };
         let sweep_interval = dur("store.sweep_interval", &self.store.sweep_interval)?;
         let max_line_bytes = sz("limits.max_line_bytes", &self.limits.max_line_bytes)?;
         // A bucket holds 128 lines and its stored length is a u32.
@@ -506,6 +524,7 @@ impl Config {
             max_connections_per_client: self.max_connections_per_client.max(1),
             min_body_bytes_per_sec: sz("min_body_bytes_per_sec", &self.min_body_bytes_per_sec)?,
             body_grace: dur("body_grace", &self.body_grace)?,
+            worker_threads,
             write_tokens,
             read_tokens,
             tls,
@@ -671,6 +690,8 @@ mod tests {
             ("[store]\nsweep_interval = \"0s\"\n", "store.sweep_interval"),
             ("max_connections = 9223372036854775807\n", "max_connections"),
             ("max_followers = 2000000\n", "max_followers"),
+            ("worker_threads = 0\n", "worker_threads"),
+            ("worker_threads = 5000\n", "worker_threads"),
             (
                 "[limits]\nmax_line_bytes = \"1GiB\"\n",
                 "limits.max_line_bytes",
@@ -772,5 +793,17 @@ mod tests {
             .expect("valid");
         assert_eq!(s.listen.port(), 2);
         assert_eq!(s.per_host_lines_per_sec, 5);
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores_and_can_be_named() {
+        let s = Config::default().validate().expect("defaults are valid");
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        assert_eq!(s.worker_threads, cores.div_ceil(2));
+        let c = Config {
+            worker_threads: Some(3),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().expect("valid").worker_threads, 3);
     }
 }

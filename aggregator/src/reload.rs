@@ -43,6 +43,7 @@ pub fn apply(app: &App, new: Settings) {
         role => "role",
         backend => "store.type (and the redis store's keys)",
         data_dir => "data_dir",
+        worker_threads => "worker_threads",
         cache_capacity => "store.cache_capacity",
         max_connections => "max_connections",
         max_followers => "max_followers",

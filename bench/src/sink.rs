@@ -45,9 +45,10 @@ impl Seen {
 pub const LISTENING: &str = "sink listening on ";
 
 /// Runs the sink until killed: the `--serve-sink` process, on a runtime like the
-/// aggregator's (one worker per core).
+/// aggregator's default (half the cores serve connections).
 pub fn serve() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(logship_common::default_worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async {

@@ -235,6 +235,22 @@ pub fn drop_cached_pages(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Async worker threads for a server on this machine when the operator names none: half the
+/// cores, at least one.
+///
+/// The workers only read, parse and answer; what costs CPU (merging, decoding, commits,
+/// sled's own threads) runs on other threads, which need the other cores. Fewer workers also
+/// means fewer wake-ups: tokio wakes an idle worker to steal whenever a busy one has queued
+/// work, which for many small requests is one more context switch per request. On 2 cores,
+/// one worker instead of two took 14 % less aggregator CPU per line for 500 agents' small
+/// batches and 18 % less per GB for large ones, at the same throughput and ack latency
+/// (`docs/PERFORMANCE.md`, round 6).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .div_ceil(2)
+}
+
 /// CPU time the calling thread has used: what "a worker was busy" means, unlike wall time,
 /// which also counts the moments the OS ran something else.
 pub fn thread_cpu_time() -> std::time::Duration {
