@@ -242,9 +242,9 @@ pub fn drop_cached_pages(file: &std::fs::File) -> std::io::Result<()> {
 /// sled's own threads) runs on other threads, which need the other cores. Fewer workers also
 /// means fewer wake-ups: tokio wakes an idle worker to steal whenever a busy one has queued
 /// work, which for many small requests is one more context switch per request. On 2 cores,
-/// one worker instead of two took 14 % less aggregator CPU per line for 500 agents' small
-/// batches and 18 % less per GB for large ones, at the same throughput and ack latency
-/// (`docs/PERFORMANCE.md`, round 6).
+/// one worker instead of two took 11–27 % less aggregator CPU per line for 500 agents' small
+/// batches (every one of 5 pairs), at the same ack latency, and files → agent → aggregator
+/// kept its throughput (`docs/PERFORMANCE.md`, round 6).
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(2, std::num::NonZeroUsize::get)
