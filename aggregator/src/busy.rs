@@ -122,6 +122,23 @@ mod tests {
         }
     }
 
+    /// The histogram as Prometheus text, and a lookup of the cumulative count at a bound.
+    fn buckets(h: Histogram) -> (String, impl Fn(&str) -> Option<u64>) {
+        let mut text = String::new();
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("busy", "", h);
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
+        let lines = text.clone();
+        let count = move |le: &str| {
+            lines
+                .lines()
+                .find(|l| l.contains(&format!("le=\"{le}\"")))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        (text, count)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn offloaded_work_is_not_counted_and_busy_work_is() {
         let h = histogram();
@@ -141,16 +158,7 @@ mod tests {
             "test",
         )
         .await;
-        let mut text = String::new();
-        let mut r = prometheus_client::registry::Registry::default();
-        r.register("busy", "", h);
-        prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
-        let count = |le: &str| {
-            text.lines()
-                .find(|l| l.contains(&format!("le=\"{le}\"")))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
+        let (text, count) = buckets(h);
         assert_eq!(count("0.01"), Some(1), "{text}");
         assert_eq!(count("0.05"), Some(2), "{text}");
     }
@@ -171,15 +179,7 @@ mod tests {
             "test",
         )
         .await;
-        let mut text = String::new();
-        let mut r = prometheus_client::registry::Registry::default();
-        r.register("busy", "", h);
-        prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
-        let under_5ms = text
-            .lines()
-            .find(|l| l.contains("le=\"0.005\""))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<u64>().ok());
-        assert_eq!(under_5ms, Some(2), "{text}");
+        let (text, count) = buckets(h);
+        assert_eq!(count("0.005"), Some(2), "{text}");
     }
 }
