@@ -3,8 +3,9 @@
 //! ```text
 //! 'H' ‖ host                                          → ()                 host index
 //! 'F' ‖ u16 len ‖ host ‖ u16 len ‖ file ‖ generation  → Meta (40 bytes)    one per generation
-//! 'L' ‖ id u64 BE ‖ bucket u64 BE                     → index value        where the bucket of
-//!                                                       (32 bytes)         128 lines is stored,
+//! 'L' ‖ id u64 BE ‖ bucket u64 BE                     → IndexValue         where the bucket of
+//!                                                       (32, or 48 + 16·k  128 lines is stored
+//!                                                        bytes)            (in 1 + k pieces),
 //!                                                                          and when received
 //! 'Z' ‖ "ready"                                       → now (ms)           the readiness probe
 //! ```
@@ -108,29 +109,112 @@ pub(super) fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
     Some((host, file, generation))
 }
 
-/// A bucket's index value: its [`Loc`], then when its lines were received — the first write
-/// to the bucket and the last, in ms since the epoch — so a search by receive time skips
-/// whole buckets without reading them.
-pub(super) fn index_value(loc: &Loc, first_ms: u64, last_ms: u64) -> [u8; 32] {
-    let mut v = [0u8; 32];
-    v[..16].copy_from_slice(&loc.encode());
-    v[16..24].copy_from_slice(&first_ms.to_be_bytes());
-    v[24..].copy_from_slice(&last_ms.to_be_bytes());
-    v
+/// Most pieces a bucket's index value names; a write that would add one more, or overlap
+/// the lines already there, rewrites the bucket as one piece.
+pub(super) const MAX_PIECES: usize = 6;
+/// Most bytes a bucket may hold in pieces: readers merge the pieces in memory, so they stay
+/// within what a reader holds of one bucket anyway (the segment cursor's buffer).
+pub(super) const MAX_PIECES_BYTES: u64 = 64 * 1024;
+
+/// Every line offset of a bucket, as a [`IndexValue::present`] map.
+pub(super) const FULL: u128 = u128::MAX;
+
+/// A bucket's index value: where its lines are stored and when they were received.
+///
+/// A bucket written whole is one piece. A bucket that receives its lines a few at a time (a
+/// fleet of agents sending small batches) is appended to instead of rewritten: each write
+/// stores only its own lines as a new piece and the value lists the pieces, with a map of the
+/// line offsets present so that the next write knows, without reading anything, whether its
+/// lines are new. Pieces never share a line offset (a write that would overlap rewrites the
+/// bucket whole, keeping last-write-wins), so readers merge them by offset.
+///
+/// ```text
+/// piece₀ Loc (16) ‖ first_ms u64 ‖ last_ms u64                           32 bytes
+/// piece₀ Loc (16) ‖ first_ms ‖ last_ms ‖ present u128 ‖ piece₁… (16 each)   48 + 16·k bytes
+/// piece₀ Loc (16)                                                       16 bytes (before
+///                                                                       receive times)
+/// ```
+/// The first form is for a bucket that is whole: one piece holding every offset, or written
+/// before pieces existed (nothing known of its offsets, so a write to it reads it back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct IndexValue {
+    /// Never empty; in write order.
+    pub(super) pieces: Vec<Loc>,
+    /// When the bucket's lines were received, the first write and the last, in ms since the
+    /// epoch: a search by receive time skips whole buckets without reading them.
+    pub(super) first_ms: u64,
+    pub(super) last_ms: u64,
+    /// The offsets present (bit `o` for line `base + o`), or `None` when not recorded.
+    pub(super) present: Option<u128>,
 }
 
-/// When a bucket's lines were received, (first, last) in ms; `(0, u64::MAX)` for an index
-/// value written before receive times were kept (it matches any window).
-pub(super) fn received(v: &[u8]) -> (u64, u64) {
-    let at = |r: std::ops::Range<usize>| {
-        v.get(r)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-    };
-    match (at(16..24), at(24..32)) {
-        (Some(first), Some(last)) => (first, last),
-        _ => (0, u64::MAX),
+impl IndexValue {
+    /// One piece, for a bucket whose offsets are `present`.
+    pub(super) fn whole(loc: Loc, first_ms: u64, last_ms: u64, present: Option<u128>) -> Self {
+        IndexValue {
+            pieces: vec![loc],
+            first_ms,
+            last_ms,
+            present,
+        }
     }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(48 + 16 * self.pieces.len());
+        v.extend_from_slice(&self.pieces[0].encode());
+        v.extend_from_slice(&self.first_ms.to_be_bytes());
+        v.extend_from_slice(&self.last_ms.to_be_bytes());
+        match self.present {
+            // A single piece holding every offset needs no map: nothing more can be appended.
+            Some(p) if !(p == FULL && self.pieces.len() == 1) => {
+                v.extend_from_slice(&p.to_be_bytes());
+                for piece in &self.pieces[1..] {
+                    v.extend_from_slice(&piece.encode());
+                }
+            }
+            _ => {}
+        }
+        v
+    }
+
+    /// `None` if the bytes are not an index value.
+    pub(super) fn decode(v: &[u8]) -> Option<Self> {
+        let u64_at = |at: usize| v.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes);
+        let loc_at = |at: usize| Loc::decode(v.get(at..at + 16)?);
+        match v.len() {
+            16 => Some(IndexValue::whole(loc_at(0)?, 0, u64::MAX, None)),
+            32 => Some(IndexValue::whole(
+                loc_at(0)?,
+                u64_at(16)?,
+                u64_at(24)?,
+                None,
+            )),
+            n if n >= 48 && (n - 48) % 16 == 0 && (n - 48) / 16 < MAX_PIECES => {
+                let present = u128::from_be_bytes(v.get(32..48)?.try_into().ok()?);
+                let mut pieces = vec![loc_at(0)?];
+                for at in (48..n).step_by(16) {
+                    pieces.push(loc_at(at)?);
+                }
+                Some(IndexValue {
+                    pieces,
+                    first_ms: u64_at(16)?,
+                    last_ms: u64_at(24)?,
+                    present: Some(present),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes stored for the bucket, all pieces together.
+    pub(super) fn len(&self) -> u64 {
+        self.pieces.iter().map(|l| u64::from(l.len)).sum()
+    }
+}
+
+/// The offsets of `entries` as a [`IndexValue::present`] map.
+pub(super) fn offsets(entries: &[crate::bucket::Entry<'_>]) -> u128 {
+    entries.iter().fold(0, |m, e| m | 1u128 << e.offset)
 }
 
 /// The generation id in a line key.

@@ -7,6 +7,7 @@
 
 mod flusher;
 mod keys;
+mod pieces;
 pub(crate) mod segments;
 mod sweep;
 
@@ -23,7 +24,8 @@ use crate::{
     StoreError, SweepReport, WriteStats,
 };
 use flusher::GroupCommit;
-use keys::{file_prefix, index_value, line_key, parse_file_key, received, Meta, FILE, HOST, PROBE};
+use keys::{file_prefix, line_key, parse_file_key, IndexValue, Meta, FILE, HOST, PROBE};
+use pieces::Opened;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use segments::{Loc, Segments};
@@ -289,37 +291,54 @@ impl Inner {
         let mut data = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
         for (b, new) in grouped.buckets {
-            let mut first_ms = now;
-            let old = match self.latest(&line_key(meta.id, b))? {
-                Some(v) => {
-                    let loc = Loc::decode(&v).ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "index of bucket {b} of generation {}",
-                            meta.id
-                        ))
-                    })?;
-                    first_ms = received(&v).0;
-                    Some(self.segments.read(loc).map_err(io_unavailable)?)
-                }
+            let bucket_key = line_key(meta.id, b);
+            let old = match self.latest(&bucket_key)? {
+                Some(v) => Some(IndexValue::decode(&v).ok_or_else(|| {
+                    StoreError::Corrupt(format!("index of bucket {b} of generation {}", meta.id))
+                })?),
                 None => None,
             };
-            let old_entries = match &old {
-                Some(v) => bucket::decode(v).ok_or_else(|| {
-                    StoreError::Corrupt(format!("bucket {b} of generation {}", meta.id))
-                })?,
-                None => Vec::new(),
+            let new_offsets = keys::offsets(&new);
+            // At most what the piece's encoding takes (a header is at most 11 bytes).
+            let piece_bytes: u64 = new.iter().map(|e| e.content.len() as u64 + 11).sum();
+            let (bytes, added, first_ms, earlier, present) = match old {
+                // New lines only, and room for a piece: stored as one, nothing read back.
+                Some(v)
+                    if v.present.is_some_and(|p| p & new_offsets == 0)
+                        && v.pieces.len() < keys::MAX_PIECES
+                        && v.len() + piece_bytes <= keys::MAX_PIECES_BYTES =>
+                {
+                    let present = v.present.map(|p| p | new_offsets);
+                    let piece = bucket::merge(&[], &new).0;
+                    (piece, new.len() as u64, v.first_ms, v.pieces, present)
+                }
+                // Lines already there (last write wins), too many pieces, or a bucket stored
+                // before pieces existed: read back, merged, rewritten as one piece.
+                Some(v) => {
+                    let stored = self.read_bucket(&bucket_key, &v)?;
+                    let old_entries = bucket::decode(&stored).ok_or_else(|| {
+                        StoreError::Corrupt(format!("bucket {b} of generation {}", meta.id))
+                    })?;
+                    let present = keys::offsets(&old_entries) | new_offsets;
+                    let (merged, added) = bucket::merge(&old_entries, &new);
+                    (merged, added, v.first_ms, Vec::new(), Some(present))
+                }
+                None => {
+                    let piece = bucket::merge(&[], &new).0;
+                    (piece, new.len() as u64, now, Vec::new(), Some(new_offsets))
+                }
             };
-            let (merged, added) = bucket::merge(&old_entries, &new);
-            drop(old);
             stats.new_lines += added;
             meta.lines += added;
             placed.push(Placed {
                 bucket: b,
                 offset: data.len(),
-                len: merged.len(),
+                len: bytes.len(),
                 first_ms,
+                earlier,
+                present,
             });
-            data.extend_from_slice(&merged);
+            data.extend_from_slice(&bytes);
             if data.len() >= APPLY_CHUNK_BYTES || placed.len() >= APPLY_CHUNK_BUCKETS {
                 self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
             }
@@ -393,13 +412,19 @@ impl Inner {
                         p.bucket, p.len
                     ))
                 })?;
-                let loc = Loc {
+                let mut pieces = p.earlier;
+                pieces.push(Loc {
                     segment,
                     offset: start + p.offset as u64,
                     len,
+                });
+                let value = IndexValue {
+                    pieces,
+                    first_ms: p.first_ms,
+                    last_ms: meta.last_write_ms,
+                    present: p.present,
                 };
-                let value = index_value(&loc, p.first_ms, meta.last_write_ms);
-                batch.push((line_key(meta.id, p.bucket).to_vec(), value.to_vec()));
+                batch.push((line_key(meta.id, p.bucket).to_vec(), value.encode()));
             }
             data.clear();
         }
@@ -479,11 +504,10 @@ impl Inner {
             let mut b = [0u8; 8];
             b.copy_from_slice(&k[9..17]);
             let base = u64::from_be_bytes(b) * LINES_PER_BUCKET;
-            let loc = Loc::decode(&v).ok_or_else(|| {
+            let value = IndexValue::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index at line {base} of generation {id}"))
             })?;
-            let (first_ms, last_ms) = received(&v);
-            if read.outside(first_ms, last_ms) {
+            if read.outside(value.first_ms, value.last_ms) {
                 // Received wholly outside the window: not even read.
                 chunk.skipped += 1;
                 continue;
@@ -495,14 +519,26 @@ impl Inner {
                     io_unavailable(e)
                 }
             };
-            let mut cursor = self.bucket_cursor(&k, loc)?;
-            if let Some(whole) = cursor.whole().map_err(corrupt)? {
-                // The usual case, a bucket that fits the cursor's buffer: decoded from the
-                // slice (the per-byte cursor path cost ~40 % of download speed).
+            let decode = |whole: &[u8], chunk: &mut Chunk| {
+                // The usual case, a bucket that fits the cursor's buffer (or in pieces):
+                // decoded from the slice (the per-byte cursor path cost ~40 % of download
+                // speed).
                 let entries = bucket::decode(whole).ok_or_else(|| {
                     StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
                 })?;
-                if chunk.push_bucket(base, &entries, read) {
+                Ok::<_, StoreError>(chunk.push_bucket(base, &entries, read))
+            };
+            let mut cursor = match self.open_bucket(&k, &value)? {
+                Opened::Cursor(c) => c,
+                Opened::Merged(whole) => {
+                    if decode(&whole, &mut chunk)? {
+                        return Ok(chunk);
+                    }
+                    continue;
+                }
+            };
+            if let Some(whole) = cursor.whole().map_err(corrupt)? {
+                if decode(whole, &mut chunk)? {
                     return Ok(chunk);
                 }
                 continue;
@@ -553,16 +589,44 @@ impl Inner {
         for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
             let (k, v) = item.map_err(unavailable)?;
             let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
-            let loc = Loc::decode(&v).ok_or_else(|| {
+            let value = IndexValue::decode(&v).ok_or_else(|| {
                 StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
             })?;
             if let Some((since, until)) = window {
-                let (first, last) = received(&v);
-                if first > until || last < since {
+                if value.first_ms > until || value.last_ms < since {
                     skipped += 1;
                     continue;
                 }
             }
+            let loc = match value.pieces.as_slice() {
+                [one] => *one,
+                _ => {
+                    // In pieces: merged in memory, visited on its own.
+                    if !run.is_empty() {
+                        if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                            return Ok(skipped);
+                        }
+                        run.clear();
+                        run_bytes = 0;
+                    }
+                    block = self.read_bucket(&k, &value)?;
+                    lines.clear();
+                    bucket::index_into(
+                        &block,
+                        0,
+                        block.len(),
+                        bucket * LINES_PER_BUCKET,
+                        &mut lines,
+                    )
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                    })?;
+                    if !visit(&mut block, &mut lines) {
+                        return Ok(skipped);
+                    }
+                    continue;
+                }
+            };
             let adjacent = run.last().is_some_and(|(_, l)| {
                 l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
             });
@@ -668,34 +732,18 @@ impl Inner {
                     let Some(v) = self.db.get(line_key(id, *bucket)).map_err(unavailable)? else {
                         continue;
                     };
-                    let loc = Loc::decode(&v).ok_or_else(|| {
+                    let value = IndexValue::decode(&v).ok_or_else(|| {
                         StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
                     })?;
+                    let bytes = self.read_bucket(&line_key(id, *bucket), &value)?;
                     let at = block.len();
-                    block.extend_from_slice(&self.segments.read(loc).map_err(io_unavailable)?);
-                    index(block, lines, *bucket, at, loc.len as usize)?;
+                    block.extend_from_slice(&bytes);
+                    index(block, lines, *bucket, at, bytes.len())?;
                 }
             }
             Err(e) => return Err(io_unavailable(e)),
         }
         Ok(visit(block, lines))
-    }
-
-    /// Opens a bucket for a download; if compaction just moved it and deleted its segment,
-    /// opens it where the index points now.
-    fn bucket_cursor(&self, key: &[u8], loc: Loc) -> Result<segments::Cursor, StoreError> {
-        match self.segments.cursor(loc) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let now = self.db.get(key).map_err(unavailable)?;
-                match now.as_deref().and_then(Loc::decode) {
-                    Some(moved) if moved != loc => {
-                        self.segments.cursor(moved).map_err(io_unavailable)
-                    }
-                    _ => Err(io_unavailable(e)),
-                }
-            }
-            other => other.map_err(io_unavailable),
-        }
     }
 }
 
@@ -717,6 +765,9 @@ struct Placed {
     offset: usize,
     len: usize,
     first_ms: u64,
+    /// The bucket's pieces before this one (empty when this one is the whole bucket).
+    earlier: Vec<Loc>,
+    present: Option<u128>,
 }
 
 /// The lock stripe of a generation's metadata key.

@@ -58,10 +58,10 @@ impl Loc {
         b
     }
 
-    /// Reads the first 16 bytes of an index value (which may carry more after them: see
-    /// `sled_store::index_value`).
+    /// The inverse of [`Loc::encode`] (index values hold one or more: see
+    /// `sled_store::keys::IndexValue`).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 16 && b.len() != 32 {
+        if b.len() != 16 {
             return None;
         }
         Some(Loc {

@@ -17,7 +17,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::keys::{file_prefix, id_of_line_key, line_key, parse_file_key, Meta, FILE, HOST, LINES};
+use super::keys::{
+    file_prefix, id_of_line_key, line_key, offsets, parse_file_key, IndexValue, Meta, FILE, HOST,
+    LINES,
+};
 use super::segments::Loc;
 use super::{io_unavailable, unavailable, Inner};
 use crate::{RetentionPolicy, StoreError, SweepReport};
@@ -52,13 +55,15 @@ impl Inner {
         let mut u = Usage::default();
         for item in self.db.scan_prefix([LINES]) {
             let (k, v) = item.map_err(unavailable)?;
-            let (Some(loc), Some(id)) = (Loc::decode(&v), id_of_line_key(&k)) else {
+            let (Some(value), Some(id)) = (IndexValue::decode(&v), id_of_line_key(&k)) else {
                 return Err(StoreError::Corrupt("unreadable index entry".into()));
             };
-            let len = u64::from(loc.len);
-            *u.by_id.entry(id).or_default() += len;
-            *u.by_segment.entry(loc.segment).or_default() += len;
-            u.live += len;
+            for loc in &value.pieces {
+                let len = u64::from(loc.len);
+                *u.by_id.entry(id).or_default() += len;
+                *u.by_segment.entry(loc.segment).or_default() += len;
+                u.live += len;
+            }
         }
         Ok(u)
     }
@@ -229,19 +234,19 @@ impl Inner {
     /// Copies the live buckets of closed segments to the active one, in one scan of the
     /// index; returns bytes moved.
     pub(super) fn move_live(&self, segments: &[u32]) -> Result<u64, StoreError> {
-        let mut pending: Vec<(sled::IVec, Loc, sled::IVec)> = Vec::new();
+        let mut pending: Vec<(sled::IVec, IndexValue, sled::IVec)> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut moved = 0u64;
         for item in self.db.scan_prefix([LINES]) {
             let (k, v) = item.map_err(unavailable)?;
-            let Some(loc) = Loc::decode(&v) else {
+            let Some(value) = IndexValue::decode(&v) else {
                 return Err(StoreError::Corrupt("unreadable index entry".into()));
             };
-            if !segments.contains(&loc.segment) {
+            if !value.pieces.iter().any(|l| segments.contains(&l.segment)) {
                 continue;
             }
-            pending_bytes += loc.len as usize;
-            pending.push((k, loc, v));
+            pending_bytes += value.len() as usize;
+            pending.push((k, value, v));
             if pending_bytes >= COPY_BATCH {
                 moved += self.copy(&std::mem::take(&mut pending))?;
                 pending_bytes = 0;
@@ -251,9 +256,9 @@ impl Inner {
         Ok(moved)
     }
 
-    /// Appends copies of `buckets` and points each index entry at its copy unless a writer
-    /// changed it meanwhile.
-    fn copy(&self, buckets: &[(sled::IVec, Loc, sled::IVec)]) -> Result<u64, StoreError> {
+    /// Appends copies of `buckets` (a bucket in pieces becomes one) and points each index
+    /// entry at its copy unless a writer changed it meanwhile.
+    fn copy(&self, buckets: &[(sled::IVec, IndexValue, sled::IVec)]) -> Result<u64, StoreError> {
         if buckets.is_empty() {
             return Ok(0);
         }
@@ -263,34 +268,52 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut data = Vec::new();
-        for (_, loc, _) in buckets {
-            data.extend_from_slice(&self.segments.read(*loc).map_err(io_unavailable)?);
+        let mut lens = Vec::with_capacity(buckets.len());
+        for (key, value, _) in buckets {
+            let at = data.len();
+            data.extend_from_slice(&self.read_bucket(key, value)?);
+            lens.push(data.len() - at);
         }
         let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
         let mut offset = start;
         let mut moved = 0;
-        for (key, old, value) in buckets {
-            let new = Loc {
-                segment,
-                offset,
-                len: old.len,
+        for ((key, old, value), len) in buckets.iter().zip(lens) {
+            let at = offset as usize - start as usize;
+            offset += len as u64;
+            let len = u32::try_from(len)
+                .map_err(|_| StoreError::Corrupt(format!("a bucket of {len} bytes, over 4 GiB")))?;
+            // Merged pieces: the offsets present, from the merged bucket.
+            let present = match old.present {
+                Some(_) if old.pieces.len() > 1 => {
+                    crate::bucket::decode(&data[at..at + len as usize])
+                        .map(|entries| offsets(&entries))
+                }
+                kept => kept,
             };
-            offset += u64::from(old.len);
             // The new location, the receive times kept as they were; swapped only if the
             // value is still exactly what was read.
-            let mut new_value = new.encode().to_vec();
-            new_value.extend_from_slice(value.get(16..).unwrap_or_default());
+            let new = IndexValue::whole(
+                Loc {
+                    segment,
+                    offset: offset - u64::from(len),
+                    len,
+                },
+                old.first_ms,
+                old.last_ms,
+                present,
+            );
             let swapped = self
                 .db
-                .compare_and_swap(key, Some(&value[..]), Some(new_value))
+                .compare_and_swap(key, Some(&value[..]), Some(new.encode()))
                 .map_err(unavailable)?;
             if swapped.is_ok() {
-                moved += u64::from(old.len);
+                moved += u64::from(len);
             }
         }
         // Before the gate is let go: a writer merging after this reads the new locations.
         // One that read an old one meanwhile still finds its segment (deleted only after a
-        // commit, which waits for it), and its newer bucket supersedes the copy.
+        // commit, which waits for it), and its newer value supersedes the copy; if that value
+        // still names pieces in the segment, the segment is kept (see `remove_unreferenced`).
         self.forget_recent();
         Ok(moved)
     }
@@ -301,7 +324,14 @@ impl Inner {
         let mut referenced = std::collections::HashSet::new();
         for item in self.db.scan_prefix([LINES]) {
             let (_, v) = item.map_err(unavailable)?;
-            if let Some(l) = Loc::decode(&v).filter(|l| segments.contains(&l.segment)) {
+            let Some(value) = IndexValue::decode(&v) else {
+                return Err(StoreError::Corrupt("unreadable index entry".into()));
+            };
+            for l in value
+                .pieces
+                .iter()
+                .filter(|l| segments.contains(&l.segment))
+            {
                 referenced.insert(l.segment);
             }
         }
