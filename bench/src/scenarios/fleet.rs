@@ -32,6 +32,9 @@ struct Load {
     cpu_secs: f64,
     /// Group commits the aggregator ran during the load.
     commits: u64,
+    /// Segment bytes the aggregator appended, and line bytes it received, during the load.
+    appended: u64,
+    received: u64,
     latencies: Vec<Duration>,
     refused: u64,
 }
@@ -68,6 +71,13 @@ pub(super) async fn fleet(
             format!("{what}: group commits per second"),
             l.commits as f64 / secs.max(1) as f64,
             "/s",
+        );
+        // Small batches used to rewrite each 128-line bucket ~4 times as it filled.
+        r.add(
+            "fleet",
+            format!("{what}: segment bytes appended per byte received"),
+            l.appended as f64 / l.received.max(1) as f64,
+            "x",
         );
     }
     let stored = crate::http::total_lines(&crate::http::client(), &base, None).await?;
@@ -183,7 +193,11 @@ async fn load(
     let base = format!("http://{to}");
     // Only the aggregator has group commits to count.
     let aggregator = tag != "bare";
-    let commits0 = if aggregator { commits(&base).await? } else { 0 };
+    let before = if aggregator {
+        counters(&base).await?
+    } else {
+        Counters::default()
+    };
     let cpu0 = agg.cpu_secs();
     let per_client = rate as f64 / clients.max(1) as f64;
     let start = Instant::now();
@@ -236,6 +250,8 @@ async fn load(
         lines: 0,
         cpu_secs: 0.0,
         commits: 0,
+        appended: 0,
+        received: 0,
         latencies: Vec::new(),
         refused: 0,
     };
@@ -247,23 +263,42 @@ async fn load(
     }
     out.cpu_secs = agg.cpu_secs() - cpu0;
     if aggregator {
-        out.commits = commits(&base).await?.saturating_sub(commits0);
+        let after = counters(&base).await?;
+        out.commits = after.commits.saturating_sub(before.commits);
+        out.appended = after.appended.saturating_sub(before.appended);
+        out.received = after.received.saturating_sub(before.received);
     }
     Ok(out)
 }
 
-/// Group commits so far, from the aggregator's `/metrics` (each commit times its fsync once;
-/// the series appears with the first commit).
-async fn commits(base: &str) -> anyhow::Result<u64> {
+/// The aggregator's counters a load reports, read from `/metrics` (a series that has not
+/// appeared yet counts 0).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// Group commits (each times its fsync once).
+    commits: u64,
+    /// Bytes appended to the segment files.
+    appended: u64,
+    /// Line bytes received.
+    received: u64,
+}
+
+async fn counters(base: &str) -> anyhow::Result<Counters> {
     let (status, body) =
         crate::http::get(&crate::http::client(), &format!("{base}/metrics")).await?;
     if status != 200 {
         bail!("GET /metrics answered {status}");
     }
     let text = String::from_utf8_lossy(&body);
-    let name = "aggregator_store_commit_phase_seconds_count{phase=\"segments_fsync\"} ";
-    match text.lines().find_map(|l| l.strip_prefix(name)) {
-        Some(v) => v.trim().parse().with_context(|| format!("{name}{v}")),
-        None => Ok(0),
-    }
+    let value = |name: &str| -> anyhow::Result<u64> {
+        match text.lines().find_map(|l| l.strip_prefix(name)) {
+            Some(v) => v.trim().parse().with_context(|| format!("{name}{v}")),
+            None => Ok(0),
+        }
+    };
+    Ok(Counters {
+        commits: value("aggregator_store_commit_phase_seconds_count{phase=\"segments_fsync\"} ")?,
+        appended: value("aggregator_store_segment_appended_bytes_total ")?,
+        received: value("aggregator_bytes_received_total ")?,
+    })
 }

@@ -221,3 +221,52 @@ pub(super) fn offsets(entries: &[crate::bucket::Entry<'_>]) -> u128 {
 pub(super) fn id_of_line_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(n: u32) -> Loc {
+        Loc {
+            segment: n,
+            offset: u64::from(n) * 1000,
+            len: n + 7,
+        }
+    }
+
+    #[test]
+    fn index_values_round_trip_in_every_form() {
+        let whole = IndexValue::whole(loc(1), 5, 9, None);
+        assert_eq!(whole.encode().len(), 32);
+        let full = IndexValue::whole(loc(1), 5, 9, Some(FULL));
+        assert_eq!(full.encode().len(), 32, "a whole bucket needs no map");
+        assert_eq!(IndexValue::decode(&full.encode()), Some(whole.clone()));
+        let partial = IndexValue::whole(loc(2), 5, 9, Some(0b1011));
+        assert_eq!(partial.encode().len(), 48);
+        assert_eq!(IndexValue::decode(&partial.encode()), Some(partial));
+        let pieces = IndexValue {
+            pieces: (1..=MAX_PIECES as u32).map(loc).collect(),
+            first_ms: 1,
+            last_ms: 2,
+            present: Some(FULL),
+        };
+        assert_eq!(pieces.encode().len(), 48 + 16 * (MAX_PIECES - 1));
+        assert_eq!(IndexValue::decode(&pieces.encode()), Some(pieces.clone()));
+        assert_eq!(
+            pieces.len(),
+            (1..=MAX_PIECES as u64).map(|n| n + 7).sum::<u64>()
+        );
+        // Written before receive times were kept: matches any window.
+        assert_eq!(
+            IndexValue::decode(&loc(3).encode()),
+            Some(IndexValue::whole(loc(3), 0, u64::MAX, None))
+        );
+    }
+
+    #[test]
+    fn malformed_index_values_are_rejected() {
+        for len in [0, 15, 17, 33, 40, 47, 49, 48 + 16 * MAX_PIECES] {
+            assert_eq!(IndexValue::decode(&vec![0u8; len]), None, "{len} bytes");
+        }
+    }
+}

@@ -988,6 +988,11 @@ impl Store for SledStore {
             "Time each group commit spends per phase: waiting for writers, segment fsync, index flush",
             self.inner.commit_phases.clone(),
         );
+        registry.register(
+            "store_segment_appended_bytes",
+            "Bytes appended to the segment files (merged buckets, pieces, compaction's copies): against aggregator_bytes_received_total, the store's write amplification",
+            self.inner.segments.appended.clone(),
+        );
     }
 }
 

@@ -221,4 +221,35 @@ mod tests {
         let expected: String = lines.iter().map(|(_, s)| format!("{s}\n")).collect();
         assert_eq!(read(&store).await, expected);
     }
+
+    #[tokio::test]
+    async fn a_bucket_stored_before_pieces_is_read_back_when_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), &Default::default()).expect("open");
+        write(&store, &[(0, "a"), (1, "b"), (2, "c")]).await;
+        // As an older version stored it: one piece, no offset map.
+        let id = store.generations("h", "/f").await.expect("generations")[0].id;
+        let mut v = value(&store, 0);
+        v.present = None;
+        store
+            .inner
+            .db
+            .insert(line_key(id, 0), v.encode())
+            .expect("insert");
+        store.inner.forget_recent();
+        assert_eq!(
+            store
+                .inner
+                .db
+                .get(line_key(id, 0))
+                .expect("get")
+                .map(|v| v.len()),
+            Some(32)
+        );
+        // Line 1 again and two new ones: only the new ones count, and the map is rebuilt.
+        assert_eq!(write(&store, &[(1, "b"), (3, "d"), (4, "e")]).await, 2);
+        let v = value(&store, 0);
+        assert_eq!((v.pieces.len(), v.present), (1, Some(0b1_1111)));
+        assert_eq!(read(&store).await, "a\nb\nc\nd\ne\n");
+    }
 }

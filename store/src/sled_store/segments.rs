@@ -82,6 +82,9 @@ pub struct Segments {
     /// Closed segments made durable, oldest first, still in the page cache (by number: a
     /// handle held here would keep a compacted segment's disk space).
     cached: Mutex<std::collections::VecDeque<u32>>,
+    /// Bytes appended since the start, compaction's copies included: against the bytes
+    /// received, the store's write amplification.
+    pub appended: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]
@@ -156,6 +159,7 @@ impl Segments {
             }),
             readers: Mutex::new(HashMap::from([(newest, file)])),
             cached: Mutex::default(),
+            appended: Default::default(),
         })
     }
 
@@ -171,6 +175,7 @@ impl Segments {
         let at = a.len;
         a.file.write_all_at(data, at)?;
         a.len += data.len() as u64;
+        self.appended.inc_by(data.len() as u64);
         Ok((a.number, at))
     }
 
@@ -192,6 +197,7 @@ impl Segments {
         let at = a.len;
         a.buf.extend_from_slice(data);
         a.len += data.len() as u64;
+        self.appended.inc_by(data.len() as u64);
         Ok((a.number, at))
     }
 

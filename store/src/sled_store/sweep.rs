@@ -692,6 +692,96 @@ mod tests {
         assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
     }
 
+    /// The index value of bucket 0 of `/f`'s only generation, as committed.
+    async fn bucket_zero(store: &SledStore) -> IndexValue {
+        let id = store.generations("h", "/f").await.expect("generations")[0].id;
+        let v = store
+            .inner
+            .db
+            .get(line_key(id, 0))
+            .expect("get")
+            .expect("indexed");
+        IndexValue::decode(&v).expect("decodes")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_makes_a_bucket_in_pieces_one_and_keeps_its_offsets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let all = lines(40, 10, "a");
+        for (i, part) in all.chunks(10).enumerate() {
+            store
+                .inner
+                .apply(&batch("/f", "g", part), 1_000 + i as u64)
+                .expect("apply");
+        }
+        store.flush().await.expect("commit");
+        assert_eq!(bucket_zero(&store).await.pieces.len(), 4);
+        let old = move_everything(&store);
+        store.flush().await.expect("commit");
+        let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
+        assert_eq!(removed, old.len() as u64, "nothing names the old segments");
+        let v = bucket_zero(&store).await;
+        assert_eq!(v.pieces.len(), 1, "{v:?}");
+        assert_eq!(v.present, Some((1u128 << 40) - 1));
+        assert_eq!(
+            (v.first_ms, v.last_ms),
+            (1_000, 1_003),
+            "receive times kept"
+        );
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&all)));
+        // The next small write appends again, without reading the moved bucket.
+        let more: Vec<(u64, String)> = (40..45).map(|i| (i, format!("b {i}"))).collect();
+        let stats = store
+            .inner
+            .apply(&batch("/f", "g", &more), 2_000)
+            .expect("apply");
+        assert_eq!(stats.new_lines, 5);
+        store.flush().await.expect("commit");
+        assert_eq!(bucket_zero(&store).await.pieces.len(), 2);
+        let mut want = all.clone();
+        want.extend(more);
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_appended_while_compaction_moves_its_bucket_keeps_the_old_segment() {
+        // A write appends a piece to a bucket whose earlier piece compaction is moving; the
+        // compare-and-swap (against sled) succeeds, then the commit applies the write's value,
+        // which still names the earlier piece where it was. That segment must outlive the
+        // sweep, and the next one must move it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let first = lines(10, 10, "a");
+        store
+            .inner
+            .apply(&batch("/f", "g", &first), 1_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        let more: Vec<(u64, String)> = (10..20).map(|i| (i, format!("b {i}"))).collect();
+        store
+            .inner
+            .apply(&batch("/f", "g", &more), 2_000)
+            .expect("apply");
+        let old = move_everything(&store);
+        store.flush().await.expect("commit");
+        let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
+        assert!(
+            removed < old.len() as u64,
+            "a segment still named was deleted"
+        );
+        let mut want = first.clone();
+        want.extend(more);
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
+        // The next sweep moves the pieces and deletes what is left.
+        let old = move_everything(&store);
+        store.flush().await.expect("commit");
+        let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
+        assert_eq!(removed, old.len() as u64);
+        assert_eq!(bucket_zero(&store).await.pieces.len(), 1);
+        assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_generation_is_not_written_through_its_remembered_entries() {
         // After a retention drop, the next write of the file starts a new generation: the
