@@ -302,9 +302,11 @@ impl Inner {
             // At most what the piece's encoding takes (a header is at most 11 bytes).
             let piece_bytes: u64 = new.iter().map(|e| e.content.len() as u64 + 11).sum();
             let (bytes, added, first_ms, earlier, present) = match old {
-                // New lines only, and room for a piece: stored as one, nothing read back.
+                // New lines only, not the last ones the bucket lacks, and room for a piece:
+                // stored as one, nothing read back.
                 Some(v)
-                    if v.present.is_some_and(|p| p & new_offsets == 0)
+                    if v.present
+                        .is_some_and(|p| p & new_offsets == 0 && p | new_offsets != keys::FULL)
                         && v.pieces.len() < keys::MAX_PIECES
                         && v.len() + piece_bytes <= keys::MAX_PIECES_BYTES =>
                 {
@@ -312,8 +314,9 @@ impl Inner {
                     let piece = bucket::merge(&[], &new).0;
                     (piece, new.len() as u64, v.first_ms, v.pieces, present)
                 }
-                // Lines already there (last write wins), too many pieces, or a bucket stored
-                // before pieces existed: read back, merged, rewritten as one piece.
+                // Lines already there (last write wins), the bucket's last lines (a full
+                // bucket is read as one piece), too many pieces, or a bucket stored before
+                // pieces existed: read back, merged, rewritten as one piece.
                 Some(v) => {
                     let stored = self.read_bucket(&bucket_key, &v)?;
                     let old_entries = bucket::decode(&stored).ok_or_else(|| {
@@ -585,6 +588,9 @@ impl Inner {
         let mut run_bytes = 0usize;
         let mut block = Vec::new();
         let mut lines = Vec::new();
+        // Buckets in pieces, merged, back to back (never at once with `run`: lines go in order).
+        let mut merged = Vec::new();
+        let mut merged_lines = Vec::new();
         let mut skipped = 0;
         for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
             let (k, v) = item.map_err(unavailable)?;
@@ -601,7 +607,7 @@ impl Inner {
             let loc = match value.pieces.as_slice() {
                 [one] => *one,
                 _ => {
-                    // In pieces: merged in memory, visited on its own.
+                    // In pieces: merged in memory, gathered with the next buckets in pieces.
                     if !run.is_empty() {
                         if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
                             return Ok(skipped);
@@ -609,24 +615,33 @@ impl Inner {
                         run.clear();
                         run_bytes = 0;
                     }
-                    block = self.read_bucket(&k, &value)?;
-                    lines.clear();
-                    bucket::index_into(
-                        &block,
-                        0,
-                        block.len(),
-                        bucket * LINES_PER_BUCKET,
-                        &mut lines,
-                    )
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
-                    })?;
-                    if !visit(&mut block, &mut lines) {
-                        return Ok(skipped);
+                    let bytes = self.read_bucket(&k, &value)?;
+                    let at = merged.len();
+                    merged.extend_from_slice(&bytes);
+                    let base = bucket * LINES_PER_BUCKET;
+                    bucket::index_into(&merged, at, bytes.len(), base, &mut merged_lines)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                        })?;
+                    if merged.len() >= SCAN_RUN_BYTES {
+                        let go_on = visit(&mut merged, &mut merged_lines);
+                        merged.clear();
+                        merged_lines.clear();
+                        if !go_on {
+                            return Ok(skipped);
+                        }
                     }
                     continue;
                 }
             };
+            if !merged.is_empty() {
+                let go_on = visit(&mut merged, &mut merged_lines);
+                merged.clear();
+                merged_lines.clear();
+                if !go_on {
+                    return Ok(skipped);
+                }
+            }
             let adjacent = run.last().is_some_and(|(_, l)| {
                 l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
             });
@@ -653,6 +668,9 @@ impl Inner {
         }
         if !run.is_empty() {
             self.scan_run(id, &run, &mut block, &mut lines, visit)?;
+        }
+        if !merged.is_empty() {
+            visit(&mut merged, &mut merged_lines);
         }
         Ok(skipped)
     }

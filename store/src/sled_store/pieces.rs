@@ -9,7 +9,7 @@
 use super::keys::IndexValue;
 use super::segments::Cursor;
 use super::{io_unavailable, unavailable, Inner};
-use crate::bucket;
+use crate::bucket::{self, LINES_PER_BUCKET};
 use crate::StoreError;
 
 /// A bucket opened for reading.
@@ -65,20 +65,35 @@ impl Inner {
             .filter(|now| now != was))
     }
 
-    /// Reads every piece and merges them by offset (a later piece wins, though writes never
-    /// let two share an offset).
+    /// Reads every piece and merges them by offset, in one pass (a later piece wins, though
+    /// writes never let two share an offset).
     fn read_pieces(&self, value: &IndexValue) -> std::io::Result<Vec<u8>> {
+        if let [one] = value.pieces.as_slice() {
+            return self.segments.read(*one);
+        }
         let corrupt =
             || std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt bucket piece");
-        let (first, rest) = value.pieces.split_first().ok_or_else(corrupt)?;
-        let mut merged = self.segments.read(*first)?;
-        for loc in rest {
-            let piece = self.segments.read(*loc)?;
-            let older = bucket::decode(&merged).ok_or_else(corrupt)?;
-            let newer = bucket::decode(&piece).ok_or_else(corrupt)?;
-            merged = bucket::merge(&older, &newer).0;
+        let pieces = value
+            .pieces
+            .iter()
+            .map(|loc| self.segments.read(*loc))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut entries = Vec::with_capacity(LINES_PER_BUCKET as usize);
+        for piece in &pieces {
+            entries.extend(bucket::decode(piece).ok_or_else(corrupt)?);
         }
-        Ok(merged)
+        // Stable: of two entries at one offset, the later piece's comes last, and is kept.
+        entries.sort_by_key(|e| e.offset);
+        let mut out = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
+        for (i, e) in entries.iter().enumerate() {
+            if entries
+                .get(i + 1)
+                .is_none_or(|next| next.offset != e.offset)
+            {
+                bucket::encode_entry(&mut out, e);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -211,13 +226,18 @@ mod tests {
         assert_eq!(raw.len(), 32, "a whole bucket keeps the 32-byte value");
         let v = IndexValue::decode(&raw).expect("decodes");
         assert_eq!((v.pieces.len(), v.present), (1, None));
-        // Written in two halves instead, it keeps its map (and pieces) at FULL.
+        // Written in three parts instead, it is in pieces until its last lines come, and
+        // then one piece again: readers of a full bucket read it in one go.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path(), &Default::default()).expect("open");
-        write(&store, &refs[..64]).await;
-        write(&store, &refs[64..]).await;
+        write(&store, &refs[..40]).await;
+        write(&store, &refs[80..]).await;
         let v = value(&store, 0);
-        assert_eq!((v.pieces.len(), v.present), (2, Some(FULL)));
+        assert_eq!(v.pieces.len(), 2);
+        assert_eq!(v.present, Some(FULL >> 88 | (FULL >> 80) << 80));
+        assert_eq!(write(&store, &refs[40..80]).await, 40);
+        let v = value(&store, 0);
+        assert_eq!((v.pieces.len(), v.present), (1, None));
         let expected: String = lines.iter().map(|(_, s)| format!("{s}\n")).collect();
         assert_eq!(read(&store).await, expected);
     }
