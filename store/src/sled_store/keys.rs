@@ -109,8 +109,8 @@ pub(super) fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
     Some((host, file, generation))
 }
 
-/// Most pieces a bucket's index value names; a write that would add one more, or overlap
-/// the lines already there, rewrites the bucket as one piece.
+/// Most pieces a bucket's index value names; a write that would add one more, overlap the
+/// lines already there or fill the bucket rewrites it as one piece.
 pub(super) const MAX_PIECES: usize = 6;
 /// Most bytes a bucket may hold in pieces: readers merge the pieces in memory, so they stay
 /// within what a reader holds of one bucket anyway (the segment cursor's buffer).
@@ -122,11 +122,13 @@ pub(super) const FULL: u128 = u128::MAX;
 /// A bucket's index value: where its lines are stored and when they were received.
 ///
 /// A bucket written whole is one piece. A bucket that receives its lines a few at a time (a
-/// fleet of agents sending small batches) is appended to instead of rewritten: each write
-/// stores only its own lines as a new piece and the value lists the pieces, with a map of the
-/// line offsets present so that the next write knows, without reading anything, whether its
-/// lines are new. Pieces never share a line offset (a write that would overlap rewrites the
-/// bucket whole, keeping last-write-wins), so readers merge them by offset.
+/// fleet of agents sending small batches) is appended to while it fills instead of rewritten
+/// by every write: each write stores only its own lines as a new piece and the value lists
+/// the pieces, with a map of the line offsets present so that the next write knows, without
+/// reading anything, whether its lines are new. Pieces never share a line offset (a write
+/// that would overlap rewrites the bucket whole, keeping last-write-wins), so readers merge
+/// them by offset. The write that brings a bucket's last lines rewrites it as one piece, so
+/// a full bucket reads in one go.
 ///
 /// ```text
 /// piece₀ Loc (16) ‖ first_ms u64 ‖ last_ms u64                           32 bytes

@@ -1,10 +1,11 @@
 //! Reading a bucket whatever pieces it is stored in (see [`IndexValue`]).
 //!
-//! A bucket that received its lines a few at a time is stored as up to
+//! A bucket that receives its lines a few at a time is stored, until it is full, as up to
 //! [`MAX_PIECES`](super::keys::MAX_PIECES) pieces with disjoint line offsets: each write
-//! appended only its own lines instead of reading the bucket back and rewriting it whole
-//! (which, at 35 lines a request into 128-line buckets, read ~2 and wrote ~2.6 buckets' worth
-//! of bytes per bucket filled). Readers get one bucket back, the pieces merged by offset.
+//! appends only its own lines instead of reading the bucket back and rewriting it whole
+//! (which, at 35 lines a request into 128-line buckets, read ~1.6 and wrote ~2.6 buckets'
+//! worth of bytes per bucket filled). Readers get one bucket back, the pieces merged by
+//! offset.
 
 use super::keys::IndexValue;
 use super::segments::Cursor;
