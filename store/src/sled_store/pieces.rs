@@ -101,29 +101,15 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::super::keys::{line_key, IndexValue, FULL, MAX_PIECES};
+    use super::super::sweep::tests::{batch, bucket_zero, raw_bucket_zero};
     use super::super::SledStore;
     use crate::Store;
-    use logship_wire::{FileBatch, Line};
-    use std::borrow::Cow;
-
-    fn batch(lines: &[(u64, &str)]) -> FileBatch<'static> {
-        FileBatch {
-            host: "h".into(),
-            file: "/f".into(),
-            generation: "g".into(),
-            lines: lines
-                .iter()
-                .map(|(n, s)| Line {
-                    number: *n,
-                    content: Cow::Owned(s.as_bytes().to_vec()),
-                    partial: false,
-                })
-                .collect(),
-        }
-    }
 
     async fn write(store: &SledStore, lines: &[(u64, &str)]) -> u64 {
-        let stats = store.write(&[batch(lines)]).await.expect("write");
+        let stats = store
+            .write(&[batch("/f", "g", lines)])
+            .await
+            .expect("write");
         stats.new_lines
     }
 
@@ -137,25 +123,6 @@ mod tests {
         String::from_utf8(c.data).expect("utf-8")
     }
 
-    fn value(store: &SledStore, bucket: u64) -> IndexValue {
-        let meta = store
-            .inner
-            .db
-            .scan_prefix([b'F'])
-            .next()
-            .expect("a generation")
-            .expect("scan")
-            .1;
-        let id = super::super::keys::Meta::decode(&meta).expect("meta").id;
-        let v = store
-            .inner
-            .db
-            .get(line_key(id, bucket))
-            .expect("get")
-            .expect("indexed");
-        IndexValue::decode(&v).expect("decodes")
-    }
-
     #[tokio::test]
     async fn small_writes_append_pieces_and_read_back_merged() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -164,7 +131,7 @@ mod tests {
         assert_eq!(write(&store, &[(4, "e"), (5, "f")]).await, 2);
         assert_eq!(write(&store, &[(0, "a"), (1, "b")]).await, 2);
         assert_eq!(write(&store, &[(2, "c"), (3, "d")]).await, 2);
-        let v = value(&store, 0);
+        let v = bucket_zero(&store).await;
         assert_eq!(v.pieces.len(), 3, "each write appended a piece: {v:?}");
         assert_eq!(v.present, Some(0b11_1111));
         assert_eq!(read(&store).await, "a\nb\nc\nd\ne\nf\n");
@@ -178,7 +145,7 @@ mod tests {
         write(&store, &[(2, "c")]).await;
         // Line 1 again, changed, with a new line: one piece, counted once.
         assert_eq!(write(&store, &[(1, "B"), (3, "d")]).await, 1);
-        let v = value(&store, 0);
+        let v = bucket_zero(&store).await;
         assert_eq!(v.pieces.len(), 1, "{v:?}");
         assert_eq!(v.present, Some(0b1111));
         assert_eq!(read(&store).await, "a\nB\nc\nd\n");
@@ -197,7 +164,7 @@ mod tests {
             write(&store, &[(n, &line)]).await;
             expected.push_str(&line);
             expected.push('\n');
-            let pieces = value(&store, 0).pieces.len();
+            let pieces = bucket_zero(&store).await.pieces.len();
             assert_eq!(
                 pieces,
                 if (n as usize) < MAX_PIECES {
@@ -217,13 +184,7 @@ mod tests {
         let lines: Vec<(u64, String)> = (0..128).map(|n| (n, format!("l{n}"))).collect();
         let refs: Vec<(u64, &str)> = lines.iter().map(|(n, s)| (*n, s.as_str())).collect();
         assert_eq!(write(&store, &refs).await, 128);
-        let id = store.generations("h", "/f").await.expect("generations")[0].id;
-        let raw = store
-            .inner
-            .db
-            .get(line_key(id, 0))
-            .expect("get")
-            .expect("indexed");
+        let raw = raw_bucket_zero(&store).await;
         assert_eq!(raw.len(), 32, "a whole bucket keeps the 32-byte value");
         let v = IndexValue::decode(&raw).expect("decodes");
         assert_eq!((v.pieces.len(), v.present), (1, None));
@@ -233,11 +194,11 @@ mod tests {
         let store = SledStore::open(dir.path(), &Default::default()).expect("open");
         write(&store, &refs[..40]).await;
         write(&store, &refs[80..]).await;
-        let v = value(&store, 0);
+        let v = bucket_zero(&store).await;
         assert_eq!(v.pieces.len(), 2);
         assert_eq!(v.present, Some(FULL >> 88 | (FULL >> 80) << 80));
         assert_eq!(write(&store, &refs[40..80]).await, 40);
-        let v = value(&store, 0);
+        let v = bucket_zero(&store).await;
         assert_eq!((v.pieces.len(), v.present), (1, None));
         let expected: String = lines.iter().map(|(_, s)| format!("{s}\n")).collect();
         assert_eq!(read(&store).await, expected);
@@ -250,7 +211,7 @@ mod tests {
         write(&store, &[(0, "a"), (1, "b"), (2, "c")]).await;
         // As an older version stored it: one piece, no offset map.
         let id = store.generations("h", "/f").await.expect("generations")[0].id;
-        let mut v = value(&store, 0);
+        let mut v = bucket_zero(&store).await;
         v.present = None;
         store
             .inner
@@ -258,18 +219,10 @@ mod tests {
             .insert(line_key(id, 0), v.encode())
             .expect("insert");
         store.inner.forget_recent();
-        assert_eq!(
-            store
-                .inner
-                .db
-                .get(line_key(id, 0))
-                .expect("get")
-                .map(|v| v.len()),
-            Some(32)
-        );
+        assert_eq!(raw_bucket_zero(&store).await.len(), 32);
         // Line 1 again and two new ones: only the new ones count, and the map is rebuilt.
         assert_eq!(write(&store, &[(1, "b"), (3, "d"), (4, "e")]).await, 2);
-        let v = value(&store, 0);
+        let v = bucket_zero(&store).await;
         assert_eq!((v.pieces.len(), v.present), (1, Some(0b1_1111)));
         assert_eq!(read(&store).await, "a\nb\nc\nd\ne\n");
     }

@@ -356,7 +356,7 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::borrow::Cow;
     use std::sync::Arc;
     use std::time::Duration;
@@ -367,7 +367,12 @@ mod tests {
     use crate::sled_store::{SledOptions, SledStore};
     use crate::Store;
 
-    fn batch(file: &str, generation: &str, lines: &[(u64, String)]) -> FileBatch<'static> {
+    /// A batch of `lines` of host `h`'s `file` (shared with the other store tests).
+    pub(in crate::sled_store) fn batch<S: AsRef<str>>(
+        file: &str,
+        generation: &str,
+        lines: &[(u64, S)],
+    ) -> FileBatch<'static> {
         FileBatch {
             host: Cow::Owned("h".into()),
             file: Cow::Owned(file.into()),
@@ -376,7 +381,7 @@ mod tests {
                 .iter()
                 .map(|(number, s)| Line {
                     number: *number,
-                    content: Cow::Owned(s.clone().into_bytes()),
+                    content: Cow::Owned(s.as_ref().as_bytes().to_vec()),
                     partial: false,
                 })
                 .collect(),
@@ -670,13 +675,7 @@ mod tests {
         // it and deletes the old segment. A write to the same bucket afterwards must merge
         // with the copy, not read the location it remembered.
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        let first = lines(10, 10, "a");
-        store
-            .inner
-            .apply(&batch("/f", "g", &first), 1_000)
-            .expect("apply");
-        store.flush().await.expect("commit");
+        let (store, first) = ten_lines_committed(dir.path()).await;
         let old = move_everything(&store);
         store.flush().await.expect("commit");
         let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
@@ -692,16 +691,32 @@ mod tests {
         assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
     }
 
-    /// The index value of bucket 0 of `/f`'s only generation, as committed.
-    async fn bucket_zero(store: &SledStore) -> IndexValue {
+    /// A store with lines 0..10 of `/f` applied at t=1s and committed.
+    async fn ten_lines_committed(dir: &std::path::Path) -> (SledStore, Vec<(u64, String)>) {
+        let store = open(dir);
+        let first = lines(10, 10, "a");
+        store
+            .inner
+            .apply(&batch("/f", "g", &first), 1_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        (store, first)
+    }
+
+    /// The index value of bucket 0 of `/f`'s only generation as committed, raw…
+    pub(in crate::sled_store) async fn raw_bucket_zero(store: &SledStore) -> sled::IVec {
         let id = store.generations("h", "/f").await.expect("generations")[0].id;
-        let v = store
+        store
             .inner
             .db
             .get(line_key(id, 0))
             .expect("get")
-            .expect("indexed");
-        IndexValue::decode(&v).expect("decodes")
+            .expect("indexed")
+    }
+
+    /// …and decoded.
+    pub(in crate::sled_store) async fn bucket_zero(store: &SledStore) -> IndexValue {
+        IndexValue::decode(&raw_bucket_zero(store).await).expect("decodes")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,13 +766,7 @@ mod tests {
         // which still names the earlier piece where it was. That segment must outlive the
         // sweep, and the next one must move it.
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path());
-        let first = lines(10, 10, "a");
-        store
-            .inner
-            .apply(&batch("/f", "g", &first), 1_000)
-            .expect("apply");
-        store.flush().await.expect("commit");
+        let (store, first) = ten_lines_committed(dir.path()).await;
         let more: Vec<(u64, String)> = (10..20).map(|i| (i, format!("b {i}"))).collect();
         store
             .inner
