@@ -13,6 +13,15 @@ use super::{io_unavailable, unavailable, Inner};
 use crate::bucket::{self, LINES_PER_BUCKET};
 use crate::StoreError;
 
+/// Bytes that do not decode are corrupt data; any other failure is the disk's.
+fn read_error(e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        StoreError::Corrupt(e.to_string())
+    } else {
+        io_unavailable(e)
+    }
+}
+
 /// A bucket opened for reading.
 pub(super) enum Opened {
     /// One piece, read through a cursor (it may be too big to hold whole).
@@ -33,11 +42,11 @@ impl Inner {
                 // Compaction moved the bucket and deleted its segment meanwhile: read it
                 // where the index points now.
                 match self.moved(key, value)? {
-                    Some(now) => self.read_pieces(&now).map_err(io_unavailable),
-                    None => Err(io_unavailable(e)),
+                    Some(now) => self.read_pieces(&now).map_err(read_error),
+                    None => Err(read_error(e)),
                 }
             }
-            other => other.map_err(io_unavailable),
+            other => other.map_err(read_error),
         }
     }
 
@@ -50,10 +59,10 @@ impl Inner {
         };
         match open(value) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.moved(key, value)? {
-                Some(now) => open(&now).map_err(io_unavailable),
-                None => Err(io_unavailable(e)),
+                Some(now) => open(&now).map_err(read_error),
+                None => Err(read_error(e)),
             },
-            other => other.map_err(io_unavailable),
+            other => other.map_err(read_error),
         }
     }
 
@@ -225,5 +234,27 @@ mod tests {
         let v = bucket_zero(&store).await;
         assert_eq!((v.pieces.len(), v.present), (1, Some(0b1_1111)));
         assert_eq!(read(&store).await, "a\nb\nc\nd\ne\n");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_piece_is_reported_corrupt_not_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), &Default::default()).expect("open");
+        write(&store, &[(0, "a"), (1, "b")]).await;
+        write(&store, &[(2, "c")]).await;
+        // The second piece one byte short: its last line ends inside its header or content.
+        let id = store.generations("h", "/f").await.expect("generations")[0].id;
+        let mut v = bucket_zero(&store).await;
+        v.pieces[1].len -= 1;
+        store
+            .inner
+            .db
+            .insert(line_key(id, 0), v.encode())
+            .expect("insert");
+        let e = store
+            .read_chunk(id, 0, u64::MAX >> 16, 1 << 20, false, false)
+            .await
+            .expect_err("a damaged piece");
+        assert!(matches!(e, crate::StoreError::Corrupt(_)), "{e:?}");
     }
 }
