@@ -166,15 +166,18 @@ impl IndexValue {
         v.extend_from_slice(&self.pieces[0].encode());
         v.extend_from_slice(&self.first_ms.to_be_bytes());
         v.extend_from_slice(&self.last_ms.to_be_bytes());
-        match self.present {
-            // A single piece holding every offset needs no map: nothing more can be appended.
-            Some(p) if !(p == FULL && self.pieces.len() == 1) => {
-                v.extend_from_slice(&p.to_be_bytes());
-                for piece in &self.pieces[1..] {
-                    v.extend_from_slice(&piece.encode());
-                }
+        // A single piece needs no map when it holds every offset or none is recorded. Several
+        // always carry one (an unrecorded map reads as full: the next write reads the
+        // bucket back, never drops a piece).
+        let map = match (self.pieces.len(), self.present) {
+            (1, None | Some(FULL)) => None,
+            (_, p) => Some(p.unwrap_or(FULL)),
+        };
+        if let Some(p) = map {
+            v.extend_from_slice(&p.to_be_bytes());
+            for piece in &self.pieces[1..] {
+                v.extend_from_slice(&piece.encode());
             }
-            _ => {}
         }
         v
     }
@@ -263,6 +266,19 @@ mod tests {
             IndexValue::decode(&loc(3).encode()),
             Some(IndexValue::whole(loc(3), 0, u64::MAX, None))
         );
+    }
+
+    #[test]
+    fn pieces_without_a_map_keep_every_piece_and_read_as_full() {
+        let v = IndexValue {
+            pieces: vec![loc(1), loc(2)],
+            first_ms: 1,
+            last_ms: 2,
+            present: None,
+        };
+        let back = IndexValue::decode(&v.encode()).expect("decodes");
+        assert_eq!(back.pieces, v.pieces);
+        assert_eq!(back.present, Some(FULL));
     }
 
     #[test]

@@ -268,16 +268,29 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut data = Vec::new();
-        let mut lens = Vec::with_capacity(buckets.len());
-        for (key, value, _) in buckets {
+        let mut readable = Vec::with_capacity(buckets.len());
+        for (key, value, raw) in buckets {
             let at = data.len();
-            data.extend_from_slice(&self.read_bucket(key, value)?);
-            lens.push(data.len() - at);
+            match self.read_bucket(key, value) {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                // Pieces that do not merge stay where they are (and so does their segment,
+                // which the verifying scan keeps): one damaged bucket must not stop every
+                // later compaction.
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::warn!(error = %e, "a damaged bucket was left where it is");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            readable.push(((key, value, raw), data.len() - at));
+        }
+        if readable.is_empty() {
+            return Ok(0);
         }
         let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
         let mut offset = start;
         let mut moved = 0;
-        for ((key, old, value), len) in buckets.iter().zip(lens) {
+        for ((key, old, value), len) in readable {
             let at = offset as usize - start as usize;
             offset += len as u64;
             let len = u32::try_from(len)
@@ -757,6 +770,49 @@ pub(super) mod tests {
         let mut want = all.clone();
         want.extend(more);
         assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_bucket_in_pieces_stays_and_the_others_still_move() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = ten_lines_committed(dir.path()).await;
+        let more: Vec<(u64, String)> = (10..20).map(|i| (i, format!("b {i}"))).collect();
+        store
+            .inner
+            .apply(&batch("/f", "g", &more), 2_000)
+            .expect("apply");
+        let other = lines(300, 10, "o");
+        store
+            .inner
+            .apply(&batch("/other", "g", &other), 2_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        // The second piece of /f's bucket one byte short: it no longer decodes.
+        let id = store.generations("h", "/f").await.expect("generations")[0].id;
+        let mut v = bucket_zero(&store).await;
+        v.pieces[1].len -= 1;
+        store
+            .inner
+            .db
+            .insert(line_key(id, 0), v.encode())
+            .expect("insert");
+        store.inner.forget_recent();
+        let old = move_everything(&store);
+        store.flush().await.expect("commit");
+        let (removed, _) = store.inner.remove_unreferenced(&old).expect("remove");
+        assert!(
+            removed < old.len() as u64,
+            "the damaged bucket's segment was deleted"
+        );
+        assert_eq!(
+            bucket_zero(&store).await,
+            v,
+            "the damaged bucket was left as it was"
+        );
+        assert_eq!(
+            read_all(&store, "h", "/other").await,
+            Some(rendered(&other))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
