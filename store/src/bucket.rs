@@ -123,7 +123,8 @@ pub fn next_header(c: &mut crate::sled_store::segments::Cursor) -> std::io::Resu
 /// later copy of a line wins, as across batches.
 #[derive(Debug, Default)]
 pub struct Grouped<'a> {
-    pub buckets: std::collections::BTreeMap<u64, Vec<Entry<'a>>>,
+    /// Buckets in ascending order, each with its entries.
+    pub buckets: Vec<(u64, Vec<Entry<'a>>)>,
     /// Lines and content bytes received (copies included).
     pub lines: u64,
     pub bytes: u64,
@@ -131,32 +132,36 @@ pub struct Grouped<'a> {
     pub max_line: u64,
 }
 
-/// Groups `lines` by bucket (what both backends merge).
+/// Groups `lines` by bucket (what both backends merge). An agent's lines come in order, so
+/// the common case is one pass; anything else is sorted first (stably, so of two copies of a
+/// line the later one is kept). Why not maps: a tree node per few lines was 2–3 % of the
+/// aggregator's CPU under a fleet of small batches.
 pub fn group<'a>(lines: &'a [logship_wire::Line<'_>]) -> Grouped<'a> {
-    let mut by_bucket: std::collections::BTreeMap<u64, std::collections::BTreeMap<u8, Entry<'a>>> =
-        std::collections::BTreeMap::new();
     let mut g = Grouped::default();
+    let mut order: Vec<&'a logship_wire::Line<'_>> = lines.iter().collect();
+    if !order.windows(2).all(|w| w[0].number < w[1].number) {
+        order.sort_by_key(|l| l.number);
+    }
     for l in lines {
-        let offset = (l.number % LINES_PER_BUCKET) as u8;
-        by_bucket
-            .entry(l.number / LINES_PER_BUCKET)
-            .or_default()
-            .insert(
-                offset,
-                Entry {
-                    offset,
-                    partial: l.partial,
-                    content: &l.content,
-                },
-            );
         g.lines += 1;
         g.bytes += l.content.len() as u64;
         g.max_line = g.max_line.max(l.number);
     }
-    g.buckets = by_bucket
-        .into_iter()
-        .map(|(b, e)| (b, e.into_values().collect()))
-        .collect();
+    for (i, l) in order.iter().enumerate() {
+        if order.get(i + 1).is_some_and(|next| next.number == l.number) {
+            continue; // a later copy follows
+        }
+        let bucket = l.number / LINES_PER_BUCKET;
+        let entry = Entry {
+            offset: (l.number % LINES_PER_BUCKET) as u8,
+            partial: l.partial,
+            content: &l.content,
+        };
+        match g.buckets.last_mut() {
+            Some((b, entries)) if *b == bucket => entries.push(entry),
+            _ => g.buckets.push((bucket, vec![entry])),
+        }
+    }
     g
 }
 
@@ -240,6 +245,70 @@ mod tests {
             offset,
             partial: false,
             content,
+        }
+    }
+
+    /// `group` against a model (a map per bucket, last copy wins) over batches in order,
+    /// shuffled, and with copies of lines.
+    #[test]
+    fn group_sorts_by_bucket_and_offset_and_keeps_the_last_copy() {
+        use std::collections::BTreeMap;
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..200 {
+            let n = rng.usize(0..300);
+            let start = rng.u64(0..1000);
+            let contents: Vec<String> = (0..n).map(|i| format!("c{round}-{i}")).collect();
+            let mut lines: Vec<logship_wire::Line<'_>> = (0..n)
+                .map(|i| logship_wire::Line {
+                    number: if round % 3 == 0 {
+                        start + i as u64
+                    } else {
+                        start + rng.u64(0..400)
+                    },
+                    partial: rng.bool(),
+                    content: contents[i].as_bytes().into(),
+                })
+                .collect();
+            if round % 3 == 1 {
+                rng.shuffle(&mut lines);
+            }
+            let mut model: BTreeMap<u64, BTreeMap<u8, (bool, Vec<u8>)>> = BTreeMap::new();
+            for l in &lines {
+                model
+                    .entry(l.number / LINES_PER_BUCKET)
+                    .or_default()
+                    .insert(
+                        (l.number % LINES_PER_BUCKET) as u8,
+                        (l.partial, l.content.to_vec()),
+                    );
+            }
+            let g = group(&lines);
+            let got: BTreeMap<u64, BTreeMap<u8, (bool, Vec<u8>)>> = g
+                .buckets
+                .iter()
+                .map(|(b, es)| {
+                    (
+                        *b,
+                        es.iter()
+                            .map(|e| (e.offset, (e.partial, e.content.to_vec())))
+                            .collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, model, "round {round}");
+            let buckets: Vec<u64> = g.buckets.iter().map(|(b, _)| *b).collect();
+            assert!(buckets.windows(2).all(|w| w[0] < w[1]), "round {round}");
+            for (_, es) in &g.buckets {
+                assert!(
+                    es.windows(2).all(|w| w[0].offset < w[1].offset),
+                    "round {round}"
+                );
+            }
+            assert_eq!(g.lines, n as u64);
+            assert_eq!(
+                g.max_line,
+                lines.iter().map(|l| l.number).max().unwrap_or(0)
+            );
         }
     }
 

@@ -197,11 +197,13 @@ impl SledStore {
                 let synced = t.elapsed();
                 let applied = entries.len();
                 if !entries.is_empty() {
-                    let mut batch = sled::Batch::default();
-                    for (k, v) in &entries {
-                        batch.insert(&k[..], &v[..]);
-                    }
-                    db.apply_batch(batch).map_err(|e| e.to_string())?;
+                    // In key order, straight from the map: building a `sled::Batch` (a
+                    // hash map grown entry by entry) was 5 % of the aggregator's CPU under a
+                    // fleet of small agents.
+                    let mut sorted: Vec<(&[u8], &[u8])> =
+                        entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    db.apply_entries(sorted).map_err(|e| e.to_string())?;
                 }
                 // Remembered as soon as sled has them (a failed flush below leaves them in
                 // sled too), so the overlay never holds a value older than sled's. Still under
