@@ -156,3 +156,155 @@ fn aggregator_down_30_s_agent_memory_stays_bounded_and_everything_arrives() {
         stored_lines(&agg)
     );
 }
+
+/// What a 2xx promises beyond kill -9: that the lines survive the machine losing power.
+/// The aggregator runs under `strace`, and for every acknowledgement the test checks that
+/// each store file written before it — the segment files holding the lines and sled's
+/// `index/db` naming them — was fsynced (`fsync`/`fdatasync`) after its last write and
+/// before the acknowledgement. sled's own flush only `sync_file_range`s its log, which
+/// neither commits the file's size nor flushes the disk's cache: without the commit's
+/// explicit sync of `index/db` an acknowledged batch could come back after a power cut as
+/// data no index entry names, and compaction would reclaim it as garbage.
+#[test]
+fn every_acknowledgement_follows_an_fsync_of_the_data_and_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let trace = dir.path().join("trace");
+    let pid = agg.proc.child.id();
+    let mut strace = Proc {
+        child: std::process::Command::new("strace")
+            .args(["-f", "-y", "-qq", "-s", "24", "-o"])
+            .arg(&trace)
+            .args([
+                "-e",
+                "trace=pwrite64,pwritev,write,writev,fsync,fdatasync,sync_file_range",
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("strace is missing: apt-get install strace (scripts/test does)"),
+        name: "strace",
+    };
+    // Every thread of the aggregator traced before the first request.
+    let traced = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), traced),
+        "strace did not attach to the aggregator within 10 s (is ptrace allowed here?)"
+    );
+    let posts = 12u64;
+    for batch in 0..posts {
+        let lines: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("batch {batch} line {i}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let file = format!("/f{}", batch % 3);
+        let r = post_compact(&agg, "h", &file, "g", (batch / 3) * 40, &refs);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    strace.signal("INT");
+    assert!(
+        strace.wait_exit(Duration::from_secs(10)).is_some(),
+        "strace did not detach"
+    );
+    let text = std::fs::read_to_string(&trace).expect("read the trace");
+    let report = check_acks_follow_syncs(&text);
+    assert_eq!(
+        report.acks, posts,
+        "every acknowledgement should be in the trace\n{text}"
+    );
+    assert!(
+        report.index_writes > 0 && report.segment_writes > 0,
+        "the trace should show writes to index/db and to the segments: {report:?}\n{text}"
+    );
+    assert!(
+        report.unsynced.is_empty(),
+        "acknowledged before their store files were fsynced: {:#?}",
+        report.unsynced
+    );
+}
+
+#[derive(Debug, Default)]
+struct SyncReport {
+    acks: u64,
+    index_writes: u64,
+    segment_writes: u64,
+    /// (line of the ack in the trace, the file written and not fsynced since).
+    unsynced: Vec<(usize, String)>,
+}
+
+/// Reads `strace -f -y` output: per store file, the trace line of its last completed write
+/// and of its last successful fsync; at each `HTTP/1.1 200` written to a socket, every
+/// store file written so far must have been fsynced since its last write.
+fn check_acks_follow_syncs(trace: &str) -> SyncReport {
+    use std::collections::HashMap;
+    let mut report = SyncReport::default();
+    let mut last_write: HashMap<String, usize> = HashMap::new();
+    let mut last_sync: HashMap<String, usize> = HashMap::new();
+    // A syscall that another thread's line interrupted: pid → its name, fd path and text.
+    let mut unfinished: HashMap<String, (String, String)> = HashMap::new();
+    for (i, line) in trace.lines().enumerate() {
+        let Some((pid, rest)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let (call, text) = if let Some(resumed) = rest.strip_prefix("<... ") {
+            match unfinished.remove(pid) {
+                Some((call, start)) => (call, format!("{start}{resumed}")),
+                None => continue,
+            }
+        } else {
+            let Some((call, args)) = rest.split_once('(') else {
+                continue;
+            };
+            if rest.ends_with("<unfinished ...>") {
+                unfinished.insert(pid.to_owned(), (call.to_owned(), args.to_owned()));
+                continue;
+            }
+            (call.to_owned(), args.to_owned())
+        };
+        // `-y` prints the first argument as `fd<path>`.
+        let path = text
+            .split_once('<')
+            .and_then(|(_, p)| p.split_once('>'))
+            .map_or("", |(p, _)| p);
+        let store_file = path.ends_with(".seg") || path.ends_with("/index/db");
+        match call.as_str() {
+            "pwrite64" | "pwritev" | "write" | "writev" if store_file => {
+                last_write.insert(path.to_owned(), i);
+                if path.ends_with("/index/db") {
+                    report.index_writes += 1;
+                } else {
+                    report.segment_writes += 1;
+                }
+            }
+            "fsync" | "fdatasync" if store_file && text.trim_end().ends_with("= 0") => {
+                last_sync.insert(path.to_owned(), i);
+            }
+            "write" | "writev"
+                if (path.starts_with("socket:") || path.starts_with("TCP"))
+                    && text.contains("HTTP/1.1 200") =>
+            {
+                report.acks += 1;
+                for (file, w) in &last_write {
+                    if last_sync.get(file).is_none_or(|s| s < w) {
+                        report.unsynced.push((i + 1, file.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    report
+}

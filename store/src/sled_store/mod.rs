@@ -169,6 +169,12 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(unavailable)?;
+        // sled's flush only `sync_file_range`s its log: the pages reach the disk, but neither
+        // the file's new size nor the disk's write cache is made durable, so after a power
+        // cut the index could lose entries whose lines were acknowledged (and compaction
+        // would then reclaim those lines as garbage). The commit fsyncs the log itself.
+        let index_log =
+            std::fs::File::open(dir.join("index").join("db")).map_err(io_unavailable)?;
         let gate = Arc::new(std::sync::RwLock::new(()));
         let commit_phases = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -210,6 +216,7 @@ impl SledStore {
                 // the exclusive gate: no drop or compaction can come in between.
                 lock().committed(entries);
                 db.flush().map(|_| ()).map_err(|e| e.to_string())?;
+                index_log.sync_data().map_err(|e| e.to_string())?;
                 if applied >= TRIM_AFTER_ENTRIES {
                     // A large commit allocated on this (blocking-pool) thread's own heap;
                     // glibc keeps what it freed there unless asked.
