@@ -110,7 +110,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::super::keys::{line_key, IndexValue, FULL, MAX_PIECES};
-    use super::super::sweep::tests::{batch, bucket_zero, raw_bucket_zero};
+    use super::super::sweep::tests::{batch, bucket_zero, raw_bucket_zero, shorten_second_piece};
     use super::super::SledStore;
     use crate::Store;
 
@@ -242,15 +242,7 @@ mod tests {
         let store = SledStore::open(dir.path(), &Default::default()).expect("open");
         write(&store, &[(0, "a"), (1, "b")]).await;
         write(&store, &[(2, "c")]).await;
-        // The second piece one byte short: its last line ends inside its header or content.
-        let id = store.generations("h", "/f").await.expect("generations")[0].id;
-        let mut v = bucket_zero(&store).await;
-        v.pieces[1].len -= 1;
-        store
-            .inner
-            .db
-            .insert(line_key(id, 0), v.encode())
-            .expect("insert");
+        let (id, _) = shorten_second_piece(&store).await;
         let e = store
             .read_chunk(id, 0, u64::MAX >> 16, 1 << 20, false, false)
             .await

@@ -732,6 +732,23 @@ pub(super) mod tests {
         IndexValue::decode(&raw_bucket_zero(store).await).expect("decodes")
     }
 
+    /// Makes the second piece of h:/f's bucket 0 one byte short in the index, so its last
+    /// line ends inside its header or content and the piece no longer decodes; returns the
+    /// generation's id and the damaged index value.
+    pub(in crate::sled_store) async fn shorten_second_piece(
+        store: &SledStore,
+    ) -> (u64, IndexValue) {
+        let id = store.generations("h", "/f").await.expect("generations")[0].id;
+        let mut v = bucket_zero(store).await;
+        v.pieces[1].len -= 1;
+        store
+            .inner
+            .db
+            .insert(line_key(id, 0), v.encode())
+            .expect("insert");
+        (id, v)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compaction_makes_a_bucket_in_pieces_one_and_keeps_its_offsets() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -787,15 +804,7 @@ pub(super) mod tests {
             .apply(&batch("/other", "g", &other), 2_000)
             .expect("apply");
         store.flush().await.expect("commit");
-        // The second piece of /f's bucket one byte short: it no longer decodes.
-        let id = store.generations("h", "/f").await.expect("generations")[0].id;
-        let mut v = bucket_zero(&store).await;
-        v.pieces[1].len -= 1;
-        store
-            .inner
-            .db
-            .insert(line_key(id, 0), v.encode())
-            .expect("insert");
+        let (_, damaged) = shorten_second_piece(&store).await;
         store.inner.forget_recent();
         let old = move_everything(&store);
         store.flush().await.expect("commit");
@@ -806,7 +815,7 @@ pub(super) mod tests {
         );
         assert_eq!(
             bucket_zero(&store).await,
-            v,
+            damaged,
             "the damaged bucket was left as it was"
         );
         assert_eq!(
