@@ -14,6 +14,7 @@ mod lifecycle;
 mod live;
 mod model;
 mod overload;
+mod power_cut;
 mod refusals;
 mod reload;
 mod retention;

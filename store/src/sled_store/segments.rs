@@ -164,9 +164,8 @@ impl Segments {
     }
 
     /// Appends `data` (one or more buckets back to back) and writes it to the file now;
-    /// returns where it starts. For appends whose location goes straight into sled
-    /// (compaction's copies).
-    pub fn append(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
+    /// returns where it starts and the file. Made durable by the next commit's [`sync`](Self::sync).
+    fn append(&self, data: &[u8]) -> std::io::Result<(u32, u64, Arc<File>)> {
         let mut a = self.lock_active();
         a.write_buffer()?;
         if a.len > 0 && a.len + data.len() as u64 > SEGMENT_BYTES {
@@ -176,14 +175,24 @@ impl Segments {
         a.file.write_all_at(data, at)?;
         a.len += data.len() as u64;
         self.appended.inc_by(data.len() as u64);
-        Ok((a.number, at))
+        Ok((a.number, at, a.file.clone()))
+    }
+
+    /// Appends `data` and fsyncs it before returning where it starts: for appends whose
+    /// location goes straight into sled (compaction's copies). sled writes its log whenever
+    /// a buffer fills, so an entry naming these bytes can reach the disk before any commit;
+    /// the bytes must be there first. The fsync runs without the segment lock held.
+    pub fn append_durable(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
+        let (number, at, file) = self.append(data)?;
+        file.sync_data()?;
+        Ok((number, at))
     }
 
     /// Appends `data` for a writer whose index entries wait for the next commit, which writes
     /// it out (if the buffer has not already) before it fsyncs; returns where it starts.
     pub fn append_buffered(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
         if data.len() >= BUFFER_BYTES {
-            return self.append(data);
+            return self.append(data).map(|(number, at, _)| (number, at));
         }
         let mut a = self.lock_active();
         // Room first: if the write fails (a full disk), nothing is added, so the buffer
@@ -583,7 +592,7 @@ mod tests {
         );
         assert_eq!(s.read(at(b, 6)).expect("read buffered"), b"world!");
         // A write-through append (compaction) goes after the buffered bytes, not over them.
-        let (_, c) = s.append(b"copied").expect("append through");
+        let (_, c) = s.append_durable(b"copied").expect("append through");
         assert_eq!(c, 11);
         let (_, d) = s.append_buffered(b"tail").expect("append");
         // Closing the segment writes its buffer first.
@@ -629,8 +638,8 @@ mod tests {
     fn appends_read_back_and_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Segments::open(dir.path()).expect("open");
-        let (seg, a) = s.append(b"hello").expect("append");
-        let (_, b) = s.append(b"world!").expect("append");
+        let (seg, a) = s.append_durable(b"hello").expect("append");
+        let (_, b) = s.append_durable(b"world!").expect("append");
         s.sync().expect("sync");
         let la = Loc {
             segment: seg,
@@ -647,7 +656,7 @@ mod tests {
         let s = Segments::open(dir.path()).expect("reopen");
         assert_eq!(s.read(la).expect("read"), b"hello");
         assert_eq!(s.read(lb).expect("read"), b"world!");
-        let (_, c) = s.append(b"more").expect("append after reopen");
+        let (_, c) = s.append_durable(b"more").expect("append after reopen");
         assert_eq!(c, 11, "appends continue at the end");
     }
 
@@ -655,10 +664,10 @@ mod tests {
     fn a_closed_segment_can_be_removed_and_the_active_one_cannot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Segments::open(dir.path()).expect("open");
-        let (first, _) = s.append(b"old").expect("append");
+        let (first, _) = s.append_durable(b"old").expect("append");
         assert!(s.remove(first).is_err(), "active");
         s.close_if_active(first).expect("close");
-        let (second, at) = s.append(b"new").expect("append");
+        let (second, at) = s.append_durable(b"new").expect("append");
         assert_eq!((second, at), (first + 1, 0));
         assert_eq!(s.sizes().expect("sizes"), vec![(first, 3), (second, 3)]);
         s.remove(first).expect("remove");

@@ -12,7 +12,8 @@
 //!
 //! Crash safety: a segment is deleted only after a durable index that no longer names it has
 //! been checked by a full scan; a crash before that leaves a garbage-only segment for the
-//! next sweep.
+//! next sweep. A power cut cannot leave a moved entry naming a copy that never reached the
+//! disk: each copy is fsynced before its entries move.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -256,17 +257,18 @@ impl Inner {
         Ok(moved)
     }
 
-    /// Appends copies of `buckets` (a bucket in pieces becomes one) and points each index
-    /// entry at its copy unless a writer changed it meanwhile.
+    /// Appends copies of `buckets` (a bucket in pieces becomes one), fsyncs them, then points
+    /// each index entry at its copy unless a writer changed it meanwhile.
+    ///
+    /// The copies are durable before sled hears of them: sled writes its log out whenever a
+    /// 512 KiB buffer fills, so moving a few thousand entries puts some on disk before any
+    /// commit, and an entry naming bytes still in the page cache would, after a power cut,
+    /// name nothing — and the old segment, no longer named, would be deleted. The reads, the
+    /// append and its fsync run without the gate, so commits (acks) do not wait for them.
     fn copy(&self, buckets: &[(sled::IVec, IndexValue, sled::IVec)]) -> Result<u64, StoreError> {
         if buckets.is_empty() {
             return Ok(0);
         }
-        // Shared like a writer: a commit cannot run between the append and the index change.
-        let _shared = self
-            .gate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut data = Vec::new();
         let mut readable = Vec::with_capacity(buckets.len());
         for (key, value, raw) in buckets {
@@ -287,7 +289,15 @@ impl Inner {
         if readable.is_empty() {
             return Ok(0);
         }
-        let (segment, start) = self.segments.append(&data).map_err(io_unavailable)?;
+        let (segment, start) = self
+            .segments
+            .append_durable(&data)
+            .map_err(io_unavailable)?;
+        // Shared like a writer, from the first entry moved to forgetting the recent ones.
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut offset = start;
         let mut moved = 0;
         for ((key, old, value), len) in readable {
