@@ -77,7 +77,8 @@ pub(super) struct Inner {
     pub(super) stripes: Vec<Mutex<()>>,
     /// Writers hold it shared from appending data to applying its index entry; a commit
     /// holds it exclusively while it syncs the segments and flushes sled, so a durable
-    /// index entry never names data that is not durable yet.
+    /// index entry never names data that is not durable yet. Compaction holds it shared only
+    /// while it swaps entries to copies it has already fsynced itself.
     pub(super) gate: Arc<std::sync::RwLock<()>>,
     /// Seconds each commit spends waiting for writers, in the segment fsync and in the sled
     /// flush: the parts of a durable ack's latency that are not ours to shorten.
