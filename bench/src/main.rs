@@ -62,6 +62,10 @@ pub struct Args {
     /// Seconds the fleet scenario lasts.
     #[arg(long, default_value_t = 60)]
     pub fleet_seconds: u64,
+    /// Lines in each fleet agent's batches, `MIN-MAX` (each batch picks a size in the range):
+    /// the default is the target's shape; larger ones show what a longer `linger` saves.
+    #[arg(long, default_value = "20-50", value_parser = parse_batch_range)]
+    pub fleet_batch: std::ops::RangeInclusive<u32>,
     /// MiB stored (across 100 files) for the search scenario.
     #[arg(long, default_value_t = 1024)]
     pub search_mib: usize,
@@ -101,6 +105,21 @@ pub struct Args {
     pub serve_sink: bool,
 }
 
+/// `MIN-MAX` (or one number) as a range of batch sizes, 1 line at least.
+fn parse_batch_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a number of lines"))
+    };
+    let (lo, hi) = (num(lo)?, num(hi)?);
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: expected MIN-MAX with 1 <= MIN <= MAX"));
+    }
+    Ok(lo..=hi)
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.serve_sink {
@@ -130,4 +149,19 @@ fn main() -> anyhow::Result<()> {
         println!("figures written to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_batch_range;
+
+    #[test]
+    fn batch_ranges_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_batch_range("20-50"), Ok(20..=50));
+        assert_eq!(parse_batch_range("200"), Ok(200..=200));
+        for bad in ["0-5", "50-20", "x-3", "-", ""] {
+            let err = parse_batch_range(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}: empty error");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `fleet`: a fleet of small agents fanning in. Each simulated agent has its own client
 //! address on loopback (127.0.x.y) and one keep-alive connection, and posts batches of 20–50
-//! lines so that all together send a steady `--fleet-rate` lines/s. Beside it, in the same
+//! lines (`--fleet-batch`) so that all together send a steady `--fleet-rate` lines/s. Beside it, in the same
 //! run and for as long (a shorter reference varied by ±15 % between runs), the same rate in
 //! batches of 1,000 lines from four clients: the aggregator's CPU per
 //! line should stay within 2× of that, acknowledgements fast (group commit must share each
@@ -53,7 +53,17 @@ pub(super) async fn fleet(
     let rate = args.fleet_rate;
     let secs = args.fleet_seconds;
     let reference = load(addr, 4, rate, 1000..=1000, secs, &agg, "ref").await?;
-    let fleet = load(addr, args.fleet_agents, rate, 20..=50, secs, &agg, "fleet").await?;
+    let sizes = args.fleet_batch.clone();
+    let fleet = load(
+        addr,
+        args.fleet_agents,
+        rate,
+        sizes.clone(),
+        secs,
+        &agg,
+        "fleet",
+    )
+    .await?;
     // The same fleet against a bare hyper server that only decodes and answers: what the
     // HTTP transport itself costs per line (epoll, reads, response writes over loopback),
     // which no store design removes.
@@ -63,7 +73,16 @@ pub(super) async fn fleet(
             .trim_start_matches("http://")
             .parse()
             .context("sink address")?;
-        load(to, args.fleet_agents, rate, 20..=50, secs, &sink, "bare").await?
+        load(
+            to,
+            args.fleet_agents,
+            rate,
+            sizes.clone(),
+            secs,
+            &sink,
+            "bare",
+        )
+        .await?
     };
     for (what, l) in [("fleet", &fleet), ("reference", &reference)] {
         r.add(
@@ -95,15 +114,16 @@ pub(super) async fn fleet(
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     let n = args.fleet_agents;
+    let shape = format!("{}-{}", sizes.start(), sizes.end());
     r.add(
         "fleet",
-        format!("{n} agents, batches of 20-50: lines/s"),
+        format!("{n} agents, batches of {shape}: lines/s"),
         fleet.lines as f64 / secs as f64,
         "lines/s",
     );
     r.add(
         "fleet",
-        "aggregator CPU per line, 20-50-line batches",
+        format!("aggregator CPU per line, {shape}-line batches"),
         per_line(&fleet),
         "µs",
     );

@@ -13,13 +13,19 @@
 //! sending 30 lines each paid for ~270 commits a second at 100k lines/s; with a 1 ms gap ~140
 //! (at 2,860 requests/s a 1 ms gap between random arrivals is common), with 3 ms after a
 //! commit of 8 or more writers ~85–90, the same as 1,000-line batches at that rate. A writer
-//! that had the last commit to itself is not made to wait at all, and a few writers commit
-//! after a short gap: they are likely all in (a 3 ms gap for them cut one file's pipeline
-//! from ~570k to ~360k lines/s). Measured (`logship-bench --scenarios system --files 1`): a
-//! fixed 2 ms wait (the rule before) 522–531k lines/s; a fixed 10 ms wait 165k; a 2 ms quiet
-//! gap 419–423k (tokio's timer rounds sleeps up to whole milliseconds); this rule 560–626k.
+//! that had the last commit to itself is not made to wait at all when it is one of a few
+//! files' pipelines, and a few writers commit after a short gap: they are likely all in (a
+//! 3 ms gap for them cut one file's pipeline from ~570k to ~360k lines/s). Measured
+//! (`logship-bench --scenarios system --files 1`): a fixed 2 ms wait (the rule before)
+//! 522–531k lines/s; a fixed 10 ms wait 165k; a 2 ms quiet gap 419–423k (tokio's timer
+//! rounds sleeps up to whole milliseconds); this rule 560–626k.
+//!
+//! Many agents taking turns at a few hundred requests a second also leave one writer per
+//! commit, but there each commit saved is CPU: when the last 32 writers wrote to 8 or more
+//! different files, the commit waits as after a commit of many writers (500 agents sending
+//! 100–300 lines a request ran ~425 commits a second, one per request).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
@@ -48,6 +54,42 @@ pub struct GroupCommit {
     waiting_bytes: Arc<AtomicU64>,
     /// …and how many they are.
     waiting_writers: Arc<AtomicU64>,
+    /// Where the last [`SOURCES`] writers wrote (a hash of host and file; 0 for none): whether
+    /// commits of one writer are one file's pipeline or many agents taking turns.
+    sources: Arc<Sources>,
+}
+
+/// Writers remembered by [`Sources`].
+const SOURCES: usize = 32;
+
+/// A ring of the last [`SOURCES`] writers' sources, written without a lock.
+#[derive(Debug, Default)]
+struct Sources {
+    next: AtomicUsize,
+    ring: [AtomicU64; SOURCES],
+}
+
+impl Sources {
+    fn push(&self, source: u64) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % SOURCES;
+        self.ring[i].store(source, Ordering::Relaxed);
+    }
+
+    /// How many different sources the remembered writers had.
+    fn distinct(&self) -> usize {
+        let mut seen: [u64; SOURCES] =
+            std::array::from_fn(|i| self.ring[i].load(Ordering::Relaxed));
+        seen.sort_unstable();
+        let mut n = 0;
+        let mut last = 0;
+        for s in seen {
+            if s != 0 && s != last {
+                n += 1;
+                last = s;
+            }
+        }
+        n
+    }
 }
 
 impl Drop for GroupCommit {
@@ -65,6 +107,8 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(1);
 /// random, and at ~3 a millisecond a 1 ms gap between them came often enough to end half the
 /// waits early)…
 const QUIET_MANY: std::time::Duration = std::time::Duration::from_millis(3);
+/// Writers in one commit, or different sources among the last [`SOURCES`] writers, that make
+/// the wait [`QUIET_MANY`].
 const MANY_WRITERS: u64 = 8;
 /// …or [`COMMIT_BYTES`] wait, and at the latest this long after the first writer (an ack's
 /// added latency under a stream of small requests; the target is a p99 under 50 ms).
@@ -82,12 +126,14 @@ impl GroupCommit {
         let wake = Arc::new(Notify::new());
         let waiting_bytes = Arc::new(AtomicU64::new(0));
         let waiting_writers = Arc::new(AtomicU64::new(0));
+        let sources = Arc::new(Sources::default());
         let gc = Arc::new(GroupCommit {
             next: AtomicU64::new(1),
             wake: wake.clone(),
             done: rx,
             waiting_bytes: waiting_bytes.clone(),
             waiting_writers: waiting_writers.clone(),
+            sources: sources.clone(),
         });
         let weak = Arc::downgrade(&gc);
         tokio::spawn(async move {
@@ -99,11 +145,15 @@ impl GroupCommit {
                 // Under a stream of small requests (a fleet of agents), wait while more
                 // writers keep joining this commit: one fsync and one index flush then cover
                 // dozens of requests instead of a few. Every writer's `durable` wakes us. A
-                // writer that had the last commit to itself (one file's pipeline) is alone
-                // again: waiting would only slow it down.
-                if last_flush.elapsed() < RECENT && last_writers > 1 {
+                // writer that had the last commit to itself is alone again when it is one
+                // file's pipeline (its next batch waits for this ack): waiting would only slow
+                // it down. But many agents taking turns at a few hundred requests a second
+                // also leave one writer per commit, and there every commit saved is CPU:
+                // the last writers' sources tell the two apart.
+                let many_sources = sources.distinct() >= MANY_WRITERS as usize;
+                if last_flush.elapsed() < RECENT && (last_writers > 1 || many_sources) {
                     let until = tokio::time::Instant::now() + MAX_COMMIT_DELAY;
-                    let quiet = if last_writers >= MANY_WRITERS {
+                    let quiet = if last_writers >= MANY_WRITERS || many_sources {
                         QUIET_MANY
                     } else {
                         QUIET
@@ -146,12 +196,14 @@ impl GroupCommit {
 
     /// [`durable`](Self::durable) without waiting for other writers to join the commit.
     pub async fn durable_now(&self) -> Result<(), StoreError> {
-        self.durable(COMMIT_BYTES).await
+        self.durable(COMMIT_BYTES, 0).await
     }
 
     /// Resolves once everything written before this call is on disk; `bytes` is what the
-    /// caller wrote (it decides how long the commit waits for others).
-    pub async fn durable(&self, bytes: u64) -> Result<(), StoreError> {
+    /// caller wrote (it decides how long the commit waits for others), `source` a hash of
+    /// where (host and file; 0 for none), which tells one file's pipeline from many agents.
+    pub async fn durable(&self, bytes: u64, source: u64) -> Result<(), StoreError> {
+        self.sources.push(source);
         self.waiting_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.waiting_writers.fetch_add(1, Ordering::SeqCst);
         let ticket = self.next.load(Ordering::SeqCst);
@@ -187,7 +239,7 @@ mod tests {
             let (gc, db) = (gc.clone(), db.clone());
             tasks.push(tokio::spawn(async move {
                 db.insert(i.to_be_bytes(), &b"v"[..]).expect("insert");
-                gc.durable(1).await
+                gc.durable(1, u64::from(i) + 1).await
             }));
         }
         for t in tasks {
@@ -198,5 +250,75 @@ mod tests {
             (1..64).contains(&flushes),
             "{flushes} flushes for 64 writers"
         );
+    }
+
+    /// A group commit whose flush only counts.
+    fn counting() -> (Arc<GroupCommit>, Arc<AtomicU64>) {
+        let flushes = Arc::new(AtomicU64::new(0));
+        let f = flushes.clone();
+        let gc = GroupCommit::start(Arc::new(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }));
+        (gc, flushes)
+    }
+
+    /// Many agents taking turns, one request every 2 ms, each request alone in the commit
+    /// it joins: they used to get a commit each (one fsync per request at 500 requests/s).
+    /// The clock is tokio's paused one, so the arrival times are exact.
+    #[tokio::test(start_paused = true)]
+    async fn many_agents_taking_turns_share_commits() {
+        let (gc, flushes) = counting();
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..100u64 {
+            let gc = gc.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(start + std::time::Duration::from_millis(2 * i)).await;
+                let asked = tokio::time::Instant::now();
+                gc.durable(100, i + 1).await.expect("durable");
+                asked.elapsed()
+            }));
+        }
+        let mut slowest = std::time::Duration::ZERO;
+        for t in tasks {
+            slowest = slowest.max(t.await.expect("join"));
+        }
+        let n = flushes.load(Ordering::SeqCst);
+        assert!(n <= 40, "{n} commits for 100 requests from 100 agents");
+        assert!(
+            slowest <= MAX_COMMIT_DELAY + std::time::Duration::from_millis(2),
+            "an ack waited {slowest:?}"
+        );
+    }
+
+    /// One file's pipeline (its next batch waits for the last ack) is never made to wait
+    /// for writers that will not come; a few files' pipelines wait at most the short gap.
+    #[tokio::test(start_paused = true)]
+    async fn a_few_pipelines_are_not_held_back() {
+        for (files, allowed) in [(1u64, std::time::Duration::ZERO), (4, QUIET)] {
+            let (gc, flushes) = counting();
+            let mut tasks = Vec::new();
+            for f in 0..files {
+                let gc = gc.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut slowest = std::time::Duration::ZERO;
+                    for _ in 0..50 {
+                        let asked = tokio::time::Instant::now();
+                        gc.durable(100, f + 1).await.expect("durable");
+                        slowest = slowest.max(asked.elapsed());
+                    }
+                    slowest
+                }));
+            }
+            for t in tasks {
+                let slowest = t.await.expect("join");
+                assert!(
+                    slowest <= allowed,
+                    "{files} pipelines: an ack waited {slowest:?} ({} commits)",
+                    flushes.load(Ordering::SeqCst)
+                );
+            }
+        }
     }
 }

@@ -846,7 +846,16 @@ impl Store for SledStore {
                 }
                 Ok::<_, StoreError>(total)
             })?;
-            self.inner.commit.durable(stats.bytes).await?;
+            // Where the request wrote, so the commit can tell one file's pipeline from many
+            // agents taking turns.
+            let source = batches.first().map_or(0, |b| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(b.host.as_bytes());
+                h.update(&[0]);
+                h.update(b.file.as_bytes());
+                h.digest() | 1
+            });
+            self.inner.commit.durable(stats.bytes, source).await?;
             Ok(stats)
         })
     }
