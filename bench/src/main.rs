@@ -105,6 +105,9 @@ pub struct Args {
     pub serve_sink: bool,
 }
 
+/// The largest fleet batch `--fleet-batch` takes.
+const MAX_FLEET_BATCH: u32 = 100_000;
+
 /// `MIN-MAX` (or one number) as a range of batch sizes, 1 line at least.
 fn parse_batch_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));
@@ -116,6 +119,13 @@ fn parse_batch_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
     let (lo, hi) = (num(lo)?, num(hi)?);
     if lo == 0 || lo > hi {
         return Err(format!("{s:?}: expected MIN-MAX with 1 <= MIN <= MAX"));
+    }
+    // The aggregator's default limit per request; 500 agents building larger batches at
+    // once would also hold gigabytes here.
+    if hi > MAX_FLEET_BATCH {
+        return Err(format!(
+            "{s:?}: at most {MAX_FLEET_BATCH} lines a request (the aggregator's default limit)"
+        ));
     }
     Ok(lo..=hi)
 }
@@ -159,7 +169,7 @@ mod tests {
     fn batch_ranges_parse_and_bad_ones_say_why() {
         assert_eq!(parse_batch_range("20-50"), Ok(20..=50));
         assert_eq!(parse_batch_range("200"), Ok(200..=200));
-        for bad in ["0-5", "50-20", "x-3", "-", ""] {
+        for bad in ["0-5", "50-20", "x-3", "-", "", "1-100001"] {
             let err = parse_batch_range(bad).expect_err(bad);
             assert!(!err.is_empty(), "{bad}: empty error");
         }
