@@ -1,9 +1,9 @@
 //! `fleet`: a fleet of small agents fanning in. Each simulated agent has its own client
 //! address on loopback (127.0.x.y) and one keep-alive connection, and posts batches of 20–50
-//! lines (`--fleet-batch`) so that all together send a steady `--fleet-rate` lines/s. Beside it, in the same
-//! run and for as long (a shorter reference varied by ±15 % between runs), the same rate in
-//! batches of 1,000 lines from four clients: the aggregator's CPU per
-//! line should stay within 2× of that, acknowledgements fast (group commit must share each
+//! lines (`--fleet-batch`) so that all together send a steady `--fleet-rate` lines/s. Beside
+//! it, in the same run and for as long (a shorter reference varied by ±15 % between runs), the
+//! same rate in batches of 1,000 lines from four clients: the aggregator's CPU per line should
+//! stay within 2× of that, acknowledgements fast (group commit must share each
 //! fsync between connections), and no connection refused. Every line is checked stored.
 //! Last, the same fleet against a bare hyper server (the discarding sink in a process of its
 //! own): the transport's share of the fleet's cost, which no store design removes.
