@@ -358,3 +358,75 @@ fn five_thousand_files_under_ulimit_1024() {
         .step_by(1000)
         .all(|f| shipped_exactly(&agg, "h", f))));
 }
+
+/// A named pipe beside the logs (a syslog FIFO, a debugging leftover) must never be opened:
+/// `open` of a FIFO blocks until a writer appears, and the agent looks beside a file for its
+/// copy after a truncation and for the file itself after a rename. Before the fix each of
+/// those opened every entry of the directory, and the FIFO held a tokio worker for good.
+#[test]
+fn a_named_pipe_beside_the_logs_never_hangs_a_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let fifo = logs.join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let app = logs.join("app.log");
+    let other = logs.join("other.log");
+    append_lines(&app, "app", 0..200);
+    append_lines(&other, "other", 0..100);
+    let (_agent, metrics) = agent_with_metrics(
+        dir.path(),
+        &agg,
+        &logs,
+        "",
+        "close_inactive = \"300ms\"\nrotate_wait = \"300ms\"",
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        shipped_exactly(&agg, "h", &app) && shipped_exactly(&agg, "h", &other)
+    }));
+
+    // Truncated in place with no copy beside it: the agent looks for one, finds only the
+    // FIFO, and must go on with the file's new generation.
+    std::fs::write(&other, b"").expect("truncate");
+    append_lines(&other, "other, second life", 0..50);
+    assert!(
+        wait_until(Duration::from_secs(10), || shipped_exactly(
+            &agg, "h", &other
+        )),
+        "the truncated file's new generation ships"
+    );
+
+    // Moved out of the directory while its descriptor is closed: the agent looks for it by
+    // identity beside its old path, finds only the FIFO, and must let go of it.
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_files_open"
+        ) == 0.0),
+        "idle files' descriptors are closed"
+    );
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::rename(&app, elsewhere.join("app.log")).expect("move away");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent_metric(
+            &metrics,
+            "agent_deleted_files_held"
+        ) == 1.0),
+        "the agent notices the file is gone"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_deleted_files_held"
+        ) == 0.0),
+        "the agent lets go of the moved file: held {}",
+        agent_metric(&metrics, "agent_deleted_files_held")
+    );
+    append_lines(&other, "other, still shipping", 50..80);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &other
+    )));
+}

@@ -20,6 +20,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod generation;
 pub mod metrics;
+pub mod open_file;
 pub mod pipeline;
 pub mod reload;
 pub mod sender;

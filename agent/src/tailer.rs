@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use crate::checkpoint::{Checkpoint, FileId};
 use crate::config::{PipelineOptions, ReadFrom};
 use crate::generation;
 use crate::metrics::Metrics;
+use crate::open_file::{open_identity, open_regular, regular_siblings};
 
 /// A chunk goes to the batcher at this size. Small, because a tailer holds its chunk while
 /// its batcher waits for budget: with a thousand active files, 64 KiB chunks were 55 MB.
@@ -342,18 +343,22 @@ impl Tailer {
             Ok(p) => p,
             Err(_) => return Ok(false),
         };
-        let candidates = std::iter::once(self.path.clone()).chain(siblings(&self.path));
-        for p in candidates {
-            let Ok(f) = File::open(&p) else { continue };
-            let Ok(meta) = f.metadata() else { continue };
-            if FileId::of(&meta) == self.id {
-                self.path = p;
-                self.file = Some((f, permit));
-                self.env.metrics.files_open.inc();
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        // Only entries whose `stat` already names this file are opened: the directory may
+        // hold FIFOs and devices (`open_file`).
+        let found = open_identity(&self.path, self.id)
+            .map(|(f, _)| (self.path.clone(), f))
+            .or_else(|| {
+                regular_siblings(&self.path)
+                    .filter(|(_, meta)| FileId::of(meta) == self.id)
+                    .find_map(|(p, _)| open_identity(&p, self.id).map(|(f, _)| (p, f)))
+            });
+        let Some((p, f)) = found else {
+            return Ok(false);
+        };
+        self.path = p;
+        self.file = Some((f, permit));
+        self.env.metrics.files_open.inc();
+        Ok(true)
     }
 
     /// Reads what is available, up to the per-turn cap, and ships complete lines.
@@ -539,10 +544,13 @@ impl Tailer {
         let Some(generation) = self.generation.clone() else {
             return Ok(false);
         };
-        for p in siblings(&self.path) {
-            let Ok(copy) = File::open(&p) else { continue };
-            let Ok(meta) = copy.metadata() else { continue };
-            if !meta.is_file() || FileId::of(&meta) == self.id || meta.len() <= self.read_pos {
+        let candidates = regular_siblings(&self.path)
+            .filter(|(_, meta)| FileId::of(meta) != self.id && meta.len() > self.read_pos);
+        for (p, _) in candidates {
+            let Ok((copy, meta)) = open_regular(&p) else {
+                continue;
+            };
+            if FileId::of(&meta) == self.id || meta.len() <= self.read_pos {
                 continue;
             }
             if !generation::same_content(&copy, &generation) {
@@ -592,13 +600,4 @@ enum ReadOutcome {
     Data,
     Eof,
     Closed,
-}
-
-/// Other entries of the directory holding `path`: where a renamed file is looked for.
-fn siblings(path: &Path) -> impl Iterator<Item = PathBuf> {
-    path.parent()
-        .and_then(|d| std::fs::read_dir(d).ok())
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
 }

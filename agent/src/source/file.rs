@@ -15,7 +15,6 @@
 //! beside it: a file rotated while the agent was stopped is finished, then the new one read.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -30,6 +29,7 @@ use super::Source;
 use crate::checkpoint::FileId;
 use crate::config::SourceSettings;
 use crate::generation;
+use crate::open_file::{open_identity, open_regular};
 use crate::pipeline::Pipelines;
 use crate::tailer::{Control, Start};
 
@@ -409,14 +409,13 @@ impl Discovery {
         let Ok(permit) = self.pipes.open_files.clone().acquire_owned().await else {
             return;
         };
-        let file = match File::open(path) {
-            Ok(f) => f,
+        let (file, meta) = match open_regular(path) {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot open");
                 return;
             }
         };
-        let Ok(meta) = file.metadata() else { return };
         let id = FileId::of(&meta);
         let name = path.to_string_lossy().into_owned();
         let options = &self.sources[source].options;
@@ -477,7 +476,9 @@ impl Discovery {
             let Ok(permit) = self.pipes.open_files.clone().acquire_owned().await else {
                 return;
             };
-            let Ok(file) = File::open(&p) else { continue };
+            let Some((file, _)) = open_identity(&p, cp.id) else {
+                continue;
+            };
             if !generation::belongs(&file, cp.id, &cp.generation) {
                 self.pipes.checkpoints.remove(cp.id);
                 continue;
