@@ -430,3 +430,46 @@ fn a_named_pipe_beside_the_logs_never_hangs_a_pipeline() {
         &agg, "h", &other
     )));
 }
+
+/// A file truncated and written past where the agent had read, all while the agent did not
+/// look (stopped here by SIGSTOP; in life, parked for hours behind an unreachable
+/// aggregator): its size never falls below the read position, so only its first line tells
+/// that it is a new generation. Before the fix the agent read on from the old position:
+/// the old generation's last lines (in the copy) and the new one's first were never
+/// shipped, and the new content was stored as the old generation's next lines.
+#[test]
+fn a_truncation_hidden_by_regrowth_still_starts_a_new_generation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
+    let log = logs.join("app.log");
+    append_lines(&log, "first life", 0..100);
+    let agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+
+    agent.proc.signal("STOP");
+    // copytruncate, with lines the agent has not read yet, then more than was read.
+    append_lines(&log, "first life, unread", 100..150);
+    let copy = logs.join("app.log.1");
+    std::fs::copy(&log, &copy).expect("copy");
+    let old_full = std::fs::read(&copy).expect("read copy");
+    std::fs::write(&log, b"").expect("truncate");
+    append_lines(&log, "second life", 0..400);
+    assert!(std::fs::metadata(&log).expect("stat").len() > old_full.len() as u64);
+    agent.proc.signal("CONT");
+
+    let name = log.to_string_lossy().into_owned();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let gens = generations(&agg, "h", &name);
+            gens.len() == 2
+                && agg
+                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+                    .is_ok_and(|b| b == old_full)
+                && shipped_exactly(&agg, "h", &log)
+        }),
+        "old generation finished from the copy, new one shipped whole: {:?}",
+        generations(&agg, "h", &name)
+    );
+}

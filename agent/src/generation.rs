@@ -48,20 +48,34 @@ pub fn derive(file: &File, id: FileId, allow_partial: bool) -> std::io::Result<O
 /// Whether `file` starts with the content generation `generation` was named from,
 /// whatever its identity (a copy made by copytruncate does).
 pub fn same_content(file: &File, generation: &str) -> bool {
+    starts_as(file, generation).unwrap_or(false)
+}
+
+/// As [`same_content`], with a read error as an error rather than "no": a tailer asks this
+/// of the file it is reading, and must not start a new generation because a read failed.
+pub fn starts_as(file: &File, generation: &str) -> std::io::Result<bool> {
     let mut parts = generation.rsplitn(3, '-');
     let (Some(hash), Some(len)) = (parts.next(), parts.next()) else {
-        return false;
+        return Ok(false);
     };
     let (Ok(hash), Ok(len)) = (
         u64::from_str_radix(hash, 16),
         usize::from_str_radix(len, 16),
     ) else {
-        return false;
+        return Ok(false);
     };
-    match head(file) {
-        Ok(h) if h.len() >= len && len > 0 => xxhash_rust::xxh3::xxh3_64(&h[..len]) == hash,
-        _ => false,
+    if len == 0 || len > FINGERPRINT_BYTES {
+        return Ok(false);
     }
+    let mut buf = [0u8; FINGERPRINT_BYTES];
+    let mut n = 0;
+    while n < len {
+        match file.read_at(&mut buf[n..len], n as u64)? {
+            0 => return Ok(false),
+            k => n += k,
+        }
+    }
+    Ok(xxhash_rust::xxh3::xxh3_64(&buf[..len]) == hash)
 }
 
 /// Whether `file` (identity `id`) is still in generation `generation`: same identity and
@@ -108,5 +122,25 @@ mod tests {
         f.set_len(0).expect("truncate");
         f.write_all(b"new first line\n").expect("write");
         assert!(!belongs(&r, id, &full), "truncated and rewritten");
+    }
+
+    #[test]
+    fn starts_as_sees_a_rewrite_that_is_longer_than_the_old_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"first line\nsecond\n").expect("write");
+        let r = File::open(&p).expect("open");
+        let g = derive(&r, FileId { dev: 1, ino: 2 }, false)
+            .expect("derive")
+            .expect("id");
+        assert!(starts_as(&r, &g).expect("read"));
+        std::fs::write(&p, b"other line\n".repeat(100)).expect("rewrite");
+        assert!(
+            !starts_as(&r, &g).expect("read"),
+            "same size or larger, other content"
+        );
+        std::fs::write(&p, b"first").expect("shorter than the first line");
+        assert!(!starts_as(&r, &g).expect("read"));
+        assert!(!starts_as(&r, "not-an-id").expect("read"));
     }
 }

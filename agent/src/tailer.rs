@@ -34,6 +34,10 @@ const CHUNK_BYTES: usize = 16 * 1024;
 /// Budget reserved before reading into a chunk: a chunk closes past `CHUNK_BYTES`, at most
 /// one read (16 KiB) later.
 const RESERVE_BYTES: usize = 2 * CHUNK_BYTES;
+/// A wait for the batcher or the budget this long may have let the file be truncated and
+/// rewritten unseen: its first line is checked before reading on. (Every turn begins with
+/// that check too.)
+const RECHECK_AFTER_WAIT: Duration = Duration::from_millis(10);
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
 
@@ -373,7 +377,7 @@ impl Tailer {
             return Ok(ReadOutcome::Eof);
         };
         let size = file.metadata()?.len();
-        if size < self.read_pos {
+        if size < self.read_pos || self.rewritten()? {
             // copytruncate: lines written between our last read and the truncation are
             // only in the copy. Finish them from there before starting the new generation.
             if let Err(e) = self.drain_copy(out).await {
@@ -424,8 +428,12 @@ impl Tailer {
                         return Ok(ReadOutcome::Closed);
                     }
                 }
+                let waiting = Instant::now();
                 if out.reserve(RESERVE_BYTES).await.is_err() {
                     return Ok(ReadOutcome::Closed);
+                }
+                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten()? {
+                    break;
                 }
                 buf = crate::buffers::take();
                 continue;
@@ -443,8 +451,12 @@ impl Tailer {
                 // budget: buffers follow reads in progress, not files waiting.
                 drop(buf);
                 let next = Chunk::new(generation.clone(), self.line);
+                let waiting = Instant::now();
                 if out.add(std::mem::replace(&mut chunk, next)).await.is_err() {
                     return Ok(ReadOutcome::Closed);
+                }
+                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten()? {
+                    break;
                 }
                 buf = crate::buffers::take();
             }
@@ -582,6 +594,19 @@ impl Tailer {
 
     /// The file shrank below what was read: copytruncate or a truncation. What follows is a
     /// new generation, numbered from 0.
+    /// Whether the file no longer starts as the generation being read: truncated and
+    /// written past the read position while this tailer did not look (parked behind an
+    /// unreachable aggregator for hours, say). Its size alone cannot tell; its first line
+    /// can, unless the new content begins with the very same line.
+    fn rewritten(&self) -> std::io::Result<bool> {
+        match (&self.file, &self.generation) {
+            (Some((file, _)), Some(generation)) if self.read_pos > 0 => {
+                Ok(!generation::starts_as(file, generation)?)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn truncated(&mut self, size: u64) {
         tracing::info!(file = %self.name, size, read = self.read_pos, "file truncated; starting a new generation");
         self.env.metrics.truncations.inc();
