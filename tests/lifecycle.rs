@@ -473,3 +473,49 @@ fn a_truncation_hidden_by_regrowth_still_starts_a_new_generation() {
         generations(&agg, "h", &name)
     );
 }
+
+/// copytruncate while the agent is stopped, with lines it had not shipped: on restart its
+/// checkpoint no longer belongs to the file, and the unshipped lines are only in the copy.
+/// They finish the old generation before the new one starts, as when the agent runs.
+#[test]
+fn copytruncate_while_the_agent_is_stopped_finishes_the_old_generation_from_the_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
+    let log = logs.join("app.log");
+    append_lines(&log, "first life", 0..300);
+    let mut agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    agent.proc.signal("TERM");
+    agent
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent stops");
+
+    append_lines(
+        &log,
+        "first life, written while the agent was down",
+        300..420,
+    );
+    let copy = logs.join("app.log.1");
+    std::fs::copy(&log, &copy).expect("copy");
+    let old_full = std::fs::read(&copy).expect("read copy");
+    std::fs::write(&log, b"").expect("truncate");
+    append_lines(&log, "second life", 0..50);
+
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let gens = generations(&agg, "h", &name);
+            gens.len() == 2
+                && agg
+                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+                    .is_ok_and(|b| b == old_full)
+                && shipped_exactly(&agg, "h", &log)
+        }),
+        "old generation finished from the copy, new one shipped: {:?}",
+        generations(&agg, "h", &name)
+    );
+}

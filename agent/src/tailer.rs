@@ -190,10 +190,19 @@ impl Tailer {
                 t.line = cp.line;
                 t.generation = Some(Arc::from(cp.generation.as_str()));
             }
-            Start::Checkpoint(cp) => {
-                tracing::info!(file = %t.name, old = %cp.generation, "checkpoint belongs to another generation; reading from the start");
-                t.generation = generation.map(Arc::from);
+            Start::Checkpoint(cp) if cp.offset > 0 => {
+                // Truncated (or its inode reused) while the agent was stopped. Resume the old
+                // generation where it stood: the first read sees the file no longer starts
+                // as it did, finishes that generation from a copytruncate copy beside it if
+                // there is one (lines written before the truncation are only there), then
+                // starts the new generation from 0 — what a running tailer does.
+                tracing::info!(file = %t.name, old = %cp.generation, "checkpoint belongs to another generation; finishing it from a copy if there is one, then reading from the start");
+                t.read_pos = cp.offset;
+                t.line_start = cp.offset;
+                t.line = cp.line;
+                t.generation = Some(Arc::from(cp.generation.as_str()));
             }
+            Start::Checkpoint(_) => t.generation = generation.map(Arc::from),
             Start::Fresh(ReadFrom::Beginning) => t.generation = generation.map(Arc::from),
             Start::Fresh(ReadFrom::End) => {
                 t.generation = generation.map(Arc::from);
