@@ -519,3 +519,67 @@ fn copytruncate_while_the_agent_is_stopped_finishes_the_old_generation_from_the_
         generations(&agg, "h", &name)
     );
 }
+
+/// A log whose every life begins with the same header line (a CSV header, a banner): its
+/// generations cannot be told apart by their first line, which names them. Truncated
+/// (copytruncate) or deleted and created again — where the new file often gets the old
+/// one's inode — the new life must not be stored over the old one's lines.
+#[test]
+fn lives_that_begin_with_the_same_header_line_are_kept_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
+    let log = logs.join("metrics.csv.log");
+    let header = b"timestamp,host,value\n";
+    let life = |n: usize, rows: std::ops::Range<usize>| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open");
+        for i in rows {
+            writeln!(f, "2026-11-30T00:00:{i:05},life-{n},{}", i * 7).expect("write");
+        }
+    };
+    std::fs::write(&log, header).expect("header");
+    life(1, 0..300);
+    let _agent = Agent::start(&cfg);
+    let name = log.to_string_lossy().into_owned();
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    let mut lives = vec![std::fs::read(&log).expect("read")];
+
+    // copytruncate: the copy is kept beside the file, the file starts over with its header.
+    std::fs::copy(&log, logs.join("metrics.csv.log.1")).expect("copy");
+    std::fs::write(&log, header).expect("truncate to the header");
+    life(2, 0..100);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    lives.push(std::fs::read(&log).expect("read"));
+
+    // Deleted and created again (often on the same inode).
+    std::fs::remove_file(&log).expect("delete");
+    std::fs::write(&log, header).expect("create");
+    life(3, 0..50);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+    lives.push(std::fs::read(&log).expect("read"));
+
+    let stored = |gens: &[(String, u64)]| -> Vec<Vec<u8>> {
+        gens.iter()
+            .map(|(g, _)| {
+                agg.log("h", &name, &format!("&generation={}", enc(g)))
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || stored(&generations(
+            &agg, "h", &name
+        )) == lives),
+        "three generations, each byte-identical to its life: {:?}",
+        generations(&agg, "h", &name)
+    );
+}

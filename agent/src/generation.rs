@@ -2,12 +2,20 @@
 //! the same content (an agent restarted without its state) yields the same id and a resend
 //! overwrites identical cells instead of duplicating them.
 //!
-//! Format: `{dev:x}-{ino:x}-{len:x}-{xxh3 of the first len bytes:016x}`, where `len` covers
-//! the first line with its `\n` (at most 1 KiB). A file whose first line stays incomplete
-//! past `partial_line_timeout` is named from what it holds then; the length in the id lets
-//! the same prefix be checked again later.
+//! Format: `{dev:x}-{ino:x}-{life}-{len:x}-{xxh3 of the first len bytes:016x}`, where `len`
+//! covers the first line with its `\n` (at most 1 KiB). A file whose first line stays
+//! incomplete past `partial_line_timeout` is named from what it holds then; the length in the
+//! id lets the same prefix be checked again later.
+//!
+//! The first line alone cannot tell lives apart that begin with the same line (a CSV header,
+//! a banner): a truncated file, or one deleted and created again on the same inode, got its
+//! old life's id, and its lines were stored over the old ones. `life` tells them apart: `b`
+//! and the file's birth time in nanoseconds (a new inode, even a reused one, is born anew;
+//! left out where the filesystem has no birth time), then `t` and a count when a truncation
+//! would otherwise repeat the id of the life before it. Ids from before (`dev-ino-len-hash`)
+//! are still read: a file named so keeps its name.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::os::unix::fs::FileExt;
 
 use crate::checkpoint::FileId;
@@ -39,10 +47,98 @@ pub fn derive(file: &File, id: FileId, allow_partial: bool) -> std::io::Result<O
         None => return Ok(None),
     };
     let hash = xxhash_rust::xxh3::xxh3_64(&head[..len]);
+    let life = birth(&file.metadata()?).map_or(String::new(), |b| format!("b{b:x}-"));
     Ok(Some(format!(
-        "{:x}-{:x}-{len:x}-{hash:016x}",
+        "{:x}-{:x}-{life}{len:x}-{hash:016x}",
         id.dev, id.ino
     )))
+}
+
+/// The file's birth time in nanoseconds, where the filesystem keeps one.
+fn birth(meta: &Metadata) -> Option<u128> {
+    let t = meta.created().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
+}
+
+/// An id taken apart.
+#[derive(Debug, PartialEq, Eq)]
+struct Parts<'a> {
+    dev: &'a str,
+    ino: &'a str,
+    /// Birth time as written (hex nanoseconds), if the id has one.
+    birth: Option<&'a str>,
+    /// Truncations that would have repeated the id of the life before.
+    count: u64,
+    len: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> Parts<'a> {
+    fn parse(generation: &'a str) -> Option<Self> {
+        let p: Vec<&str> = generation.split('-').collect();
+        let (dev, ino, life, len, hash) = match p[..] {
+            [dev, ino, len, hash] => (dev, ino, "", len, hash),
+            [dev, ino, life, len, hash] => (dev, ino, life, len, hash),
+            _ => return None,
+        };
+        let (birth, count) = match life.split_once('t') {
+            Some((b, t)) => (b, t.parse().ok()?),
+            None => (life, 0),
+        };
+        let birth = match birth {
+            "" => None,
+            b => Some(b.strip_prefix('b')?),
+        };
+        Some(Parts {
+            dev,
+            ino,
+            birth,
+            count,
+            len,
+            hash,
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut life = self.birth.map_or(String::new(), |b| format!("b{b}"));
+        if self.count > 0 {
+            life.push_str(&format!("t{}", self.count));
+        }
+        if life.is_empty() {
+            format!("{}-{}-{}-{}", self.dev, self.ino, self.len, self.hash)
+        } else {
+            format!(
+                "{}-{}-{life}-{}-{}",
+                self.dev, self.ino, self.len, self.hash
+            )
+        }
+    }
+}
+
+/// The id for a file's new life after a truncation: `derived` as it is, unless it repeats
+/// the id of the life before (same inode, birth and first line), then with the next count.
+pub fn after_truncation(derived: String, previous: &str) -> String {
+    let (Some(new), Some(old)) = (Parts::parse(&derived), Parts::parse(previous)) else {
+        return derived;
+    };
+    let same = |a: &Parts, b: &Parts| Parts { count: 0, ..*a } == Parts { count: 0, ..*b };
+    if !same(&new, &old) {
+        return derived;
+    }
+    Parts {
+        count: old.count + 1,
+        ..new
+    }
+    .render()
+}
+
+/// Whether the file is the one born when `generation` was named (true where the id or the
+/// filesystem has no birth time): a file deleted and created again on the same inode is not.
+pub fn same_birth(meta: &Metadata, generation: &str) -> bool {
+    match (Parts::parse(generation).and_then(|p| p.birth), birth(meta)) {
+        (Some(named), Some(now)) => u128::from_str_radix(named, 16).ok() == Some(now),
+        _ => true,
+    }
 }
 
 /// Whether `file` starts with the content generation `generation` was named from,
@@ -81,7 +177,9 @@ pub fn starts_as(file: &File, generation: &str) -> std::io::Result<bool> {
 /// Whether `file` (identity `id`) is still in generation `generation`: same identity and
 /// same first bytes. False after inode reuse or a truncation.
 pub fn belongs(file: &File, id: FileId, generation: &str) -> bool {
-    generation.starts_with(&format!("{:x}-{:x}-", id.dev, id.ino)) && same_content(file, generation)
+    generation.starts_with(&format!("{:x}-{:x}-", id.dev, id.ino))
+        && same_content(file, generation)
+        && file.metadata().is_ok_and(|m| same_birth(&m, generation))
 }
 
 #[cfg(test)]
@@ -142,5 +240,76 @@ mod tests {
         std::fs::write(&p, b"first").expect("shorter than the first line");
         assert!(!starts_as(&r, &g).expect("read"));
         assert!(!starts_as(&r, "not-an-id").expect("read"));
+    }
+
+    #[test]
+    fn a_new_life_that_repeats_the_id_before_it_is_counted() {
+        let born = "fe00-9a-b18ec-13-00000000000000aa";
+        assert_eq!(
+            after_truncation(born.to_owned(), born),
+            "fe00-9a-b18ect1-13-00000000000000aa"
+        );
+        assert_eq!(
+            after_truncation(born.to_owned(), "fe00-9a-b18ect1-13-00000000000000aa"),
+            "fe00-9a-b18ect2-13-00000000000000aa"
+        );
+        let other_line = "fe00-9a-b18ec-13-00000000000000bb";
+        assert_eq!(after_truncation(other_line.to_owned(), born), other_line);
+        let reborn = "fe00-9a-b18ed-13-00000000000000aa";
+        assert_eq!(after_truncation(reborn.to_owned(), born), reborn);
+        // Ids of before the birth time, and filesystems without one.
+        let old = "fe00-9a-13-00000000000000aa";
+        assert_eq!(
+            after_truncation(old.to_owned(), old),
+            "fe00-9a-t1-13-00000000000000aa"
+        );
+        assert_eq!(
+            after_truncation(old.to_owned(), "fe00-9a-t1-13-00000000000000aa"),
+            "fe00-9a-t2-13-00000000000000aa"
+        );
+        assert_eq!(after_truncation("garbage".to_owned(), old), "garbage");
+    }
+
+    #[test]
+    fn ids_carry_the_birth_and_a_file_born_again_is_another_life() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"header\n").expect("write");
+        let f = File::open(&p).expect("open");
+        let meta = f.metadata().expect("stat");
+        let g = derive(&f, FileId::of(&meta), false)
+            .expect("derive")
+            .expect("id");
+        assert!(same_birth(&meta, &g));
+        assert!(belongs(&f, FileId::of(&meta), &g));
+        assert!(
+            same_birth(&meta, "fe00-9a-13-00000000000000aa"),
+            "no birth in the id"
+        );
+        if meta.created().is_err() {
+            return; // this filesystem keeps no birth time: ids are as before
+        }
+        assert!(
+            g.split('-').nth(2).is_some_and(|l| l.starts_with('b')),
+            "{g}"
+        );
+        // Deleted and created again with the same first line. The kernel's file times
+        // are coarse (a clock tick of a few ms), so create until the birth time moves on.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let again = loop {
+            std::fs::remove_file(&p).expect("delete");
+            std::fs::write(&p, b"header\n").expect("create");
+            let m = std::fs::metadata(&p).expect("stat");
+            if m.created().ok() != meta.created().ok() {
+                break m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "birth time never moved"
+            );
+        };
+        assert!(!same_birth(&again, &g), "born again: another life");
+        let f2 = File::open(&p).expect("open");
+        assert!(!belongs(&f2, FileId::of(&again), &g));
     }
 }

@@ -118,6 +118,12 @@ pub struct Tailer {
     id: FileId,
     file: Option<(File, OwnedSemaphorePermit)>,
     generation: Option<Arc<str>>,
+    /// The generation before a truncation, until the new one is named: a new life that
+    /// begins with the same line must not be given its id (`generation::after_truncation`).
+    previous: Option<Arc<str>>,
+    /// Reading a truncated generation's copy (`drain_copy`): another inode, born later, which
+    /// only the first line ties to the generation.
+    reading_copy: bool,
     /// Offset of the next byte to read.
     read_pos: u64,
     /// Offset where the current (incomplete) line starts.
@@ -170,6 +176,8 @@ impl Tailer {
             id,
             file: None,
             generation: None,
+            previous: None,
+            reading_copy: false,
             read_pos: 0,
             line_start: 0,
             line: 0,
@@ -385,8 +393,9 @@ impl Tailer {
         let Some((file, _)) = &mut self.file else {
             return Ok(ReadOutcome::Eof);
         };
-        let size = file.metadata()?.len();
-        if size < self.read_pos || self.rewritten()? {
+        let meta = file.metadata()?;
+        let size = meta.len();
+        if size < self.read_pos || self.rewritten(&meta)? {
             // copytruncate: lines written between our last read and the truncation are
             // only in the copy. Finish them from there before starting the new generation.
             if let Err(e) = self.drain_copy(out).await {
@@ -407,6 +416,10 @@ impl Tailer {
             let allow_partial = waited.elapsed() >= self.env.options.partial_line_timeout;
             match generation::derive(file, self.id, allow_partial)? {
                 Some(g) => {
+                    let g = match self.previous.take() {
+                        Some(previous) => generation::after_truncation(g, &previous),
+                        None => g,
+                    };
                     self.generation = Some(Arc::from(g));
                     self.unnamed_since = None;
                 }
@@ -441,7 +454,7 @@ impl Tailer {
                 if out.reserve(RESERVE_BYTES).await.is_err() {
                     return Ok(ReadOutcome::Closed);
                 }
-                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten()? {
+                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten_now()? {
                     break;
                 }
                 buf = crate::buffers::take();
@@ -464,7 +477,7 @@ impl Tailer {
                 if out.add(std::mem::replace(&mut chunk, next)).await.is_err() {
                     return Ok(ReadOutcome::Closed);
                 }
-                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten()? {
+                if waiting.elapsed() >= RECHECK_AFTER_WAIT && self.rewritten_now()? {
                     break;
                 }
                 buf = crate::buffers::take();
@@ -582,6 +595,7 @@ impl Tailer {
                 return Ok(false);
             };
             let original = std::mem::replace(file, copy);
+            self.reading_copy = true;
             let mut result = Ok(true);
             loop {
                 match Box::pin(self.read_available(out)).await {
@@ -593,6 +607,7 @@ impl Tailer {
                     }
                 }
             }
+            self.reading_copy = false;
             if let Some((file, _)) = &mut self.file {
                 *file = original;
             }
@@ -601,21 +616,31 @@ impl Tailer {
         Ok(false)
     }
 
-    /// The file shrank below what was read: copytruncate or a truncation. What follows is a
-    /// new generation, numbered from 0.
     /// Whether the file no longer starts as the generation being read: truncated and
     /// written past the read position while this tailer did not look (parked behind an
     /// unreachable aggregator for hours, say). Its size alone cannot tell; its first line
     /// can, unless the new content begins with the very same line.
-    fn rewritten(&self) -> std::io::Result<bool> {
+    /// A file deleted and created again on the same inode is caught by its birth time
+    /// (`meta` is the open file's), whatever its first line.
+    fn rewritten(&self, meta: &std::fs::Metadata) -> std::io::Result<bool> {
         match (&self.file, &self.generation) {
-            (Some((file, _)), Some(generation)) if self.read_pos > 0 => {
-                Ok(!generation::starts_as(file, generation)?)
+            (Some((file, _)), Some(generation)) if self.read_pos > 0 && !self.reading_copy => {
+                Ok(!generation::same_birth(meta, generation)
+                    || !generation::starts_as(file, generation)?)
             }
             _ => Ok(false),
         }
     }
 
+    fn rewritten_now(&self) -> std::io::Result<bool> {
+        match &self.file {
+            Some((file, _)) => self.rewritten(&file.metadata()?),
+            None => Ok(false),
+        }
+    }
+
+    /// The file shrank below what was read, or was rewritten: copytruncate or a truncation.
+    /// What follows is a new generation, numbered from 0.
     fn truncated(&mut self, size: u64) {
         tracing::info!(file = %self.name, size, read = self.read_pos, "file truncated; starting a new generation");
         self.env.metrics.truncations.inc();
@@ -625,7 +650,7 @@ impl Tailer {
         self.pending.clear();
         self.overflow = false;
         self.partial_sent = None;
-        self.generation = None;
+        self.previous = self.generation.take().or(self.previous.take());
     }
 }
 
