@@ -583,3 +583,63 @@ fn lives_that_begin_with_the_same_header_line_are_kept_apart() {
         generations(&agg, "h", &name)
     );
 }
+
+/// copytruncate of a log whose lives share their first line, with older copies beside it
+/// (`rotate 20`): every copy starts as the current generation does, and only the newest holds
+/// its rest. Reading the rest from an older copy stored another day's lines as this one's.
+#[test]
+fn copytruncate_finishes_from_the_newest_copy_when_older_ones_share_the_first_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
+    let log = logs.join("table.log");
+    let header = b"timestamp,host,value\n".to_vec();
+    let rows = |life: usize, range: std::ops::Range<usize>| {
+        let mut out = Vec::new();
+        for i in range {
+            writeln!(out, "2026-11-{life:02}T00:00:{i:05},h,{}", i * 3).expect("fmt");
+        }
+        out
+    };
+    // Older copies from earlier rotations: same header, longer than today's file will be.
+    for n in 2..22 {
+        let mut old = header.clone();
+        old.extend(rows(n, 0..1000));
+        std::fs::write(logs.join(format!("table.log.{n}")), old).expect("older copy");
+    }
+    let mut today = header.clone();
+    today.extend(rows(1, 0..300));
+    std::fs::write(&log, &today).expect("write");
+    let agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &log
+    )));
+
+    agent.proc.signal("STOP");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open");
+    f.write_all(&rows(1, 300..400)).expect("unread rows");
+    drop(f);
+    let copy = logs.join("table.log.1");
+    std::fs::copy(&log, &copy).expect("copy");
+    let old_full = std::fs::read(&copy).expect("read copy");
+    let mut fresh = header.clone();
+    fresh.extend(rows(30, 0..20));
+    std::fs::write(&log, &fresh).expect("truncate and write");
+    agent.proc.signal("CONT");
+
+    let name = log.to_string_lossy().into_owned();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let gens = generations(&agg, "h", &name);
+            gens.len() == 2
+                && agg
+                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+                    .is_ok_and(|b| b == old_full)
+                && shipped_exactly(&agg, "h", &log)
+        }),
+        "old generation finished from table.log.1: {:?}",
+        generations(&agg, "h", &name)
+    );
+}

@@ -38,6 +38,8 @@ const RESERVE_BYTES: usize = 2 * CHUNK_BYTES;
 /// rewritten unseen: its first line is checked before reading on. (Every turn begins with
 /// that check too.)
 const RECHECK_AFTER_WAIT: Duration = Duration::from_millis(10);
+/// Bytes of the end of what was read that a truncated generation's copy must match.
+const TAIL_BYTES: usize = 64;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
 
@@ -124,6 +126,9 @@ pub struct Tailer {
     /// Reading a truncated generation's copy (`drain_copy`): another inode, born later, which
     /// only the first line ties to the generation.
     reading_copy: bool,
+    /// The last bytes read before `read_pos` (up to [`TAIL_BYTES`]; none yet after a start
+    /// from a checkpoint): a truncated generation's copy must hold them there too.
+    tail: Vec<u8>,
     /// Offset of the next byte to read.
     read_pos: u64,
     /// Offset where the current (incomplete) line starts.
@@ -178,6 +183,7 @@ impl Tailer {
             generation: None,
             previous: None,
             reading_copy: false,
+            tail: Vec::new(),
             read_pos: 0,
             line_start: 0,
             line: 0,
@@ -547,6 +553,7 @@ impl Tailer {
             self.pending_since = Instant::now();
         }
         self.read_pos = base + n as u64;
+        self.remember_tail(data);
         self.env
             .metrics
             .lines_read(&self.name, chunk.ends.len() as u64);
@@ -578,8 +585,12 @@ impl Tailer {
         let Some(generation) = self.generation.clone() else {
             return Ok(false);
         };
+        // Older copies of a log whose lives share their first line (a header) start as this
+        // generation does too: the copy must also hold the last bytes read where they were
+        // read, and of several that do, the newest (the one just made) is taken.
         let candidates = regular_siblings(&self.path)
             .filter(|(_, meta)| FileId::of(meta) != self.id && meta.len() > self.read_pos);
+        let mut best: Option<(std::time::SystemTime, PathBuf, File)> = None;
         for (p, _) in candidates {
             let Ok((copy, meta)) = open_regular(&p) else {
                 continue;
@@ -587,9 +598,18 @@ impl Tailer {
             if FileId::of(&meta) == self.id || meta.len() <= self.read_pos {
                 continue;
             }
-            if !generation::same_content(&copy, &generation) {
+            if !generation::same_content(&copy, &generation) || !self.holds_tail(&copy) {
                 continue;
             }
+            let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            if best
+                .as_ref()
+                .is_none_or(|(newest, _, _)| modified > *newest)
+            {
+                best = Some((modified, p, copy));
+            }
+        }
+        if let Some((_, p, copy)) = best {
             tracing::info!(file = %self.name, copy = %p.display(), "reading the rest of the truncated generation from its copy");
             let Some((file, _)) = &mut self.file else {
                 return Ok(false);
@@ -614,6 +634,30 @@ impl Tailer {
             return result;
         }
         Ok(false)
+    }
+
+    /// Keeps the last [`TAIL_BYTES`] of what was read, `data` having just been read.
+    fn remember_tail(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_BYTES {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&data[data.len() - TAIL_BYTES..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            let extra = self.tail.len().saturating_sub(TAIL_BYTES);
+            self.tail.drain(..extra);
+        }
+    }
+
+    /// Whether `copy` holds the last bytes read where they were read (true when they are not
+    /// known, after a start from a checkpoint).
+    fn holds_tail(&self, copy: &File) -> bool {
+        if self.tail.is_empty() {
+            return true;
+        }
+        let mut there = vec![0u8; self.tail.len()];
+        let at = self.read_pos - self.tail.len() as u64;
+        copy.read_exact_at(&mut there, at).is_ok() && there == self.tail
     }
 
     /// Whether the file no longer starts as the generation being read: truncated and
@@ -645,6 +689,7 @@ impl Tailer {
         tracing::info!(file = %self.name, size, read = self.read_pos, "file truncated; starting a new generation");
         self.env.metrics.truncations.inc();
         self.read_pos = 0;
+        self.tail.clear();
         self.line_start = 0;
         self.line = 0;
         self.pending.clear();
