@@ -79,6 +79,53 @@ fn all_generations(agg: &Aggregator, host: &str, file: &str) -> Vec<u8> {
     out
 }
 
+/// Waits until `log` (host `h`) is stored as two generations: the first byte-identical to
+/// `old`, the second to the file as it is now.
+fn assert_old_and_new_generations(agg: &Aggregator, log: &Path, old: &[u8], what: &str) {
+    let name = log.to_string_lossy();
+    let stored = || {
+        let gens = generations(agg, "h", &name);
+        gens.len() == 2
+            && agg
+                .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
+                .is_ok_and(|b| b == old)
+            && shipped_exactly(agg, "h", log)
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), stored),
+        "{what}: {:?}",
+        generations(agg, "h", &name)
+    );
+}
+
+/// Runs an agent until `log` is shipped, then stops it (SIGTERM).
+fn ship_then_stop(agg: &Aggregator, cfg: &Path, log: &Path) {
+    let mut agent = Agent::start(cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        agg, "h", log
+    )));
+    agent.proc.signal("TERM");
+    agent
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("agent stops");
+}
+
+/// While the agent does not look: `unread` more lines of the first life, a copytruncate to
+/// `LOG.1`, then `second` lines of the new life. Returns the copy's bytes.
+fn copytruncate_unseen(
+    log: &Path,
+    unread: std::ops::Range<usize>,
+    second: std::ops::Range<usize>,
+) -> Vec<u8> {
+    append_lines(log, "first life, unread", unread);
+    let copy = log.with_extension("log.1");
+    std::fs::copy(log, &copy).expect("copy");
+    std::fs::write(log, b"").expect("truncate");
+    append_lines(log, "second life", second);
+    std::fs::read(&copy).expect("read copy")
+}
+
 fn logrotate(dir: &Path, log: &Path, mode: &str) {
     let conf = dir.join("logrotate.conf");
     std::fs::write(
@@ -271,15 +318,7 @@ fn rotation_while_the_agent_is_stopped_finishes_the_old_file_first() {
     let (agg, logs, cfg) = start_pair(dir.path(), "", "rotate_wait = \"200ms\"");
     let log = logs.join("app.log");
     append_lines(&log, "before", 0..1000);
-    let mut agent = Agent::start(&cfg);
-    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
-        &agg, "h", &log
-    )));
-    agent.proc.signal("TERM");
-    agent
-        .proc
-        .wait_exit(Duration::from_secs(20))
-        .expect("agent stops");
+    ship_then_stop(&agg, &cfg, &log);
     // While the agent is down: the app writes more, then the file is rotated away
     // (to a name the glob does not match) and a new one begins.
     append_lines(&log, "late in the old file", 1000..1500);
@@ -287,19 +326,12 @@ fn rotation_while_the_agent_is_stopped_finishes_the_old_file_first() {
     std::fs::rename(&log, &rotated).expect("rotate");
     append_lines(&log, "new file", 0..200);
     let _agent = Agent::start(&cfg);
-    let name = log.to_string_lossy().into_owned();
     let old_full = std::fs::read(&rotated).expect("read rotated");
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let gens = generations(&agg, "h", &name);
-            gens.len() == 2
-                && agg
-                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
-                    .is_ok_and(|b| b == old_full)
-                && shipped_exactly(&agg, "h", &log)
-        }),
-        "old generation finished from the renamed file, new one shipped: {:?}",
-        generations(&agg, "h", &name)
+    assert_old_and_new_generations(
+        &agg,
+        &log,
+        &old_full,
+        "old generation finished from the renamed file, new one shipped",
     );
 }
 
@@ -449,28 +481,16 @@ fn a_truncation_hidden_by_regrowth_still_starts_a_new_generation() {
     )));
 
     agent.proc.signal("STOP");
-    // copytruncate, with lines the agent has not read yet, then more than was read.
-    append_lines(&log, "first life, unread", 100..150);
-    let copy = logs.join("app.log.1");
-    std::fs::copy(&log, &copy).expect("copy");
-    let old_full = std::fs::read(&copy).expect("read copy");
-    std::fs::write(&log, b"").expect("truncate");
-    append_lines(&log, "second life", 0..400);
+    // More than was read before the truncation.
+    let old_full = copytruncate_unseen(&log, 100..150, 0..400);
     assert!(std::fs::metadata(&log).expect("stat").len() > old_full.len() as u64);
     agent.proc.signal("CONT");
 
-    let name = log.to_string_lossy().into_owned();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let gens = generations(&agg, "h", &name);
-            gens.len() == 2
-                && agg
-                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
-                    .is_ok_and(|b| b == old_full)
-                && shipped_exactly(&agg, "h", &log)
-        }),
-        "old generation finished from the copy, new one shipped whole: {:?}",
-        generations(&agg, "h", &name)
+    assert_old_and_new_generations(
+        &agg,
+        &log,
+        &old_full,
+        "old generation finished from the copy, new one shipped whole",
     );
 }
 
@@ -483,40 +503,16 @@ fn copytruncate_while_the_agent_is_stopped_finishes_the_old_generation_from_the_
     let (agg, logs, cfg) = start_pair(dir.path(), "", "");
     let log = logs.join("app.log");
     append_lines(&log, "first life", 0..300);
-    let mut agent = Agent::start(&cfg);
-    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
-        &agg, "h", &log
-    )));
-    agent.proc.signal("TERM");
-    agent
-        .proc
-        .wait_exit(Duration::from_secs(20))
-        .expect("agent stops");
+    ship_then_stop(&agg, &cfg, &log);
 
-    append_lines(
-        &log,
-        "first life, written while the agent was down",
-        300..420,
-    );
-    let copy = logs.join("app.log.1");
-    std::fs::copy(&log, &copy).expect("copy");
-    let old_full = std::fs::read(&copy).expect("read copy");
-    std::fs::write(&log, b"").expect("truncate");
-    append_lines(&log, "second life", 0..50);
+    let old_full = copytruncate_unseen(&log, 300..420, 0..50);
 
     let _agent = Agent::start(&cfg);
-    let name = log.to_string_lossy().into_owned();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let gens = generations(&agg, "h", &name);
-            gens.len() == 2
-                && agg
-                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
-                    .is_ok_and(|b| b == old_full)
-                && shipped_exactly(&agg, "h", &log)
-        }),
-        "old generation finished from the copy, new one shipped: {:?}",
-        generations(&agg, "h", &name)
+    assert_old_and_new_generations(
+        &agg,
+        &log,
+        &old_full,
+        "old generation finished from the copy, new one shipped",
     );
 }
 
@@ -629,17 +625,10 @@ fn copytruncate_finishes_from_the_newest_copy_when_older_ones_share_the_first_li
     std::fs::write(&log, &fresh).expect("truncate and write");
     agent.proc.signal("CONT");
 
-    let name = log.to_string_lossy().into_owned();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let gens = generations(&agg, "h", &name);
-            gens.len() == 2
-                && agg
-                    .log("h", &name, &format!("&generation={}", enc(&gens[0].0)))
-                    .is_ok_and(|b| b == old_full)
-                && shipped_exactly(&agg, "h", &log)
-        }),
-        "old generation finished from table.log.1: {:?}",
-        generations(&agg, "h", &name)
+    assert_old_and_new_generations(
+        &agg,
+        &log,
+        &old_full,
+        "old generation finished from table.log.1",
     );
 }
