@@ -242,3 +242,65 @@ fn symlinks_out_of_the_watched_directories_are_not_followed_by_default() {
         "follow_symlinks = true did not ship the link"
     );
 }
+
+/// A file the agent may not read (an agent running as an operator's user beside root-only
+/// logs): one clear error, not one every poll interval, and it ships once its permissions
+/// change.
+#[test]
+fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(dir.path(), 0o755);
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    chown(&state, Some(65534), Some(65534)).expect("chown state to nobody");
+    let readable = logs.join("app.log");
+    let secret = logs.join("secret.log");
+    append_lines(&readable, "app", 0..20);
+    append_lines(&secret, "root only", 0..20);
+    open(&secret, 0o600);
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let metrics = free_addr();
+    let cfg = config(dir.path(), &agg.url("/store/batch"), "t", &metrics);
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged_as_nobody(&cfg, &log);
+    assert!(wait_until(Duration::from_secs(20), || shipped_exactly(
+        &agg, "h", &readable
+    )));
+    // Ten poll intervals (500 ms each) with the agent shipping meanwhile.
+    let start = std::time::Instant::now();
+    let mut n = 20;
+    while start.elapsed() < Duration::from_secs(5) {
+        append_lines(&readable, "app", n..n + 1);
+        n += 1;
+        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+            &agg, "h", &readable
+        )));
+    }
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    let reports = text
+        .lines()
+        .filter(|l| l.contains("secret.log") && l.to_lowercase().contains("permission denied"))
+        .count();
+    assert_eq!(reports, 1, "reported once, not every poll:\n{text}");
+    assert_eq!(
+        agg.log("h", &secret.to_string_lossy(), ""),
+        Err(404),
+        "nothing of it shipped"
+    );
+    assert!(agent_metric(&metrics, "agent_files_refused_total ") >= 1.0);
+
+    open(&secret, 0o644);
+    assert!(
+        wait_until(Duration::from_secs(20), || shipped_exactly(
+            &agg, "h", &secret
+        )),
+        "readable now, it ships:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

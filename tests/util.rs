@@ -741,12 +741,30 @@ impl Agent {
     /// Starts `agent --config CONFIG` with extra environment variables, its stderr appended
     /// to `log` (read it with `std::fs::read_to_string`).
     pub fn start_logged(config: &Path, env: &[(&str, &str)], log: &Path) -> Agent {
+        Agent::start_logged_with(Command::new(bin("agent")), config, env, log)
+    }
+
+    /// As [`start_logged`](Self::start_logged), as the user `nobody` (`setpriv`, from
+    /// util-linux): for what root may read and an operator's agent may not.
+    pub fn start_logged_as_nobody(config: &Path, log: &Path) -> Agent {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin("agent"));
+        Agent::start_logged_with(cmd, config, &[], log)
+    }
+
+    fn start_logged_with(
+        mut cmd: Command,
+        config: &Path,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Agent {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("open agent log");
-        let child = Command::new(bin("agent"))
+        let child = cmd
             .arg("--config")
             .arg(config)
             .envs(env.iter().copied())

@@ -63,6 +63,17 @@ struct Tracked {
 /// What identifies a directory entry that was refused.
 type RefusedEntry = (u64, u64, u32, i64, i64);
 
+/// What is at `path` now (the link itself, not its target): its device, inode, mode and
+/// change time.
+fn entry_of(path: &Path) -> RefusedEntry {
+    std::fs::symlink_metadata(path)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino(), m.mode(), m.ctime(), m.ctime_nsec())
+        })
+        .unwrap_or_default()
+}
+
 struct Discovery {
     sources: Vec<SourceSettings>,
     pipes: Pipelines,
@@ -312,13 +323,7 @@ impl Discovery {
         // while the same entry is there, so a symlink later replaced by a real file ships.
         // Inode numbers are reused at once (a link deleted and a file created in its place
         // often get the same one), so the entry is its inode, type and change time.
-        let entry = std::fs::symlink_metadata(path)
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.dev(), m.ino(), m.mode(), m.ctime(), m.ctime_nsec())
-            })
-            .unwrap_or_default();
-        if self.refused.get(path) == Some(&entry) {
+        if self.refused.get(path) == Some(&entry_of(path)) {
             return false;
         }
         self.refused.remove(path);
@@ -330,14 +335,20 @@ impl Discovery {
         match verdict {
             Ok(()) => true,
             Err(why) => {
-                tracing::error!(file = %path.display(), reason = %why, "not shipping this file");
-                self.pipes.metrics.files_refused.inc();
-                // Remembered (bounded) so the poll does not log it every interval.
-                if self.refused.len() < 10_000 {
-                    self.refused.insert(path.to_path_buf(), entry);
-                }
+                self.refuse(path, &why);
                 false
             }
+        }
+    }
+
+    /// Reports `path` as not shipped, once: it is remembered (bounded) with its directory
+    /// entry, so the poll does not log it every interval, and tried again once the entry
+    /// changes (a chmod, chown or ACL change moves its change time).
+    fn refuse(&mut self, path: &Path, why: &str) {
+        tracing::error!(file = %path.display(), reason = %why, "not shipping this file");
+        self.pipes.metrics.files_refused.inc();
+        if self.refused.len() < 10_000 {
+            self.refused.insert(path.to_path_buf(), entry_of(path));
         }
     }
 
@@ -411,6 +422,11 @@ impl Discovery {
         };
         let (file, meta) = match open_regular(path) {
             Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                // Every poll would say it again; its permissions changing is what can help.
+                self.refuse(path, &format!("cannot open: {e}"));
+                return;
+            }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot open");
                 return;
