@@ -150,24 +150,35 @@ impl Sender {
         // Batches in flight for this file, oldest first. Several may be in flight so that
         // one slow acknowledgement (a long fsync) does not stall the file; checkpoints
         // still move strictly in order, as each oldest batch completes.
-        let mut in_flight: VecDeque<(tokio::task::JoinHandle<()>, Batch)> = VecDeque::new();
+        // Each keeps its body: a delivery task that panics (a bug below `send`) is not an
+        // acknowledgement, and its batch is delivered again.
+        let mut in_flight: VecDeque<(tokio::task::JoinHandle<()>, Batch, Arc<Vec<u8>>)> =
+            VecDeque::new();
         let mut open = true;
         while open || !in_flight.is_empty() {
             tokio::select! {
                 biased;
                 done = async {
                     match in_flight.front_mut() {
-                        Some((handle, _)) => handle.await,
+                        Some((handle, _, _)) => handle.await,
                         None => std::future::pending().await,
                     }
-                }, if !in_flight.is_empty() => {
-                    if let Err(e) = done {
-                        tracing::error!(file = %this.file, error = %e, "delivery task failed");
+                }, if !in_flight.is_empty() => match done {
+                    Ok(()) => {
+                        if let Some((_, batch, _)) = in_flight.pop_front() {
+                            this.acknowledged(batch);
+                        }
                     }
-                    if let Some((_, batch)) = in_flight.pop_front() {
-                        this.acknowledged(batch);
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(file = %this.file, error = %e, "delivery task panicked (a bug); delivering the batch again");
+                        if let Some((handle, _, body)) = in_flight.front_mut() {
+                            *handle = this.spawn_delivery(body.clone(), true);
+                        }
                     }
-                }
+                    // Cancelled: the runtime is shutting down. The checkpoint stays before
+                    // the batch, which is sent again after a restart.
+                    Err(_) => return,
+                },
                 next = input.recv(), if open && in_flight.len() < WINDOW => match next {
                     Some(mut batch) => {
                         tracing::trace!(file = %this.file, first = batch.first_line, lines = batch.lines, "sending batch");
@@ -176,13 +187,9 @@ impl Sender {
                         let global = this.env.global();
                         global.0.take(u64::from(batch.lines)).await;
                         global.1.take(batch.bytes).await;
-                        let body = std::mem::take(&mut batch.body);
-                        let task = this.clone();
-                        let handle = tokio::spawn(async move {
-                            let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
-                            task.deliver(body, &mut backoff).await;
-                        });
-                        in_flight.push_back((handle, *batch));
+                        let body = Arc::new(std::mem::take(&mut batch.body));
+                        let handle = this.spawn_delivery(body.clone(), false);
+                        in_flight.push_back((handle, *batch, body));
                     }
                     None => open = false,
                 },
@@ -194,6 +201,22 @@ impl Sender {
             tracing::info!(file = %this.file, "rotated file drained and acknowledged");
             this.env.checkpoints.remove(this.id);
         }
+    }
+
+    /// Delivers `body` on a task of its own (after `retry_max` when it is delivered again).
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        body: Arc<Vec<u8>>,
+        again: bool,
+    ) -> tokio::task::JoinHandle<()> {
+        let task = self.clone();
+        tokio::spawn(async move {
+            if again {
+                tokio::time::sleep(task.options.retry_max).await;
+            }
+            let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
+            task.deliver(body, &mut backoff).await;
+        })
     }
 
     /// Moves the checkpoint past an acknowledged batch and releases its budget.
@@ -225,7 +248,7 @@ impl Sender {
     }
 
     /// Delivers a body, splitting on 413 and dead-lettering what is refused.
-    async fn deliver(&self, body: Vec<u8>, backoff: &mut Backoff) {
+    async fn deliver(&self, body: Arc<Vec<u8>>, backoff: &mut Backoff) {
         let mut stack = vec![body];
         while let Some(b) = stack.pop() {
             match self.attempt_until_answered(&b, backoff).await {
@@ -233,8 +256,8 @@ impl Sender {
                 Delivery::TooLarge => match split(&b) {
                     Some((first, second)) => {
                         tracing::info!(file = %self.file, "batch too large for the sink; splitting");
-                        stack.push(second);
-                        stack.push(first);
+                        stack.push(Arc::new(second));
+                        stack.push(Arc::new(first));
                     }
                     None => {
                         self.dead_letter(&b, "a single line is larger than the sink accepts (413)")
@@ -371,5 +394,83 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    /// A sink whose first delivery panics (a bug anywhere under `send`), then acknowledges.
+    struct PanicsOnce(std::sync::atomic::AtomicU32);
+
+    impl Sink for PanicsOnce {
+        fn send<'a>(&'a self, _body: &'a [u8]) -> crate::sink::BoxFuture<'a, Outcome> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                assert!(n > 0, "the first delivery panics (on purpose)");
+                Outcome::Ok
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_is_retried_not_taken_for_an_acknowledgement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Arc::new(PanicsOnce(std::sync::atomic::AtomicU32::new(0)));
+        let env = Arc::new(SendEnv {
+            sink: std::sync::RwLock::new(sink.clone()),
+            checkpoints: Arc::new(Checkpoints::open(dir.path()).expect("checkpoints")),
+            metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(Semaphore::new(4)),
+            global: std::sync::RwLock::new(Arc::new((Limit::per_second(0), Limit::per_second(0)))),
+            dead_letter_dir: dir.path().join("dead-letter"),
+            park_log: ParkLog::default(),
+        });
+        let id = FileId { dev: 1, ino: 2 };
+        let options = PipelineOptions {
+            batch_lines: 100,
+            batch_bytes: 1 << 20,
+            linger: std::time::Duration::from_millis(10),
+            read_from: crate::config::ReadFrom::Beginning,
+            max_line_bytes: 1024,
+            partial_line_timeout: std::time::Duration::from_secs(1),
+            close_inactive: std::time::Duration::from_secs(60),
+            rotate_wait: std::time::Duration::from_secs(1),
+            lines_per_sec: 0,
+            bytes_per_sec: 0,
+            retry_initial: std::time::Duration::from_millis(1),
+            retry_max: std::time::Duration::from_millis(5),
+        };
+        let sender = Sender {
+            env: env.clone(),
+            file: Arc::from("/f"),
+            id,
+            options: Arc::new(options),
+            ctl: Arc::new(Control::default()),
+        };
+        let mut w = logship_wire::compact::Writer::new("h", "/f", "g", 0);
+        w.push(b"a line", false);
+        let batch = Batch {
+            body: w.finish(),
+            generation: Arc::from("g"),
+            first_line: 0,
+            lines: 1,
+            bytes: 6,
+            end_offset: 7,
+            end_line: 1,
+            permit: None,
+        };
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Box::new(batch)).await.expect("send");
+        drop(tx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), sender.run(rx))
+            .await
+            .expect("the sender finishes");
+        assert_eq!(
+            sink.0.load(Ordering::SeqCst),
+            2,
+            "delivered again after the panic"
+        );
+        let cp = env
+            .checkpoints
+            .get(id)
+            .expect("checkpoint after the acknowledgement");
+        assert_eq!((cp.offset, cp.line), (7, 1));
     }
 }
