@@ -27,9 +27,24 @@ pub fn write(dir: &Path, body: &[u8], reason: &str) -> std::io::Result<PathBuf> 
     );
     let path = dir.join(name);
     std::fs::create_dir_all(dir)?;
-    std::fs::write(&path, body)?;
-    std::fs::write(reason_path(&path), format!("{reason}\n"))?;
+    // Durable before the checkpoint moves past the batch, and nothing half-written left
+    // behind when the disk is full.
+    let kept = write_synced(&path, body)
+        .and_then(|()| write_synced(&reason_path(&path), format!("{reason}\n").as_bytes()))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    if let Err(e) = kept {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(reason_path(&path));
+        return Err(e);
+    }
     Ok(path)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 fn reason_path(p: &Path) -> PathBuf {

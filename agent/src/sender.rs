@@ -260,10 +260,15 @@ impl Sender {
                         stack.push(Arc::new(first));
                     }
                     None => {
-                        self.dead_letter(&b, "a single line is larger than the sink accepts (413)")
+                        self.dead_letter(
+                            &b,
+                            "a single line is larger than the sink accepts (413)",
+                            backoff,
+                        )
+                        .await
                     }
                 },
-                Delivery::Rejected(reason) => self.dead_letter(&b, &reason),
+                Delivery::Rejected(reason) => self.dead_letter(&b, &reason, backoff).await,
             }
         }
     }
@@ -329,14 +334,22 @@ impl Drop for Parked {
 
 impl Sender {
     /// Keeps a refused batch for the operator (`agent dead-letters list|replay`) and moves on.
-    fn dead_letter(&self, body: &[u8], reason: &str) {
+    /// Keeps a refused batch in the dead-letter directory. Until it is kept (a full disk),
+    /// the file waits, its checkpoint before the batch: a batch dropped there would be lost.
+    async fn dead_letter(&self, body: &[u8], reason: &str, backoff: &mut Backoff) {
         self.env.metrics.dead_letters.inc();
-        match crate::dead_letter::write(&self.env.dead_letter_dir, body, reason) {
-            Ok(path) => {
-                tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory (agent dead-letters replay sends it again)")
-            }
-            Err(e) => {
-                tracing::error!(file = %self.file, %reason, error = %e, "batch refused and could not be kept")
+        loop {
+            match crate::dead_letter::write(&self.env.dead_letter_dir, body, reason) {
+                Ok(path) => {
+                    tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory (agent dead-letters replay sends it again)");
+                    backoff.reset();
+                    return;
+                }
+                Err(e) => {
+                    let delay = backoff.next(None);
+                    tracing::error!(file = %self.file, %reason, error = %e, retry_in = ?delay, "batch refused and could not be kept in the dead-letter directory; the file waits until it can be");
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
@@ -409,20 +422,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_delivery_that_panics_is_retried_not_taken_for_an_acknowledgement() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sink = Arc::new(PanicsOnce(std::sync::atomic::AtomicU32::new(0)));
+    /// A sender of file `/f` (identity 1/2) to `sink`, keeping its state in `dir`.
+    fn sender_to(sink: Arc<dyn Sink>, dir: &std::path::Path) -> Sender {
         let env = Arc::new(SendEnv {
-            sink: std::sync::RwLock::new(sink.clone()),
-            checkpoints: Arc::new(Checkpoints::open(dir.path()).expect("checkpoints")),
+            sink: std::sync::RwLock::new(sink),
+            checkpoints: Arc::new(Checkpoints::open(dir).expect("checkpoints")),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(4)),
             global: std::sync::RwLock::new(Arc::new((Limit::per_second(0), Limit::per_second(0)))),
-            dead_letter_dir: dir.path().join("dead-letter"),
+            dead_letter_dir: dir.join("dead-letter"),
             park_log: ParkLog::default(),
         });
-        let id = FileId { dev: 1, ino: 2 };
         let options = PipelineOptions {
             batch_lines: 100,
             batch_bytes: 1 << 20,
@@ -437,13 +447,17 @@ mod tests {
             retry_initial: std::time::Duration::from_millis(1),
             retry_max: std::time::Duration::from_millis(5),
         };
-        let sender = Sender {
-            env: env.clone(),
+        Sender {
+            env,
             file: Arc::from("/f"),
-            id,
+            id: FileId { dev: 1, ino: 2 },
             options: Arc::new(options),
             ctl: Arc::new(Control::default()),
-        };
+        }
+    }
+
+    /// A channel holding one batch of one line (ending at offset 7, line 1), then closed.
+    async fn one_batch() -> mpsc::Receiver<Box<Batch>> {
         let mut w = logship_wire::compact::Writer::new("h", "/f", "g", 0);
         w.push(b"a line", false);
         let batch = Batch {
@@ -458,10 +472,21 @@ mod tests {
         };
         let (tx, rx) = mpsc::channel(1);
         tx.send(Box::new(batch)).await.expect("send");
-        drop(tx);
-        tokio::time::timeout(std::time::Duration::from_secs(10), sender.run(rx))
-            .await
-            .expect("the sender finishes");
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_is_retried_not_taken_for_an_acknowledgement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Arc::new(PanicsOnce(std::sync::atomic::AtomicU32::new(0)));
+        let sender = sender_to(sink.clone(), dir.path());
+        let env = sender.env.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sender.run(one_batch().await),
+        )
+        .await
+        .expect("the sender finishes");
         assert_eq!(
             sink.0.load(Ordering::SeqCst),
             2,
@@ -469,8 +494,53 @@ mod tests {
         );
         let cp = env
             .checkpoints
-            .get(id)
+            .get(FileId { dev: 1, ino: 2 })
             .expect("checkpoint after the acknowledgement");
+        assert_eq!((cp.offset, cp.line), (7, 1));
+    }
+
+    /// A sink that refuses every batch as malformed (400).
+    struct Refuses;
+
+    impl Sink for Refuses {
+        fn send<'a>(&'a self, _body: &'a [u8]) -> crate::sink::BoxFuture<'a, Outcome> {
+            Box::pin(async {
+                Outcome::Reject {
+                    reason: "400 malformed".into(),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_that_cannot_be_kept_waits_until_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the dead-letter directory must be: it cannot be created (as when the
+        // disk is full).
+        std::fs::write(dir.path().join("dead-letter"), b"in the way").expect("write");
+        let sender = sender_to(Arc::new(Refuses), dir.path());
+        let env = sender.env.clone();
+        let run = tokio::spawn(sender.run(one_batch().await));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while env.metrics.dead_letters.get() < 1 {
+            assert!(std::time::Instant::now() < deadline, "never refused");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let id = FileId { dev: 1, ino: 2 };
+        assert!(
+            env.checkpoints.get(id).is_none(),
+            "the checkpoint waits while the batch cannot be kept"
+        );
+        std::fs::remove_file(dir.path().join("dead-letter")).expect("room again");
+        tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .expect("the sender finishes")
+            .expect("no panic");
+        let kept = std::fs::read_dir(dir.path().join("dead-letter"))
+            .expect("the batch is kept")
+            .count();
+        assert_eq!(kept, 2, "the body and its reason");
+        let cp = env.checkpoints.get(id).expect("checkpoint once kept");
         assert_eq!((cp.offset, cp.line), (7, 1));
     }
 }
