@@ -132,6 +132,15 @@ pub fn after_truncation(derived: String, previous: &str) -> String {
     .render()
 }
 
+/// Whether the id records a birth time and it is the file's: the same file, surely (so a
+/// different first line means it was truncated, not replaced by another on its inode).
+pub fn born_as_named(meta: &Metadata, generation: &str) -> bool {
+    Parts::parse(generation)
+        .and_then(|p| p.birth)
+        .zip(birth(meta))
+        .is_some_and(|(named, now)| u128::from_str_radix(named, 16).ok() == Some(now))
+}
+
 /// Whether the file is the one born when `generation` was named (true where the id or the
 /// filesystem has no birth time): a file deleted and created again on the same inode is not.
 pub fn same_birth(meta: &Metadata, generation: &str) -> bool {
@@ -309,6 +318,11 @@ mod tests {
             );
         };
         assert!(!same_birth(&again, &g), "born again: another life");
+        assert!(born_as_named(&meta, &g) && !born_as_named(&again, &g));
+        assert!(
+            !born_as_named(&meta, "fe00-9a-13-00000000000000aa"),
+            "unknown is not sure"
+        );
         let f2 = File::open(&p).expect("open");
         assert!(!belongs(&f2, FileId::of(&again), &g));
     }

@@ -204,12 +204,20 @@ impl Tailer {
                 t.line = cp.line;
                 t.generation = Some(Arc::from(cp.generation.as_str()));
             }
-            Start::Checkpoint(cp) if cp.offset > 0 => {
-                // Truncated (or its inode reused) while the agent was stopped. Resume the old
-                // generation where it stood: the first read sees the file no longer starts
-                // as it did, finishes that generation from a copytruncate copy beside it if
-                // there is one (lines written before the truncation are only there), then
-                // starts the new generation from 0 — what a running tailer does.
+            Start::Checkpoint(cp)
+                if cp.offset > 0
+                    && file
+                        .metadata()
+                        .is_ok_and(|m| generation::born_as_named(&m, &cp.generation)) =>
+            {
+                // The same file (same inode, same birth), truncated while the agent was
+                // stopped. Resume the old generation where it stood: the first read sees the
+                // file no longer starts as it did, finishes that generation from a
+                // copytruncate copy beside it if there is one (lines written before the
+                // truncation are only there), then starts the new generation from 0 — what a
+                // running tailer does. Another file on a reused inode (another birth, or none
+                // recorded) is read from the start: a copy found for it could be an older
+                // rotation that begins with the same header.
                 tracing::info!(file = %t.name, old = %cp.generation, "checkpoint belongs to another generation; finishing it from a copy if there is one, then reading from the start");
                 t.read_pos = cp.offset;
                 t.line_start = cp.offset;
