@@ -304,3 +304,93 @@ fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// A watched directory the agent may not read ships nothing; the operator must hear of it
+/// (it was skipped in silence), once, and `--check-config` says so too.
+#[test]
+fn an_unreadable_directory_is_reported_once_and_shipped_once_readable() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+    };
+    mode(dir.path(), 0o755);
+    let logs = dir.path().join("logs");
+    let private = logs.join("private");
+    std::fs::create_dir_all(&private).expect("mkdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    chown(&state, Some(65534), Some(65534)).expect("chown state to nobody");
+    let readable = logs.join("app.log");
+    let hidden = private.join("db.log");
+    append_lines(&readable, "app", 0..20);
+    append_lines(&hidden, "db", 0..20);
+    mode(&private, 0o700);
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let metrics = free_addr();
+    let cfg = agent_config(
+        dir.path(),
+        &agg.url("/store/batch"),
+        "h",
+        &[&format!("{}/**/*.log", logs.display())],
+        &format!("metrics_listen = {metrics:?}"),
+        "",
+    );
+    mode(&cfg, 0o644);
+
+    let check = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin("agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .expect("run agent --check-config");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&*private.to_string_lossy()) && l.contains("ermission denied")),
+        "--check-config names the directory it cannot read:\n{out}"
+    );
+
+    let log = dir.path().join("agent.log");
+    let _agent = Agent::start_logged_as_nobody(&cfg, &log);
+    assert!(wait_until(Duration::from_secs(20), || shipped_exactly(
+        &agg, "h", &readable
+    )));
+    // Ten poll intervals (500 ms each) with the agent shipping meanwhile.
+    let start = std::time::Instant::now();
+    let mut n = 20;
+    while start.elapsed() < Duration::from_secs(5) {
+        append_lines(&readable, "app", n..n + 1);
+        n += 1;
+        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+            &agg, "h", &readable
+        )));
+    }
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    let about = |what: &str| {
+        text.lines()
+            .filter(|l| l.contains(&*private.to_string_lossy()) && l.contains(what))
+            .count()
+    };
+    assert_eq!(
+        about("not shipped"),
+        1,
+        "reported once, not every poll:\n{text}"
+    );
+    assert!(
+        about("") <= 2,
+        "(and once more by the watcher at start):\n{text}"
+    );
+
+    mode(&private, 0o755);
+    assert!(
+        wait_until(Duration::from_secs(20), || shipped_exactly(
+            &agg, "h", &hidden
+        )),
+        "readable now, its files ship:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

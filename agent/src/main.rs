@@ -81,10 +81,17 @@ fn real_main() -> anyhow::Result<()> {
             settings.host,
             settings.state_dir
         );
-        let files = logship_agent::source::expand(&settings.sources);
+        let logship_agent::source::Expanded { files, unreadable } =
+            logship_agent::source::expand_reporting(&settings.sources);
         logship_common::out!("# {} file(s) would be shipped now:", files.len());
         for (p, i) in files {
             logship_common::out!("{}\t(sources[{i}])", p.display());
+        }
+        for (dir, why) in unreadable {
+            logship_common::out!(
+                "# cannot read {}: {why}; files in it are not shipped",
+                dir.display()
+            );
         }
         return Ok(());
     }

@@ -82,9 +82,13 @@ struct Discovery {
     active: HashMap<FileId, Arc<Control>>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: Vec<PathBuf>,
+    /// Roots whose watch failed (reported once; retried every poll).
+    watch_failed: std::collections::HashSet<PathBuf>,
     /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once, with
     /// the directory entry that was refused (device, inode, mode, change time).
     refused: HashMap<PathBuf, RefusedEntry>,
+    /// Directories the last scan could not read (reported when they became so).
+    unreadable: std::collections::HashSet<PathBuf>,
 }
 
 impl Source for FileSource {
@@ -124,7 +128,9 @@ impl Source for FileSource {
                 active: HashMap::new(),
                 watcher,
                 watched: Vec::new(),
+                watch_failed: std::collections::HashSet::new(),
                 refused: HashMap::new(),
+                unreadable: std::collections::HashSet::new(),
             };
             let mut shutdown = d.pipes.shutdown.clone();
             let mut reloaded = d.pipes.reloaded.clone();
@@ -167,27 +173,58 @@ impl Source for FileSource {
 
 /// Every file the sources match now, in order, with its source index (first match wins).
 pub fn expand(sources: &[SourceSettings]) -> Vec<(PathBuf, usize)> {
+    expand_reporting(sources).files
+}
+
+/// What a scan found: files with their source index, and directories it could not read.
+pub struct Expanded {
+    pub files: Vec<(PathBuf, usize)>,
+    /// Directories under the sources' roots that could not be read, with why: their files
+    /// are not shipped, and an operator must hear of it.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// [`expand`], and the directories it could not read.
+pub fn expand_reporting(sources: &[SourceSettings]) -> Expanded {
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, s) in sources.iter().enumerate() {
         for root in &s.roots {
-            for p in walk(root, s) {
+            for p in walk(root, s, &mut unreadable) {
                 if seen.insert(p.clone()) {
                     out.push((p, i));
                 }
             }
         }
     }
-    out
+    unreadable.sort();
+    unreadable.dedup();
+    Expanded {
+        files: out,
+        unreadable,
+    }
 }
 
-/// Files under `root` matching source `s`.
-fn walk(root: &Path, s: &SourceSettings) -> Vec<PathBuf> {
+/// Files under `root` matching source `s`; directories refused to us go to `unreadable`
+/// (a root that does not exist yet is not an error: it may appear later).
+fn walk(root: &Path, s: &SourceSettings, unreadable: &mut Vec<(PathBuf, String)>) -> Vec<PathBuf> {
     walkdir::WalkDir::new(root)
         .follow_links(false)
         .max_depth(max_depth(root, s))
         .into_iter()
-        .filter_map(Result::ok)
+        .filter_map(|e| match e {
+            Ok(e) => Some(e),
+            Err(e) => {
+                let denied = e
+                    .io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+                if let (true, Some(p)) = (denied, e.path()) {
+                    unreadable.push((p.to_path_buf(), "Permission denied".to_owned()));
+                }
+                None
+            }
+        })
         .filter(|e| !e.file_type().is_dir())
         .map(walkdir::DirEntry::into_path)
         .filter(|p| matches(s, p))
@@ -230,9 +267,15 @@ impl Discovery {
                     RecursiveMode::NonRecursive
                 };
                 match w.watch(root, mode) {
-                    Ok(()) => self.watched.push(root.clone()),
+                    Ok(()) => {
+                        self.watched.push(root.clone());
+                        self.watch_failed.remove(root);
+                    }
+                    // Tried again every poll; said once.
                     Err(e) => {
-                        tracing::warn!(root = %root.display(), error = %e, "cannot watch; polling it")
+                        if self.watch_failed.insert(root.clone()) {
+                            tracing::warn!(root = %root.display(), error = %e, "cannot watch; polling it");
+                        }
                     }
                 }
             }
@@ -250,7 +293,7 @@ impl Discovery {
                 .sources
                 .iter()
                 .filter(|s| s.roots.iter().any(|r| path.starts_with(r)))
-                .flat_map(|s| walk(&path, s))
+                .flat_map(|s| walk(&path, s, &mut Vec::new()))
                 .collect();
             for p in found {
                 self.check(&p, true).await;
@@ -262,7 +305,15 @@ impl Discovery {
 
     /// Full scan: new files, grown files, rotations, deletions.
     async fn scan(&mut self) {
-        for (p, _) in expand(&self.sources) {
+        let Expanded { files, unreadable } = expand_reporting(&self.sources);
+        // Once per directory while it stays unreadable, again if it is lost again later.
+        for (dir, why) in &unreadable {
+            if !self.unreadable.contains(dir) {
+                tracing::error!(directory = %dir.display(), reason = %why, "cannot read this directory: files in it are not shipped");
+            }
+        }
+        self.unreadable = unreadable.into_iter().map(|(d, _)| d).collect();
+        for (p, _) in files {
             self.check(&p, false).await;
         }
         let known: Vec<PathBuf> = self.by_path.keys().cloned().collect();

@@ -32,4 +32,4 @@ pub fn build(
     })
 }
 
-pub use file::expand;
+pub use file::{expand, expand_reporting, Expanded};
