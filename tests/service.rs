@@ -366,3 +366,42 @@ fn an_exhausted_descriptor_table_does_not_spin_the_metrics_listener() {
         "metrics not served after descriptors came back"
     );
 }
+
+/// A state directory the agent cannot write (it runs as its own user, the directory was made
+/// by root): checkpoints could never be saved and every restart would resend everything.
+/// It stops at start with an error naming the directory, rather than run for days like that.
+#[test]
+fn an_unwritable_state_directory_stops_the_agent_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |p: &Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    open(dir.path());
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("state")).expect("mkdir (root's)");
+    append_lines(&logs.join("app.log"), "app", 0..5);
+    let cfg = agent_config(
+        dir.path(),
+        "http://127.0.0.1:9/store/batch",
+        "h",
+        &[&format!("{}/*.log", logs.display())],
+        "",
+        "",
+    );
+    open(&cfg);
+    let log = dir.path().join("agent.log");
+    let mut agent = Agent::start_logged_as_nobody(&cfg, &log);
+    let status = agent
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("the agent stops at start");
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&*dir.path().join("state").to_string_lossy())
+            && text.contains("not writable"),
+        "the error names the directory:\n{text}"
+    );
+}

@@ -72,6 +72,12 @@ impl Checkpoints {
     /// set aside, not fatal: starting over only resends, which the store makes harmless.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(state_dir)?;
+        // Checked now, not at the first save: an agent that cannot save its checkpoints would
+        // ship for days and resend everything at each restart.
+        let probe = state_dir.join(".write-test");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))?;
         let path = state_dir.join(FILE_NAME);
         let map = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
