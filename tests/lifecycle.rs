@@ -632,3 +632,43 @@ fn copytruncate_finishes_from_the_newest_copy_when_older_ones_share_the_first_li
         "old generation finished from table.log.1",
     );
 }
+
+/// `read_from = "end"` skips what the files held when the agent started, as in Fluent Bit
+/// (`read_from_head = false`) and Vector: it is about files present at startup. A file that
+/// appears later — a new log, or the file `logrotate` creates after a rotation — is read
+/// from its first line; skipping to its end lost whatever was written before discovery.
+#[test]
+fn read_from_end_skips_only_what_was_there_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let old = logs.join("old.log");
+    append_lines(&old, "history", 0..100);
+    let (_agent, metrics) = agent_with_metrics(dir.path(), &agg, &logs, "", "read_from = \"end\"");
+    let old_name = old.to_string_lossy().into_owned();
+    // Once the agent is tailing old.log (numbering counted from its start), new lines ship
+    // under their true numbers and the history does not.
+    assert!(wait_until(Duration::from_secs(10), || agent_metric(
+        &metrics,
+        "agent_files_tracked"
+    ) == 1.0));
+    append_lines(&old, "after start", 100..110);
+    assert!(
+        wait_until(Duration::from_secs(10), || generations(
+            &agg, "h", &old_name
+        )
+        .first()
+        .is_some_and(|(_, n)| *n == 10)),
+        "only the lines written after start: {:?}",
+        generations(&agg, "h", &old_name)
+    );
+    // A file created while the agent runs, with lines already in it when it is found.
+    let new = logs.join("new.log");
+    append_lines(&new, "born after start", 0..200);
+    assert!(
+        wait_until(Duration::from_secs(10), || shipped_exactly(&agg, "h", &new)),
+        "a new file is read from its first line: {:?}",
+        generations(&agg, "h", &new.to_string_lossy())
+    );
+}

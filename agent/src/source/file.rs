@@ -89,6 +89,8 @@ struct Discovery {
     refused: HashMap<PathBuf, RefusedEntry>,
     /// Directories the last scan could not read (reported when they became so).
     unreadable: std::collections::HashSet<PathBuf>,
+    /// In the scan at start (or after a reload): files found now start at `read_from`.
+    starting: bool,
 }
 
 impl Source for FileSource {
@@ -131,12 +133,14 @@ impl Source for FileSource {
                 watch_failed: std::collections::HashSet::new(),
                 refused: HashMap::new(),
                 unreadable: std::collections::HashSet::new(),
+                starting: true,
             };
             let mut shutdown = d.pipes.shutdown.clone();
             let mut reloaded = d.pipes.reloaded.clone();
             reloaded.mark_unchanged();
             d.watch_roots();
             d.scan().await;
+            d.starting = false;
             d.resume_orphans().await;
             let mut tick = tokio::time::interval(self.poll_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -456,7 +460,9 @@ impl Discovery {
                 t.ctl.wake.notify_one();
             }
         }
+        self.starting = true;
         self.scan().await;
+        self.starting = false;
     }
 
     /// Tells a pipeline its path is gone; it drains the file and finishes.
@@ -488,7 +494,12 @@ impl Discovery {
         let options = &self.sources[source].options;
         let start = match self.pipes.checkpoints.get(id) {
             Some(cp) => Start::Checkpoint(cp),
-            None => Start::Fresh(options.read_from),
+            // `read_from` is about what files held when the agent (or a reload) started, as
+            // in Fluent Bit and Vector. A file that appears later — a new log, the file
+            // logrotate creates — is read from its first line: skipping to its end lost
+            // whatever was written before it was found.
+            None if self.starting => Start::Fresh(options.read_from),
+            None => Start::Fresh(crate::config::ReadFrom::Beginning),
         };
         match self.pipes.start(
             name,
