@@ -171,6 +171,9 @@ pub struct LimitsConfig {
     pub max_buffered_bytes: Option<String>,
     /// Descriptors of log files held open at once; default: a quarter of `ulimit -n`.
     pub max_open_files: Option<usize>,
+    /// Bytes the dead-letter directory may hold; past it, refused batches wait (their files'
+    /// checkpoints with them) instead of filling the disk.
+    pub max_dead_letter_bytes: Option<String>,
 }
 
 /// Where to start a file that has no checkpoint.
@@ -250,6 +253,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_buffered_bytes: u64,
     pub max_open_files: usize,
+    pub max_dead_letter_bytes: u64,
     pub log_format: logship_common::LogFormat,
     pub log_level: Option<String>,
 }
@@ -366,6 +370,11 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
         )?
         .max(1 << 20),
         max_open_files: c.limits.max_open_files.unwrap_or(open_default).max(4),
+        max_dead_letter_bytes: size(
+            "limits.max_dead_letter_bytes",
+            &c.limits.max_dead_letter_bytes,
+            "256MiB",
+        )?,
     })
 }
 

@@ -47,6 +47,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Bytes the dead letters in `dir` take (0 when there is none).
+pub fn bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
+}
+
 fn reason_path(p: &Path) -> PathBuf {
     p.with_extension("lsb.reason")
 }

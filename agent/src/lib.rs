@@ -79,6 +79,7 @@ pub async fn run(
                 Limit::per_second(settings.bytes_per_sec),
             ))),
             dead_letter_dir: dead_letter::dir(&settings.state_dir),
+            max_dead_letter_bytes: settings.max_dead_letter_bytes,
             park_log: sender::ParkLog::default(),
         }),
         metrics: metrics.clone(),

@@ -73,6 +73,8 @@ pub struct SendEnv {
     /// Agent-wide (lines/s, bytes/s) limits; swapped by a reload.
     pub global: std::sync::RwLock<Arc<(Limit, Limit)>>,
     pub dead_letter_dir: PathBuf,
+    /// `limits.max_dead_letter_bytes`.
+    pub max_dead_letter_bytes: u64,
     /// When each refusing endpoint was last logged, so a wrong token on a thousand files is
     /// one error a minute, not a thousand.
     pub park_log: ParkLog,
@@ -334,12 +336,24 @@ impl Drop for Parked {
 
 impl Sender {
     /// Keeps a refused batch for the operator (`agent dead-letters list|replay`) and moves on.
-    /// Keeps a refused batch in the dead-letter directory. Until it is kept (a full disk),
-    /// the file waits, its checkpoint before the batch: a batch dropped there would be lost.
+    /// Keeps a refused batch in the dead-letter directory. Until it is kept (a full disk, or
+    /// the directory at `limits.max_dead_letter_bytes`: an endpoint that refuses everything,
+    /// say an aggregator older than the agent, would otherwise copy every log into it), the
+    /// file waits, its checkpoint before the batch: a batch dropped there would be lost.
     async fn dead_letter(&self, body: &[u8], reason: &str, backoff: &mut Backoff) {
         self.env.metrics.dead_letters.inc();
         loop {
-            match crate::dead_letter::write(&self.env.dead_letter_dir, body, reason) {
+            let dir = &self.env.dead_letter_dir;
+            let held = crate::dead_letter::bytes(dir);
+            let kept = if held + body.len() as u64 > self.env.max_dead_letter_bytes {
+                Err(std::io::Error::other(format!(
+                    "the dead-letter directory holds {held} bytes (limits.max_dead_letter_bytes = {})",
+                    self.env.max_dead_letter_bytes
+                )))
+            } else {
+                crate::dead_letter::write(dir, body, reason)
+            };
+            match kept {
                 Ok(path) => {
                     tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory (agent dead-letters replay sends it again)");
                     backoff.reset();
@@ -347,7 +361,9 @@ impl Sender {
                 }
                 Err(e) => {
                     let delay = backoff.next(None);
-                    tracing::error!(file = %self.file, %reason, error = %e, retry_in = ?delay, "batch refused and could not be kept in the dead-letter directory; the file waits until it can be");
+                    if self.env.park_log.due("dead-letter") {
+                        tracing::error!(file = %self.file, %reason, error = %e, "batches refused and not kept in the dead-letter directory; their files wait until they can be (replay or remove dead letters, or fix the endpoint)");
+                    }
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -423,7 +439,7 @@ mod tests {
     }
 
     /// A sender of file `/f` (identity 1/2) to `sink`, keeping its state in `dir`.
-    fn sender_to(sink: Arc<dyn Sink>, dir: &std::path::Path) -> Sender {
+    fn sender_to(sink: Arc<dyn Sink>, dir: &std::path::Path, max_dead_letter_bytes: u64) -> Sender {
         let env = Arc::new(SendEnv {
             sink: std::sync::RwLock::new(sink),
             checkpoints: Arc::new(Checkpoints::open(dir).expect("checkpoints")),
@@ -431,6 +447,7 @@ mod tests {
             in_flight: Arc::new(Semaphore::new(4)),
             global: std::sync::RwLock::new(Arc::new((Limit::per_second(0), Limit::per_second(0)))),
             dead_letter_dir: dir.join("dead-letter"),
+            max_dead_letter_bytes,
             park_log: ParkLog::default(),
         });
         let options = PipelineOptions {
@@ -479,7 +496,7 @@ mod tests {
     async fn a_delivery_that_panics_is_retried_not_taken_for_an_acknowledgement() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Arc::new(PanicsOnce(std::sync::atomic::AtomicU32::new(0)));
-        let sender = sender_to(sink.clone(), dir.path());
+        let sender = sender_to(sink.clone(), dir.path(), u64::MAX);
         let env = sender.env.clone();
         tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -518,7 +535,7 @@ mod tests {
         // A file where the dead-letter directory must be: it cannot be created (as when the
         // disk is full).
         std::fs::write(dir.path().join("dead-letter"), b"in the way").expect("write");
-        let sender = sender_to(Arc::new(Refuses), dir.path());
+        let sender = sender_to(Arc::new(Refuses), dir.path(), u64::MAX);
         let env = sender.env.clone();
         let run = tokio::spawn(sender.run(one_batch().await));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -540,6 +557,38 @@ mod tests {
             .expect("the batch is kept")
             .count();
         assert_eq!(kept, 2, "the body and its reason");
+        let cp = env.checkpoints.get(id).expect("checkpoint once kept");
+        assert_eq!((cp.offset, cp.line), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn refused_batches_wait_rather_than_fill_the_dead_letter_directory_past_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dead = dir.path().join("dead-letter");
+        std::fs::create_dir_all(&dead).expect("mkdir");
+        // Earlier dead letters already take the directory's whole allowance.
+        std::fs::write(dead.join("earlier.lsb"), vec![b'x'; 4096]).expect("write");
+        let sender = sender_to(Arc::new(Refuses), dir.path(), 4096);
+        let env = sender.env.clone();
+        let run = tokio::spawn(sender.run(one_batch().await));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while env.metrics.dead_letters.get() < 1 {
+            assert!(std::time::Instant::now() < deadline, "never refused");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // On this single-threaded runtime the sender has run to its next wait: without the
+        // limit it would have written the dead letter and moved the checkpoint by now.
+        let id = FileId { dev: 1, ino: 2 };
+        assert!(env.checkpoints.get(id).is_none());
+        assert_eq!(std::fs::read_dir(&dead).expect("dir").count(), 1);
+        assert!(!run.is_finished());
+        // The operator replays or removes the earlier dead letters: room again.
+        std::fs::remove_file(dead.join("earlier.lsb")).expect("remove");
+        tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .expect("the sender finishes")
+            .expect("no panic");
+        assert_eq!(std::fs::read_dir(&dead).expect("dir").count(), 2);
         let cp = env.checkpoints.get(id).expect("checkpoint once kept");
         assert_eq!((cp.offset, cp.line), (7, 1));
     }
