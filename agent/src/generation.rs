@@ -75,12 +75,16 @@ struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     fn parse(generation: &'a str) -> Option<Self> {
-        let p: Vec<&str> = generation.split('-').collect();
-        let (dev, ino, life, len, hash) = match p[..] {
-            [dev, ino, len, hash] => (dev, ino, "", len, hash),
-            [dev, ino, life, len, hash] => (dev, ino, life, len, hash),
-            _ => return None,
-        };
+        // Asked on every read turn: no allocation.
+        let mut p = generation.split('-');
+        let (dev, ino, life, len, hash) =
+            match [p.next(), p.next(), p.next(), p.next(), p.next(), p.next()] {
+                [Some(dev), Some(ino), Some(len), Some(hash), None, _] => (dev, ino, "", len, hash),
+                [Some(dev), Some(ino), Some(life), Some(len), Some(hash), None] => {
+                    (dev, ino, life, len, hash)
+                }
+                _ => return None,
+            };
         let (birth, count) = match life.split_once('t') {
             Some((b, t)) => (b, t.parse().ok()?),
             None => (life, 0),
