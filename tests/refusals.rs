@@ -243,27 +243,50 @@ fn symlinks_out_of_the_watched_directories_are_not_followed_by_default() {
     );
 }
 
+/// Sets `p`'s permission bits.
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// For an agent running as `nobody` in `dir`: `dir` opened to it, `logs/` made, `state/`
+/// made and given to it. Returns `logs/`.
+fn dirs_for_nobody(dir: &Path) -> std::path::PathBuf {
+    chmod(dir, 0o755);
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("mkdir");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown state to nobody");
+    logs
+}
+
+/// Keeps appending to `readable` and waiting for it to ship, for ten poll intervals (500 ms
+/// each): time enough for a report that repeats every poll to show.
+fn ship_through_ten_polls(agg: &Aggregator, readable: &Path) {
+    let start = std::time::Instant::now();
+    let mut n = 1_000;
+    while start.elapsed() < Duration::from_secs(5) {
+        append_lines(readable, "app", n..n + 1);
+        n += 1;
+        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+            agg, "h", readable
+        )));
+    }
+}
+
 /// A file the agent may not read (an agent running as an operator's user beside root-only
 /// logs): one clear error, not one every poll interval, and it ships once its permissions
 /// change.
 #[test]
 fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
-    use std::os::unix::fs::{chown, PermissionsExt};
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    open(dir.path(), 0o755);
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("mkdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    chown(&state, Some(65534), Some(65534)).expect("chown state to nobody");
+    let logs = dirs_for_nobody(dir.path());
     let readable = logs.join("app.log");
     let secret = logs.join("secret.log");
     append_lines(&readable, "app", 0..20);
     append_lines(&secret, "root only", 0..20);
-    open(&secret, 0o600);
+    chmod(&secret, 0o600);
     let agg = Aggregator::start(&dir.path().join("data"), &[]);
     let metrics = free_addr();
     let cfg = config(dir.path(), &agg.url("/store/batch"), "t", &metrics);
@@ -272,16 +295,7 @@ fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
     assert!(wait_until(Duration::from_secs(20), || shipped_exactly(
         &agg, "h", &readable
     )));
-    // Ten poll intervals (500 ms each) with the agent shipping meanwhile.
-    let start = std::time::Instant::now();
-    let mut n = 20;
-    while start.elapsed() < Duration::from_secs(5) {
-        append_lines(&readable, "app", n..n + 1);
-        n += 1;
-        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
-            &agg, "h", &readable
-        )));
-    }
+    ship_through_ten_polls(&agg, &readable);
     let text = std::fs::read_to_string(&log).expect("agent log");
     let reports = text
         .lines()
@@ -295,7 +309,7 @@ fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
     );
     assert!(agent_metric(&metrics, "agent_files_refused_total ") >= 1.0);
 
-    open(&secret, 0o644);
+    chmod(&secret, 0o644);
     assert!(
         wait_until(Duration::from_secs(20), || shipped_exactly(
             &agg, "h", &secret
@@ -309,23 +323,15 @@ fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
 /// (it was skipped in silence), once, and `--check-config` says so too.
 #[test]
 fn an_unreadable_directory_is_reported_once_and_shipped_once_readable() {
-    use std::os::unix::fs::{chown, PermissionsExt};
     let dir = tempfile::tempdir().expect("tempdir");
-    let mode = |p: &Path, m: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
-    };
-    mode(dir.path(), 0o755);
-    let logs = dir.path().join("logs");
+    let logs = dirs_for_nobody(dir.path());
     let private = logs.join("private");
     std::fs::create_dir_all(&private).expect("mkdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    chown(&state, Some(65534), Some(65534)).expect("chown state to nobody");
     let readable = logs.join("app.log");
     let hidden = private.join("db.log");
     append_lines(&readable, "app", 0..20);
     append_lines(&hidden, "db", 0..20);
-    mode(&private, 0o700);
+    chmod(&private, 0o700);
     let agg = Aggregator::start(&dir.path().join("data"), &[]);
     let metrics = free_addr();
     let cfg = agent_config(
@@ -336,7 +342,7 @@ fn an_unreadable_directory_is_reported_once_and_shipped_once_readable() {
         &format!("metrics_listen = {metrics:?}"),
         "",
     );
-    mode(&cfg, 0o644);
+    chmod(&cfg, 0o644);
 
     let check = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -359,16 +365,7 @@ fn an_unreadable_directory_is_reported_once_and_shipped_once_readable() {
     assert!(wait_until(Duration::from_secs(20), || shipped_exactly(
         &agg, "h", &readable
     )));
-    // Ten poll intervals (500 ms each) with the agent shipping meanwhile.
-    let start = std::time::Instant::now();
-    let mut n = 20;
-    while start.elapsed() < Duration::from_secs(5) {
-        append_lines(&readable, "app", n..n + 1);
-        n += 1;
-        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
-            &agg, "h", &readable
-        )));
-    }
+    ship_through_ten_polls(&agg, &readable);
     let text = std::fs::read_to_string(&log).expect("agent log");
     let about = |what: &str| {
         text.lines()
@@ -385,7 +382,7 @@ fn an_unreadable_directory_is_reported_once_and_shipped_once_readable() {
         "(and once more by the watcher at start):\n{text}"
     );
 
-    mode(&private, 0o755);
+    chmod(&private, 0o755);
     assert!(
         wait_until(Duration::from_secs(20), || shipped_exactly(
             &agg, "h", &hidden

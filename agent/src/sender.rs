@@ -529,13 +529,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_refused_batch_that_cannot_be_kept_waits_until_it_can() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // A file where the dead-letter directory must be: it cannot be created (as when the
-        // disk is full).
-        std::fs::write(dir.path().join("dead-letter"), b"in the way").expect("write");
-        let sender = sender_to(Arc::new(Refuses), dir.path(), u64::MAX);
+    /// Runs `sender` on one batch that is refused; returns once it was (the sender waiting,
+    /// on this single-threaded runtime, at its next await), having checked that the
+    /// checkpoint has not moved.
+    async fn refused_and_waiting(sender: Sender) -> (Arc<SendEnv>, tokio::task::JoinHandle<()>) {
         let env = sender.env.clone();
         let run = tokio::spawn(sender.run(one_batch().await));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -543,22 +540,42 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never refused");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let id = FileId { dev: 1, ino: 2 };
         assert!(
-            env.checkpoints.get(id).is_none(),
+            env.checkpoints.get(FileId { dev: 1, ino: 2 }).is_none(),
             "the checkpoint waits while the batch cannot be kept"
         );
-        std::fs::remove_file(dir.path().join("dead-letter")).expect("room again");
+        assert!(!run.is_finished());
+        (env, run)
+    }
+
+    /// Waits for `run` to end; checks the dead-letter directory then holds `letters` files
+    /// and the checkpoint is past the batch.
+    async fn kept_and_done(env: &SendEnv, run: tokio::task::JoinHandle<()>, letters: usize) {
         tokio::time::timeout(std::time::Duration::from_secs(10), run)
             .await
             .expect("the sender finishes")
             .expect("no panic");
-        let kept = std::fs::read_dir(dir.path().join("dead-letter"))
+        let kept = std::fs::read_dir(&env.dead_letter_dir)
             .expect("the batch is kept")
             .count();
-        assert_eq!(kept, 2, "the body and its reason");
-        let cp = env.checkpoints.get(id).expect("checkpoint once kept");
+        assert_eq!(kept, letters);
+        let cp = env
+            .checkpoints
+            .get(FileId { dev: 1, ino: 2 })
+            .expect("checkpoint once kept");
         assert_eq!((cp.offset, cp.line), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_that_cannot_be_kept_waits_until_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the dead-letter directory must be: it cannot be created (as when the
+        // disk is full).
+        std::fs::write(dir.path().join("dead-letter"), b"in the way").expect("write");
+        let (env, run) =
+            refused_and_waiting(sender_to(Arc::new(Refuses), dir.path(), u64::MAX)).await;
+        std::fs::remove_file(dir.path().join("dead-letter")).expect("room again");
+        kept_and_done(&env, run, 2).await; // the body and its reason
     }
 
     #[tokio::test]
@@ -566,30 +583,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dead = dir.path().join("dead-letter");
         std::fs::create_dir_all(&dead).expect("mkdir");
-        // Earlier dead letters already take the directory's whole allowance.
+        // Earlier dead letters already take the directory's whole allowance. Without the
+        // limit the sender would have written its letter and moved the checkpoint at once.
         std::fs::write(dead.join("earlier.lsb"), vec![b'x'; 4096]).expect("write");
-        let sender = sender_to(Arc::new(Refuses), dir.path(), 4096);
-        let env = sender.env.clone();
-        let run = tokio::spawn(sender.run(one_batch().await));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while env.metrics.dead_letters.get() < 1 {
-            assert!(std::time::Instant::now() < deadline, "never refused");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        // On this single-threaded runtime the sender has run to its next wait: without the
-        // limit it would have written the dead letter and moved the checkpoint by now.
-        let id = FileId { dev: 1, ino: 2 };
-        assert!(env.checkpoints.get(id).is_none());
+        let (env, run) = refused_and_waiting(sender_to(Arc::new(Refuses), dir.path(), 4096)).await;
         assert_eq!(std::fs::read_dir(&dead).expect("dir").count(), 1);
-        assert!(!run.is_finished());
         // The operator replays or removes the earlier dead letters: room again.
         std::fs::remove_file(dead.join("earlier.lsb")).expect("remove");
-        tokio::time::timeout(std::time::Duration::from_secs(10), run)
-            .await
-            .expect("the sender finishes")
-            .expect("no panic");
-        assert_eq!(std::fs::read_dir(&dead).expect("dir").count(), 2);
-        let cp = env.checkpoints.get(id).expect("checkpoint once kept");
-        assert_eq!((cp.offset, cp.line), (7, 1));
+        kept_and_done(&env, run, 2).await;
     }
 }
