@@ -672,3 +672,45 @@ fn read_from_end_skips_only_what_was_there_at_start() {
         generations(&agg, "h", &new.to_string_lossy())
     );
 }
+
+/// A watched directory deleted and created again (an application that recreates its log
+/// directory at start) is watched again: appends in it are seen at once, not only by the
+/// poll (`poll_interval`, 5 s here).
+#[test]
+fn a_watched_directory_created_again_is_watched_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (agg, logs, cfg) = start_pair(dir.path(), "", "");
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    std::fs::write(
+        &cfg,
+        text.replace("poll_interval = \"500ms\"", "poll_interval = \"5s\""),
+    )
+    .expect("write config");
+    let first = logs.join("a.log");
+    append_lines(&first, "first", 0..10);
+    let _agent = Agent::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+        &agg, "h", &first
+    )));
+    std::fs::remove_dir_all(&logs).expect("delete the directory");
+    std::fs::create_dir_all(&logs).expect("create it again");
+    let second = logs.join("b.log");
+    append_lines(&second, "second", 0..10);
+    // Found by the next poll, at most 5 s away.
+    assert!(wait_until(Duration::from_secs(15), || shipped_exactly(
+        &agg, "h", &second
+    )));
+    // From then on each append ships well within a poll interval.
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        append_lines(&second, "later", 10 + i..11 + i);
+        assert!(wait_until(Duration::from_secs(10), || shipped_exactly(
+            &agg, "h", &second
+        )));
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "append {i} took {:?}: seen by the poll, not the watcher",
+            t.elapsed()
+        );
+    }
+}

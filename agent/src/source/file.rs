@@ -81,7 +81,8 @@ struct Discovery {
     /// Every identity with a running pipeline (including rotated files being drained).
     active: HashMap<FileId, Arc<Control>>,
     watcher: Option<notify::RecommendedWatcher>,
-    watched: Vec<PathBuf>,
+    /// Watched roots, with the directory's identity when its watch was set.
+    watched: Vec<(PathBuf, FileId)>,
     /// Roots whose watch failed (reported once; retried every poll).
     watch_failed: std::collections::HashSet<PathBuf>,
     /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once, with
@@ -257,14 +258,30 @@ fn max_depth(root: &Path, s: &SourceSettings) -> usize {
 }
 
 impl Discovery {
-    /// Watches each root that exists (roots created later are picked up by the poll).
+    /// Watches each root that exists (roots created later are picked up by the poll). A root
+    /// deleted (and perhaps created again) since it was watched has lost its watch with the
+    /// directory: it is watched again as it is now.
     fn watch_roots(&mut self) {
         let Some(w) = &mut self.watcher else { return };
+        self.watched.retain(|(root, id)| {
+            let same = std::fs::metadata(root).is_ok_and(|m| m.is_dir() && FileId::of(&m) == *id);
+            if !same {
+                let _ = w.unwatch(root);
+            }
+            same
+        });
         for s in &self.sources {
             for root in &s.roots {
-                if self.watched.contains(root) || !root.is_dir() {
+                if self.watched.iter().any(|(r, _)| r == root) {
                     continue;
                 }
+                let Some(id) = std::fs::metadata(root)
+                    .ok()
+                    .filter(std::fs::Metadata::is_dir)
+                    .map(|m| FileId::of(&m))
+                else {
+                    continue;
+                };
                 let mode = if max_depth(root, s) > 1 {
                     RecursiveMode::Recursive
                 } else {
@@ -272,7 +289,7 @@ impl Discovery {
                 };
                 match w.watch(root, mode) {
                     Ok(()) => {
-                        self.watched.push(root.clone());
+                        self.watched.push((root.clone(), id));
                         self.watch_failed.remove(root);
                     }
                     // Tried again every poll; said once.
