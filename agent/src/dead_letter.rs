@@ -47,8 +47,59 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The dead-letter directory as the senders keep letters in it: bounded by
+/// `limits.max_dead_letter_bytes`, its size counted from the disk at most once a second
+/// (a directory near its limit may hold many thousand letters) and kept up to date between.
+#[derive(Debug)]
+pub struct DeadLetters {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Bytes held, and when they were last counted from the disk.
+    held: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// How long a count of the directory stands (letters replayed or removed by an operator show
+/// after at most this long).
+const RECOUNT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl DeadLetters {
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        DeadLetters {
+            dir,
+            max_bytes,
+            held: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps a refused batch and why, if the directory has room; returns where. Blocking
+    /// (directory reads, fsyncs): call it off the async workers.
+    pub fn keep(&self, body: &[u8], reason: &str) -> std::io::Result<PathBuf> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.1.is_none_or(|at| at.elapsed() >= RECOUNT) {
+            *held = (bytes(&self.dir), Some(std::time::Instant::now()));
+        }
+        let adds = body.len() as u64 + reason.len() as u64 + 1;
+        if held.0 + adds > self.max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the dead-letter directory holds {} bytes (limits.max_dead_letter_bytes = {})",
+                held.0, self.max_bytes
+            )));
+        }
+        let path = write(&self.dir, body, reason)?;
+        held.0 += adds;
+        Ok(path)
+    }
+}
+
 /// Bytes the dead letters in `dir` take (0 when there is none).
-pub fn bytes(dir: &Path) -> u64 {
+fn bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -78,8 +78,10 @@ pub async fn run(
                 Limit::per_second(u64::from(settings.lines_per_sec)),
                 Limit::per_second(settings.bytes_per_sec),
             ))),
-            dead_letter_dir: dead_letter::dir(&settings.state_dir),
-            max_dead_letter_bytes: settings.max_dead_letter_bytes,
+            dead_letters: Arc::new(dead_letter::DeadLetters::new(
+                dead_letter::dir(&settings.state_dir),
+                settings.max_dead_letter_bytes,
+            )),
             park_log: sender::ParkLog::default(),
         }),
         metrics: metrics.clone(),

@@ -87,9 +87,9 @@ fn real_main() -> anyhow::Result<()> {
         for (p, i) in files {
             logship_common::out!("{}\t(sources[{i}])", p.display());
         }
-        for (dir, why) in unreadable {
+        for dir in unreadable {
             logship_common::out!(
-                "# cannot read {}: {why}; files in it are not shipped",
+                "# cannot read {}: Permission denied; files in it are not shipped",
                 dir.display()
             );
         }

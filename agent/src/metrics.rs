@@ -52,6 +52,8 @@ pub struct Metrics {
     pub unshipped: Family<FileLabel, Gauge>,
     pub retries: Counter,
     pub dead_letters: Counter,
+    /// Files waiting because a refused batch cannot be kept yet.
+    pub dead_letters_waiting: Gauge,
     pub lines_truncated: Counter,
     pub truncations: Counter,
     pub files_open: Gauge,
@@ -87,6 +89,7 @@ impl Metrics {
             unshipped: Family::default(),
             retries: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letters_waiting: Gauge::default(),
             lines_truncated: Counter::default(),
             truncations: Counter::default(),
             files_open: Gauge::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "dead_letter_batches",
             "Batches the sink refused, written to the dead-letter directory",
             m.dead_letters.clone(),
+        );
+        r.register(
+            "dead_letter_waiting_files",
+            "Files waiting because a refused batch cannot be kept in the dead-letter directory (disk full, or max_dead_letter_bytes reached)",
+            m.dead_letters_waiting.clone(),
         );
         r.register(
             "lines_truncated",

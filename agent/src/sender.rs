@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -72,9 +71,7 @@ pub struct SendEnv {
     pub in_flight: Arc<Semaphore>,
     /// Agent-wide (lines/s, bytes/s) limits; swapped by a reload.
     pub global: std::sync::RwLock<Arc<(Limit, Limit)>>,
-    pub dead_letter_dir: PathBuf,
-    /// `limits.max_dead_letter_bytes`.
-    pub max_dead_letter_bytes: u64,
+    pub dead_letters: Arc<crate::dead_letter::DeadLetters>,
     /// When each refusing endpoint was last logged, so a wrong token on a thousand files is
     /// one error a minute, not a thousand.
     pub park_log: ParkLog,
@@ -276,7 +273,7 @@ impl Sender {
     }
 
     async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
-        let mut parked = Parked(None);
+        let mut parked = Holding::default();
         loop {
             let outcome = {
                 let _permit = self.env.in_flight.acquire().await;
@@ -293,10 +290,7 @@ impl Sender {
                 Outcome::TooLarge => return Delivery::TooLarge,
                 Outcome::Reject { reason } => return Delivery::Rejected(reason),
                 Outcome::Park { endpoint, reason } => {
-                    if parked.0.is_none() {
-                        parked.0 = Some(self.env.metrics.parked.clone());
-                        self.env.metrics.parked.inc();
-                    }
+                    parked.up(&self.env.metrics.parked);
                     let delay = backoff.next(None);
                     if self.env.park_log.due(&endpoint) {
                         tracing::error!(
@@ -323,10 +317,21 @@ impl Sender {
     }
 }
 
-/// Marks a file as parked (the `agent_parked_files` gauge) until the delivery ends.
-struct Parked(Option<prometheus_client::metrics::gauge::Gauge>);
+/// Counts a file in a gauge (`agent_parked_files`, `agent_dead_letter_waiting_files`) from
+/// its first failed attempt until the guard is dropped.
+#[derive(Default)]
+struct Holding(Option<prometheus_client::metrics::gauge::Gauge>);
 
-impl Drop for Parked {
+impl Holding {
+    fn up(&mut self, gauge: &prometheus_client::metrics::gauge::Gauge) {
+        if self.0.is_none() {
+            gauge.inc();
+            self.0 = Some(gauge.clone());
+        }
+    }
+}
+
+impl Drop for Holding {
     fn drop(&mut self) {
         if let Some(g) = &self.0 {
             g.dec();
@@ -336,31 +341,32 @@ impl Drop for Parked {
 
 impl Sender {
     /// Keeps a refused batch for the operator (`agent dead-letters list|replay`) and moves on.
-    /// Keeps a refused batch in the dead-letter directory. Until it is kept (a full disk, or
-    /// the directory at `limits.max_dead_letter_bytes`: an endpoint that refuses everything,
-    /// say an aggregator older than the agent, would otherwise copy every log into it), the
-    /// file waits, its checkpoint before the batch: a batch dropped there would be lost.
-    async fn dead_letter(&self, body: &[u8], reason: &str, backoff: &mut Backoff) {
+    /// Until it is kept (a full disk, or the directory at `limits.max_dead_letter_bytes`: an
+    /// endpoint that refuses everything, say an aggregator older than the agent, would
+    /// otherwise copy every log into it), the file waits, its checkpoint before the batch: a
+    /// batch dropped there would be lost. The writes and fsyncs run on a blocking thread.
+    async fn dead_letter(&self, body: &Arc<Vec<u8>>, reason: &str, backoff: &mut Backoff) {
         self.env.metrics.dead_letters.inc();
+        let mut waiting = Holding::default();
         loop {
-            let dir = &self.env.dead_letter_dir;
-            let held = crate::dead_letter::bytes(dir);
-            let kept = if held + body.len() as u64 > self.env.max_dead_letter_bytes {
-                Err(std::io::Error::other(format!(
-                    "the dead-letter directory holds {held} bytes (limits.max_dead_letter_bytes = {})",
-                    self.env.max_dead_letter_bytes
-                )))
-            } else {
-                crate::dead_letter::write(dir, body, reason)
-            };
+            let (letters, letter, why) = (
+                self.env.dead_letters.clone(),
+                body.clone(),
+                reason.to_owned(),
+            );
+            let kept = tokio::task::spawn_blocking(move || letters.keep(&letter, &why))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match kept {
                 Ok(path) => {
+                    drop(waiting);
                     tracing::error!(file = %self.file, %reason, dead_letter = %path.display(), "batch refused; kept in the dead-letter directory (agent dead-letters replay sends it again)");
                     backoff.reset();
                     return;
                 }
                 Err(e) => {
                     let delay = backoff.next(None);
+                    waiting.up(&self.env.metrics.dead_letters_waiting);
                     if self.env.park_log.due("dead-letter") {
                         tracing::error!(file = %self.file, %reason, error = %e, "batches refused and not kept in the dead-letter directory; their files wait until they can be (replay or remove dead letters, or fix the endpoint)");
                     }
@@ -446,8 +452,10 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(4)),
             global: std::sync::RwLock::new(Arc::new((Limit::per_second(0), Limit::per_second(0)))),
-            dead_letter_dir: dir.join("dead-letter"),
-            max_dead_letter_bytes,
+            dead_letters: Arc::new(crate::dead_letter::DeadLetters::new(
+                dir.join("dead-letter"),
+                max_dead_letter_bytes,
+            )),
             park_log: ParkLog::default(),
         });
         let options = PipelineOptions {
@@ -529,15 +537,15 @@ mod tests {
         }
     }
 
-    /// Runs `sender` on one batch that is refused; returns once it was (the sender waiting,
-    /// on this single-threaded runtime, at its next await), having checked that the
-    /// checkpoint has not moved.
+    /// Runs `sender` on one batch that is refused; returns once it waits because the batch
+    /// cannot be kept (`agent_dead_letter_waiting_files`), having checked that the checkpoint
+    /// has not moved.
     async fn refused_and_waiting(sender: Sender) -> (Arc<SendEnv>, tokio::task::JoinHandle<()>) {
         let env = sender.env.clone();
         let run = tokio::spawn(sender.run(one_batch().await));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while env.metrics.dead_letters.get() < 1 {
-            assert!(std::time::Instant::now() < deadline, "never refused");
+        while env.metrics.dead_letters_waiting.get() < 1 {
+            assert!(std::time::Instant::now() < deadline, "never waited");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert!(
@@ -555,10 +563,15 @@ mod tests {
             .await
             .expect("the sender finishes")
             .expect("no panic");
-        let kept = std::fs::read_dir(&env.dead_letter_dir)
+        let kept = std::fs::read_dir(env.dead_letters.dir())
             .expect("the batch is kept")
             .count();
         assert_eq!(kept, letters);
+        assert_eq!(
+            env.metrics.dead_letters_waiting.get(),
+            0,
+            "no longer waiting"
+        );
         let cp = env
             .checkpoints
             .get(FileId { dev: 1, ino: 2 })

@@ -184,9 +184,9 @@ pub fn expand(sources: &[SourceSettings]) -> Vec<(PathBuf, usize)> {
 /// What a scan found: files with their source index, and directories it could not read.
 pub struct Expanded {
     pub files: Vec<(PathBuf, usize)>,
-    /// Directories under the sources' roots that could not be read, with why: their files
-    /// are not shipped, and an operator must hear of it.
-    pub unreadable: Vec<(PathBuf, String)>,
+    /// Directories under the sources' roots the agent may not read: their files are not
+    /// shipped, and an operator must hear of it.
+    pub unreadable: Vec<PathBuf>,
 }
 
 /// [`expand`], and the directories it could not read.
@@ -213,7 +213,7 @@ pub fn expand_reporting(sources: &[SourceSettings]) -> Expanded {
 
 /// Files under `root` matching source `s`; directories refused to us go to `unreadable`
 /// (a root that does not exist yet is not an error: it may appear later).
-fn walk(root: &Path, s: &SourceSettings, unreadable: &mut Vec<(PathBuf, String)>) -> Vec<PathBuf> {
+fn walk(root: &Path, s: &SourceSettings, unreadable: &mut Vec<PathBuf>) -> Vec<PathBuf> {
     walkdir::WalkDir::new(root)
         .follow_links(false)
         .max_depth(max_depth(root, s))
@@ -225,7 +225,7 @@ fn walk(root: &Path, s: &SourceSettings, unreadable: &mut Vec<(PathBuf, String)>
                     .io_error()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
                 if let (true, Some(p)) = (denied, e.path()) {
-                    unreadable.push((p.to_path_buf(), "Permission denied".to_owned()));
+                    unreadable.push(p.to_path_buf());
                 }
                 None
             }
@@ -328,12 +328,12 @@ impl Discovery {
     async fn scan(&mut self) {
         let Expanded { files, unreadable } = expand_reporting(&self.sources);
         // Once per directory while it stays unreadable, again if it is lost again later.
-        for (dir, why) in &unreadable {
+        for dir in &unreadable {
             if !self.unreadable.contains(dir) {
-                tracing::error!(directory = %dir.display(), reason = %why, "cannot read this directory: files in it are not shipped");
+                tracing::error!(directory = %dir.display(), "permission denied: cannot read this directory, files in it are not shipped");
             }
         }
-        self.unreadable = unreadable.into_iter().map(|(d, _)| d).collect();
+        self.unreadable = unreadable.into_iter().collect();
         for (p, _) in files {
             self.check(&p, false).await;
         }
