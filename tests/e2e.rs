@@ -15,6 +15,7 @@ mod live;
 mod model;
 mod overload;
 mod power_cut;
+mod redis_keys;
 mod refusals;
 mod reload;
 mod retention;

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod redis_cluster;
-pub use redis_cluster::{Backend, RedisCluster};
+pub use redis_cluster::{redis_cli, Backend, RedisCluster};
 
 /// The directory holding the binaries built with this test (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {

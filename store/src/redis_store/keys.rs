@@ -5,8 +5,11 @@
 //! <p>:hosts                       ZSET    every host, score 0, read with ZRANGEBYLEX (paging)
 //! <p>:by_last                     ZSET    generation id → last write (ms); retention's candidates
 //! <p>:written                     channel PUBLISH on every write: followers on query nodes wake
-//! <p>:{h:<host>}:files            ZSET    the host's files, score 0, ZRANGEBYLEX
-//! <p>:{h:<host>}:gens:<file>      HASH    generation name → id
+//! <p>:layout                      STRING  "2" once legacy keys of hosts with `}` were copied
+//! <p>:{<tag>}:files               ZSET    the host's files, score 0, ZRANGEBYLEX
+//! <p>:{<tag>}:gens:<file>         HASH    generation name → id
+//!                                         (<tag>: `h:<host>`, or `H:<escaped host>` for a
+//!                                         host with `}`: see `host_tag`)
 //! <p>:{g<id>}:m                   HASH    state, host, file, name, lines, max_line, bytes,
 //!                                         first, last (ms)
 //! <p>:{g<id>}:<bucket>            STRING  up to 128 consecutive lines: a 17-byte header
@@ -17,9 +20,9 @@
 //!
 //! Every key of one generation shares the hash tag `{g<id>}`, so a batch is one script on
 //! one slot owner; a host's file index and its generation maps share `{h:<host>}`, so
-//! creating a generation and listing it are atomic together. Hash tags end at the first `}`:
-//! a host containing one still maps all its keys to one slot, because they share the prefix
-//! up to it. Nothing on the write or download path scans keys: a generation's buckets are
+//! creating a generation and listing it are atomic together. Hash tags end at the first `}`,
+//! so a host's `}` is escaped (`host_tag`): any host and file bytes map to distinct keys.
+//! Nothing on the write or download path scans keys: a generation's buckets are
 //! named by number, up to its `max_line`.
 
 use crate::bucket::{self, Entry, LINES_PER_BUCKET};
@@ -56,9 +59,22 @@ impl Keys {
         format!("{}:ready", self.prefix)
     }
     pub(super) fn files(&self, host: &str) -> String {
-        format!("{}:{{h:{host}}}:files", self.prefix)
+        format!("{}:{{{}}}:files", self.prefix, host_tag(host))
     }
     pub(super) fn gens(&self, host: &str, file: &str) -> String {
+        format!("{}:{{{}}}:gens:{file}", self.prefix, host_tag(host))
+    }
+    /// Set once the keys of hosts named with a `}` have been copied from the layout before
+    /// `H:` tags ([`host_tag`]).
+    pub(super) fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+    /// The keys the layout before `H:` tags gave a host's file index and generation map:
+    /// ambiguous for a host with a `}`, read only to copy them.
+    pub(super) fn legacy_files(&self, host: &str) -> String {
+        format!("{}:{{h:{host}}}:files", self.prefix)
+    }
+    pub(super) fn legacy_gens(&self, host: &str, file: &str) -> String {
         format!("{}:{{h:{host}}}:gens:{file}", self.prefix)
     }
     pub(super) fn meta(&self, id: u64) -> String {
@@ -67,6 +83,30 @@ impl Keys {
     pub(super) fn bucket(&self, id: u64, bucket: u64) -> String {
         format!("{}:{{g{id}}}:{bucket}", self.prefix)
     }
+}
+
+/// The hash tag of a host's keys: `h:<host>`, or for a host with a `}` in its name
+/// `H:<host>` with `%` and `}` percent-escaped.
+///
+/// Redis ends a hash tag at the first `}`, and the old layout put the raw host there: host
+/// `x}:gens:y` with file `z` and host `x` with file `y}:gens:z` had one generation map, and
+/// the second writer's lines overwrote the first's (issue 29.3). An escaped host has no `}`,
+/// so the tag ends right after it and the rest of the key is the file, whatever its bytes.
+/// Hosts without `}` (every DNS name) keep the key they always had.
+pub(super) fn host_tag(host: &str) -> std::borrow::Cow<'_, str> {
+    if !host.contains('}') {
+        return std::borrow::Cow::Owned(format!("h:{host}"));
+    }
+    let mut tag = String::with_capacity(host.len() + 8);
+    tag.push_str("H:");
+    for c in host.chars() {
+        match c {
+            '%' => tag.push_str("%25"),
+            '}' => tag.push_str("%7D"),
+            c => tag.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(tag)
 }
 
 /// The message published for a write: `<host length>:<host><file>`, so any byte in a name
@@ -159,8 +199,43 @@ mod tests {
         let k = Keys::new("ls");
         assert_eq!(k.meta(7), "ls:{g7}:m");
         assert_eq!(k.bucket(7, 3), "ls:{g7}:3");
-        assert_eq!(k.files("h}x"), "ls:{h:h}x}:files");
-        assert!(k.gens("h}x", "f").starts_with("ls:{h:h}"));
+        assert_eq!(
+            k.files("web-1"),
+            "ls:{h:web-1}:files",
+            "the layout of every DNS name"
+        );
+        assert_eq!(k.gens("web-1", "/f"), "ls:{h:web-1}:gens:/f");
+        assert_eq!(k.files("h}x"), "ls:{H:h%7Dx}:files");
+        assert_eq!(k.gens("h}x%", "f"), "ls:{H:h%7Dx%25}:gens:f");
+    }
+
+    #[test]
+    fn names_with_braces_get_distinct_keys_in_one_slot_per_host() {
+        let k = Keys::new("ls");
+        // The collision of issue 29.3, and its relatives.
+        let pairs = [
+            ("x", "y}:gens:z"),
+            ("x}:gens:y", "z"),
+            ("x}", "y"),
+            ("x", "}y"),
+            ("x%7D", "y"),
+            ("x%", "7D}y"),
+            ("x}:files", ""),
+            ("x", ""),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (h, f) in pairs {
+            assert!(seen.insert(k.gens(h, f)), "{h:?} {f:?}: {}", k.gens(h, f));
+            assert!(seen.insert(k.files(h)) || h == "x", "{h:?}");
+            // The hash tag is the whole (escaped) host: the same for both of its keys.
+            let tag = |key: &str| {
+                let open = key.find('{').expect("{");
+                let close = open + key[open..].find('}').expect("}");
+                key[open + 1..close].to_owned()
+            };
+            assert_eq!(tag(&k.gens(h, f)), tag(&k.files(h)));
+            assert_eq!(tag(&k.files(h)), host_tag(h));
+        }
     }
 
     #[test]

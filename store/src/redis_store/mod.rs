@@ -11,6 +11,7 @@
 
 mod conn;
 mod keys;
+mod legacy;
 mod scripts;
 
 pub use conn::RedisOptions;
@@ -62,6 +63,8 @@ struct Inner {
     ids: std::sync::Mutex<IdCache>,
     /// Memory the primaries reported at the last sweep (`INFO memory`).
     used_memory: AtomicU64,
+    /// The keyspace's layout is current ([`Inner::upgrade_layout`] ran to its end).
+    layout_current: std::sync::atomic::AtomicBool,
 }
 
 /// How a write of one piece ended.
@@ -83,6 +86,7 @@ impl RedisStore {
                 write: redis::Script::new(scripts::WRITE),
                 ids: std::sync::Mutex::new(HashMap::new()),
                 used_memory: AtomicU64::new(0),
+                layout_current: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -804,6 +808,11 @@ impl Inner {
     async fn sweep(&self, policy: RetentionPolicy, now: u64) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let k = &self.keys;
+        // The first sweep that reaches Redis brings an older keyspace up to date.
+        if !self.layout_current.load(Ordering::SeqCst) {
+            self.upgrade_layout().await?;
+            self.layout_current.store(true, Ordering::SeqCst);
+        }
         if let Some(retention) = policy.retention {
             let cutoff = now.saturating_sub(retention.as_millis() as u64);
             for _ in 0..1_000 {

@@ -87,6 +87,17 @@ pub(super) struct Inner {
     pub(super) swept_segment_bytes: std::sync::atomic::AtomicU64,
     /// Index entries written since the last commit, not yet in sled.
     pub(super) pending: Pending,
+    /// Segments a sweep is compacting. A writer does not add a piece to a bucket whose
+    /// earlier pieces lie in one of them (it rewrites the bucket into the active segment), so
+    /// no entry written while compaction moves buckets can keep such a segment alive. Set
+    /// under the exclusive gate, so every writer that saw it empty has applied before.
+    pub(super) compacting: Mutex<Vec<u32>>,
+    /// Segments whose buckets failed to decode when compaction tried to move them: kept on
+    /// purpose, not retried at every sweep.
+    pub(super) damaged: Mutex<std::collections::HashSet<u32>>,
+    /// A sweep kept a compacted segment that is not damaged: the next sweep scans whatever
+    /// changed, so the segment is freed however little the store grows meanwhile.
+    pub(super) revisit: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Inner::lock_generation`] holds; dropped together.
@@ -249,6 +260,9 @@ impl SledStore {
                 commit_phases,
                 swept_segment_bytes: std::sync::atomic::AtomicU64::new(0),
                 pending,
+                compacting: Mutex::default(),
+                damaged: Mutex::default(),
+                revisit: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -263,6 +277,12 @@ impl Inner {
         let mut key = file_prefix(&fb.host, Some(&fb.file));
         key.extend_from_slice(fb.generation.as_bytes());
         let _locks = self.lock_generation(&key);
+        // Stable while the gate is held: the sweep sets it under the exclusive gate.
+        let compacting = self
+            .compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
 
         let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let existing = self.latest(&key)?;
@@ -318,15 +338,17 @@ impl Inner {
                     if v.present
                         .is_some_and(|p| p & new_offsets == 0 && p | new_offsets != keys::FULL)
                         && v.pieces.len() < keys::MAX_PIECES
-                        && v.len() + piece_bytes <= keys::MAX_PIECES_BYTES =>
+                        && v.len() + piece_bytes <= keys::MAX_PIECES_BYTES
+                        && !v.pieces.iter().any(|l| compacting.contains(&l.segment)) =>
                 {
                     let present = v.present.map(|p| p | new_offsets);
                     let piece = bucket::merge(&[], &new).0;
                     (piece, new.len() as u64, v.first_ms, v.pieces, present)
                 }
                 // Lines already there (last write wins), the bucket's last lines (a full
-                // bucket is read as one piece), too many pieces, or a bucket stored before
-                // pieces existed: read back, merged, rewritten as one piece.
+                // bucket is read as one piece), too many pieces, a bucket stored before
+                // pieces existed, or pieces in a segment being compacted: read back, merged,
+                // rewritten as one piece.
                 Some(v) => {
                     let stored = self.read_bucket(&bucket_key, &v)?;
                     let old_entries = bucket::decode(&stored).ok_or_else(|| {
@@ -989,6 +1011,14 @@ impl Store for SledStore {
             if candidates.is_empty() {
                 return Ok(report);
             }
+            // Whatever happens below (an error, a cancelled sweep), writers stop rewriting.
+            struct Compacting(Arc<Inner>);
+            impl Drop for Compacting {
+                fn drop(&mut self) {
+                    self.0.stop_compacting();
+                }
+            }
+            let _compacting = Compacting(inner.clone());
             // Writers that appended to a segment just closed apply their index entries
             // before it is scanned: a commit waits for them.
             inner.commit.durable_now().await?;
