@@ -21,5 +21,6 @@ mod reload;
 mod retention;
 mod scale_out;
 mod search;
+mod search_clients;
 mod service;
 mod tls;

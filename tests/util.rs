@@ -86,14 +86,36 @@ impl Proc {
         }
     }
 
-    /// Peak resident memory so far (VmHWM), in bytes.
+    /// Peak resident memory so far (VmHWM), in bytes; panics if the process has died.
     pub fn peak_rss(&self) -> u64 {
-        logship_common::proc_status_kib(self.child.id(), "VmHWM:") * 1024
+        self.memory_kib("VmHWM:") * 1024
     }
 
-    /// Current resident memory (VmRSS), in bytes.
+    /// Current resident memory (VmRSS), in bytes; panics if the process has died, so a
+    /// bound on memory can never pass for a crashed process (it reads 0 then).
     pub fn rss(&self) -> u64 {
-        logship_common::proc_status_kib(self.child.id(), "VmRSS:") * 1024
+        self.memory_kib("VmRSS:") * 1024
+    }
+
+    fn memory_kib(&self, field: &str) -> u64 {
+        let kib = logship_common::proc_status_kib(self.child.id(), field);
+        if kib == 0 {
+            // A process that exited and was not reaped yet is a zombie without memory
+            // lines; /proc/<pid>/stat still has its exit code (the last field, wait(2) form).
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default();
+            let code = stat
+                .rsplit(' ')
+                .find(|f| !f.trim().is_empty())
+                .and_then(|c| c.trim().parse::<i32>().ok());
+            let how = match code {
+                Some(c) if c & 0x7f != 0 => format!("killed by signal {}", c & 0x7f),
+                Some(c) => format!("exit status {}", (c >> 8) & 0xff),
+                None => "already reaped".to_owned(),
+            };
+            panic!("{} is not running ({how}): no {field} to read", self.name);
+        }
+        kib
     }
 }
 

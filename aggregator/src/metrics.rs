@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Searches run (`GET /store/search`), and the stored bytes they scanned.
     pub searches: Counter,
     pub search_bytes: Counter,
+    /// Searches holding a `search.max_searches` slot now.
+    pub searches_running: Gauge,
+    /// Searches ended because their client stopped reading.
+    pub searches_stalled: Counter,
     pub store_size: Gauge,
     pub generations_dropped: Counter,
     pub segments_compacted: Counter,
@@ -141,6 +145,18 @@ impl Metrics {
             "search_scanned_bytes",
             "Stored bytes read by searches",
             search_bytes.clone(),
+        );
+        let searches_running = Gauge::default();
+        registry.register(
+            "searches_running",
+            "Searches holding a search.max_searches slot",
+            searches_running.clone(),
+        );
+        let searches_stalled = Counter::default();
+        registry.register(
+            "searches_stalled",
+            "Searches ended because their client stopped reading",
+            searches_stalled.clone(),
         );
         let store_size = Gauge::default();
         registry.register(
@@ -243,6 +259,8 @@ impl Metrics {
             followers,
             searches,
             search_bytes,
+            searches_running,
+            searches_stalled,
             store_size,
         }
     }

@@ -40,8 +40,16 @@ const REGEX_SIZE: usize = 1 << 20;
 const REGEX_DFA_SIZE: usize = 8 << 20;
 /// Generations scanned at once (at most one per core).
 const MAX_WORKERS: usize = 8;
-/// Pieces of output (each up to [`OUT_BYTES`]) a worker ahead of the one being sent may hold.
-const PART_QUEUE: usize = 64;
+/// Pieces of output (each about [`OUT_BYTES`]) waiting in one generation's channel.
+const PART_QUEUE: usize = 8;
+/// Output bytes the workers scanning generations after the one being sent may hold
+/// together (besides the channel of the one being sent). Without a bound shared by all of
+/// them, a search over many small generations rendered every one ahead of a client that did
+/// not read: ~1 GB for 256 files under 4 KB names (issue 29.1).
+const AHEAD_BYTES: usize = 2 << 20;
+/// A search whose client takes longer than this (or than `search.timeout`, if shorter) to
+/// take the next piece of output has stalled: it ends and frees its slot (issue 29.2).
+const STALLED_CLIENT: Duration = Duration::from_secs(60);
 /// A block of a store scan: its bytes and its lines' positions.
 type Block = (Vec<u8>, Vec<RawLine>);
 /// Buffers kept between generations.
@@ -299,14 +307,24 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         app.metrics.searches.clone(),
         app.metrics.search_bytes.clone(),
     );
+    let (running, stalled) = (
+        app.metrics.searches_running.clone(),
+        app.metrics.searches_stalled.clone(),
+    );
     let handle = tokio::runtime::Handle::current();
     let text = query.text;
+    running.inc();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _running = Running(running);
         let mut scan = Scan::new(&query, &tx, &handle);
         let outcome = scan.run(&store);
         searches.inc();
         scanned.inc_by(scan.bytes);
+        if scan.stalled {
+            stalled.inc();
+            tracing::info!("search client stopped reading; search ended");
+        }
         match outcome {
             Ok(reason) => {
                 if !scan.text {
@@ -342,6 +360,15 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         HeaderValue::from_static("nosniff"),
     );
     Ok(resp)
+}
+
+/// Counts a search as running until it is dropped (on every way out of the scan's thread).
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Why a scan stopped early.
@@ -387,7 +414,71 @@ struct Kept {
 /// ahead of the one being sent) its own bounded channel, read in order by the main scan.
 enum Sink<'a> {
     Body(&'a StreamSender),
-    Part(std::sync::mpsc::SyncSender<Part>, &'a AtomicBool),
+    Part {
+        tx: std::sync::mpsc::SyncSender<Part>,
+        stop: &'a AtomicBool,
+        ahead: &'a Ahead,
+        /// The generation's place in the batch: the one being sent never waits for `ahead`.
+        index: usize,
+    },
+}
+
+/// The output bytes held by the workers of one batch, and which generation is being sent.
+struct Ahead {
+    state: std::sync::Mutex<(usize, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl Ahead {
+    fn new() -> Self {
+        Ahead {
+            state: std::sync::Mutex::new((0, 0)),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until generation `index` may hold `n` more bytes: at once for the generation
+    /// being sent (so the scan always progresses) or when nothing is held, otherwise while
+    /// [`AHEAD_BYTES`] would be exceeded. False once the scan stops.
+    fn reserve(&self, index: usize, n: usize, stop: &AtomicBool) -> bool {
+        let mut s = self.lock();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let (held, head) = *s;
+            if index <= head || held == 0 || held + n <= AHEAD_BYTES {
+                s.0 += n;
+                return true;
+            }
+            // The stop flag is set without the lock: look again now and then.
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// `n` bytes reserved earlier were forwarded.
+    fn release(&self, n: usize) {
+        let mut s = self.lock();
+        s.0 = s.0.saturating_sub(n);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Generation `index` is now the one being sent.
+    fn advance(&self, index: usize) {
+        self.lock().1 = index;
+        self.changed.notify_all();
+    }
 }
 
 /// What a worker sends for its generation.
@@ -425,6 +516,8 @@ struct Scan<'a> {
     written: Option<u64>,
     /// Block buffers reused from one generation to the next.
     pool: Vec<Block>,
+    /// The client stopped reading for longer than the stall guard.
+    stalled: bool,
 }
 
 /// Where one generation is: its host, file and name, for the output.
@@ -461,13 +554,14 @@ impl<'a> Scan<'a> {
             after: 0,
             written: None,
             pool: Vec::new(),
+            stalled: false,
         }
     }
 
     fn gone(&self) -> bool {
         match &self.sink {
             Sink::Body(tx) => tx.sender().is_closed(),
-            Sink::Part(_, stop) => stop.load(Ordering::SeqCst),
+            Sink::Part { stop, .. } => stop.load(Ordering::SeqCst),
         }
     }
 
@@ -566,6 +660,7 @@ impl<'a> Scan<'a> {
             receivers.push(rx);
         }
         let senders = std::sync::Mutex::new(senders);
+        let ahead = Ahead::new();
         let (q, rt, started) = (self.q, self.rt, self.started);
         std::thread::scope(|scope| {
             for _ in 0..workers {
@@ -585,7 +680,13 @@ impl<'a> Scan<'a> {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let mut w = Scan::with_sink(q, Sink::Part(part.clone(), &stop), rt, started);
+                    let sink = Sink::Part {
+                        tx: part.clone(),
+                        stop: &stop,
+                        ahead: &ahead,
+                        index: i,
+                    };
+                    let mut w = Scan::with_sink(q, sink, rt, started);
                     let place = Place {
                         host,
                         file,
@@ -607,8 +708,9 @@ impl<'a> Scan<'a> {
                     });
                 });
             }
-            let result = self.merge(&receivers);
+            let result = self.merge(&receivers, &ahead);
             stop.store(true, Ordering::SeqCst);
+            ahead.advance(usize::MAX);
             drop(receivers);
             result
         })
@@ -616,8 +718,13 @@ impl<'a> Scan<'a> {
 
     /// Forwards the workers' parts in generation order; stops at the limit, the time limit,
     /// a store error, or a gone client.
-    fn merge(&mut self, receivers: &[std::sync::mpsc::Receiver<Part>]) -> Result<Truncated, Stop> {
-        for rx in receivers {
+    fn merge(
+        &mut self,
+        receivers: &[std::sync::mpsc::Receiver<Part>],
+        ahead: &Ahead,
+    ) -> Result<Truncated, Stop> {
+        for (i, rx) in receivers.iter().enumerate() {
+            ahead.advance(i);
             loop {
                 if self.gone() {
                     return Err(Stop::Gone);
@@ -628,6 +735,7 @@ impl<'a> Scan<'a> {
                 };
                 match part {
                     Part::Out(data, ends) => {
+                        ahead.release(data.len());
                         let left = self.q.limit - self.matches;
                         if ends.len() as u64 >= left {
                             let cut = ends[left as usize - 1];
@@ -1036,10 +1144,31 @@ impl<'a> Scan<'a> {
         let data = std::mem::take(&mut self.out);
         self.out.reserve(OUT_BYTES + 4096);
         match &self.sink {
-            Sink::Body(tx) => tx.sender().blocking_send(Bytes::from(data)).is_ok(),
-            Sink::Part(part, _) => part
-                .send(Part::Out(data, std::mem::take(&mut self.match_ends)))
-                .is_ok(),
+            Sink::Body(tx) => {
+                let wait = self.q.deadline.min(STALLED_CLIENT);
+                match self
+                    .rt
+                    .block_on(tx.sender().send_timeout(Bytes::from(data), wait))
+                {
+                    Ok(()) => true,
+                    Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        self.stalled = true;
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+            Sink::Part {
+                tx,
+                stop,
+                ahead,
+                index,
+            } => {
+                ahead.reserve(*index, data.len(), stop)
+                    && tx
+                        .send(Part::Out(data, std::mem::take(&mut self.match_ends)))
+                        .is_ok()
+            }
         }
     }
 }
