@@ -8,6 +8,7 @@ mod browser;
 mod config_layers;
 mod crash;
 mod disk_full;
+mod endpoints;
 mod hardening;
 mod hostile;
 mod lifecycle;

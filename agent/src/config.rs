@@ -91,6 +91,10 @@ pub struct SinkConfig {
     pub compression_level: i32,
     /// Deadline of one request.
     pub timeout: String,
+    /// With several URLs: a request that an endpoint has not answered after this long,
+    /// while that endpoint answered nothing else either, is sent to the next one too
+    /// ("0s": never). Resends are idempotent; the first acknowledgement wins.
+    pub hedge_after: String,
 }
 
 impl Default for SinkConfig {
@@ -106,6 +110,7 @@ impl Default for SinkConfig {
             compression: "zstd".into(),
             compression_level: 1,
             timeout: "30s".into(),
+            hedge_after: "1s".into(),
         }
     }
 }
@@ -226,6 +231,8 @@ pub struct SinkSettings {
     pub compression: Compression,
     pub compression_level: i32,
     pub timeout: Duration,
+    /// When to send a request that has no answer to another endpoint too (zero: never).
+    pub hedge_after: Duration,
     /// TLS for an `https://` URL; `None` for `http://`.
     pub tls: Option<crate::sink::tls::ClientTls>,
 }
@@ -509,6 +516,12 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
         compression_level: s.compression_level.clamp(-7, 19),
         timeout: units::duration("sink.timeout", &s.timeout)
             .map_err(|m| ("sink.timeout".to_owned(), strip_key("sink.timeout", m)))?,
+        hedge_after: units::duration("sink.hedge_after", &s.hedge_after).map_err(|m| {
+            (
+                "sink.hedge_after".to_owned(),
+                strip_key("sink.hedge_after", m),
+            )
+        })?,
     })
 }
 

@@ -6,13 +6,24 @@
 //! ones; an endpoint that refuses connections, times out or answers 5xx is skipped — the
 //! same batch goes straight to the next — and retried on its own backoff. A file's batches
 //! are still sent one at a time, so its checkpoint order is unchanged.
+//!
+//! An endpoint that accepts connections and never answers (a hung process, a black-holed
+//! route) would hold each batch sent to it for the whole `timeout`. So a request that has no
+//! answer after `hedge_after`, from an endpoint that has answered nothing since the request
+//! began, is sent to the next endpoint too; the first acknowledgement wins (a resend is
+//! idempotent: lines are stored by number). That endpoint is then kept out for at least
+//! `timeout`, as one that timed out is: with a 100 ms backoff after a timeout it got the next
+//! batch at once and stalled every file ~30 s of every 30 s (issue 29.4).
 
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, StatusCode, Uri};
@@ -23,6 +34,9 @@ use hyper_util::rt::TokioExecutor;
 use super::{BoxFuture, Outcome, Sink};
 use crate::config::{Compression, SinkSettings};
 use crate::metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
+
+/// One request to one endpoint, under way: the endpoint's index and how it ended.
+type Attempt<'a> = Pin<Box<dyn Future<Output = (usize, (Outcome, bool))> + Send + 'a>>;
 
 #[derive(Debug)]
 pub struct AggregatorSink {
@@ -36,6 +50,7 @@ pub struct AggregatorSink {
     /// zstd level (negative levels trade ratio for speed).
     level: i32,
     timeout: Duration,
+    hedge_after: Duration,
 }
 
 /// One aggregator URL and whether it is taking batches.
@@ -52,6 +67,8 @@ struct Health {
     failures: u32,
     /// Skipped until then (unless every endpoint is).
     down_until: Option<Instant>,
+    /// When it last answered anything (any status): alive, if perhaps slow.
+    last_answer: Option<Instant>,
 }
 
 /// Backoff of a failing endpoint: 100 ms doubling to 10 s, with jitter.
@@ -134,6 +151,7 @@ impl AggregatorSink {
             compression: s.compression,
             level: s.compression_level,
             timeout: s.timeout,
+            hedge_after: s.hedge_after,
         })
     }
 
@@ -179,15 +197,32 @@ impl AggregatorSink {
     }
 
     fn mark(&self, ep: &Endpoint, ok: bool, reason: &str) {
+        self.mark_for(ep, ok, reason, Duration::ZERO);
+    }
+
+    /// Marks an endpoint that did not answer at all (timed out, or hedged around): out for
+    /// at least `timeout`, which is what each batch sent to it would cost.
+    fn mark_silent(&self, ep: &Endpoint, reason: &str) {
+        self.mark_for(ep, false, reason, self.timeout);
+    }
+
+    fn mark_for(&self, ep: &Endpoint, ok: bool, reason: &str, at_least: Duration) {
         let mut h = ep.health();
         if ok {
             if h.failures > 0 {
                 tracing::info!(endpoint = %ep.label, "aggregator endpoint answers again");
             }
-            *h = Health::default();
+            let last_answer = h.last_answer;
+            *h = Health {
+                last_answer,
+                ..Health::default()
+            };
         } else {
             h.failures += 1;
-            h.down_until = Some(Instant::now() + endpoint_backoff(h.failures));
+            let out = endpoint_backoff(h.failures).max(at_least);
+            let until = Instant::now() + out;
+            // Never shortens a longer exclusion (a late failure after a hedge).
+            h.down_until = Some(h.down_until.map_or(until, |d| d.max(until)));
             if h.failures == 1 && self.endpoints.len() > 1 {
                 tracing::warn!(endpoint = %ep.label, %reason, "aggregator endpoint failing; sending to the others");
             }
@@ -212,10 +247,53 @@ impl AggregatorSink {
         };
         let mut retry = None;
         let mut park = None;
-        for i in self.order() {
+        let order = self.order();
+        let mut next = order.iter().copied().peekable();
+        // Requests under way: at most one per endpoint, the oldest first in `started`.
+        let mut inflight: FuturesUnordered<Attempt<'_>> = FuturesUnordered::new();
+        let mut started: Vec<(usize, Instant)> = Vec::new();
+        loop {
+            if inflight.is_empty() {
+                let Some(i) = next.next() else { break };
+                inflight.push(self.attempt_boxed(i, body, payload.clone(), encoding));
+                started.push((i, Instant::now()));
+            }
+            let hedge_at = started
+                .last()
+                .filter(|_| !self.hedge_after.is_zero() && next.peek().is_some())
+                .map(|&(_, t)| t + self.hedge_after);
+            let hedge = async {
+                match hedge_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (i, (outcome, endpoint_fault)) = tokio::select! {
+                done = inflight.next() => match done {
+                    Some(d) => d,
+                    None => continue,
+                },
+                () = hedge => {
+                    // Only an endpoint that answered nothing since this request began is
+                    // suspect: a busy one that still answers others is just slow.
+                    let &(i, since) = started.last().expect("a request under way");
+                    let ep = &self.endpoints[i];
+                    let silent = ep.health().last_answer.is_none_or(|t| t < since);
+                    let Some(j) = next.next() else { continue };
+                    if silent {
+                        self.count(ep, "hedged");
+                        self.mark_silent(
+                            ep,
+                            &format!("{}: no answer within {:?}", ep.label, self.hedge_after),
+                        );
+                    }
+                    inflight.push(self.attempt_boxed(j, body, payload.clone(), encoding));
+                    started.push((j, Instant::now()));
+                    continue;
+                }
+            };
             let ep = &self.endpoints[i];
-            let (outcome, endpoint_fault) =
-                self.attempt_at(ep, body, payload.clone(), encoding).await;
+            started.retain(|&(k, _)| k != i);
             match outcome {
                 Outcome::Ok => {
                     self.count(ep, "ok");
@@ -254,6 +332,21 @@ impl AggregatorSink {
         })
     }
 
+    fn attempt_boxed<'a>(
+        &'a self,
+        i: usize,
+        body: &'a [u8],
+        payload: Bytes,
+        encoding: Option<&'static str>,
+    ) -> Attempt<'a> {
+        Box::pin(async move {
+            let r = self
+                .attempt_at(&self.endpoints[i], body, payload, encoding)
+                .await;
+            (i, r)
+        })
+    }
+
     /// One request to one endpoint; also says whether a retryable failure is the endpoint's
     /// (unreachable, timed out, 5xx: worth trying another) rather than this host's (429).
     async fn attempt_at(
@@ -288,13 +381,14 @@ impl AggregatorSink {
         };
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
+                self.mark_silent(ep, "no answer");
                 return (
                     Outcome::Retry {
                         reason: format!("{}: no answer within {:?}", ep.label, self.timeout),
                         after: None,
                     },
                     true,
-                )
+                );
             }
             Ok(Err(e)) => {
                 // A refused handshake or certificate is the configuration's fault: park.
@@ -317,6 +411,7 @@ impl AggregatorSink {
             }
             Ok(Ok(r)) => r,
         };
+        ep.health().last_answer = Some(Instant::now());
         let status = resp.status();
         let after = resp
             .headers()
