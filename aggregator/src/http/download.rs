@@ -174,9 +174,24 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
 
 /// `ETag` and `Last-Modified` of a download: the generation's state (id, line count,
 /// highest line, last write) and what was asked of it.
+///
+/// HTTP dates have whole seconds, and the last write is in ms: a `Last-Modified` of the
+/// write's own second, checked with `<=`, answered 304 to a client whose copy predates a
+/// second write in the same second (issue 29.5). So `Last-Modified` is the first whole second
+/// *after* the last write, sent only once that second is at least a second old (a write
+/// stamped just before a response but committed just after it is then also later than the
+/// date handed out), and `If-Modified-Since` means "written before that second": a 304 only
+/// when the last write's second is strictly earlier. The ETag carries ms and is exact.
 struct Validators {
     etag: String,
-    modified: std::time::SystemTime,
+    /// Whole seconds since the epoch of the last write.
+    modified_secs: u64,
+}
+
+/// Whole seconds since the epoch (0 before it).
+fn epoch_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Validators {
@@ -196,7 +211,7 @@ impl Validators {
                 sel.to,
                 if ndjson { "j" } else { "t" }
             ),
-            modified: g.last_write,
+            modified_secs: epoch_secs(g.last_write),
         }
     }
 
@@ -214,22 +229,24 @@ impl Validators {
             .get(hyper::header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| {
-                // HTTP dates have whole seconds.
-                let secs = |t: std::time::SystemTime| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                };
-                secs(self.modified) <= secs(since)
-            })
+            .is_some_and(|since| self.modified_secs < epoch_secs(since))
+    }
+
+    /// The `Last-Modified` to send at `now`, if any yet.
+    fn last_modified(&self, now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+        let after = self.modified_secs.saturating_add(1);
+        (epoch_secs(now) > after)
+            .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(after))
     }
 
     fn insert(&self, h: &mut hyper::HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&self.etag) {
             h.insert(hyper::header::ETAG, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(self.modified)) {
-            h.insert(hyper::header::LAST_MODIFIED, v);
+        if let Some(t) = self.last_modified(std::time::SystemTime::now()) {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
+                h.insert(hyper::header::LAST_MODIFIED, v);
+            }
         }
     }
 }
@@ -455,4 +472,53 @@ async fn select(app: &App, p: &Params) -> Result<Selection, ApiError> {
         from,
         to,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(ms: u64) -> std::time::SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn since(ms: u64) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        let v = httpdate::fmt_http_date(at(ms));
+        h.insert(
+            hyper::header::IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&v).expect("date"),
+        );
+        h
+    }
+
+    fn written_at(ms: u64) -> Validators {
+        Validators {
+            etag: String::new(),
+            modified_secs: ms / 1000,
+        }
+    }
+
+    #[test]
+    fn a_write_in_the_same_second_is_never_answered_304() {
+        // The client's copy is from 10.1 s (its date says second 10); a write at 10.7 s.
+        assert!(!written_at(10_700).unchanged_for(&since(10_100)));
+        // Written before the second named: unchanged.
+        assert!(written_at(9_900).unchanged_for(&since(10_100)));
+    }
+
+    #[test]
+    fn last_modified_is_given_once_it_cannot_hide_a_later_write() {
+        let v = written_at(10_200);
+        assert_eq!(v.last_modified(at(10_900)), None);
+        assert_eq!(v.last_modified(at(11_999)), None);
+        let lm = v
+            .last_modified(at(12_000))
+            .expect("a second after the next");
+        assert_eq!(lm, at(11_000));
+        // Revalidating with it: 304 while unchanged, 200 after any later write.
+        assert!(v.unchanged_for(&since(11_000)));
+        assert!(!written_at(12_000).unchanged_for(&since(11_000)));
+    }
 }
