@@ -597,3 +597,27 @@ fn a_client_that_disconnects_stops_its_search() {
         "the aggregator used {used:.2} s of CPU in the second after the client left"
     );
 }
+
+/// Issue 29.8: when the limit stops a search across several files, the summary still says
+/// what was read (it said 0 lines and 0 bytes).
+#[test]
+fn a_search_cut_by_its_limit_reports_what_it_scanned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let lines: Vec<Vec<u8>> = (0..2_000)
+        .map(|i| format!("line {i} match").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    for f in 0..4 {
+        let a = post_compact(&agg, "h", &format!("/f{f}"), "g", 0, &refs);
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let a = get(&agg.url("/store/search?q=match&limit=5"));
+    assert_eq!(a.status, 200);
+    let (hits, summary) = parse_results(&a.body);
+    assert_eq!(hits.len(), 5);
+    let s = &summary;
+    assert_eq!(s["truncated"], true, "{summary}");
+    assert!(s["lines_scanned"].as_u64().unwrap_or(0) >= 5, "{summary}");
+    assert!(s["bytes_scanned"].as_u64().unwrap_or(0) >= 50, "{summary}");
+}

@@ -485,11 +485,8 @@ impl Ahead {
 enum Part {
     /// Rendered results, and where each match line ends in them (for the limit's cut).
     Out(Vec<u8>, Vec<usize>),
-    /// The generation is done: what was read, and how it ended.
+    /// The generation is done, and how it ended (what it read is counted apart).
     Done {
-        lines: u64,
-        bytes: u64,
-        skipped: u64,
         outcome: Result<Truncated, StoreError>,
     },
 }
@@ -661,8 +658,12 @@ impl<'a> Scan<'a> {
         }
         let senders = std::sync::Mutex::new(senders);
         let ahead = Ahead::new();
+        // What every worker read, counted as it ends however it ends: when the limit cuts
+        // the search, the generations being scanned never report done (the summary said
+        // 0 lines scanned, issue 29.8).
+        let scanned = [const { std::sync::atomic::AtomicU64::new(0) }; 3];
         let (q, rt, started) = (self.q, self.rt, self.started);
-        std::thread::scope(|scope| {
+        let result = std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -692,7 +693,11 @@ impl<'a> Scan<'a> {
                         file,
                         generation: &g.name,
                     };
-                    let outcome = match w.generation(store, g, &place) {
+                    let outcome = w.generation(store, g, &place);
+                    for (total, n) in scanned.iter().zip([w.lines, w.bytes, w.skipped]) {
+                        total.fetch_add(n, Ordering::SeqCst);
+                    }
+                    let outcome = match outcome {
                         Ok(t) => Ok(t),
                         Err(Stop::Gone) => return,
                         Err(Stop::Store(e)) => Err(e),
@@ -700,12 +705,7 @@ impl<'a> Scan<'a> {
                     if !w.flush() {
                         return;
                     }
-                    let _ = part.send(Part::Done {
-                        lines: w.lines,
-                        bytes: w.bytes,
-                        skipped: w.skipped,
-                        outcome,
-                    });
+                    let _ = part.send(Part::Done { outcome });
                 });
             }
             let result = self.merge(&receivers, &ahead);
@@ -713,7 +713,12 @@ impl<'a> Scan<'a> {
             ahead.advance(usize::MAX);
             drop(receivers);
             result
-        })
+        });
+        let [lines, bytes, skipped] = scanned.map(std::sync::atomic::AtomicU64::into_inner);
+        self.lines += lines;
+        self.bytes += bytes;
+        self.skipped += skipped;
+        result
     }
 
     /// Forwards the workers' parts in generation order; stops at the limit, the time limit,
@@ -749,15 +754,7 @@ impl<'a> Scan<'a> {
                             return Err(Stop::Gone);
                         }
                     }
-                    Part::Done {
-                        lines,
-                        bytes,
-                        skipped,
-                        outcome,
-                    } => {
-                        self.lines += lines;
-                        self.bytes += bytes;
-                        self.skipped += skipped;
+                    Part::Done { outcome } => {
                         match outcome.map_err(Stop::Store)? {
                             Truncated::No => break,
                             // A worker's own limit is the global one: the cut above
