@@ -621,3 +621,53 @@ fn a_search_cut_by_its_limit_reports_what_it_scanned() {
     assert!(s["lines_scanned"].as_u64().unwrap_or(0) >= 5, "{summary}");
     assert!(s["bytes_scanned"].as_u64().unwrap_or(0) >= 50, "{summary}");
 }
+
+/// Issue 29.6: on bytes that are not UTF-8 a regex answers as `rg -a` does on the same file
+/// (and GNU `grep -a` in a UTF-8 locale): `.` is one UTF-8 character, so it does not match
+/// an invalid byte; `(?-u)` (or `(?-u:.)`) makes it match any byte, as in the C locale.
+#[test]
+fn regexes_on_bytes_that_are_not_utf8_answer_as_rg_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let lines: [&[u8]; 6] = [
+        b"foo\xffbar",
+        "fooébar".as_bytes(),
+        b"foo\xc3bar",
+        b"foobar",
+        b"foo bar \xfe\xfe",
+        b"\xff\xff",
+    ];
+    let a = post_compact(&agg, "h", "/bytes", "g", 0, &lines);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let file = dir.path().join("bytes.log");
+    let raw: Vec<u8> = lines.iter().flat_map(|l| [*l, b"\n"].concat()).collect();
+    std::fs::write(&file, raw).expect("write");
+    for pattern in [
+        "foo.*bar",
+        "foo.bar",
+        "(?-u)foo.bar",
+        "foo(?-u:.)bar",
+        "^.*$",
+        "(?-u)^.+$",
+        r"bar\s.+$",
+    ] {
+        let rg = std::process::Command::new("rg")
+            .args(["-a", "-n", "--no-filename", pattern])
+            .arg(&file)
+            .output()
+            .expect("ripgrep (rg) is needed: apt-get install ripgrep (scripts/test does)");
+        let want: Vec<u64> = String::from_utf8_lossy(&rg.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').next()?.parse::<u64>().ok())
+            .map(|n| n - 1)
+            .collect();
+        let a = get(&agg.url(&format!(
+            "/store/search?q={}&regex=true&file=/bytes",
+            enc(pattern)
+        )));
+        assert_eq!(a.status, 200, "{pattern}: {}", a.text());
+        let (hits, _) = parse_results(&a.body);
+        let got: Vec<u64> = hits.iter().map(|h| h.3).collect();
+        assert_eq!(got, want, "{pattern}: ours against rg -a");
+    }
+}
