@@ -17,6 +17,8 @@ struct Line {
     content: Vec<u8>,
     /// Written after the window's midpoint.
     late: bool,
+    /// Sent without its end (a partial line): still its own line, before the next one.
+    partial: bool,
 }
 
 /// host → file → generations (oldest first) → lines.
@@ -70,7 +72,7 @@ fn post_generation(
     for b in batches {
         let mut w = logship_wire::compact::Writer::new(host, file, generation, b[0].number);
         for l in b {
-            w.push(&l.content, false);
+            w.push(&l.content, l.partial);
         }
         let a = post(
             &agg.url("/store/batch"),
@@ -351,6 +353,7 @@ fn search_matches_a_model_of_random_lines_and_queries(backend: Backend) {
                     number: i,
                     content: random_line(&mut rng),
                     late: false,
+                    partial: rng.u8(..20) == 0,
                 })
                 .collect();
             post_generation(&agg, h, &file, "g1", &lines, &mut rng);
@@ -376,6 +379,7 @@ fn search_matches_a_model_of_random_lines_and_queries(backend: Backend) {
                 number: i,
                 content: random_line(&mut rng),
                 late: true,
+                partial: rng.u8(..20) == 0,
             })
             .collect();
         post_generation(&agg, h, file, "g2", &lines, &mut rng);

@@ -941,10 +941,14 @@ impl<'a> Scan<'a> {
             self.lines += lines.len() as u64;
             self.bytes += chunk.data.len() as u64;
             self.skipped += chunk.skipped;
+            // A partial line is rendered without its `\n`, so the line after it would not
+            // start a line for `^`, nor would it end one for `$`: then match line by line,
+            // as the store's own scan does (the backends disagreed, issue 29.7).
+            let newline_separated = !lines.iter().rev().skip(1).any(|l| l.partial);
             let view = View {
                 data: &chunk.data,
                 lines: &lines,
-                newline_separated: true,
+                newline_separated,
             };
             let t = self.block(&view, place)?;
             if t != Truncated::No {
