@@ -306,3 +306,37 @@ fn page_groups_and_filters_many_files_searches_and_opens_a_result() {
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/search.png");
     d.screenshot(&shot);
 }
+
+/// Issue 29.9: the page follows its address: a changed hash (a pasted link, back/forward)
+/// shows the file it names, not the one opened before.
+#[test]
+fn the_page_follows_a_changed_hash_and_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    for (host, file, text) in [("alpha", "/a.log", "from a"), ("beta", "/b.log", "from b")] {
+        let lines: Vec<Vec<u8>> = (0..3).map(|i| format!("{text} {i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        assert_eq!(post_compact(&agg, host, file, "g", 0, &refs).status, 200);
+    }
+    let d = Driver::start();
+    let shown = |d: &Driver, text: &str| {
+        wait_until(Duration::from_secs(10), || {
+            d.js("return [...document.querySelectorAll('#log .ln')].map(l => l.textContent).join('|')")
+                .as_str()
+                .is_some_and(|t| t.contains(&format!("{text} 2")) && !t.contains(if text == "from a" { "from b" } else { "from a" }))
+        })
+    };
+    let title = |d: &Driver| d.js("return document.getElementById('title').textContent");
+    d.goto(&agg.url("/#host=alpha&file=%2Fa.log"));
+    assert!(
+        shown(&d, "from a"),
+        "the hash's file at load: {:?}",
+        title(&d)
+    );
+    d.js("location.hash = 'host=beta&file=%2Fb.log'");
+    assert!(shown(&d, "from b"), "after a changed hash: {:?}", title(&d));
+    assert_eq!(title(&d), "/b.log");
+    d.js("history.back()");
+    assert!(shown(&d, "from a"), "after back: {:?}", title(&d));
+    assert_eq!(title(&d), "/a.log");
+}
