@@ -25,3 +25,4 @@ mod search;
 mod search_clients;
 mod service;
 mod tls;
+mod tracking;

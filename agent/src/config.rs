@@ -29,6 +29,9 @@ pub struct Config {
     pub checkpoint_interval: Option<String>,
     /// Fallback scan for new, grown or rotated files when notify misses something. Default "5s".
     pub poll_interval: Option<String>,
+    /// A checkpoint whose file has been gone (no file of that identity at its path) this
+    /// long is removed. Default "24h".
+    pub forget_after: Option<String>,
     /// `"text"` (default) or `"json"` (one object per line, for a log pipeline).
     pub log_format: Option<String>,
     /// Log filter when `RUST_LOG` is not set, e.g. `"info"` or `"warn,logship_agent=debug"`.
@@ -179,6 +182,9 @@ pub struct LimitsConfig {
     /// Bytes the dead-letter directory may hold; past it, refused batches wait (their files'
     /// checkpoints with them) instead of filling the disk.
     pub max_dead_letter_bytes: Option<String>,
+    /// Files tailed at once (Filebeat's `harvester_limit`); past it, newly found files wait
+    /// until a tracked one finishes. Default 10,000.
+    pub max_tracked_files: Option<usize>,
 }
 
 /// Where to start a file that has no checkpoint.
@@ -260,6 +266,10 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_buffered_bytes: u64,
     pub max_open_files: usize,
+    /// Files tailed at once; newly found files wait past it.
+    pub max_tracked_files: usize,
+    /// A checkpoint whose file has been gone this long is removed.
+    pub forget_after: Duration,
     pub max_dead_letter_bytes: u64,
     pub log_format: logship_common::LogFormat,
     pub log_level: Option<String>,
@@ -348,6 +358,7 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
     for (key, value) in [
         ("limits.max_in_flight", c.limits.max_in_flight),
         ("limits.max_open_files", c.limits.max_open_files),
+        ("limits.max_tracked_files", c.limits.max_tracked_files),
     ] {
         if value.is_some_and(|v| v > MAX_COUNT) {
             return Err((key.into(), format!("more than the {MAX_COUNT} allowed")));
@@ -377,6 +388,8 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
         )?
         .max(1 << 20),
         max_open_files: c.limits.max_open_files.unwrap_or(open_default).max(4),
+        max_tracked_files: c.limits.max_tracked_files.unwrap_or(10_000).max(1),
+        forget_after: dur("forget_after", &c.forget_after, "24h")?,
         max_dead_letter_bytes: size(
             "limits.max_dead_letter_bytes",
             &c.limits.max_dead_letter_bytes,

@@ -84,6 +84,13 @@ fn real_main() -> anyhow::Result<()> {
         let logship_agent::source::Expanded { files, unreadable } =
             logship_agent::source::expand_reporting(&settings.sources);
         logship_common::out!("# {} file(s) would be shipped now:", files.len());
+        if files.len() > settings.max_tracked_files {
+            logship_common::out!(
+                "# limits.max_tracked_files = {}: the other {} wait until tracked files finish",
+                settings.max_tracked_files,
+                files.len() - settings.max_tracked_files
+            );
+        }
         for (p, i) in files {
             logship_common::out!("{}\t(sources[{i}])", p.display());
         }

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub truncations: Counter,
     pub files_open: Gauge,
     pub files_tracked: Gauge,
+    /// Files found but not tailed yet: `limits.max_tracked_files` files are.
+    pub files_waiting: Gauge,
+    /// Checkpoints removed because their file was gone for `forget_after`.
+    pub checkpoints_forgotten: Counter,
     pub deleted_held: Gauge,
     /// When checkpoints were last saved (Unix time).
     pub checkpoint_time: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -94,6 +98,8 @@ impl Metrics {
             truncations: Counter::default(),
             files_open: Gauge::default(),
             files_tracked: Gauge::default(),
+            files_waiting: Gauge::default(),
+            checkpoints_forgotten: Counter::default(),
             deleted_held: Gauge::default(),
             checkpoint_time: Gauge::default(),
             buffered_bytes: Gauge::default(),
@@ -170,13 +176,23 @@ impl Metrics {
             m.files_tracked.clone(),
         );
         r.register(
+            "files_waiting",
+            "Files found but waiting to be tailed: limits.max_tracked_files are",
+            m.files_waiting.clone(),
+        );
+        r.register(
+            "checkpoints_forgotten",
+            "Checkpoints removed because their file was gone for forget_after",
+            m.checkpoints_forgotten.clone(),
+        );
+        r.register(
             "deleted_files_held",
             "Files rotated away or deleted, still being drained",
             m.deleted_held.clone(),
         );
         r.register(
             "checkpoint_timestamp_seconds",
-            "Seconds since checkpoints were last saved",
+            "When checkpoints were last saved, as a Unix time (alert on time() minus it)",
             m.checkpoint_time.clone(),
         );
         r.register(

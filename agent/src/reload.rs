@@ -55,6 +55,8 @@ fn apply(
         max_in_flight => "limits.max_in_flight",
         max_buffered_bytes => "limits.max_buffered_bytes",
         max_open_files => "limits.max_open_files",
+        max_tracked_files => "limits.max_tracked_files",
+        forget_after => "forget_after",
         max_dead_letter_bytes => "limits.max_dead_letter_bytes",
         shutdown_timeout => "shutdown_timeout",
         checkpoint_interval => "checkpoint_interval",

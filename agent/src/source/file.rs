@@ -39,13 +39,27 @@ const EVENT_QUEUE: usize = 8192;
 pub struct FileSource {
     sources: Vec<SourceSettings>,
     poll_interval: Duration,
+    tracking: Tracking,
 }
 
+/// How many files are tailed at once, and how long a gone file's checkpoint is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracking {
+    /// `limits.max_tracked_files`: files found past it wait for a free slot.
+    pub max_files: usize,
+    /// `forget_after`.
+    pub forget_after: Duration,
+}
+
+/// Waiting paths remembered at most (the gauge counts them; the next scan finds the rest).
+const WAITING_REMEMBERED: usize = 100_000;
+
 impl FileSource {
-    pub fn new(sources: Vec<SourceSettings>, poll_interval: Duration) -> Self {
+    pub fn new(sources: Vec<SourceSettings>, poll_interval: Duration, tracking: Tracking) -> Self {
         FileSource {
             sources,
             poll_interval,
+            tracking,
         }
     }
 }
@@ -92,6 +106,13 @@ struct Discovery {
     unreadable: std::collections::HashSet<PathBuf>,
     /// In the scan at start (or after a reload): files found now start at `read_from`.
     starting: bool,
+    tracking: Tracking,
+    /// Files found while `max_tracked_files` were tailed: started by a later scan.
+    waiting: std::collections::HashSet<PathBuf>,
+    /// The limit was reported since files last stopped waiting.
+    limit_reported: bool,
+    /// When each checkpoint with no pipeline was first seen without its file.
+    gone_since: HashMap<FileId, std::time::Instant>,
 }
 
 impl Source for FileSource {
@@ -135,6 +156,10 @@ impl Source for FileSource {
                 refused: HashMap::new(),
                 unreadable: std::collections::HashSet::new(),
                 starting: true,
+                tracking: self.tracking,
+                waiting: std::collections::HashSet::new(),
+                limit_reported: false,
+                gone_since: HashMap::new(),
             };
             let mut shutdown = d.pipes.shutdown.clone();
             let mut reloaded = d.pipes.reloaded.clone();
@@ -160,6 +185,9 @@ impl Source for FileSource {
                         // Reap first: a file whose pipeline a reload drained restarts now.
                         d.reap();
                         d.scan().await;
+                        // Not at start: a file rotated while the agent was stopped is found
+                        // beside its path (`resume_orphans`) after the first scan.
+                        d.forget_gone();
                     }
                     Ok(()) = reloaded.changed() => {
                         let all = reloaded.borrow_and_update().clone();
@@ -334,8 +362,16 @@ impl Discovery {
             }
         }
         self.unreadable = unreadable.into_iter().collect();
+        self.waiting.clear();
         for (p, _) in files {
             self.check(&p, false).await;
+        }
+        self.pipes
+            .metrics
+            .files_waiting
+            .set(self.waiting.len() as i64);
+        if self.waiting.is_empty() {
+            self.limit_reported = false;
         }
         let known: Vec<PathBuf> = self.by_path.keys().cloned().collect();
         for p in known {
@@ -384,7 +420,57 @@ impl Discovery {
         if !self.may_ship(path) {
             return;
         }
+        if self.active.len() >= self.tracking.max_files {
+            // Nothing tracked is dropped for it: this file waits for a slot, and a scan after
+            // a tracked one finishes starts it (from its checkpoint, or its first line).
+            if self.waiting.len() < WAITING_REMEMBERED {
+                self.waiting.insert(path.to_path_buf());
+            }
+            if !self.limit_reported {
+                tracing::warn!(
+                    limit = self.tracking.max_files,
+                    file = %path.display(),
+                    "limits.max_tracked_files files are tailed; newly found files wait until one finishes"
+                );
+                self.limit_reported = true;
+            }
+            self.pipes
+                .metrics
+                .files_waiting
+                .set(self.waiting.len() as i64);
+            return;
+        }
+        if self.waiting.remove(path) {
+            self.pipes
+                .metrics
+                .files_waiting
+                .set(self.waiting.len() as i64);
+        }
         self.start(path, source, meta.len()).await;
+    }
+
+    /// Removes the checkpoints whose file has been gone (no file of that identity at its
+    /// path, no pipeline) for `forget_after`: a file dropped from the config and then
+    /// deleted kept its checkpoint for good, one more with every such file.
+    fn forget_gone(&mut self) {
+        let now = std::time::Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for cp in self.pipes.checkpoints.all() {
+            if self.active.contains_key(&cp.id)
+                || std::fs::metadata(&cp.file).is_ok_and(|m| FileId::of(&m) == cp.id)
+            {
+                continue;
+            }
+            seen.insert(cp.id);
+            let since = *self.gone_since.entry(cp.id).or_insert(now);
+            if now.duration_since(since) >= self.tracking.forget_after {
+                tracing::info!(file = %cp.file, after = ?self.tracking.forget_after, "file gone; forgetting its checkpoint");
+                self.pipes.checkpoints.remove(cp.id);
+                self.pipes.metrics.checkpoints_forgotten.inc();
+                seen.remove(&cp.id);
+            }
+        }
+        self.gone_since.retain(|id, _| seen.contains(id));
     }
 
     /// Whether `path` may be shipped at all: its name must be one the aggregator can take

@@ -27,7 +27,14 @@ pub fn build(
     settings: &Settings,
 ) -> anyhow::Result<Box<dyn Source>> {
     Ok(match kind {
-        "file" => Box::new(file::FileSource::new(sources, settings.poll_interval)),
+        "file" => Box::new(file::FileSource::new(
+            sources,
+            settings.poll_interval,
+            file::Tracking {
+                max_files: settings.max_tracked_files,
+                forget_after: settings.forget_after,
+            },
+        )),
         other => anyhow::bail!("unknown source type {other:?}"),
     })
 }
