@@ -11,6 +11,7 @@ mod disk_full;
 mod endpoints;
 mod hardening;
 mod hostile;
+mod hung_reads;
 mod lifecycle;
 mod live;
 mod model;

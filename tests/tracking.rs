@@ -124,7 +124,12 @@ fn a_checkpoint_whose_file_is_gone_for_forget_after_is_removed() {
     };
     let cfg = config("*.log");
     let agent = Agent::start(&cfg);
-    assert_all_shipped(&agg, "h", std::slice::from_ref(&old), Duration::from_secs(15));
+    assert_all_shipped(
+        &agg,
+        "h",
+        std::slice::from_ref(&old),
+        Duration::from_secs(15),
+    );
     let state = dir.path().join("state");
     assert!(wait_until(Duration::from_secs(5), || checkpointed(
         &state, &old

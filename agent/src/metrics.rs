@@ -60,6 +60,8 @@ pub struct Metrics {
     pub files_tracked: Gauge,
     /// Files found but not tailed yet: `limits.max_tracked_files` files are.
     pub files_waiting: Gauge,
+    /// Files on a network or user-space filesystem, each read on a thread of its own.
+    pub files_on_own_thread: Gauge,
     /// Checkpoints removed because their file was gone for `forget_after`.
     pub checkpoints_forgotten: Counter,
     pub deleted_held: Gauge,
@@ -99,6 +101,7 @@ impl Metrics {
             files_open: Gauge::default(),
             files_tracked: Gauge::default(),
             files_waiting: Gauge::default(),
+            files_on_own_thread: Gauge::default(),
             checkpoints_forgotten: Counter::default(),
             deleted_held: Gauge::default(),
             checkpoint_time: Gauge::default(),
@@ -179,6 +182,11 @@ impl Metrics {
             "files_waiting",
             "Files found but waiting to be tailed: limits.max_tracked_files are",
             m.files_waiting.clone(),
+        );
+        r.register(
+            "files_on_reader_threads",
+            "Files on a network or user-space filesystem (NFS, SMB, FUSE...), each read on a thread of its own",
+            m.files_on_own_thread.clone(),
         );
         r.register(
             "checkpoints_forgotten",

@@ -14,6 +14,33 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::FileId;
 
+/// Filesystems whose reads can wait without bound on something other than this machine's
+/// disks: a server (NFS, SMB/CIFS, Ceph, AFS, 9P, Lustre, GPFS-like cluster filesystems) or
+/// a user-space process (FUSE: sshfs, s3fs, glusterfs, …).
+const MAY_HANG: &[i64] = &[
+    0x6969,      // NFS
+    0x517B,      // SMB
+    0xFE53_4D42, // SMB2
+    0xFF53_4D42, // CIFS
+    0x6573_5546, // FUSE
+    0x00C3_6400, // Ceph
+    0x5346_414F, // AFS (kAFS)
+    0x6B41_4653, // AFS (OpenAFS)
+    0x0102_1997, // 9P
+    0x0BD0_0BD0, // Lustre
+    0x0116_1970, // GFS2
+    0x7461_636F, // OCFS2
+    0x7375_7245, // Coda
+    0x4741_5246, // GPFS
+];
+
+/// Whether reads of `file` may hang (a network or user-space filesystem): such a file is
+/// read on a thread of its own, so a hung server holds that thread, never an async worker
+/// that every other file's pipeline needs.
+pub fn reads_may_hang(file: &File) -> bool {
+    logship_common::filesystem_type(file).is_ok_and(|t| MAY_HANG.contains(&t))
+}
+
 /// Opens `path` for reading if it is a regular file; anything else is an error at once.
 pub fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
     // O_NONBLOCK makes a FIFO's open return at once; reads of a regular file ignore it.

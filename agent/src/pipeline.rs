@@ -59,16 +59,13 @@ impl Pipelines {
             open_files: self.open_files.clone(),
             shutdown: self.shutdown.clone(),
         };
-        let tailer = Tailer::new(
-            path,
-            name.clone(),
-            file,
-            permit,
-            id,
-            start,
-            env,
-            ctl.clone(),
-        )?;
+        let own_thread = crate::open_file::reads_may_hang(&file);
+        let make = {
+            let (name, ctl) = (name.clone(), ctl.clone());
+            move || Tailer::new(path, name, file, permit, id, start, env, ctl)
+        };
+        // Built here for a local file (its errors are the caller's), on its thread otherwise.
+        let runner = if own_thread { Err(make) } else { Ok(make()?) };
         let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
         let file: Arc<str> = Arc::from(name);
         let file_label = file.clone();
@@ -79,7 +76,12 @@ impl Pipelines {
             self.budget.clone(),
             batch_tx,
         );
-        tokio::spawn(tailer.run(batcher));
+        match runner {
+            Ok(tailer) => {
+                tokio::spawn(tailer.run(batcher));
+            }
+            Err(make) => self.read_on_own_thread(&file, make, batcher)?,
+        }
         let sender = Sender {
             env: self.send.clone(),
             file,
@@ -100,5 +102,46 @@ impl Pipelines {
             drop(done);
         });
         Ok(ctl)
+    }
+
+    /// Runs a tailer whose reads may hang (a network or user-space filesystem) on a thread
+    /// of its own, with a runtime of its own: a read that never returns then holds that
+    /// thread, while every other file keeps the async workers (issue 29.10: a hung NFS read
+    /// held a tokio worker, and two of them stopped every pipeline on a 2-core host). Its
+    /// batches reach the sender through the same channel; timers and notifications work
+    /// across runtimes.
+    fn read_on_own_thread(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> std::io::Result<Tailer> + Send + 'static,
+        batcher: Batcher,
+    ) -> std::io::Result<()> {
+        let threads = self.metrics.files_on_own_thread.clone();
+        let name = name.to_owned();
+        std::thread::Builder::new()
+            .name("logship-read".into())
+            .spawn(move || {
+                threads.inc();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(async move {
+                        match make() {
+                            Ok(tailer) => {
+                                tailer.run(batcher).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(file = %name, error = %e, "cannot start tailing");
+                            }
+                        }
+                    }),
+                    Err(e) => {
+                        tracing::error!(file = %name, error = %e, "cannot start a reader thread")
+                    }
+                }
+                threads.dec();
+            })
+            .map(|_| ())
     }
 }

@@ -149,6 +149,32 @@ pub fn init_tracing(format: LogFormat, level: Option<&str>) {
     };
 }
 
+/// The type of the filesystem `file` is on (`statfs(2)`'s `f_type`, a magic number).
+pub fn filesystem_type(file: &std::fs::File) -> std::io::Result<i64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        #[allow(unsafe_code)]
+        // SAFETY: fstatfs writes one `statfs` into the buffer it is given, which lives for
+        // the call; the descriptor is open for as long as `file` is borrowed.
+        let (rc, st) = unsafe {
+            let rc = libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr());
+            (rc, st.assume_init())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st.f_type as i64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        Ok(0)
+    }
+}
+
 /// Makes glibc return large freed buffers to the system at once.
 ///
 /// glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB),
