@@ -171,7 +171,14 @@ fn page_lists_host_and_file_shows_lines_and_live_tails() {
         "live tail did not start: {:?}",
         d.js("return document.getElementById('status').textContent")
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The page's follow request is open on the server before the line is written.
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            &get(&agg.url("/metrics")).text(),
+            "aggregator_followers"
+        ) >= 1.0),
+        "the page's live tail never reached the server"
+    );
     append_lines(&log, "appended live", 50..51);
     assert!(
         wait_until(Duration::from_secs(10), || d

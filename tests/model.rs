@@ -171,8 +171,11 @@ fn run_seed(seed: u64) {
                 m.close_generation();
             }
             Op::RestartTerm => {
-                // Give a just-started agent time to install its signal handler.
-                std::thread::sleep(Duration::from_millis(200));
+                // A just-started agent handles TERM once its handler is installed.
+                assert!(
+                    agent.proc.wait_catches(15, Duration::from_secs(10)),
+                    "the agent never installed its SIGTERM handler"
+                );
                 agent.proc.signal("TERM");
                 assert!(
                     agent
@@ -206,10 +209,19 @@ fn run_seed(seed: u64) {
 
 fn seeds() -> Vec<u64> {
     match std::env::var("LOGSHIP_MODEL_SEEDS") {
-        Ok(s) => match s.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap_or(1)..=b.parse().unwrap_or(1)).collect(),
-            None => s.split(',').filter_map(|x| x.parse().ok()).collect(),
-        },
+        // A typo must not run zero seeds and pass.
+        Ok(s) => {
+            let bad = || panic!("LOGSHIP_MODEL_SEEDS={s:?}: write seeds as 1-40 or 1,5,9");
+            let seed = |x: &str| x.trim().parse::<u64>().unwrap_or_else(|_| bad());
+            let seeds: Vec<u64> = match s.split_once('-') {
+                Some((a, b)) => (seed(a)..=seed(b)).collect(),
+                None => s.split(',').map(seed).collect(),
+            };
+            if seeds.is_empty() {
+                bad();
+            }
+            seeds
+        }
         Err(_) => vec![1, 2, 3, 4, 5],
     }
 }

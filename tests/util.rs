@@ -66,6 +66,13 @@ impl Proc {
         assert!(status.success(), "kill -{sig} {} failed", self.name);
     }
 
+    /// Waits up to `timeout` until the process catches signal number `sig` (a handler is
+    /// installed: `SigCgt` in `/proc/<pid>/status`), so a signal sent next is handled rather
+    /// than killing a process still starting.
+    pub fn wait_catches(&self, sig: u32, timeout: Duration) -> bool {
+        wait_catches(self.child.id(), sig, timeout)
+    }
+
     /// `kill -9` and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -124,6 +131,20 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits up to `timeout` until process `pid` catches signal number `sig` (`SigCgt` in
+/// `/proc/<pid>/status`): its handler is installed, so the signal will be handled.
+pub fn wait_catches(pid: u32, sig: u32, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let mask = s.lines().find(|l| l.starts_with("SigCgt:"))?;
+                u64::from_str_radix(mask.split_whitespace().nth(1)?, 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+    })
 }
 
 /// A running aggregator on an ephemeral port.
@@ -592,6 +613,11 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub fn worker_busy_bound(agg: &Aggregator) -> f64 {
     let m = get(&agg.url("/metrics")).text();
     let total = metric(&m, "aggregator_worker_busy_seconds_count");
+    // No observation at all would make any bound pass: the histogram itself is broken.
+    assert!(
+        total > 0.0,
+        "aggregator_worker_busy_seconds has no observations"
+    );
     m.lines()
         .filter(|l| l.starts_with("aggregator_worker_busy_seconds_bucket{le=\""))
         .filter_map(|l| {

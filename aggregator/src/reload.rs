@@ -112,5 +112,22 @@ mod tests {
         assert!(s.retention.retention.is_some());
         assert_eq!(s.listen.port(), 1, "listen needs a restart");
         assert_eq!(s.max_connections, 1024, "max_connections needs a restart");
+        // The store and the role are the process's own: a reload keeps them.
+        apply(
+            &app,
+            settings(
+                "listen = \"127.0.0.1:1\"\nrole = \"ingest\"\ndata_dir = \"/elsewhere\"\n[store]\ntype = \"redis\"\nnodes = [\"redis://127.0.0.1:1\"]\n",
+            ),
+        );
+        let s = app.settings();
+        assert!(
+            matches!(s.role, crate::config::Role::All),
+            "role needs a restart"
+        );
+        assert!(
+            matches!(s.backend, crate::config::Backend::Sled),
+            "store.type needs a restart"
+        );
+        assert_ne!(s.data_dir, std::path::PathBuf::from("/elsewhere"));
     }
 }

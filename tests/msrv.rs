@@ -1,0 +1,55 @@
+//! Issue 30.7: the declared `rust-version` is the real minimum: every dependency in the lock
+//! file builds with it (their own `rust-version`s), and every member declares it, so clippy's
+//! `incompatible_msrv` lint checks our own code against it in `.ci/run`.
+
+use std::process::Command;
+
+fn version(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+#[test]
+fn the_declared_rust_version_is_what_the_dependencies_need() {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let members: Vec<&str> = m["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let packages = m["packages"].as_array().expect("packages");
+    let mut ours = Vec::new();
+    let mut needed = (vec![0], String::new());
+    for p in packages {
+        let name = p["name"].as_str().unwrap_or_default().to_owned();
+        let rv = p["rust_version"].as_str();
+        if members.contains(&p["id"].as_str().unwrap_or_default()) {
+            ours.push((name, rv.map(str::to_owned)));
+        } else if let Some(v) = rv {
+            if version(v) > needed.0 {
+                needed = (version(v), format!("{name} {v}"));
+            }
+        }
+    }
+    assert!(ours.len() >= 7, "{ours:?}");
+    for (name, rv) in &ours {
+        let rv = rv.as_deref().unwrap_or_else(|| {
+            panic!("{name} declares no rust-version (rust-version.workspace = true)")
+        });
+        assert!(
+            version(rv) >= needed.0,
+            "{name} declares rust-version {rv}, but {} needs more",
+            needed.1
+        );
+    }
+}
