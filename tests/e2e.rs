@@ -27,5 +27,6 @@ mod scale_out;
 mod search;
 mod search_clients;
 mod service;
+mod structure;
 mod tls;
 mod tracking;

@@ -18,7 +18,38 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::PipelineOptions;
-use crate::tailer::Chunk;
+
+/// Lines read from a file, handed to the batcher.
+#[derive(Debug)]
+pub struct Chunk {
+    pub generation: Arc<str>,
+    /// Number of the first line in `data`.
+    pub first_line: u64,
+    /// Line contents, each followed by `\n`; the last one has none when `partial` is set.
+    pub data: Vec<u8>,
+    /// File offset just after each complete line (for checkpoints).
+    pub ends: Vec<u64>,
+    /// The last line is partial and starts at this offset (its checkpoint stays there).
+    pub partial: Option<u64>,
+}
+
+impl Chunk {
+    pub(crate) fn new(generation: Arc<str>, first_line: u64) -> Self {
+        Chunk {
+            generation,
+            first_line,
+            // Grown as lines come: most turns of a quiet file read nothing.
+            data: Vec::new(),
+            ends: Vec::new(),
+            partial: None,
+        }
+    }
+
+    /// Lines in the chunk, partial one included.
+    pub fn count(&self) -> usize {
+        self.ends.len() + usize::from(self.partial.is_some())
+    }
+}
 
 /// A closed batch, ready for the sender.
 #[derive(Debug)]

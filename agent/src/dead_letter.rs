@@ -226,7 +226,7 @@ async fn deliver(sink: &dyn Sink, body: Vec<u8>) -> Result<(), Failed> {
         loop {
             match sink.send(&b).await {
                 Outcome::Ok => break,
-                Outcome::TooLarge => match crate::sender::split(&b) {
+                Outcome::TooLarge => match logship_wire::compact::split(&b) {
                     Some((first, second)) => {
                         stack.push(second);
                         stack.push(first);

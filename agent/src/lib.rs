@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod batcher;
 pub mod buffers;
 pub mod checkpoint;
+pub mod client_tls;
 pub mod config;
 pub mod dead_letter;
 pub mod generation;

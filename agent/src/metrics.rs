@@ -20,25 +20,7 @@ pub struct FileLabel {
     pub file: String,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabel {
-    pub endpoint: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointOutcome {
-    pub endpoint: String,
-    /// ok, retry, failover, park, too_large, reject.
-    pub outcome: &'static str,
-}
-
-/// Per-aggregator metrics of the sink: which endpoints answer, and how each request ended.
-#[derive(Debug, Clone, Default)]
-pub struct EndpointMetrics {
-    pub requests: Family<EndpointOutcome, Counter>,
-    /// 1 while the endpoint is taking batches, 0 while it is skipped after a failure.
-    pub up: Family<EndpointLabel, Gauge>,
-}
+pub use crate::sink::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 
 /// Every metric the agent exports.
 #[derive(Debug)]

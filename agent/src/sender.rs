@@ -252,7 +252,7 @@ impl Sender {
         while let Some(b) = stack.pop() {
             match self.attempt_until_answered(&b, backoff).await {
                 Delivery::Done => {}
-                Delivery::TooLarge => match split(&b) {
+                Delivery::TooLarge => match logship_wire::compact::split(&b) {
                     Some((first, second)) => {
                         tracing::info!(file = %self.file, "batch too large for the sink; splitting");
                         stack.push(Arc::new(second));
@@ -377,45 +377,9 @@ impl Sender {
     }
 }
 
-/// Splits a compact body into two halves; `None` for a single line.
-pub fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let b = logship_wire::compact::decode(body).ok()?;
-    if b.lines.len() < 2 {
-        return None;
-    }
-    let (a, c) = b.lines.split_at(b.lines.len() / 2);
-    let enc = |lines: &[logship_wire::Line<'_>]| {
-        let mut w =
-            logship_wire::compact::Writer::new(&b.host, &b.file, &b.generation, lines[0].number);
-        for l in lines {
-            w.push(&l.content, l.partial);
-        }
-        w.finish()
-    };
-    Some((enc(a), enc(c)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_keeps_every_line_and_number() {
-        let mut w = logship_wire::compact::Writer::new("h", "/f", "g", 10);
-        for l in [&b"a"[..], b"b", b"c"] {
-            w.push(l, false);
-        }
-        let (x, y) = split(&w.finish()).expect("splits");
-        let (x, y) = (
-            logship_wire::compact::decode(&x).expect("x"),
-            logship_wire::compact::decode(&y).expect("y"),
-        );
-        let nums: Vec<u64> = x.lines.iter().chain(&y.lines).map(|l| l.number).collect();
-        assert_eq!(nums, vec![10, 11, 12]);
-        let mut one = logship_wire::compact::Writer::new("h", "/f", "g", 0);
-        one.push(b"only", false);
-        assert!(split(&one.finish()).is_none());
-    }
 
     #[tokio::test]
     async fn limits_slice_amounts_above_the_burst() {

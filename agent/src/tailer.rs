@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, Chunk};
 use crate::checkpoint::{Checkpoint, FileId};
 use crate::config::{PipelineOptions, ReadFrom};
 use crate::generation;
@@ -42,38 +42,6 @@ const RECHECK_AFTER_WAIT: Duration = Duration::from_millis(10);
 const TAIL_BYTES: usize = 64;
 /// Bytes read per turn before yielding, so one busy file cannot starve the others.
 const MAX_READ_PER_TURN: usize = 4 * 1024 * 1024;
-
-/// Lines read from a file, handed to the batcher.
-#[derive(Debug)]
-pub struct Chunk {
-    pub generation: Arc<str>,
-    /// Number of the first line in `data`.
-    pub first_line: u64,
-    /// Line contents, each followed by `\n`; the last one has none when `partial` is set.
-    pub data: Vec<u8>,
-    /// File offset just after each complete line (for checkpoints).
-    pub ends: Vec<u64>,
-    /// The last line is partial and starts at this offset (its checkpoint stays there).
-    pub partial: Option<u64>,
-}
-
-impl Chunk {
-    fn new(generation: Arc<str>, first_line: u64) -> Self {
-        Chunk {
-            generation,
-            first_line,
-            // Grown as lines come: most turns of a quiet file read nothing.
-            data: Vec::new(),
-            ends: Vec::new(),
-            partial: None,
-        }
-    }
-
-    /// Lines in the chunk, partial one included.
-    pub fn count(&self) -> usize {
-        self.ends.len() + usize::from(self.partial.is_some())
-    }
-}
 
 /// Where a tailer starts.
 #[derive(Debug, Clone)]

@@ -68,7 +68,18 @@ pub fn index_into(
     Some(())
 }
 
-/// An entry's header as read by a [`Cursor`](crate::sled_store::segments::Cursor); its content follows.
+/// Bytes of a stored bucket read a little at a time (the sled backend's segment cursor):
+/// what [`next_header`] needs, so the codec knows no backend's types.
+pub trait ByteSource {
+    /// The next byte, or `None` at the end of the bucket.
+    fn byte(&mut self) -> std::io::Result<Option<u8>>;
+    /// What is buffered from the current position on (empty at the end).
+    fn buffered(&mut self) -> std::io::Result<&[u8]>;
+    /// Marks `n` buffered bytes as read.
+    fn consume(&mut self, n: usize);
+}
+
+/// An entry's header as read from a [`ByteSource`]; its content follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub offset: u8,
@@ -77,7 +88,7 @@ pub struct Header {
 }
 
 /// Reads the next entry's header from a cursor; `None` at the end of the bucket.
-pub fn next_header(c: &mut crate::sled_store::segments::Cursor) -> std::io::Result<Option<Header>> {
+pub fn next_header(c: &mut impl ByteSource) -> std::io::Result<Option<Header>> {
     // Fast path: the whole header is in the buffer (almost always), parsed from the slice.
     let buffered = c.buffered()?;
     if buffered.len() >= 11 {

@@ -218,6 +218,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Splits a compact body into two halves, every line keeping its number (a batch the sink
+/// refused as too large is sent again as two); `None` for a single line or a body that does
+/// not decode.
+pub fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let b = decode(body).ok()?;
+    if b.lines.len() < 2 {
+        return None;
+    }
+    let (a, c) = b.lines.split_at(b.lines.len() / 2);
+    let enc = |lines: &[crate::Line<'_>]| {
+        let mut w = Writer::new(&b.host, &b.file, &b.generation, lines[0].number);
+        for l in lines {
+            w.push(&l.content, l.partial);
+        }
+        w.finish()
+    };
+    Some((enc(a), enc(c)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +329,20 @@ mod tests {
                 assert_eq!(w.finish(), b);
             }
         }
+    }
+
+    #[test]
+    fn split_keeps_every_line_and_number() {
+        let mut w = Writer::new("h", "/f", "g", 10);
+        for l in [&b"a"[..], b"b", b"c"] {
+            w.push(l, false);
+        }
+        let (x, y) = split(&w.finish()).expect("splits");
+        let (x, y) = (decode(&x).expect("x"), decode(&y).expect("y"));
+        let nums: Vec<u64> = x.lines.iter().chain(&y.lines).map(|l| l.number).collect();
+        assert_eq!(nums, vec![10, 11, 12]);
+        let mut one = Writer::new("h", "/f", "g", 0);
+        one.push(b"only", false);
+        assert!(split(&one.finish()).is_none());
     }
 }

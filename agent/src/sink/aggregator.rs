@@ -31,9 +31,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 use super::{BoxFuture, Outcome, Sink};
 use crate::config::{Compression, SinkSettings};
-use crate::metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 
 /// One request to one endpoint, under way: the endpoint's index and how it ended.
 type Attempt<'a> = Pin<Box<dyn Future<Output = (usize, (Outcome, bool))> + Send + 'a>>;
@@ -392,7 +392,7 @@ impl AggregatorSink {
             }
             Ok(Err(e)) => {
                 // A refused handshake or certificate is the configuration's fault: park.
-                if let Some(reason) = super::tls::tls_failure(&e) {
+                if let Some(reason) = crate::client_tls::tls_failure(&e) {
                     return (
                         Outcome::Park {
                             endpoint: ep.label.clone(),

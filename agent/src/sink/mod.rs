@@ -1,11 +1,12 @@
 //! Sinks: where batches go. A sink answers one attempt with an [`Outcome`]; the sender
 //! owns retries, splitting and dead letters, so every sink gets them for free.
 //!
-//! Adding a sink: one file implementing [`Sink`], one line in [`build`] and in [`KINDS`].
+//! Adding a sink: one file implementing [`Sink`], one line in [`build`] and in
+//! [`crate::config::SINK_KINDS`].
 
 mod aggregator;
+pub mod endpoint_metrics;
 mod stdout;
-pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,9 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SinkSettings;
-
-/// Sink types the config accepts.
-pub const KINDS: &[&str] = &["aggregator", "stdout"];
 
 /// A boxed future, so sinks are object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -55,7 +53,7 @@ pub trait Sink: Send + Sync + 'static {
 /// Builds the configured sink.
 pub fn build(
     s: &SinkSettings,
-    endpoints: &crate::metrics::EndpointMetrics,
+    endpoints: &endpoint_metrics::EndpointMetrics,
 ) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match s.kind.as_str() {
         "aggregator" => Arc::new(aggregator::AggregatorSink::new(s, endpoints.clone())?),

@@ -1,7 +1,8 @@
 //! Sources: where lines come from. A source finds its streams and starts one pipeline per
 //! stream through [`Pipelines`]; it runs until the agent stops.
 //!
-//! Adding a source: one file implementing [`Source`], one line in [`build`] and in [`KINDS`].
+//! Adding a source: one file implementing [`Source`], one line in [`build`] and in
+//! [`crate::config::SOURCE_KINDS`].
 
 mod file;
 
@@ -10,9 +11,6 @@ use std::pin::Pin;
 
 use crate::config::{Settings, SourceSettings};
 use crate::pipeline::Pipelines;
-
-/// Source types the config accepts.
-pub const KINDS: &[&str] = &["file"];
 
 /// A running source.
 pub trait Source: Send + 'static {

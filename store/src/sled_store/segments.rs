@@ -361,6 +361,18 @@ pub struct Cursor {
     at: usize,
 }
 
+impl crate::bucket::ByteSource for Cursor {
+    fn byte(&mut self) -> std::io::Result<Option<u8>> {
+        Cursor::byte(self)
+    }
+    fn buffered(&mut self) -> std::io::Result<&[u8]> {
+        Cursor::buffered(self)
+    }
+    fn consume(&mut self, n: usize) {
+        Cursor::consume(self, n);
+    }
+}
+
 const CURSOR_BUFFER: u64 = 64 * 1024;
 
 impl Cursor {
