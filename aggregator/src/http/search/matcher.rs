@@ -1,0 +1,119 @@
+//! Matching a block of lines: the pattern over the whole block, each hit checked on its own
+//! line, with the context lines before and after.
+
+use super::*;
+
+/// A block of lines to match: bytes, and where each line lies in them.
+pub(super) struct View<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) lines: &'a [RawLine],
+    /// Lines are separated by `\n` (a rendered chunk), not by the store's own bytes.
+    pub(super) newline_separated: bool,
+}
+
+impl View<'_> {
+    fn content(&self, i: usize) -> &[u8] {
+        let l = self.lines[i];
+        &self.data[l.start..l.end]
+    }
+}
+
+/// One line kept for context before a match.
+pub(super) struct Kept {
+    pub(super) number: u64,
+    pub(super) content: Vec<u8>,
+    pub(super) partial: bool,
+}
+
+impl Scan<'_> {
+    /// Matches one block of lines.
+    pub(super) fn block(&mut self, v: &View<'_>, place: &Place<'_>) -> Result<Truncated, Stop> {
+        let n = v.lines.len();
+        // The pattern runs over the whole block when nothing in it depends on what
+        // surrounds a line (`^`, `$`, `\b`) or the lines are separated by `\n` as in a file;
+        // otherwise line by line.
+        let whole = v.newline_separated || self.q.look_free;
+        let mut i = 0usize;
+        while i < n {
+            if self.after > 0 || !whole {
+                // Owed context, or line-by-line matching.
+                if self.q.matcher.is_match(v.content(i)) {
+                    self.hit(v, i, place)?;
+                    if self.matches >= self.q.limit {
+                        return Ok(Truncated::Limit);
+                    }
+                } else if self.after > 0 {
+                    let l = v.lines[i];
+                    self.emit(place, l.number, v.content(i), l.partial, true)?;
+                    self.after -= 1;
+                }
+                i += 1;
+                continue;
+            }
+            let Some(m) = self.q.matcher.find_at(v.data, v.lines[i].start) else {
+                break;
+            };
+            // The line the match starts in (or the next one, if it starts between lines);
+            // the match counts only within its line.
+            let at = i + v.lines[i..].partition_point(|l| l.end < m.start());
+            if at >= n {
+                break;
+            }
+            if self.q.matcher.is_match(v.content(at)) {
+                self.hit(v, at, place)?;
+                if self.matches >= self.q.limit {
+                    return Ok(Truncated::Limit);
+                }
+            }
+            i = at + 1;
+        }
+        // Keep the block's last lines for the context of a match early in the next one.
+        if self.q.context > 0 {
+            for j in n.saturating_sub(self.q.context)..n {
+                let l = v.lines[j];
+                self.ring.push_back(Kept {
+                    number: l.number,
+                    content: v.content(j).to_vec(),
+                    partial: l.partial,
+                });
+                if self.ring.len() > self.q.context {
+                    self.ring.pop_front();
+                }
+            }
+        }
+        Ok(Truncated::No)
+    }
+
+    /// Writes a match at line `i` of `v`, with the context before it.
+    pub(super) fn hit(&mut self, v: &View<'_>, i: usize, place: &Place<'_>) -> Result<(), Stop> {
+        let n = self.q.context;
+        let number = v.lines[i].number;
+        if n > 0 {
+            // Up to n lines before: from this block, then from the ring.
+            let here = i.saturating_sub(n)..i;
+            let need_ring = n - here.len();
+            let from_ring: Vec<(u64, Vec<u8>, bool)> = self
+                .ring
+                .iter()
+                .rev()
+                .take(need_ring)
+                .map(|k| (k.number, k.content.clone(), k.partial))
+                .collect();
+            for (num, text, partial) in from_ring.into_iter().rev() {
+                if self.written.is_none_or(|w| num > w) && num < number {
+                    self.emit(place, num, &text, partial, true)?;
+                }
+            }
+            for j in here {
+                let l = v.lines[j];
+                if self.written.is_none_or(|w| l.number > w) {
+                    self.emit(place, l.number, v.content(j), l.partial, true)?;
+                }
+            }
+        }
+        self.matches += 1;
+        self.emit(place, number, v.content(i), v.lines[i].partial, false)?;
+        self.after = n;
+        Ok(())
+    }
+}

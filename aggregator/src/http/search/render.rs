@@ -1,0 +1,115 @@
+//! The output: a match (or context line) as NDJSON or grep's text form, the summary, and
+//! sending it to the client within the stall guard.
+
+use super::*;
+
+impl Scan<'_> {
+    /// Renders one result line (a match, or context).
+    pub(super) fn emit(
+        &mut self,
+        place: &Place<'_>,
+        number: u64,
+        content: &[u8],
+        partial: bool,
+        context: bool,
+    ) -> Result<(), Stop> {
+        self.written = Some(number);
+        if self.text {
+            // grep's form: `host:file:line:content`, context lines with `-`.
+            let sep = if context { '-' } else { ':' };
+            self.out.extend_from_slice(
+                format!("{}:{}{sep}{number}{sep}", place.host, place.file).as_bytes(),
+            );
+            self.out.extend_from_slice(content);
+            self.out.push(b'\n');
+        } else {
+            use base64::Engine;
+            let mut v = serde_json::json!({
+                "host": place.host,
+                "file": place.file,
+                "generation": place.generation,
+                "line": number,
+            });
+            match std::str::from_utf8(content) {
+                Ok(s) => v["content"] = s.into(),
+                Err(_) => {
+                    v["content_base64"] = base64::engine::general_purpose::STANDARD
+                        .encode(content)
+                        .into()
+                }
+            }
+            if partial {
+                v["partial"] = true.into();
+            }
+            if context {
+                v["context"] = true.into();
+            }
+            self.out.extend_from_slice(v.to_string().as_bytes());
+            self.out.push(b'\n');
+        }
+        if !context {
+            self.match_ends.push(self.out.len());
+        }
+        if self.out.len() >= OUT_BYTES && !self.flush() {
+            return Err(Stop::Gone);
+        }
+        Ok(())
+    }
+
+    /// The last NDJSON object: what was scanned and whether the answer is complete.
+    pub(super) fn summary(&mut self, truncated: Truncated) {
+        let v = serde_json::json!({
+            "summary": {
+                "matches": self.matches,
+                "lines_scanned": self.lines,
+                "bytes_scanned": self.bytes,
+                "buckets_skipped": self.skipped,
+                "truncated": truncated != Truncated::No,
+                "reason": match truncated {
+                    Truncated::No => serde_json::Value::Null,
+                    Truncated::Limit => "limit".into(),
+                    Truncated::Time => "time limit (search.timeout)".into(),
+                },
+                "elapsed_ms": self.started.elapsed().as_millis() as u64,
+            }
+        });
+        self.out.extend_from_slice(v.to_string().as_bytes());
+        self.out.push(b'\n');
+    }
+
+    /// Sends what is buffered; false once the client (or the main scan) has gone.
+    pub(super) fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let data = std::mem::take(&mut self.out);
+        self.out.reserve(OUT_BYTES + 4096);
+        match &self.sink {
+            Sink::Body(tx) => {
+                let wait = self.q.deadline.min(STALLED_CLIENT);
+                match self
+                    .rt
+                    .block_on(tx.sender().send_timeout(Bytes::from(data), wait))
+                {
+                    Ok(()) => true,
+                    Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        self.stalled = true;
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+            Sink::Part {
+                tx,
+                stop,
+                ahead,
+                index,
+            } => {
+                ahead.reserve(*index, data.len(), stop)
+                    && tx
+                        .send(Part::Out(data, std::mem::take(&mut self.match_ends)))
+                        .is_ok()
+            }
+        }
+    }
+}
