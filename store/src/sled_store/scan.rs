@@ -1,0 +1,200 @@
+//! The search's scan of a generation: runs of buckets adjacent in a segment read with one
+//! `pread` and handed over as they are stored, big buckets through the download cursor.
+
+use super::*;
+
+/// Buckets adjacent in a segment are read together up to this many bytes.
+const SCAN_RUN_BYTES: usize = 4 << 20;
+/// A bucket larger than this is scanned through a cursor, never read whole.
+const SCAN_BIG_BUCKET: usize = 1 << 20;
+
+impl Inner {
+    /// A search's scan of one generation: the index walked in line order, adjacent buckets
+    /// read in one `pread` of up to [`SCAN_RUN_BYTES`], each block handed to `visit` as it
+    /// is on disk with its lines' positions. Returns the buckets skipped by `window`.
+    pub(super) fn scan(
+        &self,
+        id: u64,
+        window: Option<(u64, u64)>,
+        visit: &mut crate::Visitor<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut run: Vec<(u64, Loc)> = Vec::new();
+        let mut run_bytes = 0usize;
+        let mut block = Vec::new();
+        let mut lines = Vec::new();
+        // Buckets in pieces, merged, back to back (never at once with `run`: lines go in order).
+        let mut merged = Vec::new();
+        let mut merged_lines = Vec::new();
+        let mut skipped = 0;
+        for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
+            let (k, v) = item.map_err(unavailable)?;
+            let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
+            let value = IndexValue::decode(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+            })?;
+            if let Some((since, until)) = window {
+                if value.first_ms > until || value.last_ms < since {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            let loc = match value.pieces.as_slice() {
+                [one] => *one,
+                _ => {
+                    // In pieces: merged in memory, gathered with the next buckets in pieces.
+                    if !run.is_empty() {
+                        if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                            return Ok(skipped);
+                        }
+                        run.clear();
+                        run_bytes = 0;
+                    }
+                    let bytes = self.read_bucket(&k, &value)?;
+                    let at = merged.len();
+                    merged.extend_from_slice(&bytes);
+                    let base = bucket * LINES_PER_BUCKET;
+                    bucket::index_into(&merged, at, bytes.len(), base, &mut merged_lines)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                        })?;
+                    if merged.len() >= SCAN_RUN_BYTES {
+                        let go_on = visit(&mut merged, &mut merged_lines);
+                        merged.clear();
+                        merged_lines.clear();
+                        if !go_on {
+                            return Ok(skipped);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if !merged.is_empty() {
+                let go_on = visit(&mut merged, &mut merged_lines);
+                merged.clear();
+                merged_lines.clear();
+                if !go_on {
+                    return Ok(skipped);
+                }
+            }
+            let adjacent = run.last().is_some_and(|(_, l)| {
+                l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
+            });
+            let big = loc.len as usize > SCAN_BIG_BUCKET;
+            if !run.is_empty()
+                && (big || !adjacent || run_bytes + loc.len as usize > SCAN_RUN_BYTES)
+            {
+                if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                    return Ok(skipped);
+                }
+                run.clear();
+                run_bytes = 0;
+            }
+            if big {
+                // Never read whole (a bucket of long lines can be 128 times their size):
+                // through the download's cursor, a chunk at a time.
+                if !self.scan_big_bucket(id, bucket, visit)? {
+                    return Ok(skipped);
+                }
+                continue;
+            }
+            run_bytes += loc.len as usize;
+            run.push((bucket, loc));
+        }
+        if !run.is_empty() {
+            self.scan_run(id, &run, &mut block, &mut lines, visit)?;
+        }
+        if !merged.is_empty() {
+            visit(&mut merged, &mut merged_lines);
+        }
+        Ok(skipped)
+    }
+
+    /// Visits a bucket too big to read whole, [`SCAN_BIG_BUCKET`] at a time (plus at most
+    /// one line); false when the visitor stopped.
+    pub(super) fn scan_big_bucket(
+        &self,
+        id: u64,
+        bucket: u64,
+        visit: &mut crate::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        let (first, last) = (
+            bucket * LINES_PER_BUCKET,
+            (bucket + 1) * LINES_PER_BUCKET - 1,
+        );
+        let mut from = first;
+        loop {
+            let c = self.read_chunk(id, &Read::search(from, last, SCAN_BIG_BUCKET, None))?;
+            let mut lines: Vec<crate::RawLine> = c
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let next = c.lines.get(i + 1).map_or(c.data.len(), |n| n.start);
+                    crate::RawLine {
+                        number: l.number,
+                        start: l.start,
+                        // The rendered chunk ends each complete line with `\n`.
+                        end: if l.partial { next } else { next - 1 },
+                        partial: l.partial,
+                    }
+                })
+                .collect();
+            let mut data = c.data;
+            if !lines.is_empty() && !visit(&mut data, &mut lines) {
+                return Ok(false);
+            }
+            match c.next {
+                Some(n) => from = n,
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// Reads one run of adjacent buckets and visits it; false when the visitor stopped.
+    pub(super) fn scan_run(
+        &self,
+        id: u64,
+        run: &[(u64, Loc)],
+        block: &mut Vec<u8>,
+        lines: &mut Vec<crate::RawLine>,
+        visit: &mut crate::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        let (first, last) = (run[0].1, run[run.len() - 1].1);
+        let len = (last.offset + u64::from(last.len) - first.offset) as usize;
+        lines.clear();
+        let index = |block: &[u8], lines: &mut Vec<crate::RawLine>, bucket: u64, at, len| {
+            bucket::index_into(block, at, len, bucket * LINES_PER_BUCKET, lines)
+                .ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket} of generation {id}")))
+        };
+        match self
+            .segments
+            .read_range_into(first.segment, first.offset, len, block)
+        {
+            Ok(()) => {
+                for (bucket, loc) in run {
+                    let at = (loc.offset - first.offset) as usize;
+                    index(block, lines, *bucket, at, loc.len as usize)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Compaction moved these buckets and deleted the segment meanwhile: read each
+                // where the index points now.
+                block.clear();
+                for (bucket, _) in run {
+                    let Some(v) = self.db.get(line_key(id, *bucket)).map_err(unavailable)? else {
+                        continue;
+                    };
+                    let value = IndexValue::decode(&v).ok_or_else(|| {
+                        StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+                    })?;
+                    let bytes = self.read_bucket(&line_key(id, *bucket), &value)?;
+                    let at = block.len();
+                    block.extend_from_slice(&bytes);
+                    index(block, lines, *bucket, at, bytes.len())?;
+                }
+            }
+            Err(e) => return Err(io_unavailable(e)),
+        }
+        Ok(visit(block, lines))
+    }
+}
