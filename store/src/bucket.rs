@@ -87,6 +87,34 @@ pub struct Header {
     pub len: u64,
 }
 
+/// The longest entry header: the offset byte and a 10-byte varint.
+pub const MAX_HEADER: usize = 11;
+
+/// Parses the entry header at the start of `buf`, which holds at least [`MAX_HEADER`] bytes
+/// or the rest of the bucket: the header and its length. Both backends' piecewise readers
+/// go through this (or [`next_header`]), so a corrupt bucket is an error on both, never
+/// misnumbered lines.
+pub fn parse_header(buf: &[u8]) -> std::io::Result<(Header, usize)> {
+    let corrupt =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let (&offset, rest) = buf
+        .split_first()
+        .ok_or_else(|| corrupt("bucket ends before an entry"))?;
+    if u64::from(offset) >= LINES_PER_BUCKET {
+        return Err(corrupt("line offset out of range"));
+    }
+    let (v, rest) =
+        varint(rest).ok_or_else(|| corrupt("bucket ends inside a length, or a length too long"))?;
+    Ok((
+        Header {
+            offset,
+            partial: v & 1 == 1,
+            len: v >> 1,
+        },
+        buf.len() - rest.len(),
+    ))
+}
+
 /// Reads the next entry's header from a cursor; `None` at the end of the bucket.
 pub fn next_header(c: &mut impl ByteSource) -> std::io::Result<Option<Header>> {
     // Fast path: the whole header is in the buffer (almost always), parsed from the slice.

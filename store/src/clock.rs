@@ -72,6 +72,16 @@ pub fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The wall clock now, in ms since the epoch (write stamps: both backends).
+pub fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+/// A stamp in ms since the epoch as a time.
+pub fn to_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,13 +100,7 @@ impl RedisStore {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::clock::millis(SystemTime::now())
-}
-
-fn to_time(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-}
+use crate::clock::{now_ms, to_time};
 
 impl Store for RedisStore {
     fn write<'a>(

@@ -114,17 +114,14 @@ impl Inner {
             return Ok(false);
         }
         while r.remaining() > 0 {
-            let offset = r.byte(self).await?;
-            let mut v = 0u64;
-            for shift in (0..64).step_by(7) {
-                let b = r.byte(self).await?;
-                v |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            let (len, partial) = (v >> 1, v & 1 == 1);
-            let n = base + u64::from(offset);
+            // The header parsed as the sled backend parses it (offset < 128, a bounded
+            // varint): a corrupt bucket is a corruption error, not misnumbered lines.
+            let buffered = r.buffered(self, crate::bucket::MAX_HEADER).await?;
+            let (h, used) = crate::bucket::parse_header(buffered)
+                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+            r.at += used;
+            let (len, partial) = (h.len, h.partial);
+            let n = base + u64::from(h.offset);
             if n < read.from || n > read.to {
                 r.skip(len);
                 continue;
@@ -184,13 +181,15 @@ impl RangeReader<'_> {
         Ok(())
     }
 
-    async fn byte(&mut self, inner: &Inner) -> Result<u8, StoreError> {
-        if self.at == self.buf.len() {
+    /// The unread bytes, at least `n` of them unless the value ends first.
+    async fn buffered(&mut self, inner: &Inner, n: usize) -> Result<&[u8], StoreError> {
+        if self.buf.len() - self.at < n && self.pos < self.size {
+            let unread = self.buf.split_off(self.at);
             self.fill(inner).await?;
+            let fetched = std::mem::replace(&mut self.buf, unread);
+            self.buf.extend_from_slice(&fetched);
         }
-        let b = self.buf[self.at];
-        self.at += 1;
-        Ok(b)
+        Ok(&self.buf[self.at..])
     }
 
     async fn read_into(

@@ -21,7 +21,7 @@ use overlay::Pending;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use logship_wire::FileBatch;
 
@@ -124,15 +124,7 @@ pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn to_time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+use crate::clock::{now_ms, to_time};
 
 fn info(name: String, m: Meta) -> GenerationInfo {
     GenerationInfo {
