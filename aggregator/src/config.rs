@@ -367,143 +367,18 @@ impl Config {
     /// Parses durations, sizes, addresses, token files and TLS material; relative paths are
     /// taken from `base`. Every error starts with its dotted key.
     fn validate_in(&self, base: &Path) -> Result<Settings, ConfigError> {
-        let keyed = |(key, msg): (String, String)| ConfigError(format!("{key}: {msg}"));
-        let tokens = |inline: &[String], file: &Option<PathBuf>, key: &str| {
-            let mut all: Vec<Secret> = inline.iter().cloned().map(Secret::new).collect();
-            if let Some(f) = file {
-                all.extend(
-                    logship_common::config::read_tokens(key, &resolve(base, f)).map_err(keyed)?,
-                );
-            }
-            Ok::<_, ConfigError>(all)
-        };
-        let write_tokens = tokens(
-            &self.auth.write_tokens,
-            &self.auth.write_tokens_file,
-            "auth.write_tokens_file",
-        )?;
-        let read_tokens = tokens(
-            &self.auth.read_tokens,
-            &self.auth.read_tokens_file,
-            "auth.read_tokens_file",
-        )?;
-        let client_ca = self.tls.client_ca_file.as_deref().map(|p| resolve(base, p));
-        let tls = match (&self.tls.cert_file, &self.tls.key_file) {
-            (Some(c), Some(k)) => Some(
-                crate::tls::ServerTls::load(
-                    &resolve(base, c),
-                    &resolve(base, k),
-                    client_ca.as_deref(),
-                )
-                .map_err(keyed)?,
-            ),
-            (None, None) if self.tls.client_ca_file.is_some() => {
-                return Err(ConfigError(
-                    "tls.client_ca_file: needs tls.cert_file and tls.key_file".into(),
-                ))
-            }
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError(
-                    "tls.key_file: required with tls.cert_file".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "tls.cert_file: required with tls.key_file".into(),
-                ))
-            }
-        };
-        let role = match self.role.as_str() {
-            "all" => Role::All,
-            "ingest" => Role::Ingest,
-            "query" => Role::Query,
-            other => {
-                return Err(ConfigError(format!(
-                    "role: unknown role {other:?} (available: \"all\", \"ingest\", \"query\")"
-                )))
-            }
-        };
-        let backend = self.backend(base)?;
-        if matches!(backend, Backend::Sled) && role != Role::All {
-            return Err(ConfigError(format!(
-                "role: {:?} needs a shared store: with store.type = \"sled\" one process holds \
-                 the data, so it must serve both (role = \"all\"); use store.type = \"redis\"",
-                self.role
-            )));
-        }
-        // Both become semaphores, which cannot hold more than a few quintillion permits; a
-        // million is far past what one process serves.
-        for (key, value) in [
-            ("max_connections", self.max_connections),
-            ("max_followers", self.max_followers),
-            ("max_downloads", self.max_downloads),
-            ("search.max_searches", self.search.max_searches),
-            (
-                "max_connections_per_client",
-                self.max_connections_per_client,
-            ),
-        ] {
-            if value > MAX_COUNT {
-                return Err(ConfigError(format!(
-                    "{key}: {value} is more than the {MAX_COUNT} allowed"
-                )));
-            }
-        }
-        let worker_threads = match self.worker_threads {
-            None => logship_common::default_worker_threads(),
-            Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => n,
-            Some(n) => {
-                return Err(ConfigError(format!(
-                    "worker_threads: {n} must be between 1 and {MAX_WORKER_THREADS} \
-                     (or absent: half the cores)"
-                )))
-            }
-        };
+        let (write_tokens, read_tokens) = self.tokens(base)?;
+        let tls = self.server_tls(base)?;
+        let (role, backend) = self.role_and_backend(base)?;
+        self.check_counts()?;
+        let worker_threads = self.worker_threads()?;
         let sweep_interval = dur("store.sweep_interval", &self.store.sweep_interval)?;
-        let max_line_bytes = sz("limits.max_line_bytes", &self.limits.max_line_bytes)?;
-        // A bucket holds 128 lines and its stored length is a u32.
-        if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
-            return Err(ConfigError(format!(
-                "limits.max_line_bytes: must be between 1 byte and {} MiB",
-                MAX_LINE_BYTES >> 20
-            )));
-        }
-        for (key, value) in [
-            (
-                "limits.max_lines_per_request",
-                self.limits.max_lines_per_request,
-            ),
-            (
-                "limits.max_buckets_per_request",
-                self.limits.max_buckets_per_request,
-            ),
-            (
-                "limits.max_files_per_request",
-                self.limits.max_files_per_request,
-            ),
-            (
-                "limits.max_hosts_per_request",
-                self.limits.max_hosts_per_request,
-            ),
-        ] {
-            if value == 0 || value > MAX_COUNT {
-                return Err(ConfigError(format!(
-                    "{key}: {value} must be between 1 and {MAX_COUNT}"
-                )));
-            }
-        }
-        let ingest_memory = sz("limits.ingest_memory", &self.limits.ingest_memory)?;
-        if ingest_memory < 1 << 20 {
-            return Err(ConfigError(
-                "limits.ingest_memory: at least 1MiB is needed to take any request".into(),
-            ));
-        }
         if sweep_interval.is_zero() {
             return Err(ConfigError(
                 "store.sweep_interval: must be more than 0".into(),
             ));
         }
+        let (max_line_bytes, ingest_memory) = self.request_limits()?;
         Ok(Settings {
             role,
             backend,
@@ -563,6 +438,158 @@ impl Config {
 }
 
 impl Config {
+    /// `[auth]`: the write and read tokens, inline and from their files.
+    fn tokens(&self, base: &Path) -> Result<(Vec<Secret>, Vec<Secret>), ConfigError> {
+        let keyed = |(key, msg): (String, String)| ConfigError(format!("{key}: {msg}"));
+        let tokens = |inline: &[String], file: &Option<PathBuf>, key: &str| {
+            let mut all: Vec<Secret> = inline.iter().cloned().map(Secret::new).collect();
+            if let Some(f) = file {
+                all.extend(
+                    logship_common::config::read_tokens(key, &resolve(base, f)).map_err(keyed)?,
+                );
+            }
+            Ok::<_, ConfigError>(all)
+        };
+        Ok((
+            tokens(
+                &self.auth.write_tokens,
+                &self.auth.write_tokens_file,
+                "auth.write_tokens_file",
+            )?,
+            tokens(
+                &self.auth.read_tokens,
+                &self.auth.read_tokens_file,
+                "auth.read_tokens_file",
+            )?,
+        ))
+    }
+
+    /// `[tls]`: the server certificate and key, and the client CA for mutual TLS.
+    fn server_tls(&self, base: &Path) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+        let keyed = |(key, msg): (String, String)| ConfigError(format!("{key}: {msg}"));
+        let client_ca = self.tls.client_ca_file.as_deref().map(|p| resolve(base, p));
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(c), Some(k)) => Ok(Some(
+                crate::tls::ServerTls::load(
+                    &resolve(base, c),
+                    &resolve(base, k),
+                    client_ca.as_deref(),
+                )
+                .map_err(keyed)?,
+            )),
+            (None, None) if self.tls.client_ca_file.is_some() => Err(ConfigError(
+                "tls.client_ca_file: needs tls.cert_file and tls.key_file".into(),
+            )),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError(
+                "tls.key_file: required with tls.cert_file".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError(
+                "tls.cert_file: required with tls.key_file".into(),
+            )),
+        }
+    }
+
+    /// `role` and `[store]`: a split role needs a shared store.
+    fn role_and_backend(&self, base: &Path) -> Result<(Role, Backend), ConfigError> {
+        let role = match self.role.as_str() {
+            "all" => Role::All,
+            "ingest" => Role::Ingest,
+            "query" => Role::Query,
+            other => {
+                return Err(ConfigError(format!(
+                    "role: unknown role {other:?} (available: \"all\", \"ingest\", \"query\")"
+                )))
+            }
+        };
+        let backend = self.backend(base)?;
+        if matches!(backend, Backend::Sled) && role != Role::All {
+            return Err(ConfigError(format!(
+                "role: {:?} needs a shared store: with store.type = \"sled\" one process holds \
+                 the data, so it must serve both (role = \"all\"); use store.type = \"redis\"",
+                self.role
+            )));
+        }
+        Ok((role, backend))
+    }
+
+    /// Capacities that become semaphores, which cannot hold more than a few quintillion
+    /// permits; a million is far past what one process serves.
+    fn check_counts(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_followers", self.max_followers),
+            ("max_downloads", self.max_downloads),
+            ("search.max_searches", self.search.max_searches),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ConfigError(format!(
+                    "{key}: {value} is more than the {MAX_COUNT} allowed"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn worker_threads(&self) -> Result<usize, ConfigError> {
+        match self.worker_threads {
+            None => Ok(logship_common::default_worker_threads()),
+            Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(n),
+            Some(n) => Err(ConfigError(format!(
+                "worker_threads: {n} must be between 1 and {MAX_WORKER_THREADS} \
+                 (or absent: half the cores)"
+            ))),
+        }
+    }
+
+    /// `[limits]` of one request: the longest line, the per-request counts, and the ingest
+    /// memory budget.
+    fn request_limits(&self) -> Result<(u64, u64), ConfigError> {
+        let max_line_bytes = sz("limits.max_line_bytes", &self.limits.max_line_bytes)?;
+        // A bucket holds 128 lines and its stored length is a u32.
+        if max_line_bytes == 0 || max_line_bytes > MAX_LINE_BYTES {
+            return Err(ConfigError(format!(
+                "limits.max_line_bytes: must be between 1 byte and {} MiB",
+                MAX_LINE_BYTES >> 20
+            )));
+        }
+        for (key, value) in [
+            (
+                "limits.max_lines_per_request",
+                self.limits.max_lines_per_request,
+            ),
+            (
+                "limits.max_buckets_per_request",
+                self.limits.max_buckets_per_request,
+            ),
+            (
+                "limits.max_files_per_request",
+                self.limits.max_files_per_request,
+            ),
+            (
+                "limits.max_hosts_per_request",
+                self.limits.max_hosts_per_request,
+            ),
+        ] {
+            if value == 0 || value > MAX_COUNT {
+                return Err(ConfigError(format!(
+                    "{key}: {value} must be between 1 and {MAX_COUNT}"
+                )));
+            }
+        }
+        let ingest_memory = sz("limits.ingest_memory", &self.limits.ingest_memory)?;
+        if ingest_memory < 1 << 20 {
+            return Err(ConfigError(
+                "limits.ingest_memory: at least 1MiB is needed to take any request".into(),
+            ));
+        }
+        Ok((max_line_bytes, ingest_memory))
+    }
+
     /// Validates the `[store]` backend keys.
     fn backend(&self, base: &Path) -> Result<Backend, ConfigError> {
         let st = &self.store;
