@@ -220,32 +220,32 @@ enum Failed {
 
 /// Delivers one body, splitting on 413 and retrying a few times on transient failures.
 async fn deliver(sink: &dyn Sink, body: Vec<u8>) -> Result<(), Failed> {
-    let mut stack = vec![body];
-    while let Some(b) = stack.pop() {
+    crate::delivery::split_on_too_large(std::sync::Arc::new(body), &mut Replaying { sink }).await
+}
+
+/// The replay's way of delivering: a few tries of a transient failure, then stop and report.
+struct Replaying<'a> {
+    sink: &'a dyn Sink,
+}
+
+impl crate::delivery::Deliver for Replaying<'_> {
+    type Error = Failed;
+
+    async fn attempt(&mut self, piece: &std::sync::Arc<Vec<u8>>) -> crate::delivery::Step<Failed> {
+        use crate::delivery::Step;
         let mut tries = 0u32;
         loop {
-            match sink.send(&b).await {
-                Outcome::Ok => break,
-                Outcome::TooLarge => match logship_wire::compact::split(&b) {
-                    Some((first, second)) => {
-                        stack.push(second);
-                        stack.push(first);
-                        break;
-                    }
-                    None => {
-                        return Err(Failed::Refused(
-                            "a single line is larger than the sink accepts (413)".into(),
-                        ))
-                    }
-                },
-                Outcome::Reject { reason } => return Err(Failed::Refused(reason)),
+            match self.sink.send(piece).await {
+                Outcome::Ok => return Step::Done,
+                Outcome::TooLarge => return Step::TooLarge,
+                Outcome::Reject { reason } => return Step::Failed(Failed::Refused(reason)),
                 Outcome::Park { endpoint, reason } => {
-                    return Err(Failed::Unavailable(format!("{endpoint}: {reason}")))
+                    return Step::Failed(Failed::Unavailable(format!("{endpoint}: {reason}")))
                 }
                 Outcome::Retry { reason, after } => {
                     tries += 1;
                     if tries >= 5 {
-                        return Err(Failed::Unavailable(reason));
+                        return Step::Failed(Failed::Unavailable(reason));
                     }
                     let wait = after.unwrap_or(std::time::Duration::from_millis(200 << tries));
                     tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
@@ -253,7 +253,12 @@ async fn deliver(sink: &dyn Sink, body: Vec<u8>) -> Result<(), Failed> {
             }
         }
     }
-    Ok(())
+
+    async fn unsplittable(&mut self, _: &std::sync::Arc<Vec<u8>>) -> Result<(), Failed> {
+        Err(Failed::Refused(
+            "a single line is larger than the sink accepts (413)".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

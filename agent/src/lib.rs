@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod client_tls;
 pub mod config;
 pub mod dead_letter;
+pub mod delivery;
 pub mod generation;
 pub mod metrics;
 pub mod open_file;

@@ -248,28 +248,11 @@ impl Sender {
 
     /// Delivers a body, splitting on 413 and dead-lettering what is refused.
     async fn deliver(&self, body: Arc<Vec<u8>>, backoff: &mut Backoff) {
-        let mut stack = vec![body];
-        while let Some(b) = stack.pop() {
-            match self.attempt_until_answered(&b, backoff).await {
-                Delivery::Done => {}
-                Delivery::TooLarge => match logship_wire::compact::split(&b) {
-                    Some((first, second)) => {
-                        tracing::info!(file = %self.file, "batch too large for the sink; splitting");
-                        stack.push(Arc::new(second));
-                        stack.push(Arc::new(first));
-                    }
-                    None => {
-                        self.dead_letter(
-                            &b,
-                            "a single line is larger than the sink accepts (413)",
-                            backoff,
-                        )
-                        .await
-                    }
-                },
-                Delivery::Rejected(reason) => self.dead_letter(&b, &reason, backoff).await,
-            }
-        }
+        let mut d = Delivering {
+            sender: self,
+            backoff,
+        };
+        let Ok(()) = crate::delivery::split_on_too_large(body, &mut d).await;
     }
 
     async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
@@ -374,6 +357,47 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+/// The sender's way of delivering: retry until the sink answers; a refused piece or a line
+/// too large for the sink becomes a dead letter. Never fails.
+struct Delivering<'a> {
+    sender: &'a Sender,
+    backoff: &'a mut Backoff,
+}
+
+impl crate::delivery::Deliver for Delivering<'_> {
+    type Error = std::convert::Infallible;
+
+    async fn attempt(&mut self, piece: &Arc<Vec<u8>>) -> crate::delivery::Step<Self::Error> {
+        use crate::delivery::Step;
+        match self
+            .sender
+            .attempt_until_answered(piece, self.backoff)
+            .await
+        {
+            Delivery::Done => Step::Done,
+            Delivery::TooLarge => {
+                tracing::info!(file = %self.sender.file, "batch too large for the sink; splitting");
+                Step::TooLarge
+            }
+            Delivery::Rejected(reason) => {
+                self.sender.dead_letter(piece, &reason, self.backoff).await;
+                Step::Done
+            }
+        }
+    }
+
+    async fn unsplittable(&mut self, piece: &Arc<Vec<u8>>) -> Result<(), Self::Error> {
+        self.sender
+            .dead_letter(
+                piece,
+                "a single line is larger than the sink accepts (413)",
+                self.backoff,
+            )
+            .await;
+        Ok(())
     }
 }
 
