@@ -380,3 +380,132 @@ impl Batcher {
             .map_err(|_| Gone)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn options(batch_lines: usize) -> Arc<PipelineOptions> {
+        Arc::new(PipelineOptions {
+            batch_lines,
+            batch_bytes: 1 << 20,
+            linger: Duration::from_secs(60),
+            read_from: crate::config::ReadFrom::Beginning,
+            max_line_bytes: 1024,
+            partial_line_timeout: Duration::from_secs(1),
+            close_inactive: Duration::from_secs(60),
+            rotate_wait: Duration::from_secs(1),
+            lines_per_sec: 0,
+            bytes_per_sec: 0,
+            retry_initial: Duration::from_millis(1),
+            retry_max: Duration::from_millis(5),
+        })
+    }
+
+    fn batcher(batch_lines: usize, budget: u64) -> (Batcher, mpsc::Receiver<Box<Batch>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let b = Batcher::new(
+            Arc::from("h"),
+            Arc::from("/f"),
+            options(batch_lines),
+            Budget::new(budget),
+            tx,
+        );
+        (b, rx)
+    }
+
+    /// A chunk of `lines` (numbered from `first`, each `"l<n>\n"`) read at `offset`, the
+    /// last one partial if `partial`.
+    fn chunk(generation: &str, first: u64, lines: u64, offset: u64, partial: bool) -> Chunk {
+        let mut c = Chunk::new(Arc::from(generation), first);
+        let mut at = offset;
+        for n in first..first + lines {
+            let text = format!("l{n}");
+            c.data.extend_from_slice(text.as_bytes());
+            if partial && n + 1 == first + lines {
+                c.partial = Some(at);
+            } else {
+                c.data.push(b'\n');
+                at += text.len() as u64 + 1;
+                c.ends.push(at);
+            }
+        }
+        c
+    }
+
+    fn contents(b: &Batch) -> (u64, Vec<String>) {
+        let d = logship_wire::compact::decode(&b.body).expect("decodes");
+        (
+            d.lines[0].number,
+            d.lines
+                .iter()
+                .map(|l| String::from_utf8_lossy(&l.content).into_owned())
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn batches_close_at_batch_lines_with_exact_checkpoints() {
+        let (mut b, mut rx) = batcher(3, 1 << 20);
+        b.add(chunk("g", 0, 7, 0, false)).await.expect("add");
+        b.seal().await.expect("seal");
+        drop(b);
+        let mut got = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            got.push(batch);
+        }
+        let shapes: Vec<(u64, u32, u64, u64)> = got
+            .iter()
+            .map(|b| (b.first_line, b.lines, b.end_line, b.end_offset))
+            .collect();
+        // "l0\n".."l6\n" are 3 bytes each: a batch's checkpoint is just after its last line.
+        assert_eq!(shapes, vec![(0, 3, 3, 9), (3, 3, 6, 18), (6, 1, 7, 21)]);
+        assert_eq!(
+            contents(&got[1]),
+            (3, vec!["l3".into(), "l4".into(), "l5".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_line_ends_its_batch_and_is_not_checkpointed_past() {
+        let (mut b, mut rx) = batcher(100, 1 << 20);
+        b.add(chunk("g", 0, 3, 0, true)).await.expect("add");
+        let batch = rx.recv().await.expect("sealed at the partial line");
+        assert_eq!((batch.lines, batch.end_line, batch.end_offset), (3, 2, 6));
+        let d = logship_wire::compact::decode(&batch.body).expect("decodes");
+        assert!(d.lines[2].partial && !d.lines[1].partial);
+    }
+
+    #[tokio::test]
+    async fn a_new_generation_never_shares_a_batch() {
+        let (mut b, mut rx) = batcher(100, 1 << 20);
+        b.add(chunk("old", 0, 2, 0, false)).await.expect("add");
+        b.add(chunk("new", 0, 2, 0, false)).await.expect("add");
+        b.seal().await.expect("seal");
+        let first = rx.recv().await.expect("old");
+        let second = rx.recv().await.expect("new");
+        assert_eq!((&*first.generation, first.lines), ("old", 2));
+        assert_eq!((&*second.generation, second.lines), ("new", 2));
+    }
+
+    #[tokio::test]
+    async fn open_and_sealed_batches_hold_budget_until_acknowledged() {
+        // 64 KiB of budget: sealed batches keep theirs until dropped (acknowledged).
+        let (mut b, mut rx) = batcher(1000, 64 * 1024);
+        let budget = b.budget.clone();
+        let mut c = Chunk::new(Arc::from("g"), 0);
+        let line = vec![b'x'; 1000];
+        for n in 0..40u64 {
+            c.data.extend_from_slice(&line);
+            c.data.push(b'\n');
+            c.ends.push((n + 1) * 1001);
+        }
+        b.add(c).await.expect("add");
+        b.seal().await.expect("seal");
+        let batch = rx.recv().await.expect("batch");
+        assert!(budget.used_kib() >= 39, "{} KiB held", budget.used_kib());
+        drop(batch);
+        assert_eq!(budget.used_kib(), 0, "acknowledged: the budget returns");
+    }
+}

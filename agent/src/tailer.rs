@@ -681,3 +681,144 @@ enum ReadOutcome {
     Eof,
     Closed,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::{Batch, Budget};
+    use std::io::Write;
+    use tokio::sync::mpsc;
+
+    /// A tailer of `path` from its first line, its batches on the returned channel; `stop`
+    /// ends it.
+    fn tailer_of(
+        path: &std::path::Path,
+        partial_line_timeout: Duration,
+    ) -> (
+        tokio::task::JoinHandle<Exit>,
+        mpsc::Receiver<Box<Batch>>,
+        Arc<Control>,
+        watch::Sender<bool>,
+    ) {
+        let options = Arc::new(PipelineOptions {
+            batch_lines: 1000,
+            batch_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+            read_from: ReadFrom::Beginning,
+            max_line_bytes: 1024,
+            partial_line_timeout,
+            close_inactive: Duration::from_secs(60),
+            rotate_wait: Duration::from_millis(50),
+            lines_per_sec: 0,
+            bytes_per_sec: 0,
+            retry_initial: Duration::from_millis(1),
+            retry_max: Duration::from_millis(5),
+        });
+        let (stop, shutdown) = watch::channel(false);
+        let open_files = Arc::new(Semaphore::new(4));
+        let env = TailerEnv {
+            options: options.clone(),
+            metrics: Arc::new(Metrics::default()),
+            open_files: open_files.clone(),
+            shutdown,
+        };
+        let (file, meta) = open_regular(path).expect("open");
+        let permit = open_files.try_acquire_owned().expect("permit");
+        let ctl = Arc::new(Control::default());
+        let t = Tailer::new(
+            path.to_path_buf(),
+            path.to_string_lossy().into_owned(),
+            file,
+            permit,
+            FileId::of(&meta),
+            Start::Fresh(ReadFrom::Beginning),
+            env,
+            ctl.clone(),
+        )
+        .expect("tailer");
+        let (tx, rx) = mpsc::channel(64);
+        let batcher = Batcher::new(
+            Arc::from("h"),
+            Arc::from("/f"),
+            options,
+            Budget::new(1 << 20),
+            tx,
+        );
+        (tokio::spawn(t.run(batcher)), rx, ctl, stop)
+    }
+
+    /// Every (generation, line, content, partial) the tailer has shipped, until `want`
+    /// lines have come (10 s at most).
+    async fn lines(
+        rx: &mut mpsc::Receiver<Box<Batch>>,
+        want: usize,
+    ) -> Vec<(String, u64, String, bool)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while out.len() < want {
+            let Ok(Some(b)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
+            };
+            let d = logship_wire::compact::decode(&b.body).expect("decodes");
+            for l in &d.lines {
+                out.push((
+                    d.generation.to_string(),
+                    l.number,
+                    String::from_utf8_lossy(&l.content).into_owned(),
+                    l.partial,
+                ));
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_are_numbered_and_a_partial_line_ships_after_its_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"one\ntwo\nthr").expect("write");
+        let (task, mut rx, ctl, stop) = tailer_of(&path, Duration::from_millis(100));
+        let got = lines(&mut rx, 3).await;
+        let shape: Vec<(u64, &str, bool)> = got
+            .iter()
+            .map(|(_, n, c, p)| (*n, c.as_str(), *p))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(0, "one", false), (1, "two", false), (2, "thr", true)]
+        );
+        // Completed later: the same line number again, now whole (last write wins).
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(b"ee\nfour\n").expect("append");
+        ctl.wake.notify_one();
+        let more = lines(&mut rx, 2).await;
+        let shape: Vec<(u64, &str, bool)> = more
+            .iter()
+            .map(|(_, n, c, p)| (*n, c.as_str(), *p))
+            .collect();
+        assert_eq!(shape, vec![(2, "three", false), (3, "four", false)]);
+        stop.send(true).expect("stop");
+        assert_eq!(task.await.expect("tailer"), Exit::Shutdown);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_file_starts_a_new_generation_from_line_0() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"first life 0\nfirst life 1\n").expect("write");
+        let (task, mut rx, ctl, stop) = tailer_of(&path, Duration::from_secs(5));
+        let old = lines(&mut rx, 2).await;
+        assert_eq!(old.len(), 2);
+        std::fs::write(&path, b"second\n").expect("truncate and write");
+        ctl.wake.notify_one();
+        let new = lines(&mut rx, 1).await;
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert_eq!((new[0].1, new[0].2.as_str()), (0, "second"));
+        assert_ne!(new[0].0, old[0].0, "a new generation");
+        stop.send(true).expect("stop");
+        assert_eq!(task.await.expect("tailer"), Exit::Shutdown);
+    }
+}
