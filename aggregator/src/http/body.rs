@@ -35,6 +35,17 @@ impl StreamSender {
         self.tx.send(data).await.is_ok()
     }
 
+    /// Sends a chunk unless the client has not taken the earlier ones within `wait`: the
+    /// stall guard of downloads, listings and searches (a client that stops reading is let
+    /// go rather than holding its stream, and what it costs, for good).
+    pub async fn send_within(&self, data: Bytes, wait: std::time::Duration) -> Sent {
+        match self.tx.send_timeout(data, wait).await {
+            Ok(()) => Sent::Taken,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Sent::Stalled,
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Sent::Gone,
+        }
+    }
+
     /// The underlying sender, for `send_timeout` and the like.
     pub fn sender(&self) -> &mpsc::Sender<Bytes> {
         &self.tx
@@ -46,6 +57,16 @@ impl StreamSender {
     pub fn finish(self) {
         self.complete.store(true, Ordering::SeqCst);
     }
+}
+
+/// How [`StreamSender::send_within`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Taken,
+    /// The client took nothing for the whole wait.
+    Stalled,
+    /// The client went away.
+    Gone,
 }
 
 /// A body streamed from a task; `capacity` chunks are buffered at most.

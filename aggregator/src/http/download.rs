@@ -282,7 +282,6 @@ fn content_disposition(file: &str) -> HeaderValue {
 /// Renders a chunk as NDJSON: one object per line with its generation and number; content
 /// as a string, or base64 in `content_base64` when it is not UTF-8.
 fn ndjson(generation: &str, chunk: &crate::store::Chunk) -> Vec<u8> {
-    use base64::Engine;
     let mut out = Vec::with_capacity(chunk.data.len() + chunk.lines.len() * 48);
     for (i, l) in chunk.lines.iter().enumerate() {
         let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
@@ -292,17 +291,7 @@ fn ndjson(generation: &str, chunk: &crate::store::Chunk) -> Vec<u8> {
             .filter(|_| !l.partial)
             .unwrap_or(content);
         let mut v = serde_json::json!({ "generation": generation, "line": l.number });
-        match std::str::from_utf8(content) {
-            Ok(s) => v["content"] = s.into(),
-            Err(_) => {
-                v["content_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(content)
-                    .into()
-            }
-        }
-        if l.partial {
-            v["partial"] = true.into();
-        }
+        super::line_json::set_content(&mut v, content, l.partial);
         out.extend_from_slice(v.to_string().as_bytes());
         out.push(b'\n');
     }
@@ -338,17 +327,13 @@ async fn stream_range(
                 Some(generation) => crate::busy::offload(|| ndjson(generation, &chunk)),
                 None => chunk.data,
             };
-            match tx
-                .sender()
-                .send_timeout(Bytes::from(data), STALLED_CLIENT)
-                .await
-            {
-                Ok(()) => {}
-                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+            match tx.send_within(Bytes::from(data), STALLED_CLIENT).await {
+                super::body::Sent::Taken => {}
+                super::body::Sent::Stalled => {
                     tracing::info!("download client stalled; disconnecting");
                     return None;
                 }
-                Err(_) => return None, // client went away
+                super::body::Sent::Gone => return None,
             }
         }
         match chunk.next {

@@ -179,12 +179,7 @@ where
             });
             let data = Bytes::from(std::mem::take(&mut out));
             // A client that stops reading is let go, as for downloads.
-            if tx
-                .sender()
-                .send_timeout(data, STALLED_CLIENT)
-                .await
-                .is_err()
-            {
+            if tx.send_within(data, STALLED_CLIENT).await != super::body::Sent::Taken {
                 return None;
             }
             let Some(last) = last else {

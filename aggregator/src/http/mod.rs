@@ -4,6 +4,7 @@ pub mod body;
 pub mod download;
 pub mod error;
 pub mod ingest;
+pub mod line_json;
 pub mod listing;
 pub mod query;
 pub mod routes;

@@ -758,6 +758,18 @@ pub(super) mod tests {
         assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&want)));
     }
 
+    /// [`ten_lines_committed`], then the same lines resent at t=1.5s: the bucket rewritten,
+    /// its first version garbage, so the segment is half garbage.
+    async fn half_garbage(dir: &std::path::Path) -> (SledStore, Vec<(u64, String)>) {
+        let (store, first) = ten_lines_committed(dir).await;
+        store
+            .inner
+            .apply(&batch("/f", "g", &first), 1_500)
+            .expect("a resend rewrites the bucket");
+        store.flush().await.expect("commit");
+        (store, first)
+    }
+
     /// A store with lines 0..10 of `/f` applied at t=1s and committed.
     async fn ten_lines_committed(dir: &std::path::Path) -> (SledStore, Vec<(u64, String)>) {
         let store = open(dir);
@@ -886,13 +898,8 @@ pub(super) mod tests {
         // value. Had the write appended a piece, that value would still name the old segment
         // and keep it (in a steadily written file: at every sweep, for good).
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, first) = ten_lines_committed(dir.path()).await;
-        // Every segment is worth compacting: make the only one at least half garbage.
-        store
-            .inner
-            .apply(&batch("/f", "g", &first), 1_500)
-            .expect("a resend rewrites the bucket");
-        store.flush().await.expect("commit");
+        // Every segment is worth compacting: the only one is half garbage.
+        let (store, first) = half_garbage(dir.path()).await;
         let policy = RetentionPolicy {
             retention: None,
             max_disk_bytes: None,
@@ -932,13 +939,8 @@ pub(super) mod tests {
         // mark and committed after the move's swap, which the real sweep's order rules
         // out), the next sweep must compact it again even though the store did not grow.
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, first) = ten_lines_committed(dir.path()).await;
-        // Half garbage (a resend rewrote the bucket), then closed.
-        store
-            .inner
-            .apply(&batch("/f", "g", &first), 1_500)
-            .expect("a resend rewrites the bucket");
-        store.flush().await.expect("commit");
+        // Half garbage, then closed.
+        let (store, first) = half_garbage(dir.path()).await;
         let old: Vec<u32> = store
             .inner
             .segments

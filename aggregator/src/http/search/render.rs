@@ -23,24 +23,13 @@ impl Scan<'_> {
             self.out.extend_from_slice(content);
             self.out.push(b'\n');
         } else {
-            use base64::Engine;
             let mut v = serde_json::json!({
                 "host": place.host,
                 "file": place.file,
                 "generation": place.generation,
                 "line": number,
             });
-            match std::str::from_utf8(content) {
-                Ok(s) => v["content"] = s.into(),
-                Err(_) => {
-                    v["content_base64"] = base64::engine::general_purpose::STANDARD
-                        .encode(content)
-                        .into()
-                }
-            }
-            if partial {
-                v["partial"] = true.into();
-            }
+            crate::http::line_json::set_content(&mut v, content, partial);
             if context {
                 v["context"] = true.into();
             }
@@ -87,16 +76,13 @@ impl Scan<'_> {
         match &self.sink {
             Sink::Body(tx) => {
                 let wait = self.q.deadline.min(STALLED_CLIENT);
-                match self
-                    .rt
-                    .block_on(tx.sender().send_timeout(Bytes::from(data), wait))
-                {
-                    Ok(()) => true,
-                    Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                match self.rt.block_on(tx.send_within(Bytes::from(data), wait)) {
+                    crate::http::body::Sent::Taken => true,
+                    crate::http::body::Sent::Stalled => {
                         self.stalled = true;
                         false
                     }
-                    Err(_) => false,
+                    crate::http::body::Sent::Gone => false,
                 }
             }
             Sink::Part {
