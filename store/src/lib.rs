@@ -47,6 +47,15 @@ pub struct WriteStats {
     pub new_lines: u64,
 }
 
+impl std::ops::AddAssign for WriteStats {
+    /// Adds another write's counts (a request's file batches, a backend's pieces).
+    fn add_assign(&mut self, s: WriteStats) {
+        self.lines += s.lines;
+        self.bytes += s.bytes;
+        self.new_lines += s.new_lines;
+    }
+}
+
 /// One generation of one file as listed by `/store/files`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationInfo {
@@ -360,6 +369,15 @@ pub struct RetentionPolicy {
     pub retention: Option<Duration>,
     /// Past this many bytes on disk the least recently written generations are dropped.
     pub max_disk_bytes: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// What a sweep over `max_disk_bytes` drops down to: 90 % of it, so a store at its cap
+    /// is not swept again at every write (both backends drop the least recently written
+    /// generations until under this).
+    pub fn disk_target(&self) -> Option<u64> {
+        self.max_disk_bytes.map(|max| max / 10 * 9)
+    }
 }
 
 /// What one sweep did.

@@ -124,9 +124,7 @@ impl Store for RedisStore {
             };
             let mut stats = WriteStats::default();
             for s in all {
-                stats.lines += s.lines;
-                stats.bytes += s.bytes;
-                stats.new_lines += s.new_lines;
+                stats += s;
             }
             Ok(stats)
         })

@@ -205,8 +205,7 @@ impl Inner {
                 }
             }
         }
-        if let Some(max) = policy.max_disk_bytes {
-            let target = max / 10 * 9;
+        if let Some(target) = policy.disk_target() {
             for _ in 0..1_000 {
                 let used = self.used_memory().await?;
                 if used <= target {

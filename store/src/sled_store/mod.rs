@@ -178,10 +178,7 @@ impl Store for SledStore {
             let stats = logship_common::offload::offload_if(large, || {
                 let mut total = WriteStats::default();
                 for fb in batches {
-                    let s = self.inner.apply(fb, now)?;
-                    total.lines += s.lines;
-                    total.bytes += s.bytes;
-                    total.new_lines += s.new_lines;
+                    total += self.inner.apply(fb, now)?;
                 }
                 Ok::<_, StoreError>(total)
             })?;

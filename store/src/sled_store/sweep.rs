@@ -108,13 +108,12 @@ impl Inner {
         drop: &mut Vec<Generation>,
         keep: Vec<Generation>,
     ) -> Result<(), StoreError> {
-        let Some(max) = policy.max_disk_bytes else {
+        let Some(target) = policy.disk_target() else {
             return Ok(());
         };
         let index = self.db.size_on_disk().map_err(unavailable)?;
         let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
         let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
-        let target = max / 10 * 9;
         for g in keep {
             if live + index <= target {
                 break;
@@ -174,8 +173,8 @@ impl Inner {
         let segment_bytes = self.segments.size();
         let index = self.db.size_on_disk().map_err(unavailable)?;
         let near_cap = policy
-            .max_disk_bytes
-            .is_some_and(|max| index + segment_bytes > max / 10 * 9);
+            .disk_target()
+            .is_some_and(|target| index + segment_bytes > target);
         // A full index scan costs seconds on a large store: only when something changed.
         let grown = segment_bytes > self.swept_segment_bytes.load(Ordering::SeqCst) / 4 * 5;
         let (mut drop, keep) = self.expired(policy, now_ms)?;
