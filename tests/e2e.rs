@@ -31,3 +31,4 @@ mod service;
 mod structure;
 mod tls;
 mod tracking;
+mod vendored;
