@@ -50,13 +50,14 @@ impl SledStore {
                 let synced = t.elapsed();
                 let applied = entries.len();
                 if !entries.is_empty() {
-                    // In key order, straight from the map: building a `sled::Batch` (a
-                    // hash map grown entry by entry) was 5 % of the aggregator's CPU under a
-                    // fleet of small agents.
-                    let mut sorted: Vec<(&[u8], &[u8])> =
-                        entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    db.apply_entries(sorted).map_err(|e| e.to_string())?;
+                    // One `apply_batch` per commit. A patched sled that applied the sorted
+                    // entries without building a `Batch` measured the same fleet CPU per
+                    // line (3.02 against 3.01 µs, 3 parallel rounds), so it was dropped.
+                    let mut batch = sled::Batch::default();
+                    for (k, v) in &entries {
+                        batch.insert(&k[..], &v[..]);
+                    }
+                    db.apply_batch(batch).map_err(|e| e.to_string())?;
                 }
                 // Remembered as soon as sled has them (a failed flush below leaves them in
                 // sled too), so the overlay never holds a value older than sled's. Still under

@@ -379,29 +379,6 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
-    /// Applies `entries` atomically, as [`Tree::apply_batch`] does, without building a
-    /// [`Batch`] (a hash map grown key by key, each key hashed and copied): the caller's
-    /// keys are already unique, and given in order so consecutive inserts find their leaves
-    /// in cache. A key given twice ends with its last value. Added for logship
-    /// (`VENDORED.md`).
-    pub fn apply_entries<'a, I>(&self, entries: I) -> Result<()>
-    where
-        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    {
-        let _cc = concurrency_control::write();
-        let mut guard = pin();
-        let peg = self.context.pin_log(&guard)?;
-        for (k, v) in entries {
-            let v = IVec::from(v);
-            loop {
-                if self.insert_inner(k, Some(v.clone()), &mut guard)?.is_ok() {
-                    break;
-                }
-            }
-        }
-        peg.seal_batch()
-    }
-
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
