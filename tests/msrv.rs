@@ -2,25 +2,13 @@
 //! file builds with it (their own `rust-version`s), and every member declares it, so clippy's
 //! `incompatible_msrv` lint checks our own code against it in `.ci/run`.
 
-use std::process::Command;
-
 fn version(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 #[test]
 fn the_declared_rust_version_is_what_the_dependencies_need() {
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let m = logship_e2e::cargo_metadata(&["--locked".as_ref(), "--offline".as_ref()]);
     let members: Vec<&str> = m["workspace_members"]
         .as_array()
         .expect("members")

@@ -133,6 +133,23 @@ impl Drop for Proc {
     }
 }
 
+/// `cargo metadata --format-version 1` with `args` (the test's own cargo), as JSON; panics
+/// with cargo's error when it fails.
+pub fn cargo_metadata(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata's JSON")
+}
+
 /// Waits up to `timeout` until process `pid` catches signal number `sig` (`SigCgt` in
 /// `/proc/<pid>/status`): its handler is installed, so the signal will be handled.
 pub fn wait_catches(pid: u32, sig: u32, timeout: Duration) -> bool {

@@ -14,17 +14,8 @@ fn published_sled(scratch: &Path) -> PathBuf {
     )
     .expect("manifest");
     std::fs::write(scratch.join("src/lib.rs"), "").expect("lib");
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(scratch.join("Cargo.toml"))
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let manifest_path = scratch.join("Cargo.toml");
+    let m = logship_e2e::cargo_metadata(&["--manifest-path".as_ref(), manifest_path.as_os_str()]);
     let manifest = m["packages"]
         .as_array()
         .expect("packages")
