@@ -276,17 +276,20 @@ impl AggregatorSink {
                 () = hedge => {
                     // Only an endpoint that answered nothing since this request began is
                     // suspect: a busy one that still answers others is just slow.
-                    let &(i, since) = started.last().expect("a request under way");
+                    let Some(last) = started.last_mut() else { continue };
+                    let (i, since) = *last;
                     let ep = &self.endpoints[i];
-                    let silent = ep.health().last_answer.is_none_or(|t| t < since);
-                    let Some(j) = next.next() else { continue };
-                    if silent {
-                        self.count(ep, "hedged");
-                        self.mark_silent(
-                            ep,
-                            &format!("{}: no answer within {:?}", ep.label, self.hedge_after),
-                        );
+                    if ep.health().last_answer.is_some_and(|t| t >= since) {
+                        // Alive: look again after another `hedge_after`.
+                        last.1 = Instant::now();
+                        continue;
                     }
+                    let Some(j) = next.next() else { continue };
+                    self.count(ep, "hedged");
+                    self.mark_silent(
+                        ep,
+                        &format!("{}: no answer within {:?}", ep.label, self.hedge_after),
+                    );
                     inflight.push(self.attempt_boxed(j, body, payload.clone(), encoding));
                     started.push((j, Instant::now()));
                     continue;
