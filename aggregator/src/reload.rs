@@ -19,7 +19,7 @@ pub fn on_sighup(
         match load() {
             Ok(new) => apply(&app, new),
             Err(e) => {
-                app.metrics.reload_failures.inc();
+                app.metrics.reload.reload_failures.inc();
                 tracing::error!(error = %e, "config reload failed; the running configuration stays");
             }
         }
@@ -73,7 +73,7 @@ pub fn apply(app: &App, new: Settings) {
     let tokens_changed =
         next.write_tokens != old.write_tokens || next.read_tokens != old.read_tokens;
     app.set_settings(next);
-    app.metrics.reloads.inc();
+    app.metrics.reload.reloads.inc();
     tracing::info!(tokens_changed, "configuration reloaded");
 }
 

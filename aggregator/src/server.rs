@@ -101,7 +101,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let Some(slot) = clients.enter(peer.ip(), app.settings().max_connections_per_client) else {
-            app.metrics.connections_rejected.inc();
+            app.metrics.http.connections_rejected.inc();
             if let Ok(waiter) = waiting.clone().try_acquire_owned() {
                 let builder = builder.clone();
                 let app = app.clone();
@@ -125,13 +125,13 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             }
             Err(_) => {
                 let Ok(waiter) = waiting.clone().try_acquire_owned() else {
-                    app.metrics.connections_rejected.inc();
+                    app.metrics.http.connections_rejected.inc();
                     continue;
                 };
                 let permits = permits.clone();
                 tokio::spawn(async move {
                     let permit = if served.registry.reclaim_idle() {
-                        served.app.metrics.connections_reclaimed.inc();
+                        served.app.metrics.http.connections_reclaimed.inc();
                         tokio::time::timeout(RECLAIM_WAIT, permits.acquire_owned())
                             .await
                             .ok()
@@ -145,7 +145,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                             served.run(stream, permit).await;
                         }
                         None => {
-                            served.app.metrics.connections_rejected.inc();
+                            served.app.metrics.http.connections_rejected.inc();
                             refuse(
                                 &served.app,
                                 served.builder,
@@ -206,7 +206,7 @@ impl Served {
             let guard = svc_state.begin_request();
             let app = svc_app.clone();
             async move {
-                let busy = app.metrics.worker_busy.clone();
+                let busy = app.metrics.http.worker_busy.clone();
                 let what: String = format!("{} {}", req.method(), req.uri().path())
                     .chars()
                     .take(80)
@@ -215,7 +215,7 @@ impl Served {
                 Ok::<_, std::convert::Infallible>(resp.map(|b| GuardedBody::new(b, guard)))
             }
         });
-        app.metrics.connections_open.inc();
+        app.metrics.http.connections_open.inc();
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         let mut stopping = app.stopping();
@@ -251,10 +251,12 @@ impl Served {
                 "",
             );
             app.metrics
+                .http
                 .errors
                 .get_or_create(&ErrorLabels { kind: e.kind() })
                 .inc();
             app.metrics
+                .http
                 .requests
                 .get_or_create(&RequestLabels {
                     route: "unparsed",
@@ -262,7 +264,7 @@ impl Served {
                 })
                 .inc();
         }
-        app.metrics.connections_open.dec();
+        app.metrics.http.connections_open.dec();
         drop(registration);
         drop(permit);
     }
@@ -281,12 +283,12 @@ async fn secure(app: &App, stream: TcpStream, peer: std::net::SocketAddr) -> Opt
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(Stream::Tls(Box::new(s))),
         Ok(Err(e)) => {
-            app.metrics.tls_handshake_failures.inc();
+            app.metrics.http.tls_handshake_failures.inc();
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            app.metrics.tls_handshake_failures.inc();
+            app.metrics.http.tls_handshake_failures.inc();
             tracing::debug!(%peer, "TLS handshake did not finish within header_read_timeout");
             None
         }

@@ -21,7 +21,7 @@ pub(crate) async fn sweep_periodically(app: std::sync::Weak<App>) {
         let started = std::time::Instant::now();
         let reading = clock.read();
         if let Some((forward, by)) = reading.jump {
-            app.metrics.clock_jumps.inc();
+            app.metrics.retention.clock_jumps.inc();
             tracing::error!(
                 direction = if forward { "forward" } else { "backward" },
                 by = %humantime::format_duration(std::time::Duration::from_secs(by.as_secs())),
@@ -30,12 +30,13 @@ pub(crate) async fn sweep_periodically(app: std::sync::Weak<App>) {
             );
         }
         app.metrics
+            .retention
             .retention_clock_behind
             .set(reading.behind.as_secs_f64());
-        app.metrics.sweeps.inc();
+        app.metrics.retention.sweeps.inc();
         match app.store.sweep(app.settings().retention, reading.now).await {
             Ok(r) => {
-                let m = &app.metrics;
+                let m = &app.metrics.retention;
                 m.generations_dropped.inc_by(r.generations_dropped);
                 m.segments_compacted.inc_by(r.segments_compacted);
                 m.bytes_reclaimed.inc_by(r.bytes_reclaimed);
@@ -51,7 +52,7 @@ pub(crate) async fn sweep_periodically(app: std::sync::Weak<App>) {
                 }
             }
             Err(e) => {
-                app.metrics.sweep_failures.inc();
+                app.metrics.retention.sweep_failures.inc();
                 tracing::warn!(error = %e, "sweep failed; retrying at the next interval");
             }
         }

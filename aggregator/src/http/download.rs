@@ -91,12 +91,12 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .retry_after(5)
         })?;
         let app = app.clone();
-        let busy = app.metrics.worker_busy.clone();
+        let busy = app.metrics.http.worker_busy.clone();
         tokio::spawn(crate::busy::Timed::new(
             async move {
-                app.metrics.followers.inc();
+                app.metrics.http.followers.inc();
                 follow_stream(&app, sel, ndjson, &tx).await;
-                app.metrics.followers.dec();
+                app.metrics.http.followers.dec();
                 drop(permit);
                 tx.finish();
             },
@@ -112,7 +112,7 @@ pub async fn download(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .retry_after(1)
         })?;
         let store = app.store.clone();
-        let busy = app.metrics.worker_busy.clone();
+        let busy = app.metrics.http.worker_busy.clone();
         tokio::spawn(crate::busy::Timed::new(
             async move {
                 let _permit = permit;

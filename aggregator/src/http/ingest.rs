@@ -65,9 +65,9 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     })?;
     app.check_rate(&batches)?;
     let stats = app.store.write(&batches).await?;
-    app.metrics.lines_received.inc_by(stats.lines);
-    app.metrics.lines_new.inc_by(stats.new_lines);
-    app.metrics.bytes_received.inc_by(stats.bytes);
+    app.metrics.ingest.lines_received.inc_by(stats.lines);
+    app.metrics.ingest.lines_new.inc_by(stats.new_lines);
+    app.metrics.ingest.bytes_received.inc_by(stats.bytes);
     for b in &batches {
         app.notify_written(&b.host, &b.file);
     }
@@ -205,7 +205,7 @@ impl Budget {
             pool: app.ingest_memory.clone(),
             total_kib: app.settings().ingest_memory / 1024,
             wait: app.settings().ingest_memory_wait,
-            refusals: app.metrics.ingest_memory_refusals.clone(),
+            refusals: app.metrics.ingest.ingest_memory_refusals.clone(),
             held: None,
         }
     }

@@ -56,7 +56,7 @@ pub async fn hosts(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
     app.authorize(req, &app.settings().read_tokens)?;
     let p = Params::parse(req.uri().query(), &["limit", "after"])?;
     let after = p.optional("after").map(str::to_owned);
-    let busy = app.metrics.worker_busy.clone();
+    let busy = app.metrics.http.worker_busy.clone();
     let app = app.clone();
     let listing = Listing {
         field: "hosts",
@@ -98,7 +98,7 @@ pub async fn files(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<B
         return Ok(resp);
     }
     let after = p.optional("after").map(parse_file_cursor).transpose()?;
-    let busy = app.metrics.worker_busy.clone();
+    let busy = app.metrics.http.worker_busy.clone();
     let app = app.clone();
     let listing = Listing {
         field: "files",

@@ -26,6 +26,7 @@ pub async fn handle(
     let (route, result) = route(&app, req).await;
     let resp = result.unwrap_or_else(|e| {
         app.metrics
+            .http
             .errors
             .get_or_create(&ErrorLabels { kind: e.kind() })
             .inc();
@@ -37,6 +38,7 @@ pub async fn handle(
         e.into_response()
     });
     app.metrics
+        .http
         .requests
         .get_or_create(&RequestLabels {
             route,
@@ -44,6 +46,7 @@ pub async fn handle(
         })
         .inc();
     app.metrics
+        .http
         .latency
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
@@ -98,7 +101,10 @@ async fn route(
         },
         "/metrics" => match only(&method, &Method::GET, "GET") {
             Ok(()) => {
-                app.metrics.store_size.set(app.store.size_on_disk() as i64);
+                app.metrics
+                    .retention
+                    .store_size
+                    .set(app.store.size_on_disk() as i64);
                 let ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 ("metrics", Ok(text(app.metrics.render(), ctype)))
             }

@@ -90,12 +90,12 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
     let (tx, body) = streamed(4);
     let store = app.store.clone();
     let (searches, scanned) = (
-        app.metrics.searches.clone(),
-        app.metrics.search_bytes.clone(),
+        app.metrics.search.searches.clone(),
+        app.metrics.search.search_bytes.clone(),
     );
     let (running, stalled) = (
-        app.metrics.searches_running.clone(),
-        app.metrics.searches_stalled.clone(),
+        app.metrics.search.searches_running.clone(),
+        app.metrics.search.searches_stalled.clone(),
     );
     let handle = tokio::runtime::Handle::current();
     let text = query.text;
