@@ -78,7 +78,7 @@ fn real_main() -> anyhow::Result<()> {
                 let store = RedisStore::new(opts.clone());
                 // Not fatal: the aggregator serves 503s until Redis answers.
                 if let Err(e) = store.check().await {
-                    tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is");
+                    tracing::warn!(error = %e.report(), "redis not reachable yet; answering 503 until it is");
                 }
                 Arc::new(store)
             }

@@ -53,7 +53,7 @@ pub(crate) async fn sweep_periodically(app: std::sync::Weak<App>) {
             }
             Err(e) => {
                 app.metrics.retention.sweep_failures.inc();
-                tracing::warn!(error = %e, "sweep failed; retrying at the next interval");
+                tracing::warn!(error = %e.report(), "sweep failed; retrying at the next interval");
             }
         }
     }

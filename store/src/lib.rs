@@ -24,16 +24,126 @@ pub use sled_store::{SledOptions, SledStore};
 /// A boxed future, so the trait stays object safe (`Arc<dyn Store>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a store error came from (a sled, I/O or Redis error), kept whole rather than as its
+/// text, so a caller can inspect it (is this a Redis answer or a lost connection?) and logs
+/// print the whole chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store operation failed; callers map these to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The backend could not read or write (disk full, I/O error): retry later.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// Stored bytes could not be decoded: a bug or corruption, never the client's fault.
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    #[error("stored data is corrupt: {context}")]
+    Corrupt {
+        context: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable because of `cause`, which stays reachable through `source()`.
+    pub fn unavailable_by(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Unavailable {
+            context: context.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    pub fn corrupt(context: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    pub fn corrupt_by(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Corrupt {
+            context: context.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
+
+    /// The context and every cause under it, without the kind: what an HTTP answer or a log
+    /// line says.
+    pub fn detail(&self) -> String {
+        let (StoreError::Unavailable { context, .. } | StoreError::Corrupt { context, .. }) = self;
+        let mut out = context.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    /// The kind, the context and every cause, for logs and HTTP answers.
+    pub fn report(&self) -> String {
+        let kind = match self {
+            StoreError::Unavailable { .. } => "store unavailable",
+            StoreError::Corrupt { .. } => "stored data is corrupt",
+        };
+        format!("{kind}: {}", self.detail())
+    }
+
+    /// The cause of type `E` anywhere in the chain (e.g. the Redis answer a write got).
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_store_error_keeps_its_cause_and_reports_the_whole_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = StoreError::unavailable_by("writing segment 7", io);
+        assert!(e.is_unavailable() && !e.is_corrupt());
+        assert_eq!(e.to_string(), "store unavailable: writing segment 7");
+        assert_eq!(e.detail(), "writing segment 7: no space left");
+        assert_eq!(
+            e.report(),
+            "store unavailable: writing segment 7: no space left"
+        );
+        let cause = e.cause::<std::io::Error>().map(std::io::Error::kind);
+        assert_eq!(cause, Some(std::io::ErrorKind::StorageFull));
+        assert!(StoreError::corrupt("bucket 3")
+            .cause::<std::io::Error>()
+            .is_none());
+    }
 }
 
 /// What one write added.

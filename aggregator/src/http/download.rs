@@ -318,7 +318,7 @@ async fn stream_range(
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(generation_id = id, from = cursor, error = %e, "download aborted by a store error");
+                tracing::error!(generation_id = id, from = cursor, error = %e.report(), "download aborted by a store error");
                 return None;
             }
         };

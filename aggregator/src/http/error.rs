@@ -91,13 +91,13 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        match e {
-            StoreError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after(5)
-            }
+        let report = e.report();
+        tracing::error!(error = %report, "store error");
+        if e.is_unavailable() {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, report).retry_after(5)
+        } else {
             // Corrupt data, or a kind the store may add later: the server's fault.
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, report)
         }
     }
 }

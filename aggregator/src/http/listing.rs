@@ -190,7 +190,7 @@ where
             page = match next {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!(error = %e, listing = self.field, "listing aborted by a store error");
+                    tracing::error!(error = %e.report(), listing = self.field, "listing aborted by a store error");
                     return None;
                 }
             };

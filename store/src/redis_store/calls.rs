@@ -23,11 +23,11 @@ impl Inner {
                 if !is_server_answer(&e) {
                     self.conn.reset().await;
                 }
-                Err(unavailable(what, &e))
+                Err(unavailable(what, e))
             }
             Err(_) => {
                 self.conn.reset().await;
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError::unavailable(format!(
                     "redis: {what} took longer than {timeout:?}"
                 )))
             }
@@ -44,6 +44,6 @@ impl Inner {
     }
 }
 
-pub(super) fn unavailable(what: &str, e: &RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {what}: {e}"))
+pub(super) fn unavailable(what: &str, e: RedisError) -> StoreError {
+    StoreError::unavailable_by(format!("redis: {what}"), e)
 }

@@ -92,7 +92,7 @@ impl Connector {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
                 .filter(|(at, _)| at.elapsed() < RETRY_CONNECT)
-                .map(|(_, msg)| StoreError::Unavailable(msg.clone()))
+                .map(|(_, msg)| StoreError::unavailable(msg.clone()))
         };
         if let Some(e) = recent_failure() {
             return Err(e);
@@ -108,7 +108,7 @@ impl Connector {
         let made = tokio::time::timeout(self.opts.timeout, self.connect())
             .await
             .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError::unavailable(format!(
                     "redis: no node of {:?} answered within {:?}",
                     self.opts.nodes, self.opts.timeout
                 )))
@@ -142,7 +142,7 @@ impl Connector {
     pub(super) fn info(&self, url: &str) -> Result<redis::ConnectionInfo, StoreError> {
         let info = url
             .into_connection_info()
-            .map_err(|e| StoreError::Unavailable(format!("redis: bad node URL {url:?}: {e}")))?;
+            .map_err(|e| StoreError::unavailable_by(format!("redis: bad node URL {url:?}"), e))?;
         let mut rs = info.redis_settings().clone();
         if let Some(u) = &self.opts.username {
             rs = rs.set_username(u);
@@ -157,7 +157,7 @@ impl Connector {
         let mut last = String::from("no nodes configured");
         for url in &self.opts.nodes {
             let client = redis::Client::open(self.info(url)?)
-                .map_err(|e| StoreError::Unavailable(format!("redis {url}: {e}")))?;
+                .map_err(|e| StoreError::unavailable_by(format!("redis {url}"), e))?;
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.opts.timeout))
                 .set_response_timeout(Some(self.opts.timeout + self.opts.wait_timeout));
@@ -199,7 +199,7 @@ impl Connector {
                 .min_retry_wait(50)
                 .max_retry_wait(500)
                 .build()
-                .map_err(|e| StoreError::Unavailable(format!("redis cluster: {e}")))?;
+                .map_err(|e| StoreError::unavailable_by("redis cluster", e))?;
             match client.get_async_connection().await {
                 Ok(c) => {
                     tracing::info!(nodes = ?self.opts.nodes, "redis: connected to the cluster");
@@ -208,16 +208,14 @@ impl Connector {
                 Err(e) => last = format!("cluster via {url}: {e}"),
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "redis unreachable: {last}"
         )))
     }
 }
 
 fn unavailable_message(e: &StoreError) -> String {
-    match e {
-        StoreError::Unavailable(m) | StoreError::Corrupt(m) => m.clone(),
-    }
+    e.detail()
 }
 
 /// Whether an error is the server's answer (the connection is fine) rather than a failure

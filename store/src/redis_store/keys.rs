@@ -146,7 +146,7 @@ pub(super) fn header_times(head: &[u8]) -> Option<(u64, u64)> {
 
 /// Decodes a bucket value; `what` names it in the error.
 pub(super) fn decode_bucket<'a>(v: &'a [u8], what: &str) -> Result<Bucket<'a>, StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("{what}: bad bucket value"));
+    let corrupt = || StoreError::corrupt(format!("{what}: bad bucket value"));
     if v.len() < HEADER {
         return Err(corrupt());
     }

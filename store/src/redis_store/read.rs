@@ -108,7 +108,7 @@ impl Inner {
         let mut head = Vec::new();
         r.read_into(self, &mut head, keys::HEADER as u64).await?;
         let (first_ms, last_ms) = keys::header_times(&head)
-            .ok_or_else(|| StoreError::Corrupt(format!("{key}: bad bucket header")))?;
+            .ok_or_else(|| StoreError::corrupt(format!("{key}: bad bucket header")))?;
         if read.outside(first_ms, last_ms) {
             chunk.skipped += 1;
             return Ok(false);
@@ -118,7 +118,7 @@ impl Inner {
             // varint): a corrupt bucket is a corruption error, not misnumbered lines.
             let buffered = r.buffered(self, crate::bucket::MAX_HEADER).await?;
             let (h, used) = crate::bucket::parse_header(buffered)
-                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+                .map_err(|e| StoreError::corrupt_by(key, e))?;
             r.at += used;
             let (len, partial) = (h.len, h.partial);
             let n = base + u64::from(h.offset);
@@ -161,7 +161,7 @@ impl RangeReader<'_> {
 
     async fn fill(&mut self, inner: &Inner) -> Result<(), StoreError> {
         if self.pos >= self.size {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::corrupt(format!(
                 "{}: bucket ends inside an entry",
                 self.key
             )));
@@ -171,7 +171,7 @@ impl RangeReader<'_> {
         c.arg(self.key).arg(self.pos).arg(end);
         self.buf = inner.cmd("reading lines", c).await?;
         if self.buf.is_empty() {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "{}: bucket changed while read",
                 self.key
             )));

@@ -141,7 +141,7 @@ impl Inner {
                 tracing::info!(%host, %file, generation = %name, id, "dropped a generation");
                 Ok(Dropped::Yes)
             }
-            _ => Err(StoreError::Corrupt(format!(
+            _ => Err(StoreError::corrupt(format!(
                 "generation {id}: unexpected drop answer {answer:?}"
             ))),
         }

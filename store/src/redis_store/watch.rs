@@ -11,20 +11,18 @@ impl Inner {
         for url in nodes.iter().cycle() {
             let subscribe = async {
                 let client = redis::Client::open(self.conn.info(url)?)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let mut pubsub = client
-                    .get_async_pubsub()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                pubsub
-                    .subscribe(&channel)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    .map_err(|e| StoreError::unavailable_by(format!("redis {url}"), e))?;
+                let mut pubsub = client.get_async_pubsub().await.map_err(|e| {
+                    StoreError::unavailable_by(format!("redis {url}: connecting to subscribe"), e)
+                })?;
+                pubsub.subscribe(&channel).await.map_err(|e| {
+                    StoreError::unavailable_by(format!("redis {url}: subscribing"), e)
+                })?;
                 Ok::<_, StoreError>(pubsub)
             };
             let subscribed = tokio::time::timeout(self.opts().timeout, subscribe)
                 .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("subscribe timed out".into())));
+                .unwrap_or_else(|_| Err(StoreError::unavailable("subscribe timed out")));
             match subscribed {
                 Ok(pubsub) => {
                     tracing::info!(node = %url, "redis: following writes");

@@ -73,8 +73,8 @@ impl Inner {
             let _ = self.unindex(id, &fb.host, &fb.file, &fb.generation).await;
             tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt + 1))).await;
         }
-        Err(StoreError::Unavailable(
-            "generation keeps being dropped by retention while written; retry".into(),
+        Err(StoreError::unavailable(
+            "generation keeps being dropped by retention while written; retry",
         ))
     }
 
@@ -124,25 +124,19 @@ impl Inner {
             async move { pipe.query_async::<Vec<Value>>(&mut c).await }
         };
         let mut result = self.call("writing lines", |c| run(c, false)).await;
-        if let Err(StoreError::Unavailable(msg)) = &result {
-            if msg.to_ascii_lowercase().contains("noscript") {
-                // A node that has not seen the script yet (new, or just promoted).
-                result = self.call("writing lines", |c| run(c, true)).await;
-            }
+        if result.as_ref().is_err_and(|e| answered(e, "NOSCRIPT")) {
+            // A node that has not seen the script yet (new, or just promoted).
+            result = self.call("writing lines", |c| run(c, true)).await;
         }
         let values = match result {
             Ok(v) => v,
-            Err(StoreError::Unavailable(msg))
-                if msg.contains("NOGEN") || msg.contains("generation is gone") =>
-            {
-                return Err(PieceError::Gone)
-            }
+            Err(e) if answered(&e, "NOGEN") => return Err(PieceError::Gone),
             Err(e) => return Err(PieceError::Store(e)),
         };
         let added = match values.first() {
             Some(Value::Int(n)) => *n as u64,
             other => {
-                return Err(PieceError::Store(StoreError::Unavailable(format!(
+                return Err(PieceError::Store(StoreError::unavailable(format!(
                     "redis: unexpected write answer {other:?}"
                 ))))
             }
@@ -153,7 +147,7 @@ impl Inner {
                 _ => 0,
             };
             if got < i64::from(wait) {
-                return Err(PieceError::Store(StoreError::Unavailable(format!(
+                return Err(PieceError::Store(StoreError::unavailable(format!(
                     "redis: the write reached {got} of the {wait} replicas required \
                      (store.wait_replicas) within {wait_ms} ms; not acknowledged"
                 ))));
@@ -177,4 +171,13 @@ impl Inner {
             let _ = self.score(id, now_ms(), true).await;
         }
     }
+}
+
+/// Whether the server answered the error `code` (`NOSCRIPT`, or our script's `NOGEN`). The
+/// Redis error is read from the cause the store error keeps; its text is the fallback, as an
+/// error inside a pipeline's answer may come back wrapped with the code in its message.
+fn answered(e: &StoreError, code: &str) -> bool {
+    e.cause::<redis::RedisError>()
+        .is_some_and(|r| r.code() == Some(code))
+        || e.detail().to_ascii_uppercase().contains(code)
 }

@@ -213,11 +213,11 @@ impl GroupCommit {
         let state = rx
             .wait_for(|f| f.done >= ticket)
             .await
-            .map_err(|_| StoreError::Unavailable("flusher stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("flusher stopped"))?;
         if state.ok {
             Ok(())
         } else {
-            Err(StoreError::Unavailable("flushing to disk failed".into()))
+            Err(StoreError::unavailable("flushing to disk failed"))
         }
     }
 }

@@ -50,7 +50,7 @@ impl Meta {
 
     pub(super) fn decode(b: &[u8]) -> Result<Self, StoreError> {
         if b.len() != 40 {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::corrupt(format!(
                 "metadata of {} bytes",
                 b.len()
             )));

@@ -117,11 +117,11 @@ pub(super) type GenerationLocks<'a> = (
 const TRIM_AFTER_ENTRIES: usize = 1024;
 
 pub(super) fn unavailable(e: sled::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable_by("sled", e)
 }
 
 pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable_by("disk", e)
 }
 
 use crate::clock::{now_ms, to_time};
@@ -153,7 +153,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::unavailable_by("store task failed", e))?
 }
 
 impl Store for SledStore {
@@ -213,7 +213,7 @@ impl Store for SledStore {
                     break;
                 }
                 let host = String::from_utf8(k[1..].to_vec())
-                    .map_err(|_| StoreError::Corrupt("host key is not UTF-8".into()))?;
+                    .map_err(|_| StoreError::corrupt("host key is not UTF-8"))?;
                 if after.as_deref() != Some(host.as_str()) {
                     out.push(host);
                 }

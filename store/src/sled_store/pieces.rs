@@ -16,7 +16,7 @@ use crate::StoreError;
 /// Bytes that do not decode are corrupt data; any other failure is the disk's.
 fn read_error(e: std::io::Error) -> StoreError {
     if e.kind() == std::io::ErrorKind::InvalidData {
-        StoreError::Corrupt(e.to_string())
+        StoreError::corrupt_by("undecodable bucket", e)
     } else {
         io_unavailable(e)
     }
@@ -247,6 +247,6 @@ mod tests {
             .read_chunk(id, 0, u64::MAX >> 16, 1 << 20, false, false)
             .await
             .expect_err("a damaged piece");
-        assert!(matches!(e, crate::StoreError::Corrupt(_)), "{e:?}");
+        assert!(e.is_corrupt(), "{e:?}");
     }
 }

@@ -12,7 +12,7 @@ impl Inner {
         for item in self.db.scan_prefix(file_prefix(host, Some(file))) {
             let (k, v) = item.map_err(unavailable)?;
             let Some((_, _, generation)) = parse_file_key(&k) else {
-                return Err(StoreError::Corrupt("unreadable file key".into()));
+                return Err(StoreError::corrupt("unreadable file key"));
             };
             out.push(info(generation, Meta::decode(&v)?));
         }
@@ -36,7 +36,7 @@ impl Inner {
                 break;
             }
             let Some((host, file, generation)) = parse_file_key(&k) else {
-                return Err(StoreError::Corrupt("unreadable file key".into()));
+                return Err(StoreError::corrupt("unreadable file key"));
             };
             if after == Some((host.as_str(), file.as_str())) {
                 continue;
@@ -75,7 +75,7 @@ impl Inner {
             b.copy_from_slice(&k[9..17]);
             let base = u64::from_be_bytes(b) * LINES_PER_BUCKET;
             let value = IndexValue::decode(&v).ok_or_else(|| {
-                StoreError::Corrupt(format!("index at line {base} of generation {id}"))
+                StoreError::corrupt(format!("index at line {base} of generation {id}"))
             })?;
             if read.outside(value.first_ms, value.last_ms) {
                 // Received wholly outside the window: not even read.
@@ -84,7 +84,7 @@ impl Inner {
             }
             let corrupt = |e: std::io::Error| {
                 if e.kind() == std::io::ErrorKind::InvalidData {
-                    StoreError::Corrupt(format!("bucket at line {base} of generation {id}: {e}"))
+                    StoreError::corrupt_by(format!("bucket at line {base} of generation {id}"), e)
                 } else {
                     io_unavailable(e)
                 }
@@ -94,7 +94,7 @@ impl Inner {
                 // decoded from the slice (the per-byte cursor path cost ~40 % of download
                 // speed).
                 let entries = bucket::decode(whole).ok_or_else(|| {
-                    StoreError::Corrupt(format!("bucket at line {base} of generation {id}"))
+                    StoreError::corrupt(format!("bucket at line {base} of generation {id}"))
                 })?;
                 Ok::<_, StoreError>(chunk.push_bucket(base, &entries, read))
             };

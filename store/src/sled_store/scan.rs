@@ -30,7 +30,7 @@ impl Inner {
             let (k, v) = item.map_err(unavailable)?;
             let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
             let value = IndexValue::decode(&v).ok_or_else(|| {
-                StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+                StoreError::corrupt(format!("index of bucket {bucket} of generation {id}"))
             })?;
             if let Some((since, until)) = window {
                 if value.first_ms > until || value.last_ms < since {
@@ -55,7 +55,7 @@ impl Inner {
                     let base = bucket * LINES_PER_BUCKET;
                     bucket::index_into(&merged, at, bytes.len(), base, &mut merged_lines)
                         .ok_or_else(|| {
-                            StoreError::Corrupt(format!("bucket {bucket} of generation {id}"))
+                            StoreError::corrupt(format!("bucket {bucket} of generation {id}"))
                         })?;
                     if merged.len() >= SCAN_RUN_BYTES {
                         let go_on = visit(&mut merged, &mut merged_lines);
@@ -164,7 +164,7 @@ impl Inner {
         lines.clear();
         let index = |block: &[u8], lines: &mut Vec<crate::RawLine>, bucket: u64, at, len| {
             bucket::index_into(block, at, len, bucket * LINES_PER_BUCKET, lines)
-                .ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket} of generation {id}")))
+                .ok_or_else(|| StoreError::corrupt(format!("bucket {bucket} of generation {id}")))
         };
         match self
             .segments
@@ -185,7 +185,7 @@ impl Inner {
                         continue;
                     };
                     let value = IndexValue::decode(&v).ok_or_else(|| {
-                        StoreError::Corrupt(format!("index of bucket {bucket} of generation {id}"))
+                        StoreError::corrupt(format!("index of bucket {bucket} of generation {id}"))
                     })?;
                     let bytes = self.read_bucket(&line_key(id, *bucket), &value)?;
                     let at = block.len();

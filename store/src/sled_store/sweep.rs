@@ -57,7 +57,7 @@ impl Inner {
         for item in self.db.scan_prefix([LINES]) {
             let (k, v) = item.map_err(unavailable)?;
             let (Some(value), Some(id)) = (IndexValue::decode(&v), id_of_line_key(&k)) else {
-                return Err(StoreError::Corrupt("unreadable index entry".into()));
+                return Err(StoreError::corrupt("unreadable index entry"));
             };
             for loc in &value.pieces {
                 let len = u64::from(loc.len);
@@ -73,8 +73,8 @@ impl Inner {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([FILE]) {
             let (k, v) = item.map_err(unavailable)?;
-            let (host, _, _) = parse_file_key(&k)
-                .ok_or_else(|| StoreError::Corrupt("unreadable file key".into()))?;
+            let (host, _, _) =
+                parse_file_key(&k).ok_or_else(|| StoreError::corrupt("unreadable file key"))?;
             out.push(Generation {
                 key: k.to_vec(),
                 host,
@@ -268,7 +268,7 @@ impl Inner {
         for item in self.db.scan_prefix([LINES]) {
             let (k, v) = item.map_err(unavailable)?;
             let Some(value) = IndexValue::decode(&v) else {
-                return Err(StoreError::Corrupt("unreadable index entry".into()));
+                return Err(StoreError::corrupt("unreadable index entry"));
             };
             if !value.pieces.iter().any(|l| segments.contains(&l.segment)) {
                 continue;
@@ -305,8 +305,8 @@ impl Inner {
                 // Pieces that do not merge stay where they are (and so does their segment,
                 // which the verifying scan keeps): one damaged bucket must not stop every
                 // later compaction.
-                Err(StoreError::Corrupt(e)) => {
-                    tracing::warn!(error = %e, "a damaged bucket was left where it is");
+                Err(e) if e.is_corrupt() => {
+                    tracing::warn!(error = %e.detail(), "a damaged bucket was left where it is");
                     self.damaged
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -335,7 +335,7 @@ impl Inner {
             let at = offset as usize - start as usize;
             offset += len as u64;
             let len = u32::try_from(len)
-                .map_err(|_| StoreError::Corrupt(format!("a bucket of {len} bytes, over 4 GiB")))?;
+                .map_err(|_| StoreError::corrupt(format!("a bucket of {len} bytes, over 4 GiB")))?;
             // Merged pieces: the offsets present, from the merged bucket.
             let present = match old.present {
                 Some(_) if old.pieces.len() > 1 => {
@@ -379,7 +379,7 @@ impl Inner {
         for item in self.db.scan_prefix([LINES]) {
             let (_, v) = item.map_err(unavailable)?;
             let Some(value) = IndexValue::decode(&v) else {
-                return Err(StoreError::Corrupt("unreadable index entry".into()));
+                return Err(StoreError::corrupt("unreadable index entry"));
             };
             for l in value
                 .pieces

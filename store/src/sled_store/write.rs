@@ -71,7 +71,7 @@ impl Inner {
             let bucket_key = line_key(meta.id, b);
             let old = match self.latest(&bucket_key)? {
                 Some(v) => Some(IndexValue::decode(&v).ok_or_else(|| {
-                    StoreError::Corrupt(format!("index of bucket {b} of generation {}", meta.id))
+                    StoreError::corrupt(format!("index of bucket {b} of generation {}", meta.id))
                 })?),
                 None => None,
             };
@@ -99,7 +99,7 @@ impl Inner {
                 Some(v) => {
                     let stored = self.read_bucket(&bucket_key, &v)?;
                     let old_entries = bucket::decode(&stored).ok_or_else(|| {
-                        StoreError::Corrupt(format!("bucket {b} of generation {}", meta.id))
+                        StoreError::corrupt(format!("bucket {b} of generation {}", meta.id))
                     })?;
                     let present = keys::offsets(&old_entries) | new_offsets;
                     let (merged, added) = bucket::merge(&old_entries, &new);
@@ -189,7 +189,7 @@ impl Inner {
                 .map_err(io_unavailable)?;
             for p in placed.drain(..) {
                 let len = u32::try_from(p.len).map_err(|_| {
-                    StoreError::Corrupt(format!(
+                    StoreError::corrupt(format!(
                         "bucket {} would be {} bytes, over 4 GiB",
                         p.bucket, p.len
                     ))

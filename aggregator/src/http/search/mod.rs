@@ -126,7 +126,7 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
             Err(Stop::Store(e)) => {
                 // The head is sent: the failure ends the stream as aborted (never as a
                 // complete-looking answer) and is logged.
-                tracing::warn!(error = %e, "search failed reading the store");
+                tracing::warn!(error = %e.report(), "search failed reading the store");
             }
         }
     });

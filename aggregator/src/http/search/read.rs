@@ -114,7 +114,7 @@ impl Scan<'_> {
                     self.pool.extend(empty_rx.try_iter().take(POOL_BLOCKS));
                     scanned
                 }
-                Err(_) => Some(Err(StoreError::Unavailable("search reader failed".into()))),
+                Err(_) => Some(Err(StoreError::unavailable("search reader failed"))),
             }
         })
     }
@@ -184,7 +184,7 @@ impl Scan<'_> {
                     chunk = self
                         .rt
                         .block_on(n)
-                        .map_err(|e| Stop::Store(StoreError::Unavailable(e.to_string())))?
+                        .map_err(|e| Stop::Store(StoreError::unavailable_by("search reader", e)))?
                         .map_err(Stop::Store)?;
                 }
                 None => return Ok(Truncated::No),
