@@ -102,13 +102,40 @@ impl RedisStore {
 
 use crate::clock::{now_ms, to_time};
 
+/// The batches of a request grouped by generation, each group in request order.
+fn same_generation<'b, 'a>(batches: &'b [FileBatch<'a>]) -> Vec<Vec<&'b FileBatch<'a>>> {
+    let mut groups: Vec<Vec<&FileBatch<'a>>> = Vec::new();
+    let mut index: std::collections::HashMap<(&str, &str, &str), usize> = Default::default();
+    for fb in batches {
+        let key = (&*fb.host, &*fb.file, &*fb.generation);
+        match index.get(&key) {
+            Some(&i) => groups[i].push(fb),
+            None => {
+                index.insert(key, groups.len());
+                groups.push(vec![fb]);
+            }
+        }
+    }
+    groups
+}
+
 impl Store for RedisStore {
     fn write<'a>(
         &'a self,
         batches: &'a [FileBatch<'a>],
     ) -> BoxFuture<'a, Result<WriteStats, StoreError>> {
         Box::pin(async move {
-            let write = try_join_all(batches.iter().map(|fb| self.inner.write_file(fb)));
+            // Files are written concurrently, but batches of one generation in request order:
+            // a request naming a line twice keeps its last write, as on sled.
+            let write = try_join_all(same_generation(batches).into_iter().map(
+                |group| async move {
+                    let mut stats = WriteStats::default();
+                    for fb in group {
+                        stats += self.inner.write_file(fb).await?;
+                    }
+                    Ok::<_, StoreError>(stats)
+                },
+            ));
             // Encoding a large request's buckets and packing them into commands copies
             // every byte twice: off the runtime worker, as sled's large writes are.
             let size: usize = batches
