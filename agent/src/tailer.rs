@@ -821,4 +821,70 @@ mod tests {
         stop.send(true).expect("stop");
         assert_eq!(task.await.expect("tailer"), Exit::Shutdown);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_renamed_away_is_drained_then_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, b"before 0\n").expect("write");
+        let (task, mut rx, ctl, _stop) = tailer_of(&path, Duration::from_secs(5));
+        assert_eq!(lines(&mut rx, 1).await.len(), 1);
+        // Rotated by rename; the writer still holds the old file and appends once more.
+        let rotated = dir.path().join("a.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rotated)
+            .expect("open rotated");
+        old.write_all(b"after rename 1\n").expect("append");
+        std::fs::write(&path, b"new file\n").expect("create the new file");
+        // What discovery does when the path leads to another file.
+        ctl.rotated.store(true, Ordering::SeqCst);
+        ctl.wake.notify_one();
+        let late = lines(&mut rx, 1).await;
+        assert_eq!(
+            late.iter().map(|l| (l.1, l.2.as_str())).collect::<Vec<_>>(),
+            vec![(1, "after rename 1")],
+            "the line written to the renamed file is read, in the same generation"
+        );
+        // Nothing more comes to it within rotate_wait: the tailer is done with it (the new
+        // file is discovery's, with a tailer of its own).
+        let exit = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the tailer ends within rotate_wait")
+            .expect("tailer");
+        assert_eq!(exit, Exit::Finished);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_line_over_max_line_bytes_is_cut_there_even_across_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        // 1024 is the test's max_line_bytes: one long line written in two parts, then a
+        // short one.
+        std::fs::write(&path, vec![b'a'; 700]).expect("write");
+        let (task, mut rx, ctl, stop) = tailer_of(&path, Duration::from_millis(50));
+        // The first part shipped as a partial line: the tailer has read it.
+        let first = lines(&mut rx, 1).await;
+        assert_eq!(
+            first
+                .iter()
+                .map(|l| (l.1, l.2.len(), l.3))
+                .collect::<Vec<_>>(),
+            vec![(0, 700, true)]
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(&[b'b'; 900]).expect("append");
+        f.write_all(b"\nshort\n").expect("append");
+        ctl.wake.notify_one();
+        let got = lines(&mut rx, 2).await;
+        let shape: Vec<(u64, usize, bool)> = got.iter().map(|l| (l.1, l.2.len(), l.3)).collect();
+        assert_eq!(shape, vec![(0, 1024, false), (1, 5, false)], "{got:?}");
+        assert!(got[0].2.starts_with(&"a".repeat(700)) && got[0].2.ends_with(&"b".repeat(324)));
+        stop.send(true).expect("stop");
+        assert_eq!(task.await.expect("tailer"), Exit::Shutdown);
+    }
 }
