@@ -1,0 +1,99 @@
+//! Retention: which generations a sweep drops (expired, then the least recently written
+//! while over `max_disk_bytes`), and dropping one.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn all_generations(&self) -> Result<Vec<Generation>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([FILE]) {
+            let (k, v) = item.map_err(unavailable)?;
+            let (host, _, _) =
+                parse_file_key(&k).ok_or_else(|| StoreError::corrupt("unreadable file key"))?;
+            out.push(Generation {
+                key: k.to_vec(),
+                host,
+                meta: Meta::decode(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Generations not written for `retention`, least recently written first.
+    pub(super) fn expired(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<(Vec<Generation>, Vec<Generation>), StoreError> {
+        let mut gens = self.all_generations()?;
+        gens.sort_by_key(|g| (g.meta.last_write_ms, g.meta.id));
+        Ok(gens.into_iter().partition(|g| {
+            policy
+                .retention
+                .is_some_and(|r| g.meta.last_write_ms.saturating_add(r.as_millis() as u64) < now_ms)
+        }))
+    }
+
+    /// Adds to `drop` the least recently written of `keep` while live data and the index
+    /// are over 90 % of the disk cap.
+    pub(super) fn over_cap(
+        &self,
+        policy: RetentionPolicy,
+        usage: &Usage,
+        drop: &mut Vec<Generation>,
+        keep: Vec<Generation>,
+    ) -> Result<(), StoreError> {
+        let Some(target) = policy.disk_target() else {
+            return Ok(());
+        };
+        let index = self.db.size_on_disk().map_err(unavailable)?;
+        let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
+        let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
+        for g in keep {
+            if live + index <= target {
+                break;
+            }
+            live -= bytes_of(&g);
+            drop.push(g);
+        }
+        Ok(())
+    }
+
+    /// Removes a generation's metadata and index entries in one batch, unless it was
+    /// written since the sweep listed it; returns whether it was dropped.
+    ///
+    /// The check and the removal run under the generation's stripe lock, which every write
+    /// holds while it applies, so a write either lands first (the metadata changed: the
+    /// generation is kept) or after (it finds no generation and starts a new one). Without
+    /// the check, a write landing between the listing and the drop was acknowledged and then
+    /// deleted (issue 11.1).
+    pub(super) fn drop_generation(&self, g: &Generation) -> Result<bool, StoreError> {
+        // A write waiting for its commit has its new metadata pending: `latest` sees it.
+        let _locks = self.lock_generation(&g.key);
+        match self.latest(&g.key)? {
+            Some(v) if Meta::decode(&v)? == g.meta => {}
+            _ => return Ok(false),
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(g.key.as_slice());
+        for item in self.db.scan_prefix(&line_key(g.meta.id, 0)[..9]) {
+            let (k, _) = item.map_err(unavailable)?;
+            batch.remove(k);
+        }
+        self.db.apply_batch(batch).map_err(unavailable)?;
+        // Under the generation's lock still: no writer can have read the dropped entries.
+        self.forget_recent();
+        // The host goes from the host list with its last file; a writer creating a file of
+        // the host meanwhile puts it back (checked after the removal, so never lost).
+        let files_of_host = file_prefix(&g.host, None);
+        if self.db.scan_prefix(&files_of_host).next().is_none() {
+            let mut host_key = vec![HOST];
+            host_key.extend_from_slice(g.host.as_bytes());
+            self.db.remove(&host_key).map_err(unavailable)?;
+            if self.db.scan_prefix(&files_of_host).next().is_some() {
+                self.db.insert(host_key, &[][..]).map_err(unavailable)?;
+            }
+        }
+        Ok(true)
+    }
+}
