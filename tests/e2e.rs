@@ -18,6 +18,7 @@ mod lifecycle;
 mod live;
 mod model;
 mod msrv;
+mod operator;
 mod overload;
 mod power_cut;
 mod redis_keys;

@@ -66,6 +66,8 @@ pub struct Batch {
     pub end_line: u64,
     /// Budget held until the batch is acknowledged.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// When its first line was read: how long a line waits for its ack is measured from here.
+    pub read_at: std::time::Instant,
 }
 
 /// The agent-wide budget of buffered batch bytes, counted in KiB permits.
@@ -131,6 +133,8 @@ struct Open {
     end_offset: u64,
     end_line: u64,
     deadline: Instant,
+    /// When the first line was added, just after it was read.
+    started: Instant,
 }
 
 /// An open batch takes budget in steps of this many bytes.
@@ -226,6 +230,7 @@ impl Batcher {
                     end_offset: 0,
                     end_line: 0,
                     deadline: Instant::now() + self.options.linger,
+                    started: Instant::now(),
                 });
             }
             let Some(o) = self.open.as_mut() else {
@@ -375,6 +380,7 @@ impl Batcher {
                 end_offset: o.end_offset,
                 end_line: o.end_line,
                 permit,
+                read_at: o.started.into_std(),
             }))
             .await
             .map_err(|_| Gone)

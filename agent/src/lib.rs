@@ -21,6 +21,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod generation;
+pub mod lag;
 pub mod metrics;
 pub mod open_file;
 pub mod pipeline;
@@ -59,7 +60,10 @@ pub async fn run(
             settings.state_dir.display()
         )
     })?);
-    let sink = sink::build(&settings.sink, &metrics.endpoints)?;
+    let sink = Arc::new(sink::CurrentSink::new(sink::build(
+        &settings.sink,
+        &metrics.endpoints,
+    )?));
     if let Some(addr) = settings.metrics_listen {
         metrics::serve(addr, metrics.clone(), sink.clone())
             .await
@@ -72,7 +76,7 @@ pub async fn run(
     let pipes = Pipelines {
         host: Arc::from(settings.host.as_str()),
         send: Arc::new(SendEnv {
-            sink: std::sync::RwLock::new(sink.clone()),
+            sink: sink.clone(),
             checkpoints: checkpoints.clone(),
             metrics: metrics.clone(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),

@@ -31,7 +31,11 @@ pub struct Metrics {
     lines_acked: Family<FileLabel, Counter>,
     bytes_acked: Family<FileLabel, Counter>,
     /// Bytes of each file not yet acknowledged.
-    pub unshipped: Family<FileLabel, Gauge>,
+    unshipped: Family<FileLabel, Gauge>,
+    /// What `unshipped` and `oldest_unacked` are computed from.
+    lag: crate::lag::Lag,
+    /// How long the oldest line read but not acknowledged has waited; set at each scrape.
+    oldest_unacked: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub retries: Counter,
     pub dead_letters: Counter,
     /// Files waiting because a refused batch cannot be kept yet.
@@ -75,6 +79,8 @@ impl Metrics {
             lines_acked: Family::default(),
             bytes_acked: Family::default(),
             unshipped: Family::default(),
+            lag: crate::lag::Lag::default(),
+            oldest_unacked: Gauge::default(),
             retries: Counter::default(),
             dead_letters: Counter::default(),
             dead_letters_waiting: Gauge::default(),
@@ -98,6 +104,11 @@ impl Metrics {
             "endpoint_requests",
             "Requests to each aggregator endpoint, by outcome",
             m.endpoints.requests.clone(),
+        );
+        r.register(
+            "endpoint_last_ack_timestamp_seconds",
+            "When each aggregator endpoint last acknowledged a batch, as a Unix time",
+            m.endpoints.last_ack.clone(),
         );
         r.register(
             "endpoint_up",
@@ -181,6 +192,11 @@ impl Metrics {
             m.deleted_held.clone(),
         );
         r.register(
+            "oldest_unacked_age_seconds",
+            "How long the oldest line read but not acknowledged by the sink has waited (0 when none waits)",
+            m.oldest_unacked.clone(),
+        );
+        r.register(
             "checkpoint_timestamp_seconds",
             "When checkpoints were last saved, as a Unix time (alert on time() minus it)",
             m.checkpoint_time.clone(),
@@ -237,6 +253,35 @@ impl Metrics {
         self.lines_acked.remove(&l);
         self.bytes_acked.remove(&l);
         self.unshipped.remove(&l);
+        self.lag.forget(file);
+    }
+
+    fn set_unshipped(&self, file: &str, bytes: u64) {
+        self.unshipped
+            .get_or_create(&Self::label(file))
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Reading `file` starts (again) at `offset`, which counts as acknowledged: its
+    /// checkpoint, the start or end of the file, or 0 after a truncation.
+    pub fn read_from(&self, file: &str, offset: u64) {
+        self.set_unshipped(file, self.lag.start(file, offset));
+    }
+
+    /// The tailer saw `file` at `size` bytes.
+    pub fn file_size(&self, file: &str, size: u64) {
+        self.set_unshipped(file, self.lag.size(file, size));
+    }
+
+    /// A batch of `file` whose first line was read at `read_at` went out for delivery.
+    pub fn batch_out(&self, file: &str, read_at: std::time::Instant) {
+        self.lag.waiting(file, read_at);
+    }
+
+    /// `file` is acknowledged up to `offset`; `next` is when the oldest batch still out was
+    /// read.
+    pub fn acked_to(&self, file: &str, offset: u64, next: Option<std::time::Instant>) {
+        self.set_unshipped(file, self.lag.acked(file, offset, next));
     }
 
     pub fn lines_read(&self, file: &str, n: u64) {
@@ -256,6 +301,8 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.oldest_unacked
+            .set(self.lag.oldest_age(std::time::Instant::now()).as_secs_f64());
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
@@ -272,7 +319,7 @@ const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    sink: Arc<dyn crate::sink::Sink>,
+    sink: Arc<crate::sink::CurrentSink>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "agent metrics listening");
@@ -295,7 +342,7 @@ pub async fn serve(
                         let (status, ctype, body) = match req.uri().path() {
                             "/metrics" => (StatusCode::OK, METRICS_TYPE, m.render()),
                             "/healthz" => (StatusCode::OK, "application/json", r#"{"status":"alive"}"#.to_owned()),
-                            "/readyz" => match sink.ready().await {
+                            "/readyz" => match sink.get().ready().await {
                                 Ok(()) => (StatusCode::OK, "application/json", r#"{"status":"ready"}"#.to_owned()),
                                 Err(e) => (
                                     StatusCode::SERVICE_UNAVAILABLE,

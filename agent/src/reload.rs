@@ -67,10 +67,10 @@ fn apply(
     if new.sink != old.sink {
         match crate::sink::build(&new.sink, &send.metrics.endpoints) {
             Ok(sink) => {
-                *send
-                    .sink
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = sink;
+                send.sink.replace(sink);
+                for gone in old.sink.urls.iter().filter(|u| !new.sink.urls.contains(u)) {
+                    send.metrics.endpoints.forget(gone);
+                }
                 tracing::info!(
                     urls = %new.sink.urls.join(","),
                     "sink reconfigured"

@@ -23,7 +23,7 @@ use crate::batcher::Batch;
 use crate::checkpoint::{Checkpoint, Checkpoints, FileId};
 use crate::config::PipelineOptions;
 use crate::metrics::Metrics;
-use crate::sink::{Outcome, Sink};
+use crate::sink::{CurrentSink, Outcome, Sink};
 use crate::tailer::Control;
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
@@ -65,7 +65,7 @@ impl Limit {
 #[derive(Debug)]
 pub struct SendEnv {
     /// Swapped by a reload that changes `[sink]` (URL, token, …).
-    pub sink: std::sync::RwLock<Arc<dyn Sink>>,
+    pub sink: Arc<CurrentSink>,
     pub checkpoints: Arc<Checkpoints>,
     pub metrics: Arc<Metrics>,
     pub in_flight: Arc<Semaphore>,
@@ -80,10 +80,7 @@ pub struct SendEnv {
 impl SendEnv {
     /// The sink in force now.
     pub fn sink(&self) -> Arc<dyn Sink> {
-        self.sink
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.sink.get()
     }
 
     /// The agent-wide limits in force now.
@@ -165,7 +162,8 @@ impl Sender {
                 }, if !in_flight.is_empty() => match done {
                     Ok(()) => {
                         if let Some((_, batch, _)) = in_flight.pop_front() {
-                            this.acknowledged(batch);
+                            let next = in_flight.front().map(|(_, b, _)| b.read_at);
+                            this.acknowledged(batch, next);
                         }
                     }
                     Err(e) if e.is_panic() => {
@@ -188,6 +186,7 @@ impl Sender {
                         global.1.take(batch.bytes).await;
                         let body = Arc::new(std::mem::take(&mut batch.body));
                         let handle = this.spawn_delivery(body.clone(), false);
+                        this.env.metrics.batch_out(&this.file, batch.read_at);
                         in_flight.push_back((handle, *batch, body));
                     }
                     None => open = false,
@@ -218,21 +217,12 @@ impl Sender {
         })
     }
 
-    /// Moves the checkpoint past an acknowledged batch and releases its budget.
-    fn acknowledged(&self, batch: Batch) {
-        // Bytes of the file beyond the acknowledged position (while it is still at its path).
-        if let Ok(meta) = std::fs::metadata(&*self.file) {
-            if crate::checkpoint::FileId::of(&meta) == self.id {
-                let behind = meta.len().saturating_sub(batch.end_offset);
-                self.env
-                    .metrics
-                    .unshipped
-                    .get_or_create(&crate::metrics::FileLabel {
-                        file: self.file.to_string(),
-                    })
-                    .set(i64::try_from(behind).unwrap_or(i64::MAX));
-            }
-        }
+    /// Moves the checkpoint past an acknowledged batch and releases its budget; `next` is
+    /// when the oldest batch still out was read (the file's lag).
+    fn acknowledged(&self, batch: Batch, next: Option<std::time::Instant>) {
+        self.env
+            .metrics
+            .acked_to(&self.file, batch.end_offset, next);
         self.env.checkpoints.ack(Checkpoint {
             file: self.file.to_string(),
             id: self.id,
@@ -255,8 +245,24 @@ impl Sender {
         let Ok(()) = crate::delivery::split_on_too_large(body, &mut d).await;
     }
 
+    /// Waits out a backoff delay, unless a reload swaps the sink first: then the next attempt
+    /// goes at once, with the backoff started over.
+    async fn wait(
+        &self,
+        swaps: &mut tokio::sync::watch::Receiver<u64>,
+        delay: std::time::Duration,
+        backoff: &mut Backoff,
+    ) {
+        if CurrentSink::sleep(swaps, delay).await {
+            tracing::info!(file = %self.file, attempts = backoff.attempts(), "sink reconfigured; retrying now");
+            backoff.reset();
+        }
+    }
+
     async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
         let mut parked = Holding::default();
+        // A reload that swaps the sink ends the wait below: the fix is tried at once.
+        let mut swaps = self.env.sink.watch();
         loop {
             let outcome = {
                 let _permit = self.env.in_flight.acquire().await;
@@ -283,7 +289,7 @@ impl Sender {
                             "the sink refuses batches for a reason that is not theirs (token, URL?); files wait, nothing is dropped, retrying until the config is fixed"
                         );
                     }
-                    tokio::time::sleep(delay).await;
+                    self.wait(&mut swaps, delay, backoff).await;
                 }
                 Outcome::Retry { reason, after } => {
                     self.env.metrics.retries.inc();
@@ -293,7 +299,7 @@ impl Sender {
                     if n == 1 || n.is_multiple_of(10) {
                         tracing::warn!(file = %self.file, attempt = n, %reason, ?delay, "delivery failed; retrying");
                     }
-                    tokio::time::sleep(delay).await;
+                    self.wait(&mut swaps, delay, backoff).await;
                 }
             }
         }
@@ -435,7 +441,7 @@ mod tests {
     /// A sender of file `/f` (identity 1/2) to `sink`, keeping its state in `dir`.
     fn sender_to(sink: Arc<dyn Sink>, dir: &std::path::Path, max_dead_letter_bytes: u64) -> Sender {
         let env = Arc::new(SendEnv {
-            sink: std::sync::RwLock::new(sink),
+            sink: Arc::new(CurrentSink::new(sink)),
             checkpoints: Arc::new(Checkpoints::open(dir).expect("checkpoints")),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(4)),
@@ -482,6 +488,7 @@ mod tests {
             end_offset: 7,
             end_line: 1,
             permit: None,
+            read_at: std::time::Instant::now(),
         };
         let (tx, rx) = mpsc::channel(1);
         tx.send(Box::new(batch)).await.expect("send");

@@ -199,6 +199,7 @@ impl Tailer {
                 t.skip_to_end(&file)?;
             }
         }
+        t.env.metrics.read_from(&t.name, t.read_pos);
         t.file = Some((file, permit));
         t.env.metrics.files_open.inc();
         Ok(t)
@@ -377,6 +378,7 @@ impl Tailer {
         };
         let meta = file.metadata()?;
         let size = meta.len();
+        self.env.metrics.file_size(&self.name, size);
         if size < self.read_pos || self.rewritten(&meta)? {
             // copytruncate: lines written between our last read and the truncation are
             // only in the copy. Finish them from there before starting the new generation.
@@ -664,6 +666,7 @@ impl Tailer {
     fn truncated(&mut self, size: u64) {
         tracing::info!(file = %self.name, size, read = self.read_pos, "file truncated; starting a new generation");
         self.env.metrics.truncations.inc();
+        self.env.metrics.read_from(&self.name, 0);
         self.read_pos = 0;
         self.tail.clear();
         self.line_start = 0;

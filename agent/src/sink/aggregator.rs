@@ -187,6 +187,10 @@ impl AggregatorSink {
     }
 
     fn count(&self, ep: &Endpoint, outcome: &'static str) {
+        debug_assert!(
+            super::endpoint_metrics::OUTCOMES.contains(&outcome),
+            "{outcome} missing from OUTCOMES, so a reload would not forget its series"
+        );
         self.metrics
             .requests
             .get_or_create(&EndpointOutcome {
@@ -300,6 +304,12 @@ impl AggregatorSink {
             match outcome {
                 Outcome::Ok => {
                     self.count(ep, "ok");
+                    self.metrics
+                        .last_ack
+                        .get_or_create(&EndpointLabel {
+                            endpoint: ep.label.clone(),
+                        })
+                        .set(unix_now_secs());
                     self.mark(ep, true, "");
                     return Outcome::Ok;
                 }
@@ -547,6 +557,13 @@ async fn reachable(url: &Uri) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("{url}: {e}")),
         Err(_) => Err(format!("{url}: no connection within 2 s")),
     }
+}
+
+/// Now as a Unix time in seconds (0 before 1970: a clock that wrong shows as such).
+fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

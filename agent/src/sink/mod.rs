@@ -5,6 +5,7 @@
 //! [`crate::config::SINK_KINDS`].
 
 mod aggregator;
+mod current;
 pub mod endpoint_metrics;
 mod stdout;
 
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SinkSettings;
+
+pub use current::CurrentSink;
 
 /// A boxed future, so sinks are object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -142,7 +142,10 @@ impl Inner {
 
     /// Deletes the segments that one scan of the (durable) index finds no entry naming;
     /// returns how many were deleted and their bytes.
-    pub(in crate::sled_store) fn remove_unreferenced(&self, segments: &[u32]) -> Result<(u64, u64), StoreError> {
+    pub(in crate::sled_store) fn remove_unreferenced(
+        &self,
+        segments: &[u32],
+    ) -> Result<(u64, u64), StoreError> {
         let mut referenced = std::collections::HashSet::new();
         for item in self.db.scan_prefix([LINES]) {
             let (_, v) = item.map_err(unavailable)?;

@@ -1,0 +1,243 @@
+//! Issue 31: the operator's view of the agent — readiness and endpoint series that follow a
+//! reload, a fixing reload that takes effect at once, lag visible during an outage, and a
+//! preflight that exits 78 for a config the process cannot run with.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use logship_e2e::*;
+
+/// An agent config shipping `logs/*.log` to `url` with `token`, its metrics on `metrics`,
+/// and a backoff long enough (up to 60 s) that waiting it out cannot pass for a reload.
+fn slow_retry_toml(dir: &Path, url: &str, token: &str, metrics: &str) -> String {
+    format!(
+        "host = \"h\"\nstate_dir = {:?}\npoll_interval = \"200ms\"\nmetrics_listen = {metrics:?}\n\n\
+         [sink]\nurl = {url:?}\ntoken = {token:?}\n\n\
+         [defaults]\nlinger = \"20ms\"\nretry = {{ initial = \"2s\", max = \"60s\" }}\n\n\
+         [[sources]]\npaths = [{:?}]\n",
+        dir.join("state").display().to_string(),
+        dir.join("logs/*.log").display().to_string(),
+    )
+}
+
+fn readyz(metrics: &str) -> (u16, String) {
+    match ureq::get(&format!("http://{metrics}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .call()
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn metrics_text(metrics: &str) -> String {
+    ureq::get(&format!("http://{metrics}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Sends SIGHUP and returns how long until `file` downloads as `want` (20 s at most).
+fn reload_until_shipped(agent: &Agent, agg: &Aggregator, file: &Path, want: &[u8]) -> Duration {
+    let file = file.display().to_string();
+    let hup = Instant::now();
+    agent.proc.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || agg
+            .log("h", &file, "")
+            .ok()
+            .as_deref()
+            == Some(want)),
+        "the lines never arrived after the fixing reload"
+    );
+    hup.elapsed()
+}
+
+#[test]
+fn a_reload_that_fixes_the_sink_takes_effect_at_once_and_readiness_follows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    let file = d.join("logs/app.log");
+    append_lines(&file, "app", 0..50);
+    let want = std::fs::read(&file).expect("read");
+
+    // 1. A sink on a port nobody listens on: retries back off toward 60 s.
+    let dead = format!("http://{}/store/batch", free_addr());
+    let metrics = free_addr();
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
+    let agent = Agent::start(&cfg);
+    assert!(
+        wait_until(Duration::from_secs(30), || agent_metric(
+            &metrics,
+            "agent_retries_total"
+        ) >= 3.0),
+        "the agent never retried the dead endpoint"
+    );
+    let (code, body) = readyz(&metrics);
+    assert_eq!(code, 503, "readyz with the sink unreachable: {body}");
+
+    // 2. The config now names a live aggregator, with a token it refuses: after the reload
+    //    readiness asks the new endpoint, and the old endpoint's series are gone.
+    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
+    let live = agg.url("/store/batch");
+    std::fs::write(&cfg, slow_retry_toml(d, &live, "wrong", &metrics)).expect("write");
+    agent.proc.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || readyz(&metrics).0 == 200),
+        "readyz still answers for the endpoint the reload removed: {:?}",
+        readyz(&metrics)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_parked_files"
+        ) >= 1.0),
+        "the wrong token did not park the file"
+    );
+    let text = metrics_text(&metrics);
+    let old_endpoint = dead.trim_end_matches("/store/batch");
+    assert!(
+        !text.lines().any(|l| l.contains(old_endpoint)),
+        "series of the removed endpoint {old_endpoint} are still exported:\n{}",
+        text.lines()
+            .filter(|l| l.contains(old_endpoint))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("agent_endpoint_up{") && l.contains(&live)),
+        "the new endpoint has no agent_endpoint_up series"
+    );
+    // Let the parked file's backoff grow past what a fixed token should wait.
+    assert!(
+        wait_until(Duration::from_secs(30), || count_parked_attempts(
+            &metrics, &live
+        ) >= 3.0),
+        "the refused endpoint was not tried three times"
+    );
+
+    // 3. The right token: delivered at once, not after the parked file's backoff.
+    std::fs::write(&cfg, slow_retry_toml(d, &live, "t1", &metrics)).expect("write");
+    let took = reload_until_shipped(&agent, &agg, &file, &want);
+    eprintln!("delivered {took:?} after the reload that fixed the token");
+    assert!(
+        took < Duration::from_secs(2),
+        "the fixed token took effect after {took:?}: the old backoff was waited out"
+    );
+    assert_eq!(readyz(&metrics).0, 200);
+}
+
+/// Requests the endpoint answered with a refusal that parks files.
+fn count_parked_attempts(metrics: &str, endpoint: &str) -> f64 {
+    metrics_text(metrics)
+        .lines()
+        .filter(|l| {
+            l.starts_with("agent_endpoint_requests_total{")
+                && l.contains(endpoint)
+                && l.contains("outcome=\"park\"")
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_reload_that_fixes_an_unreachable_sink_delivers_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    let file = d.join("logs/app.log");
+    append_lines(&file, "app", 0..50);
+    let want = std::fs::read(&file).expect("read");
+    let dead = format!("http://{}/store/batch", free_addr());
+    let metrics = free_addr();
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
+    let agent = Agent::start(&cfg);
+    // Past three failures the next delay is drawn from up to 16 s.
+    assert!(
+        wait_until(Duration::from_secs(40), || agent_metric(
+            &metrics,
+            "agent_retries_total"
+        ) >= 4.0),
+        "the agent never retried the dead endpoint"
+    );
+    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
+    std::fs::write(
+        &cfg,
+        slow_retry_toml(d, &agg.url("/store/batch"), "t1", &metrics),
+    )
+    .expect("write");
+    let took = reload_until_shipped(&agent, &agg, &file, &want);
+    eprintln!("delivered {took:?} after the reload that fixed the URL");
+    assert!(
+        took < Duration::from_secs(2),
+        "the fixed URL took effect after {took:?}: the old backoff was waited out"
+    );
+}
+
+#[test]
+fn lag_is_measured_during_an_outage_and_clears_when_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    let file = d.join("logs/app.log");
+    append_lines(&file, "app", 0..200);
+    let size = std::fs::metadata(&file).expect("stat").len() as f64;
+    let want = std::fs::read(&file).expect("read");
+    let dead = format!("http://{}/store/batch", free_addr());
+    let metrics = free_addr();
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
+    let agent = Agent::start(&cfg);
+    let unshipped = format!("agent_unshipped_bytes{{file=\"{}\"}}", file.display());
+    // Nothing was ever acknowledged, yet the whole file shows as unshipped ...
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_metric(
+            &metrics, &unshipped
+        ) == size),
+        "agent_unshipped_bytes during the outage: {} (file {size} bytes)",
+        agent_metric(&metrics, &unshipped)
+    );
+    // ... and the oldest line's wait grows.
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_metric(
+            &metrics,
+            "agent_oldest_unacked_age_seconds"
+        ) >= 2.0),
+        "agent_oldest_unacked_age_seconds stayed at {}",
+        agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
+    );
+    // The aggregator comes: both fall to 0, and the endpoint's last ack is now.
+    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
+    std::fs::write(
+        &cfg,
+        slow_retry_toml(d, &agg.url("/store/batch"), "t1", &metrics),
+    )
+    .expect("write");
+    reload_until_shipped(&agent, &agg, &file, &want);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics, &unshipped
+        ) == 0.0
+            && agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
+                == 0.0),
+        "after delivery: unshipped {}, oldest unacked {} s",
+        agent_metric(&metrics, &unshipped),
+        agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last_ack = agent_metric(&metrics, "agent_endpoint_last_ack_timestamp_seconds{");
+    assert!(
+        (now - last_ack).abs() < 60.0,
+        "agent_endpoint_last_ack_timestamp_seconds is {last_ack}, now is {now}"
+    );
+}
