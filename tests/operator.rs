@@ -241,3 +241,137 @@ fn lag_is_measured_during_an_outage_and_clears_when_delivered() {
         "agent_endpoint_last_ack_timestamp_seconds is {last_ack}, now is {now}"
     );
 }
+
+/// An agent config for the preflight tests: `logs/*.log` and a second, misspelt pattern.
+fn preflight_toml(dir: &Path, state_dir: &Path, url: &str, token: &str) -> String {
+    format!(
+        "host = \"h\"\nstate_dir = {:?}\n\n[sink]\nurl = {url:?}\ntoken = {token:?}\n\n\
+         [[sources]]\npaths = [{:?}, {:?}]\n",
+        state_dir.display().to_string(),
+        dir.join("logs/*.log").display().to_string(),
+        dir.join("nginx/acess.log").display().to_string(),
+    )
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn check_config_is_a_preflight_and_a_config_the_agent_cannot_run_with_exits_78() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    chmod(d, 0o755); // the user nobody walks in
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    std::fs::create_dir_all(d.join("nginx")).expect("mkdir");
+    append_lines(&d.join("logs/app.log"), "app", 0..3);
+    append_lines(&d.join("logs/secret.log"), "secret", 0..3);
+    chmod(&d.join("logs/secret.log"), 0o000);
+    let state = d.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        preflight_toml(d, &state, "http://127.0.0.1:9/store/batch", "t"),
+    )
+    .expect("write");
+    let cfg_arg = cfg.display().to_string();
+
+    // As an operator's unprivileged agent: root's state_dir is not writable for it.
+    let (code, out, err) = run_bin_as_nobody(
+        "agent",
+        &["--config", &cfg_arg, "--check-config"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        code, 78,
+        "--check-config with an unwritable state_dir: {out}\n{err}"
+    );
+    assert!(
+        out.contains("# error: state_dir") && out.contains("not writable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# warning: cannot read") && out.contains("secret.log"),
+        "the unreadable file is not named: {out}"
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with(&d.join("logs/secret.log").display().to_string())),
+        "the unreadable file is listed as shipped: {out}"
+    );
+    assert!(
+        out.contains("acess.log") && out.contains("matches no file"),
+        "the misspelt pattern is not named: {out}"
+    );
+    assert!(
+        out.contains("# limits: max_in_flight = "),
+        "values in effect not printed: {out}"
+    );
+    // The agent itself exits 78 too (the shipped unit does not restart on it), naming the key.
+    let (code, _, err) =
+        run_bin_as_nobody("agent", &["--config", &cfg_arg], Duration::from_secs(30));
+    assert_eq!(code, 78, "the agent with an unwritable state_dir: {err}");
+    assert!(err.contains("state_dir"), "{err}");
+
+    // Writable: the check passes (exit 0) and still warns.
+    chmod(&state, 0o777);
+    let (code, out, err) = run_bin_as_nobody(
+        "agent",
+        &["--config", &cfg_arg, "--check-config"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("# 1 file(s) would be shipped now:"), "{out}");
+    assert!(out.contains("matches no file"), "{out}");
+
+    // Even root cannot make a state_dir under a regular file.
+    let under_file = d.join("logs/app.log/state");
+    std::fs::write(
+        &cfg,
+        preflight_toml(d, &under_file, "http://127.0.0.1:9/store/batch", "t"),
+    )
+    .expect("write");
+    let (code, _, err) = run_bin(
+        "agent",
+        &["--config", &cfg_arg],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 78, "{err}");
+}
+
+#[test]
+fn check_sink_reports_a_refused_token_an_unreachable_url_and_a_good_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    append_lines(&d.join("logs/app.log"), "app", 0..3);
+    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
+    let cfg = d.join("agent.toml");
+    let cfg_arg = cfg.display().to_string();
+    let check = |url: &str, token: &str| {
+        std::fs::write(&cfg, preflight_toml(d, &d.join("state"), url, token)).expect("write");
+        run_bin(
+            "agent",
+            &["--config", &cfg_arg, "--check-sink"],
+            &[],
+            Duration::from_secs(60),
+        )
+    };
+    let (code, out, err) = check(&agg.url("/store/batch"), "t1");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("accepted an authenticated batch"), "{out}");
+    let (code, _, err) = check(&agg.url("/store/batch"), "wrong");
+    assert_eq!(code, 78, "a refused token: {err}");
+    assert!(err.contains("refuses") && err.contains("401"), "{err}");
+    let (code, _, err) = check(&agg.url("/no/such/route"), "t1");
+    assert_eq!(code, 78, "a wrong URL path: {err}");
+    let (code, _, err) = check(&format!("http://{}/store/batch", free_addr()), "t1");
+    assert_eq!(code, 1, "an unreachable sink: {err}");
+    assert!(err.contains("not reachable"), "{err}");
+    // The checks stored nothing.
+    let files = get(&agg.url("/store/files")).text();
+    assert!(!files.contains("agent-check-sink"), "{files}");
+}

@@ -858,13 +858,29 @@ pub fn run_bin(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> (i32, String, String) {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args).envs(env.iter().copied());
+    run_command(cmd, timeout)
+}
+
+/// As [`run_bin`], as the user `nobody` (`setpriv`): for what root may do and an operator's
+/// agent may not (read a `chmod 000` file, write a directory it does not own).
+pub fn run_bin_as_nobody(name: &str, args: &[&str], timeout: Duration) -> (i32, String, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin(name))
+        .args(args);
+    run_command(cmd, timeout)
+}
+
+/// Runs `cmd` to completion (bounded by `timeout`): its exit code, stdout and stderr.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let out_t = std::thread::spawn(move || {
@@ -880,7 +896,7 @@ pub fn run_bin(
     let mut proc = Proc { child, name: "run" };
     let status = proc
         .wait_exit(timeout)
-        .unwrap_or_else(|| panic!("{name} {args:?} did not finish within {timeout:?}"));
+        .unwrap_or_else(|| panic!("{what} did not finish within {timeout:?}"));
     (
         status.code().unwrap_or(-1),
         out_t.join().unwrap_or_default(),

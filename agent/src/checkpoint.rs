@@ -67,17 +67,22 @@ struct Inner {
 
 const FILE_NAME: &str = "checkpoints.json";
 
+/// Creates `state_dir` if needed and checks that a file can be written in it. Checked at
+/// start (and by `--check-config`), not at the first save: an agent that cannot save its
+/// checkpoints would ship for days and resend everything at each restart.
+pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let probe = state_dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))
+}
+
 impl Checkpoints {
     /// Loads `state_dir/checkpoints.json` (creating the directory). An unreadable file is
     /// set aside, not fatal: starting over only resends, which the store makes harmless.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(state_dir)?;
-        // Checked now, not at the first save: an agent that cannot save its checkpoints would
-        // ship for days and resend everything at each restart.
-        let probe = state_dir.join(".write-test");
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))?;
+        prepare_state_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         let map = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {

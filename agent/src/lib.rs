@@ -25,6 +25,7 @@ pub mod lag;
 pub mod metrics;
 pub mod open_file;
 pub mod pipeline;
+pub mod preflight;
 pub mod reload;
 pub mod sender;
 pub mod sink;
@@ -54,6 +55,11 @@ pub async fn run(
     reload_config: impl Fn() -> Result<Settings, config::ConfigError> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // A state directory the agent cannot write is the config's (or the host's) to fix: exit
+    // 78, which the shipped unit does not restart on, rather than 1 and a restart loop.
+    checkpoint::prepare_state_dir(&settings.state_dir).map_err(|e| {
+        config::ConfigError(format!("state_dir {}: {e}", settings.state_dir.display()))
+    })?;
     let checkpoints = Arc::new(Checkpoints::open(&settings.state_dir).with_context(|| {
         format!(
             "opening the state directory {}",

@@ -14,10 +14,15 @@ struct Cli {
     /// TOML configuration (then AGENT_* variables, e.g. AGENT_SINK__URL, then these flags).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Validate, print the resolved configuration (secrets as "***") and the files it would
-    /// ship, and exit (78 if the configuration is bad).
+    /// Preflight: validate, print the resolved configuration (secrets as "***"), the values
+    /// in effect, the files it would ship and what is wrong (a state_dir it cannot write, a
+    /// pattern matching nothing, an unreadable file), and exit (78 if it cannot run so).
     #[arg(long)]
     check_config: bool,
+    /// With --check-config (implied): also send the sink one empty authenticated batch and
+    /// report URL, TLS and token problems.
+    #[arg(long)]
+    check_sink: bool,
     /// Log format: text or json [default: text, or the config's log_format].
     #[arg(long, global = true)]
     log_format: Option<String>,
@@ -73,34 +78,8 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(Command::DeadLetters(what)) = cli.command {
         return dead_letters(what, &settings);
     }
-    if cli.check_config {
-        logship_common::out!("# resolved configuration (secrets shown as \"***\")");
-        logship_common::out!("{}", logship_common::config::redacted(&loaded.config)?);
-        logship_common::out!(
-            "# host = {:?}, state_dir = {:?}",
-            settings.host,
-            settings.state_dir
-        );
-        let logship_agent::source::Expanded { files, unreadable } =
-            logship_agent::source::expand_reporting(&settings.sources);
-        logship_common::out!("# {} file(s) would be shipped now:", files.len());
-        if files.len() > settings.max_tracked_files {
-            logship_common::out!(
-                "# limits.max_tracked_files = {}: the other {} wait until tracked files finish",
-                settings.max_tracked_files,
-                files.len() - settings.max_tracked_files
-            );
-        }
-        for (p, i) in files {
-            logship_common::out!("{}\t(sources[{i}])", p.display());
-        }
-        for dir in unreadable {
-            logship_common::out!(
-                "# cannot read {}: Permission denied; files in it are not shipped",
-                dir.display()
-            );
-        }
-        return Ok(());
+    if cli.check_config || cli.check_sink {
+        return preflight(&loaded, &settings, cli.check_sink);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,6 +91,88 @@ fn real_main() -> anyhow::Result<()> {
         let reload = move || config::load(&config_path, &overrides)?.validate();
         logship_agent::run(settings, signal, reload).await
     })
+}
+
+/// `--check-config` (and `--check-sink`): prints what the agent would do, and fails as the
+/// agent would (78) when it could not run with this configuration.
+fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow::Result<()> {
+    use logship_common::out;
+    out!("# resolved configuration (secrets shown as \"***\")");
+    out!("{}", logship_common::config::redacted(&loaded.config)?);
+    out!("# in effect:");
+    out!(
+        "# host = {:?}, state_dir = {:?}",
+        settings.host,
+        settings.state_dir
+    );
+    out!(
+        "# limits: max_in_flight = {}, max_buffered_bytes = {}, max_open_files = {}, max_tracked_files = {}, max_dead_letter_bytes = {}, lines_per_sec = {}, bytes_per_sec = {} (0: no limit)",
+        settings.max_in_flight,
+        settings.max_buffered_bytes,
+        settings.max_open_files,
+        settings.max_tracked_files,
+        settings.max_dead_letter_bytes,
+        settings.lines_per_sec,
+        settings.bytes_per_sec
+    );
+    let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
+    for (i, s) in settings.sources.iter().enumerate() {
+        let o = &s.options;
+        out!(
+            "# sources[{i}] {:?}: batch_lines = {}, batch_bytes = {}, linger = {}, read_from = {:?}, max_line_bytes = {}, partial_line_timeout = {}, close_inactive = {}, rotate_wait = {}, retry = {{ initial = {}, max = {} }}, lines_per_sec = {}, bytes_per_sec = {}",
+            s.patterns,
+            o.batch_lines,
+            o.batch_bytes,
+            d(o.linger),
+            o.read_from,
+            o.max_line_bytes,
+            d(o.partial_line_timeout),
+            d(o.close_inactive),
+            d(o.rotate_wait),
+            d(o.retry_initial),
+            d(o.retry_max),
+            o.lines_per_sec,
+            o.bytes_per_sec
+        );
+    }
+    let found = logship_agent::preflight::check(settings);
+    out!("# {} file(s) would be shipped now:", found.files.len());
+    if found.files.len() > settings.max_tracked_files {
+        out!(
+            "# limits.max_tracked_files = {}: the other {} wait until tracked files finish",
+            settings.max_tracked_files,
+            found.files.len() - settings.max_tracked_files
+        );
+    }
+    for (p, i) in &found.files {
+        out!("{}\t(sources[{i}])", p.display());
+    }
+    for w in &found.warnings {
+        out!("# warning: {w}");
+    }
+    for e in &found.errors {
+        out!("# error: {e}");
+    }
+    if !found.errors.is_empty() {
+        return Err(config::ConfigError(found.errors.join("; ")).into());
+    }
+    if sink {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let built = logship_agent::sink::build(
+            &settings.sink,
+            &logship_agent::metrics::EndpointMetrics::default(),
+        )
+        .map_err(|e| config::ConfigError(format!("sink: {e:#}")))?;
+        let said = runtime.block_on(logship_agent::preflight::check_sink(
+            settings,
+            built.as_ref(),
+        ))?;
+        out!("# {said}");
+    }
+    Ok(())
 }
 
 fn dead_letters(what: DeadLetters, settings: &Settings) -> anyhow::Result<()> {
