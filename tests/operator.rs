@@ -375,3 +375,81 @@ fn check_sink_reports_a_refused_token_an_unreachable_url_and_a_good_sink() {
     let files = get(&agg.url("/store/files")).text();
     assert!(!files.contains("agent-check-sink"), "{files}");
 }
+
+#[test]
+fn the_aggregator_sees_its_fleet_and_logs_refusals_once_a_minute_per_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("aggregator.log");
+    let agg = Aggregator::with_config_logged(dir.path(), "[auth]\nwrite_tokens = [\"t1\"]\n", &log);
+    let body = |host: &str| {
+        let mut w = logship_wire::compact::Writer::new(host, "/var/log/app.log", "g", 0);
+        w.push(b"a line", false);
+        w.push(b"another", false);
+        w.finish()
+    };
+    let send = |host: &str, token: &str| {
+        post(
+            &agg.url("/store/batch"),
+            &body(host),
+            &[
+                ("Content-Type", logship_wire::COMPACT_CONTENT_TYPE),
+                ("Authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .status
+    };
+    for _ in 0..8 {
+        assert_eq!(send("web-1", "wrong"), 401);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("request refused"))),
+        "no log line for eight refused batches"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "eight refusals from one address, within a minute: {refused:?}"
+    );
+    assert!(
+        refused[0].contains("127.0.0.1"),
+        "the client address is named: {}",
+        refused[0]
+    );
+    assert!(
+        !text.contains("wrong"),
+        "the token given must not be logged: {text}"
+    );
+
+    assert_eq!(send("web-1", "t1"), 200);
+    assert_eq!(send("db-1", "t1"), 200);
+    assert_eq!(send("db-1", "t1"), 200);
+    let metrics = get(&agg.url("/metrics")).text();
+    assert_eq!(
+        metric(&metrics, "aggregator_host_lines_total{host=\"web-1\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "aggregator_host_lines_total{host=\"db-1\"}"),
+        4.0,
+        "{metrics}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let seen = metric(
+        &metrics,
+        "aggregator_host_last_seen_timestamp_seconds{host=\"db-1\"}",
+    );
+    assert!(
+        (now - seen).abs() < 60.0,
+        "db-1 last seen at {seen}, now {now}"
+    );
+}

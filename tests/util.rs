@@ -191,6 +191,34 @@ impl Aggregator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Aggregator {
+        Self::spawn(data_dir, listen, extra, env, Stdio::inherit())
+    }
+
+    /// As [`with_config`](Self::with_config), its stderr (the log) appended to `log`.
+    pub fn with_config_logged(dir: &Path, toml: &str, log: &Path) -> Aggregator {
+        let cfg = dir.join("agg.toml");
+        std::fs::write(&cfg, toml).expect("write aggregator config");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open aggregator log");
+        Self::spawn(
+            &dir.join("data"),
+            "127.0.0.1:0",
+            &["--config", &cfg.to_string_lossy()],
+            &[],
+            Stdio::from(stderr),
+        )
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Aggregator {
         let mut cmd = Command::new(bin("aggregator"));
         cmd.envs(env.iter().copied());
         cmd.args(["--listen", listen, "--data-dir"])
@@ -201,7 +229,7 @@ impl Aggregator {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn aggregator");
         let stdout = child.stdout.take().expect("stdout");
         let proc = Proc {

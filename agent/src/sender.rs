@@ -93,28 +93,8 @@ impl SendEnv {
 }
 
 /// Rate-limits the "endpoint refuses" error to once a minute per endpoint.
-#[derive(Debug, Default)]
-pub struct ParkLog(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
-
-impl ParkLog {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-    /// Whether an error about `endpoint` should be logged now.
-    fn due(&self, endpoint: &str) -> bool {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        match m.get(endpoint) {
-            Some(last) if now.duration_since(*last) < Self::EVERY => false,
-            _ => {
-                m.insert(endpoint.to_owned(), now);
-                true
-            }
-        }
-    }
-}
+/// Errors about refusing endpoints, once a minute each.
+pub type ParkLog = logship_common::log_limit::LogLimit<String>;
 
 impl std::fmt::Debug for dyn Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -281,7 +261,7 @@ impl Sender {
                 Outcome::Park { endpoint, reason } => {
                     parked.up(&self.env.metrics.parked);
                     let delay = backoff.next(None);
-                    if self.env.park_log.due(&endpoint) {
+                    if self.env.park_log.due(endpoint.clone()) {
                         tracing::error!(
                             %endpoint,
                             file = %self.file,
@@ -356,7 +336,7 @@ impl Sender {
                 Err(e) => {
                     let delay = backoff.next(None);
                     waiting.up(&self.env.metrics.dead_letters_waiting);
-                    if self.env.park_log.due("dead-letter") {
+                    if self.env.park_log.due("dead-letter".to_owned()) {
                         tracing::error!(file = %self.file, %reason, error = %e, "batches refused and not kept in the dead-letter directory; their files wait until they can be (replay or remove dead letters, or fix the endpoint)");
                     }
                     tokio::time::sleep(delay).await;

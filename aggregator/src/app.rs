@@ -46,6 +46,8 @@ pub struct App {
     /// The memory budget of requests being read, decompressed and decoded, in KiB permits
     /// (`limits.ingest_memory`).
     pub ingest_memory: Arc<tokio::sync::Semaphore>,
+    /// Refused requests (a wrong token) are logged once a minute per client address.
+    pub refusals: logship_common::log_limit::LogLimit<std::net::IpAddr>,
 }
 
 impl App {
@@ -66,6 +68,7 @@ impl App {
                 usize::try_from(settings.ingest_memory / 1024).unwrap_or(usize::MAX >> 4),
             )),
             settings: std::sync::RwLock::new(Arc::new(settings)),
+            refusals: Default::default(),
         })
     }
 

@@ -18,6 +18,7 @@ mod app;
 pub mod busy;
 pub mod config;
 pub mod connection;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod reload;

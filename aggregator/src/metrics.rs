@@ -33,6 +33,8 @@ pub struct Metrics {
     pub search: Searches,
     pub retention: Retention,
     pub reload: Reloads,
+    /// Per-host last-seen time and lines (bounded).
+    pub fleet: crate::fleet::Fleet,
 }
 
 /// Metrics of connections, requests and how long their polls kept a worker busy.
@@ -324,6 +326,7 @@ impl Metrics {
             search: Searches::new(&mut registry),
             retention: Retention::new(&mut registry),
             reload: Reloads::new(&mut registry),
+            fleet: crate::fleet::Fleet::new(&mut registry),
             registry,
         }
     }
@@ -335,6 +338,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.fleet.prune();
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

@@ -211,7 +211,8 @@ impl Served {
                     .chars()
                     .take(80)
                     .collect();
-                let resp = crate::busy::Timed::new(routes::handle(app, req), busy, what).await?;
+                let resp =
+                    crate::busy::Timed::new(routes::handle(app, req, peer), busy, what).await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| GuardedBody::new(b, guard)))
             }
         });

@@ -70,6 +70,7 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     app.metrics.ingest.bytes_received.inc_by(stats.bytes);
     for b in &batches {
         app.notify_written(&b.host, &b.file);
+        app.metrics.fleet.saw(&b.host, b.lines.len() as u64);
     }
     // Two numbers: formatted directly rather than through a `serde_json::Value` (a map and
     // its keys allocated per request, for every small batch of a fleet).

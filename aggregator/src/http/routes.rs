@@ -21,6 +21,7 @@ const PAGE: &str = include_str!("page.html");
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let (route, result) = route(&app, req).await;
@@ -32,6 +33,12 @@ pub async fn handle(
             .inc();
         if e.status.is_server_error() {
             tracing::warn!(route, status = %e.status, error = %e.message, "request failed");
+        } else if matches!(e.status, hyper::StatusCode::UNAUTHORIZED | hyper::StatusCode::FORBIDDEN)
+            && app.refusals.due(peer.ip())
+        {
+            // A fleet member with a wrong token is a misconfiguration to see in the log, once
+            // a minute per address (the metrics count every refusal).
+            tracing::warn!(%peer, route, status = %e.status, error = %e.message, "request refused (logged once a minute per client address)");
         } else {
             tracing::debug!(route, status = %e.status, error = %e.message, "request rejected");
         }
