@@ -453,3 +453,140 @@ fn the_aggregator_sees_its_fleet_and_logs_refusals_once_a_minute_per_client() {
         "db-1 last seen at {seen}, now {now}"
     );
 }
+
+#[test]
+fn reloads_refusals_and_failures_are_observable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    std::fs::create_dir_all(d.join("elsewhere")).expect("mkdir");
+    append_lines(&d.join("logs/app.log"), "app", 0..3);
+    // A symlink out of the source's directories: refused, by reason.
+    append_lines(&d.join("elsewhere/secret.log"), "secret", 0..3);
+    std::os::unix::fs::symlink(d.join("elsewhere/secret.log"), d.join("logs/link.log"))
+        .expect("symlink");
+    let dead = format!("http://{}/store/batch", free_addr());
+    let metrics = free_addr();
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
+    let log = d.join("agent.log");
+    let agent = Agent::start_logged(&cfg, &[("RUST_LOG", "info")], &log);
+    let logged = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    // The connect error says why, as /readyz does.
+    assert!(
+        wait_until(Duration::from_secs(20), || logged("Connection refused")),
+        "the retry log does not give the OS reason:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_files_refused_total{reason=\"symlink\"}"
+        ) == 1.0),
+        "agent_files_refused_total by reason: {}",
+        metrics_text(&metrics)
+            .lines()
+            .filter(|l| l.contains("files_refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let info = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("agent_config_info{"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = info(&metrics_text(&metrics));
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // The link becomes a real file: shipped, and the log says so.
+    std::fs::remove_file(d.join("logs/link.log")).expect("rm");
+    append_lines(&d.join("logs/link.log"), "now real", 0..3);
+    // A reload that changes one key: counted, named, and the config hash moves.
+    let changed =
+        slow_retry_toml(d, &dead, "t1", &metrics).replace("linger = \"20ms\"", "linger = \"30ms\"");
+    std::fs::write(&cfg, changed).expect("write");
+    agent.proc.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_config_reloads_total"
+        ) == 1.0),
+        "the reload was not counted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || logged(
+            "changed=defaults.linger"
+        )),
+        "the reload log does not name the key changed:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let after = info(&metrics_text(&metrics));
+    assert_eq!(after.len(), 1, "one config_info series: {after:?}");
+    assert_ne!(before, after, "the config hash did not change");
+    assert!(
+        wait_until(Duration::from_secs(10), || logged("now shipping this file")),
+        "no line says the refused file is shipped now"
+    );
+    // A bad file is counted as a failed reload.
+    std::fs::write(&cfg, "this is = = not toml").expect("write");
+    agent.proc.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_metric(
+            &metrics,
+            "agent_config_reload_failures_total"
+        ) == 1.0),
+        "the failed reload was not counted"
+    );
+}
+
+#[test]
+fn a_start_failure_is_said_once_and_the_aggregator_reload_names_the_keys_it_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let log = d.join("aggregator.log");
+    let agg = Aggregator::with_config_logged(d, "[limits]\nper_host_lines_per_sec = 1000\n", &log);
+    std::fs::write(
+        d.join("agg.toml"),
+        "[limits]\nper_host_lines_per_sec = 2000\n",
+    )
+    .expect("write");
+    agg.proc.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("configuration reloaded")
+                && l.contains("limits.per_host_lines_per_sec"))),
+        "the aggregator's reload log does not name the key:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // An agent whose metrics port is taken fails after its log is set up: one line says so.
+    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+    let taken = agg.addr().to_owned();
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        slow_retry_toml(d, &agg.url("/store/batch"), "t", &taken),
+    )
+    .expect("write");
+    let (code, _, err) = run_bin(
+        "agent",
+        &["--config", &cfg.display().to_string()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{err}");
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("metrics_listen"))
+        .collect();
+    assert_eq!(
+        said.len(),
+        1,
+        "the failure is said {} times:\n{err}",
+        said.len()
+    );
+}

@@ -194,7 +194,8 @@ impl Aggregator {
         Self::spawn(data_dir, listen, extra, env, Stdio::inherit())
     }
 
-    /// As [`with_config`](Self::with_config), its stderr (the log) appended to `log`.
+    /// As [`with_config`](Self::with_config), its stderr (the log, at `info`) appended to
+    /// `log`.
     pub fn with_config_logged(dir: &Path, toml: &str, log: &Path) -> Aggregator {
         let cfg = dir.join("agg.toml");
         std::fs::write(&cfg, toml).expect("write aggregator config");
@@ -207,7 +208,7 @@ impl Aggregator {
             &dir.join("data"),
             "127.0.0.1:0",
             &["--config", &cfg.to_string_lossy()],
-            &[],
+            &[("RUST_LOG", "info")],
             Stdio::from(stderr),
         )
     }
@@ -220,14 +221,14 @@ impl Aggregator {
         stderr: Stdio,
     ) -> Aggregator {
         let mut cmd = Command::new(bin("aggregator"));
-        cmd.envs(env.iter().copied());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .envs(env.iter().copied());
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdout(Stdio::piped())
             .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn aggregator");
@@ -860,11 +861,11 @@ impl Agent {
         let child = cmd
             .arg("--config")
             .arg(config)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

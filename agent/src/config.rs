@@ -279,6 +279,8 @@ pub struct Settings {
     pub max_dead_letter_bytes: u64,
     pub log_format: logship_common::LogFormat,
     pub log_level: Option<String>,
+    /// Each key's value hashed: what a reload changed, and which configuration runs.
+    pub fingerprint: logship_common::config::Fingerprint,
 }
 
 pub use logship_common::ConfigError;
@@ -374,6 +376,8 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
         logship_common::LogFormat::parse("log_format", c.log_format.as_deref().unwrap_or("text"))
             .map_err(|e| ("log_format".to_owned(), e.0))?;
     Ok(Settings {
+        fingerprint: logship_common::config::Fingerprint::of(c)
+            .map_err(|e| (String::new(), e.to_string()))?,
         log_format,
         log_level: c.log_level.clone(),
         host,

@@ -57,11 +57,27 @@ pub struct Metrics {
     /// Pipelines alive per file label: a file's series go when its last pipeline ends (a
     /// rotated file's old pipeline may end after the new one started).
     live: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    /// Files matched but not shipped (names the server cannot take, symlinks out of bounds).
-    pub files_refused: Counter,
+    /// Files matched but not shipped, by reason: `name` (one the server cannot take),
+    /// `symlink` (out of the source's directories), `permission` (cannot be opened).
+    pub files_refused: Family<ReasonLabel, Counter>,
     /// Files whose delivery waits on an endpoint that refuses for a non-batch reason.
     pub parked: Gauge,
     pub endpoints: EndpointMetrics,
+    /// Configuration reloads applied and refused (SIGHUP).
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    /// 1 for the hash of the configuration running (`--check-config` prints the same).
+    config_info: Family<HashLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabel {
+    pub hash: String,
 }
 
 impl Default for Metrics {
@@ -96,10 +112,28 @@ impl Metrics {
             buffered_bytes: Gauge::default(),
             live: std::sync::Mutex::default(),
             parked: Gauge::default(),
-            files_refused: Counter::default(),
+            files_refused: Family::default(),
             endpoints: EndpointMetrics::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            config_info: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "config_reloads",
+            "Configuration reloads applied (SIGHUP)",
+            m.reloads.clone(),
+        );
+        r.register(
+            "config_reload_failures",
+            "Configuration reloads refused (the running configuration stayed)",
+            m.reload_failures.clone(),
+        );
+        r.register(
+            "config_info",
+            "1 for the hash of the configuration in force (agents with the same hash run the same configuration)",
+            m.config_info.clone(),
+        );
         r.register(
             "endpoint_requests",
             "Requests to each aggregator endpoint, by outcome",
@@ -213,7 +247,7 @@ impl Metrics {
         );
         r.register(
             "files_refused",
-            "Matched files not shipped: a name the aggregator cannot take, or a symlink out of the source's directories",
+            "Matched files not shipped, by reason: name (one the aggregator cannot take), symlink (out of the source's directories), permission (cannot be opened)",
             m.files_refused.clone(),
         );
         Metrics { registry: r, ..m }
@@ -260,6 +294,20 @@ impl Metrics {
         self.unshipped
             .get_or_create(&Self::label(file))
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The configuration with `hash` is in force (in place of `old`, after a reload).
+    pub fn config_in_force(&self, old: Option<&str>, hash: &str) {
+        if let Some(old) = old.filter(|o| *o != hash) {
+            self.config_info.remove(&HashLabel {
+                hash: old.to_owned(),
+            });
+        }
+        self.config_info
+            .get_or_create(&HashLabel {
+                hash: hash.to_owned(),
+            })
+            .set(1);
     }
 
     /// Reading `file` starts (again) at `offset`, which counts as acknowledged: its

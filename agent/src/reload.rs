@@ -30,6 +30,7 @@ pub fn on_sighup(
             running = new;
         }
         Err(e) => {
+            send.metrics.reload_failures.inc();
             tracing::error!(error = %e, "config reload failed; the running configuration stays")
         }
     });
@@ -91,5 +92,14 @@ fn apply(
         ));
     }
     sources.send_replace(Arc::new(new.sources.clone()));
-    tracing::info!(sources = new.sources.len(), "configuration reloaded");
+    let hash = new.fingerprint.hash();
+    send.metrics.reloads.inc();
+    send.metrics
+        .config_in_force(Some(&old.fingerprint.hash()), &hash);
+    tracing::info!(
+        sources = new.sources.len(),
+        changed = %old.fingerprint.changed(&new.fingerprint).join(", "),
+        config_hash = %hash,
+        "configuration reloaded"
+    );
 }

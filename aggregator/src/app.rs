@@ -55,6 +55,9 @@ impl App {
         let limiter = limiter_for(settings.per_host_lines_per_sec);
         let mut metrics = Metrics::new();
         metrics.register_store(&*store);
+        metrics
+            .reload
+            .config_in_force(None, &settings.fingerprint.hash());
         Arc::new(App {
             store,
             metrics,

@@ -291,6 +291,8 @@ pub struct Settings {
     pub cache_capacity: u64,
     pub retention: RetentionPolicy,
     pub sweep_interval: Duration,
+    /// Each key's value hashed: what a reload changed, and which configuration runs.
+    pub fingerprint: logship_common::config::Fingerprint,
 }
 
 pub use logship_common::ConfigError;
@@ -380,6 +382,7 @@ impl Config {
         }
         let (max_line_bytes, ingest_memory) = self.request_limits()?;
         Ok(Settings {
+            fingerprint: logship_common::config::Fingerprint::of(self)?,
             role,
             backend,
             listen: self.listen.parse().map_err(|e| {

@@ -278,9 +278,30 @@ pub struct Reloads {
     /// Successful and failed config reloads (SIGHUP).
     pub reloads: Counter,
     pub reload_failures: Counter,
+    /// 1 for the hash of the configuration in force.
+    pub config_info: Family<HashLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabel {
+    pub hash: String,
 }
 
 impl Reloads {
+    /// The configuration with `hash` is in force (in place of `old`, after a reload).
+    pub fn config_in_force(&self, old: Option<&str>, hash: &str) {
+        if let Some(old) = old.filter(|o| *o != hash) {
+            self.config_info.remove(&HashLabel {
+                hash: old.to_owned(),
+            });
+        }
+        self.config_info
+            .get_or_create(&HashLabel {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+    }
+
     fn new(r: &mut Registry) -> Self {
         Self {
             reloads: register(
@@ -293,6 +314,12 @@ impl Reloads {
                 r,
                 "config_reload_failures",
                 "Configuration reloads refused (the running configuration stayed)",
+                Default::default(),
+            ),
+            config_info: register(
+                r,
+                "config_info",
+                "1 for the hash of the configuration in force",
                 Default::default(),
             ),
         }

@@ -72,9 +72,20 @@ pub fn apply(app: &App, new: Settings) {
     }
     let tokens_changed =
         next.write_tokens != old.write_tokens || next.read_tokens != old.read_tokens;
+    let changed = old.fingerprint.changed(&next.fingerprint);
+    let next_hash = next.fingerprint.hash();
     app.set_settings(next);
     app.metrics.reload.reloads.inc();
-    tracing::info!(tokens_changed, "configuration reloaded");
+    let hash = next_hash;
+    app.metrics
+        .reload
+        .config_in_force(Some(&old.fingerprint.hash()), &hash);
+    tracing::info!(
+        tokens_changed,
+        changed = %changed.join(", "),
+        config_hash = %hash,
+        "configuration reloaded"
+    );
 }
 
 #[cfg(test)]

@@ -478,3 +478,112 @@ mod tests {
         assert_eq!(l.at("other", "bad").0, "/c/a.toml: other: bad");
     }
 }
+
+/// Each leaf key of a configuration (`sources[0].linger`) with a hash of its value: a reload
+/// names the keys it changed, and `*_config_info{hash}` says which configuration runs, and a
+/// secret's value appears in neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint(std::collections::BTreeMap<String, u64>);
+
+impl Fingerprint {
+    pub fn of(config: &impl Serialize) -> Result<Self, ConfigError> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, u64>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, v, out);
+                    }
+                }
+                toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                    for (i, v) in a.iter().enumerate() {
+                        walk(&format!("{prefix}[{i}]"), v, out);
+                    }
+                }
+                leaf => {
+                    out.insert(
+                        prefix.to_owned(),
+                        xxhash_rust::xxh3::xxh3_64(leaf.to_string().as_bytes()),
+                    );
+                }
+            }
+        }
+        let v = toml::Value::try_from(config)
+            .map_err(|e| ConfigError(format!("rendering the configuration: {e}")))?;
+        let mut out = std::collections::BTreeMap::new();
+        walk("", &v, &mut out);
+        Ok(Fingerprint(out))
+    }
+
+    /// The keys set differently in `new` (added, removed or changed), in key order.
+    pub fn changed(&self, new: &Fingerprint) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(k, v)| new.0.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(new.0.keys().filter(|k| !self.0.contains_key(*k)).cloned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// One hash of the whole configuration (16 hex digits).
+    pub fn hash(&self) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (k, v) in &self.0 {
+            h.update(k.as_bytes());
+            h.update(&v.to_le_bytes());
+        }
+        format!("{:016x}", h.digest())
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::Fingerprint;
+
+    #[derive(serde::Serialize)]
+    struct Source {
+        paths: Vec<String>,
+        linger: Option<String>,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Config {
+        host: String,
+        token: String,
+        sources: Vec<Source>,
+    }
+
+    fn config(token: &str, linger: &str) -> Config {
+        Config {
+            host: "web-1".into(),
+            token: token.into(),
+            sources: vec![Source {
+                paths: vec!["/var/log/*.log".into()],
+                linger: Some(linger.into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_it_changed_and_never_a_value() {
+        let a = Fingerprint::of(&config("secret-1", "1s")).expect("fingerprint");
+        let b = Fingerprint::of(&config("secret-2", "2s")).expect("fingerprint");
+        assert_eq!(a.changed(&b), vec!["sources[0].linger", "token"]);
+        assert!(a.changed(&a).is_empty());
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(
+            a.hash(),
+            Fingerprint::of(&config("secret-1", "1s"))
+                .expect("fp")
+                .hash()
+        );
+        assert!(!format!("{a:?}{}", a.hash()).contains("secret"));
+    }
+}

@@ -84,8 +84,13 @@ pub fn run_main(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> std::proc
     match f() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "{name} failed");
-            eprintln!("{name}: {e:#}");
+            // Said once: through the log when it is set up (so a JSON log stays JSON), else
+            // on stderr as `name: …` (a config error comes before the log is).
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!(error = %format!("{e:#}"), "{name} failed");
+            } else {
+                eprintln!("{name}: {e:#}");
+            }
             if e.downcast_ref::<ConfigError>().is_some() {
                 std::process::ExitCode::from(EXIT_CONFIG)
             } else {
@@ -295,4 +300,38 @@ pub fn thread_cpu_time() -> std::time::Duration {
         u64::try_from(ts.tv_sec).unwrap_or(0),
         u32::try_from(ts.tv_nsec).unwrap_or(0),
     )
+}
+
+/// An error and every cause under it, joined by ": " (a repeated message is said once): a
+/// connect error then reads "client error (Connect): tcp connect error: Connection refused
+/// (os error 111)", not just "client error (Connect)".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_os_reason_under_a_wrapper_is_said() {
+        let e = Outer(std::io::Error::from_raw_os_error(111));
+        let text = super::error_chain(&e);
+        assert!(text.starts_with("client error (Connect): "), "{text}");
+        assert!(text.contains("os error 111"), "{text}");
+    }
 }

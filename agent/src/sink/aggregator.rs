@@ -416,7 +416,11 @@ impl AggregatorSink {
                 }
                 return (
                     Outcome::Retry {
-                        reason: format!("{}: request failed: {e}", ep.label),
+                        reason: format!(
+                            "{}: request failed: {}",
+                            ep.label,
+                            logship_common::error_chain(&e)
+                        ),
                         after: None,
                     },
                     true,

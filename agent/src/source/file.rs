@@ -102,6 +102,9 @@ struct Discovery {
     /// Paths not to ship (unacceptable names, symlinks out of bounds), logged once, with
     /// the directory entry that was refused (device, inode, mode, change time).
     refused: HashMap<PathBuf, RefusedEntry>,
+    /// Files refused at some point and not shipped since: their first start is logged, so
+    /// the error that said "not shipping" has its answer in the log.
+    once_refused: std::collections::HashSet<PathBuf>,
     /// Directories the last scan could not read (reported when they became so).
     unreadable: std::collections::HashSet<PathBuf>,
     /// In the scan at start (or after a reload): files found now start at `read_from`.
@@ -154,6 +157,7 @@ impl Source for FileSource {
                 watched: Vec::new(),
                 watch_failed: std::collections::HashSet::new(),
                 refused: HashMap::new(),
+                once_refused: std::collections::HashSet::new(),
                 unreadable: std::collections::HashSet::new(),
                 starting: true,
                 tracking: self.tracking,
@@ -486,14 +490,16 @@ impl Discovery {
         }
         self.refused.remove(path);
         let verdict = match path.to_str() {
-            None => Err("the path is not valid UTF-8".to_owned()),
-            Some(name) => logship_wire::validate_names("h", name, "g").map_err(|e| e.to_string()),
+            None => Err(("name", "the path is not valid UTF-8".to_owned())),
+            Some(name) => {
+                logship_wire::validate_names("h", name, "g").map_err(|e| ("name", e.to_string()))
+            }
         }
-        .and_then(|()| self.symlink_allowed(path));
+        .and_then(|()| self.symlink_allowed(path).map_err(|why| ("symlink", why)));
         match verdict {
             Ok(()) => true,
-            Err(why) => {
-                self.refuse(path, &why);
+            Err((reason, why)) => {
+                self.refuse(path, reason, &why);
                 false
             }
         }
@@ -502,11 +508,16 @@ impl Discovery {
     /// Reports `path` as not shipped, once: it is remembered (bounded) with its directory
     /// entry, so the poll does not log it every interval, and tried again once the entry
     /// changes (a chmod, chown or ACL change moves its change time).
-    fn refuse(&mut self, path: &Path, why: &str) {
+    fn refuse(&mut self, path: &Path, reason: &'static str, why: &str) {
         tracing::error!(file = %path.display(), reason = %why, "not shipping this file");
-        self.pipes.metrics.files_refused.inc();
+        self.pipes
+            .metrics
+            .files_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
         if self.refused.len() < 10_000 {
             self.refused.insert(path.to_path_buf(), entry_of(path));
+            self.once_refused.insert(path.to_path_buf());
         }
     }
 
@@ -584,7 +595,7 @@ impl Discovery {
             Ok(opened) => opened,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 // Every poll would say it again; its permissions changing is what can help.
-                self.refuse(path, &format!("cannot open: {e}"));
+                self.refuse(path, "permission", &format!("cannot open: {e}"));
                 return;
             }
             Err(e) => {
@@ -615,7 +626,11 @@ impl Discovery {
             false,
         ) {
             Ok(ctl) => {
-                tracing::debug!(file = %path.display(), "tailing");
+                if self.once_refused.remove(path) {
+                    tracing::info!(file = %path.display(), "now shipping this file (refused before)");
+                } else {
+                    tracing::debug!(file = %path.display(), "tailing");
+                }
                 self.active.insert(id, ctl.clone());
                 self.by_path.insert(
                     path.to_path_buf(),
