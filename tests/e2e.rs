@@ -6,6 +6,7 @@ mod aggregator_api;
 mod bench_smoke;
 mod browser;
 mod config_layers;
+mod config_reference;
 mod corrupt_buckets;
 mod crash;
 mod disk_full;
