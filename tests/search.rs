@@ -89,6 +89,7 @@ struct Q {
     params: String,
     matcher: regex::bytes::Regex,
     host: Option<String>,
+    host_prefix: Option<String>,
     file_exact: Option<String>,
     file_glob: Option<String>,
     generation: Option<String>,
@@ -157,6 +158,7 @@ fn random_query(rng: &mut fastrand::Rng, model: &Model, mid_ms: u64) -> Q {
         params: String::new(),
         matcher,
         host: None,
+        host_prefix: None,
         file_exact: None,
         file_glob: None,
         generation: None,
@@ -165,11 +167,19 @@ fn random_query(rng: &mut fastrand::Rng, model: &Model, mid_ms: u64) -> Q {
         limit: 1_000,
         context: 0,
     };
-    if rng.u8(..3) == 0 {
-        let hosts: Vec<&String> = model.keys().collect();
-        let h = hosts[rng.usize(..hosts.len())].clone();
-        params.push(format!("host={}", enc(&h)));
-        q.host = Some(h);
+    match rng.u8(..4) {
+        0 => {
+            let hosts: Vec<&String> = model.keys().collect();
+            let h = hosts[rng.usize(..hosts.len())].clone();
+            params.push(format!("host={}", enc(&h)));
+            q.host = Some(h);
+        }
+        // A host glob, as `file=` takes one (it answered nothing before).
+        1 => {
+            params.push("host=host-*".into());
+            q.host_prefix = Some("host-".into());
+        }
+        _ => {}
     }
     match rng.u8(..4) {
         0 => {
@@ -241,7 +251,9 @@ fn expected(model: &Model, q: &Q) -> (Vec<Hit>, bool) {
     let mut out = Vec::new();
     let mut matches = 0usize;
     for (host, files) in model {
-        if q.host.as_ref().is_some_and(|h| h != host) {
+        if q.host.as_ref().is_some_and(|h| h != host)
+            || q.host_prefix.as_ref().is_some_and(|p| !host.starts_with(p))
+        {
             continue;
         }
         for (file, gens) in files {

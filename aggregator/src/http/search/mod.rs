@@ -36,7 +36,7 @@ mod render;
 mod scan;
 
 use matcher::{Kept, View};
-pub use query::{FileFilter, Query};
+pub use query::{NameFilter, Query};
 use scan::{Part, Scan, Sink};
 
 /// Bytes of stored lines read per store call.

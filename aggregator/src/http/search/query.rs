@@ -12,8 +12,8 @@ pub struct Query {
     pub look_free: bool,
     /// `q` is a literal (not `regex=true`).
     pub literal: bool,
-    pub host: Option<String>,
-    pub file: FileFilter,
+    pub host: NameFilter,
+    pub file: NameFilter,
     pub generation: Option<String>,
     /// (since, until) in ms since the epoch, by receive time.
     pub window: Option<(u64, u64)>,
@@ -23,21 +23,42 @@ pub struct Query {
     pub deadline: Duration,
 }
 
-/// `file=`: one exact name, or a glob.
+/// `host=` or `file=`: one exact name, or a glob (`web-*`, `/var/log/nginx/*.log`).
 #[derive(Debug)]
-pub enum FileFilter {
+pub enum NameFilter {
     Any,
     Exact(String),
     Glob(globset::GlobMatcher),
 }
 
-impl FileFilter {
-    pub(super) fn admits(&self, file: &str) -> bool {
+impl NameFilter {
+    pub(super) fn admits(&self, name: &str) -> bool {
         match self {
-            FileFilter::Any => true,
-            FileFilter::Exact(f) => f == file,
-            FileFilter::Glob(g) => g.is_match(file),
+            NameFilter::Any => true,
+            NameFilter::Exact(f) => f == name,
+            NameFilter::Glob(g) => g.is_match(name),
         }
+    }
+
+    /// Parameter `param`'s filter: a value with `*`, `?`, `[` or `{` is a glob (`*` stops
+    /// at `/`), any other one an exact name.
+    fn parse(param: &str, value: Option<&str>) -> Result<Self, ApiError> {
+        Ok(match value {
+            None | Some("") => NameFilter::Any,
+            Some(v) if v.contains(['*', '?', '[', '{']) => NameFilter::Glob(
+                globset::GlobBuilder::new(v)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "parameter `{param}` is not a usable glob: {}",
+                            e.kind()
+                        ))
+                    })?
+                    .compile_matcher(),
+            ),
+            Some(v) => NameFilter::Exact(v.to_owned()),
+        })
     }
 }
 
@@ -105,22 +126,8 @@ impl Query {
             .build()
             .parse(&pattern)
             .is_ok_and(|hir| hir.properties().look_set().is_empty());
-        let file = match p.optional("file") {
-            None | Some("") => FileFilter::Any,
-            Some(f) if f.contains(['*', '?', '[', '{']) => FileFilter::Glob(
-                globset::GlobBuilder::new(f)
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "parameter `file` is not a usable glob: {}",
-                            e.kind()
-                        ))
-                    })?
-                    .compile_matcher(),
-            ),
-            Some(f) => FileFilter::Exact(f.to_owned()),
-        };
+        let file = NameFilter::parse("file", p.optional("file"))?;
+        let host = NameFilter::parse("host", p.optional("host"))?;
         let since = p
             .optional("since")
             .map(|v| time("since", v, now))
@@ -163,10 +170,7 @@ impl Query {
             matcher,
             look_free,
             literal: !is_regex,
-            host: p
-                .optional("host")
-                .filter(|h| !h.is_empty())
-                .map(str::to_owned),
+            host,
             file,
             generation: p
                 .optional("generation")

@@ -156,8 +156,8 @@ impl<'a> Scan<'a> {
     /// Walks hosts → files → generations and scans each; returns why it stopped.
     pub(super) fn run(&mut self, store: &Arc<dyn Store>) -> Result<Truncated, Stop> {
         let hosts: Vec<String> = match &self.q.host {
-            Some(h) => vec![h.clone()],
-            None => {
+            NameFilter::Exact(h) => vec![h.clone()],
+            filter => {
                 let mut all = Vec::new();
                 let mut after: Option<String> = None;
                 loop {
@@ -167,7 +167,7 @@ impl<'a> Scan<'a> {
                         .map_err(Stop::Store)?;
                     let done = page.len() < PAGE;
                     after = page.last().cloned();
-                    all.extend(page);
+                    all.extend(page.into_iter().filter(|h| filter.admits(h)));
                     if done || after.is_none() {
                         break;
                     }
