@@ -347,3 +347,85 @@ fn the_page_follows_a_changed_hash_and_back() {
     assert!(shown(&d, "from a"), "after back: {:?}", title(&d));
     assert_eq!(title(&d), "/a.log");
 }
+
+/// Issue 31.6: the search is a URL (shareable; back and forward walk through it), takes a
+/// time range, and marks what matched.
+#[test]
+fn the_search_lives_in_the_address_takes_a_time_range_and_marks_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let lines: Vec<&[u8]> = vec![b"GET /a 200", b"GET /b 500 upstream Timeout", b"GET /c 200"];
+    assert_eq!(
+        post_compact(&agg, "web-1", "/var/log/app.log", "g", 0, &lines).status,
+        200
+    );
+    let d = Driver::start();
+    d.goto(&agg.url("/"));
+    let results = "return [...document.querySelectorAll('#log .res')].map(b => b.dataset.host + ' ' + b.dataset.line)";
+    // A search from the form, over the last 15 minutes, ignoring case.
+    d.js("document.getElementById('sq').value = 'timeout'; document.getElementById('scase').checked = true; \
+          const r = document.getElementById('srange'); r.value = '15m'; r.dispatchEvent(new Event('change')); \
+          document.getElementById('search-form').requestSubmit()");
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(results)
+            == json!(["web-1 1"])),
+        "results: {:?}, status {:?}",
+        d.js(results),
+        d.js("return document.getElementById('status').textContent")
+    );
+    let hash = d.js("return location.hash");
+    let hash = hash.as_str().unwrap_or_default();
+    for part in ["q=timeout", "case=insensitive", "since=15m"] {
+        assert!(hash.contains(part), "the address holds the search: {hash}");
+    }
+    assert_eq!(
+        d.js("return [...document.querySelectorAll('#log .res mark')].map(m => m.textContent)"),
+        json!(["Timeout"]),
+        "the match is marked"
+    );
+    // Open the result, then back: the search again, its form filled from the address.
+    d.js("document.querySelector('#log .res').click()");
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js("return document.querySelectorAll('#log .ln.target').length")
+            == 1),
+        "the result did not open"
+    );
+    d.js("history.back()");
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(results)
+            == json!(["web-1 1"])),
+        "back did not show the search again: {:?}",
+        d.js(results)
+    );
+    assert_eq!(
+        d.js("return document.getElementById('sq').value"),
+        "timeout"
+    );
+    assert_eq!(
+        d.js("return document.getElementById('srange').value"),
+        "15m"
+    );
+    // A shared link with a custom range the lines are outside of: nothing, and the custom
+    // range shown.
+    d.goto(&agg.url("/#q=Timeout&since=2001-01-01T00%3A00%3A00Z&until=2001-01-02T00%3A00%3A00Z"));
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js("return document.getElementById('status').textContent")
+            .as_str()
+            .is_some_and(|s| s.starts_with("0 match"))),
+        "status: {:?}",
+        d.js("return document.getElementById('status').textContent")
+    );
+    assert_eq!(d.js(results), json!([]));
+    assert_eq!(
+        d.js("return document.getElementById('srange').value"),
+        "custom"
+    );
+    assert_eq!(
+        d.js("return document.getElementById('scustom').hidden"),
+        false
+    );
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/search-range.png");
+    d.screenshot(&shot);
+}
