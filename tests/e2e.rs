@@ -31,6 +31,7 @@ mod search;
 mod search_clients;
 mod service;
 mod structure;
+mod timestamps;
 mod tls;
 mod tracking;
 mod vendored;

@@ -67,7 +67,7 @@ fn wrong_url_and_wrong_token_park_files_and_fixing_the_config_delivers_everythin
         for f in &files {
             append_lines(f, &f.display().to_string(), 0..100);
         }
-        assert!(agent_metric(&metrics, "agent_files_refused_total ") >= 1.0);
+        assert!(agent_metric(&metrics, "agent_files_refused_total{reason=\"name\"}") >= 1.0);
         agent.proc.signal("TERM");
         assert!(
             agent.proc.wait_exit(Duration::from_secs(40)).is_some(),
@@ -209,7 +209,7 @@ fn symlinks_out_of_the_watched_directories_are_not_followed_by_default() {
             && shipped_exactly(&agg, "h", &logs.join("current.log"))
     }));
     assert!(wait_until(Duration::from_secs(10), || {
-        agent_metric(&metrics, "agent_files_refused_total ") >= 1.0
+        agent_metric(&metrics, "agent_files_refused_total{reason=\"symlink\"}") >= 1.0
     }));
     assert_eq!(
         agg.log("h", &logs.join("secret.log").to_string_lossy(), ""),
@@ -307,7 +307,7 @@ fn an_unreadable_file_is_reported_once_and_ships_once_readable() {
         Err(404),
         "nothing of it shipped"
     );
-    assert!(agent_metric(&metrics, "agent_files_refused_total ") >= 1.0);
+    assert!(agent_metric(&metrics, "agent_files_refused_total{reason=\"permission\"}") >= 1.0);
 
     chmod(&secret, 0o644);
     assert!(

@@ -3,7 +3,10 @@
 //! Storing many lines per record is what lifts sled from ~100k records/s to over a million
 //! lines/s; merging on write keeps the per-line last-write-wins semantics.
 //!
-//! Encoding, entries sorted by offset: `u8 offset`, `varint (len << 1 | partial)`, bytes.
+//! Encoding, entries sorted by offset: `u8 offset`, `varint (len << 1 | partial)`, then —
+//! when the offset byte's top bit is set — `varint time` (ms since the epoch), then the
+//! bytes. An offset is below 128, so the top bit was free: buckets written before lines had
+//! a time read as they did, their lines without one.
 
 /// Lines per bucket. Small enough that rewriting a half-full bucket on every small batch
 /// stays cheap, large enough that sled sees few, large records.
@@ -16,22 +19,63 @@ pub struct Entry<'a> {
     pub offset: u8,
     pub partial: bool,
     pub content: &'a [u8],
+    /// When the line was received (ms since the epoch); `None` in buckets older than times.
+    pub ts: Option<u64>,
+}
+
+/// The offset byte's flag: a time follows the length.
+const HAS_TIME: u8 = 0x80;
+
+/// The order every encoder writes a bucket's entries in: offsets strictly increasing. The
+/// readers check it, so a damaged offset byte (any 7-bit value is a valid offset) is a
+/// corruption error, not a line served twice or under another number.
+#[derive(Debug, Default)]
+pub struct Order(Option<u8>);
+
+impl Order {
+    /// Whether `offset` may follow the entries seen so far (and notes it).
+    pub fn admits(&mut self, offset: u8) -> bool {
+        let ok = self.0.is_none_or(|prev| offset > prev);
+        self.0 = Some(offset);
+        ok
+    }
+
+    /// As [`Order::admits`], as the readers' I/O error.
+    pub fn check(&mut self, offset: u8) -> std::io::Result<()> {
+        if self.admits(offset) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("entry offsets out of order at {offset}"),
+            ))
+        }
+    }
 }
 
 /// Decodes a stored bucket. `None` means the bytes are corrupt.
 pub fn decode(mut buf: &[u8]) -> Option<Vec<Entry<'_>>> {
     let mut out = Vec::with_capacity(LINES_PER_BUCKET as usize);
-    while let Some((&offset, rest)) = buf.split_first() {
+    let mut order = Order::default();
+    while let Some((&byte, rest)) = buf.split_first() {
+        if !order.admits(byte & !HAS_TIME) {
+            return None;
+        }
         let (header, rest) = varint(rest)?;
+        let (ts, rest) = match byte & HAS_TIME {
+            0 => (None, rest),
+            _ => varint(rest).map(|(t, r)| (Some(t), r))?,
+        };
         let len = usize::try_from(header >> 1).ok()?;
-        if rest.len() < len || u64::from(offset) >= LINES_PER_BUCKET {
+        if rest.len() < len {
             return None;
         }
         let (content, rest) = rest.split_at(len);
         out.push(Entry {
-            offset,
+            offset: byte & !HAS_TIME,
             partial: header & 1 == 1,
             content,
+            ts,
         });
         buf = rest;
     }
@@ -49,19 +93,28 @@ pub fn index_into(
 ) -> Option<()> {
     let end = at.checked_add(len)?;
     let mut pos = at;
+    let mut order = Order::default();
     while pos < end {
-        let offset = *block.get(pos)?;
+        let byte = *block.get(pos)?;
+        if !order.admits(byte & !HAS_TIME) {
+            return None;
+        }
         let (header, rest) = varint(block.get(pos + 1..end)?)?;
+        let (ts, rest) = match byte & HAS_TIME {
+            0 => (None, rest),
+            _ => varint(rest).map(|(t, r)| (Some(t), r))?,
+        };
         let len = usize::try_from(header >> 1).ok()?;
         let start = end - rest.len();
-        if rest.len() < len || u64::from(offset) >= LINES_PER_BUCKET {
+        if rest.len() < len {
             return None;
         }
         out.push(super::RawLine {
-            number: base + u64::from(offset),
+            number: base + u64::from(byte & !HAS_TIME),
             start,
             end: start + len,
             partial: header & 1 == 1,
+            ts,
         });
         pos = start + len;
     }
@@ -85,10 +138,11 @@ pub struct Header {
     pub offset: u8,
     pub partial: bool,
     pub len: u64,
+    pub ts: Option<u64>,
 }
 
-/// The longest entry header: the offset byte and a 10-byte varint.
-pub const MAX_HEADER: usize = 11;
+/// The longest entry header: the offset byte and two 10-byte varints.
+pub const MAX_HEADER: usize = 21;
 
 /// Parses the entry header at the start of `buf`, which holds at least [`MAX_HEADER`] bytes
 /// or the rest of the bucket: the header and its length. Both backends' piecewise readers
@@ -97,19 +151,23 @@ pub const MAX_HEADER: usize = 11;
 pub fn parse_header(buf: &[u8]) -> std::io::Result<(Header, usize)> {
     let corrupt =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let (&offset, rest) = buf
+    let (&byte, rest) = buf
         .split_first()
         .ok_or_else(|| corrupt("bucket ends before an entry"))?;
-    if u64::from(offset) >= LINES_PER_BUCKET {
-        return Err(corrupt("line offset out of range"));
-    }
     let (v, rest) =
         varint(rest).ok_or_else(|| corrupt("bucket ends inside a length, or a length too long"))?;
+    let (ts, rest) = match byte & HAS_TIME {
+        0 => (None, rest),
+        _ => varint(rest)
+            .map(|(t, r)| (Some(t), r))
+            .ok_or_else(|| corrupt("bucket ends inside a time, or a time too long"))?,
+    };
     Ok((
         Header {
-            offset,
+            offset: byte & !HAS_TIME,
             partial: v & 1 == 1,
             len: v >> 1,
+            ts,
         },
         buf.len() - rest.len(),
     ))
@@ -119,43 +177,40 @@ pub fn parse_header(buf: &[u8]) -> std::io::Result<(Header, usize)> {
 pub fn next_header(c: &mut impl ByteSource) -> std::io::Result<Option<Header>> {
     // Fast path: the whole header is in the buffer (almost always), parsed from the slice.
     let buffered = c.buffered()?;
-    if buffered.len() >= 11 {
-        let offset = buffered[0];
-        if let Some((v, rest)) = varint(&buffered[1..]) {
-            if u64::from(offset) < LINES_PER_BUCKET {
-                let used = buffered.len() - rest.len();
-                c.consume(used);
-                return Ok(Some(Header {
-                    offset,
-                    partial: v & 1 == 1,
-                    len: v >> 1,
-                }));
-            }
-        }
+    if buffered.len() >= MAX_HEADER {
+        let (h, used) = parse_header(buffered)?;
+        c.consume(used);
+        return Ok(Some(h));
     }
     let corrupt =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let Some(offset) = c.byte()? else {
+    let Some(byte) = c.byte()? else {
         return Ok(None);
     };
-    if u64::from(offset) >= LINES_PER_BUCKET {
-        return Err(corrupt("line offset out of range"));
-    }
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = c
-            .byte()?
-            .ok_or_else(|| corrupt("bucket ends inside a length"))?;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(Some(Header {
-                offset,
-                partial: v & 1 == 1,
-                len: v >> 1,
-            }));
+    let mut read_varint = |what: &str| -> std::io::Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = c
+                .byte()?
+                .ok_or_else(|| corrupt(&format!("bucket ends inside a {what}")))?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
         }
-    }
-    Err(corrupt("length varint too long"))
+        Err(corrupt(&format!("{what} varint too long")))
+    };
+    let v = read_varint("length")?;
+    let ts = match byte & HAS_TIME {
+        0 => None,
+        _ => Some(read_varint("time")?),
+    };
+    Ok(Some(Header {
+        offset: byte & !HAS_TIME,
+        partial: v & 1 == 1,
+        len: v >> 1,
+        ts,
+    }))
 }
 
 /// One file batch's lines grouped by bucket, entries sorted by offset; within a batch a
@@ -175,7 +230,7 @@ pub struct Grouped<'a> {
 /// the common case is one pass; anything else is sorted first (stably, so of two copies of a
 /// line the later one is kept). Why not maps: a tree node per few lines was 2–3 % of the
 /// aggregator's CPU under a fleet of small batches.
-pub fn group<'a>(lines: &'a [logship_wire::Line<'_>]) -> Grouped<'a> {
+pub fn group<'a>(lines: &'a [logship_wire::Line<'_>], ts: u64) -> Grouped<'a> {
     let mut g = Grouped::default();
     let mut order: Vec<&'a logship_wire::Line<'_>> = lines.iter().collect();
     if !order.windows(2).all(|w| w[0].number < w[1].number) {
@@ -195,6 +250,7 @@ pub fn group<'a>(lines: &'a [logship_wire::Line<'_>]) -> Grouped<'a> {
             offset: (l.number % LINES_PER_BUCKET) as u8,
             partial: l.partial,
             content: &l.content,
+            ts: Some(ts),
         };
         match g.buckets.last_mut() {
             Some((b, entries)) if *b == bucket => entries.push(entry),
@@ -221,13 +277,18 @@ pub fn distinct_buckets(batches: &[logship_wire::FileBatch<'_>]) -> usize {
 
 /// Appends one entry's encoding.
 pub fn encode_entry(out: &mut Vec<u8>, e: &Entry<'_>) {
-    out.push(e.offset);
-    let mut v = ((e.content.len() as u64) << 1) | u64::from(e.partial);
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+    let push_varint = |out: &mut Vec<u8>, mut v: u64| {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    out.push(e.offset | if e.ts.is_some() { HAS_TIME } else { 0 });
+    push_varint(out, ((e.content.len() as u64) << 1) | u64::from(e.partial));
+    if let Some(ts) = e.ts {
+        push_varint(out, ts);
     }
-    out.push(v as u8);
     out.extend_from_slice(e.content);
 }
 
@@ -284,6 +345,7 @@ mod tests {
             offset,
             partial: false,
             content,
+            ts: Some(1_796_000_000_000 + u64::from(offset)),
         }
     }
 
@@ -321,7 +383,7 @@ mod tests {
                         (l.partial, l.content.to_vec()),
                     );
             }
-            let g = group(&lines);
+            let g = group(&lines, 7);
             let got: BTreeMap<u64, BTreeMap<u8, (bool, Vec<u8>)>> = g
                 .buckets
                 .iter()
@@ -368,9 +430,52 @@ mod tests {
             offset: 127,
             partial: true,
             content: b"\0\r\xff",
+            ts: Some(0),
         };
         let (enc, _) = merge(&[], &[p]);
         assert_eq!(decode(&enc), Some(vec![p]));
+    }
+
+    /// Buckets written before lines had a time (no flag) read as before, and a bucket may
+    /// hold both kinds (a line rewritten since): each entry says whether it has a time.
+    #[test]
+    fn entries_without_a_time_still_decode_beside_entries_with_one() {
+        // Written by the previous release: offset, varint(len << 1 | partial), bytes.
+        let old = [&[3u8, 3 << 1][..], b"old", &[4u8, (2 << 1) | 1], b"pa"].concat();
+        let got = decode(&old).expect("decodes");
+        assert_eq!(
+            got,
+            vec![
+                Entry {
+                    offset: 3,
+                    partial: false,
+                    content: b"old",
+                    ts: None
+                },
+                Entry {
+                    offset: 4,
+                    partial: true,
+                    content: b"pa",
+                    ts: None
+                },
+            ]
+        );
+        let (merged, _) = merge(&got, &[e(4, b"whole"), e(9, b"new")]);
+        let back = decode(&merged).expect("decodes");
+        assert_eq!(back[0].ts, None);
+        assert_eq!(back[1], e(4, b"whole"));
+        assert_eq!(back[2], e(9, b"new"));
+        // The scan's and the piecewise readers' walks agree.
+        let mut lines = Vec::new();
+        index_into(&merged, 0, merged.len(), 128, &mut lines).expect("indexes");
+        let times: Vec<_> = lines.iter().map(|l| (l.number, l.ts)).collect();
+        assert_eq!(
+            times,
+            vec![(131, None), (132, e(4, b"").ts), (137, e(9, b"").ts)]
+        );
+        let (h, used) = parse_header(&merged[lines[0].end..]).expect("header");
+        assert_eq!((h.offset, h.ts, h.len), (4, e(4, b"").ts, 5));
+        assert_eq!(&merged[lines[0].end + used..][..5], b"whole");
     }
 
     #[test]

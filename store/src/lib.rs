@@ -214,6 +214,7 @@ impl Chunk {
         &mut self,
         n: u64,
         partial: bool,
+        ts: Option<u64>,
         contiguous: bool,
         numbered: bool,
     ) -> bool {
@@ -225,6 +226,7 @@ impl Chunk {
                 number: n,
                 start: self.data.len(),
                 partial,
+                ts,
             });
         }
         true
@@ -319,7 +321,7 @@ impl Chunk {
             if n < read.from || n > read.to {
                 continue;
             }
-            if !self.admit(n, e.partial, read.contiguous, read.numbered) {
+            if !self.admit(n, e.partial, e.ts, read.contiguous, read.numbered) {
                 return true;
             }
             self.data.extend_from_slice(e.content);
@@ -339,6 +341,8 @@ pub struct LineRef {
     pub start: usize,
     /// A partial last line (no `\n` follows it in `data`).
     pub partial: bool,
+    /// When it was received (ms since the epoch); `None` for lines stored before times.
+    pub ts: Option<u64>,
 }
 
 /// One stored line inside a block a search scans: its number and where its content lies in
@@ -349,6 +353,8 @@ pub struct RawLine {
     pub start: usize,
     pub end: usize,
     pub partial: bool,
+    /// When it was received (ms since the epoch); `None` for lines stored before times.
+    pub ts: Option<u64>,
 }
 
 /// Visits the blocks of a scan; returns false to stop it. The visitor may take the block's

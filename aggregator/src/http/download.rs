@@ -292,6 +292,7 @@ fn ndjson(generation: &str, chunk: &crate::store::Chunk) -> Vec<u8> {
             .unwrap_or(content);
         let mut v = serde_json::json!({ "generation": generation, "line": l.number });
         super::line_json::set_content(&mut v, content, l.partial);
+        super::line_json::set_time(&mut v, l.ts);
         out.extend_from_slice(v.to_string().as_bytes());
         out.push(b'\n');
     }

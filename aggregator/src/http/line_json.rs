@@ -19,6 +19,15 @@ pub fn set_content(v: &mut serde_json::Value, content: &[u8], partial: bool) {
     }
 }
 
+/// Sets `ts`, when the line was received (RFC 3339, ms), for lines that have one (lines
+/// stored before times have none).
+pub fn set_time(v: &mut serde_json::Value, ts: Option<u64>) {
+    if let Some(ms) = ts {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        v["ts"] = humantime::format_rfc3339_millis(t).to_string().into();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

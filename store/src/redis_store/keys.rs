@@ -245,11 +245,13 @@ mod tests {
                 offset: 1,
                 partial: false,
                 content: b"one",
+                ts: Some(1_000),
             },
             Entry {
                 offset: 9,
                 partial: true,
                 content: b"\xff",
+                ts: None,
             },
         ];
         let mut v = vec![2u8];

@@ -113,11 +113,15 @@ impl Inner {
             chunk.skipped += 1;
             return Ok(false);
         }
+        let mut order = crate::bucket::Order::default();
         while r.remaining() > 0 {
-            // The header parsed as the sled backend parses it (offset < 128, a bounded
-            // varint): a corrupt bucket is a corruption error, not misnumbered lines.
+            // The header parsed as the sled backend parses it (bounded varints, offsets in
+            // order): a corrupt bucket is a corruption error, not misnumbered lines.
             let buffered = r.buffered(self, crate::bucket::MAX_HEADER).await?;
             let (h, used) = crate::bucket::parse_header(buffered)
+                .map_err(|e| StoreError::corrupt_by(key, e))?;
+            order
+                .check(h.offset)
                 .map_err(|e| StoreError::corrupt_by(key, e))?;
             r.at += used;
             let (len, partial) = (h.len, h.partial);
@@ -126,7 +130,7 @@ impl Inner {
                 r.skip(len);
                 continue;
             }
-            if !chunk.admit(n, partial, read.contiguous, read.numbered) {
+            if !chunk.admit(n, partial, h.ts, read.contiguous, read.numbered) {
                 return Ok(true);
             }
             r.read_into(self, &mut chunk.data, len).await?;

@@ -25,6 +25,12 @@ local function parse(s, from, into)
       v = v + (b - 128) * mult
       mult = mult * 128
     end
+    if off >= 128 then
+      -- the line's time follows its length (bucket.rs): skipped, kept in the entry's bytes
+      off = off - 128
+      while string.byte(s, q) >= 128 do q = q + 1 end
+      q = q + 1
+    end
     local e = q + math.floor(v / 2)
     into[off] = string.sub(s, p, e - 1)
     p = e

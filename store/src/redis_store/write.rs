@@ -18,7 +18,8 @@ impl Inner {
         if fb.lines.is_empty() {
             return Ok(stats);
         }
-        let grouped = bucket::group(&fb.lines);
+        // Every line of the batch is stamped with when it was received.
+        let grouped = bucket::group(&fb.lines, crate::clock::now_ms());
         stats.lines = grouped.lines;
         stats.bytes = grouped.bytes;
         let max_line = grouped.max_line;

@@ -113,13 +113,15 @@ impl Inner {
                 }
                 continue;
             } else {
+                let mut order = bucket::Order::default();
                 while let Some(h) = bucket::next_header(&mut cursor).map_err(corrupt)? {
+                    order.check(h.offset).map_err(corrupt)?;
                     let n = base + u64::from(h.offset);
                     if n < from || n > to {
                         cursor.skip(h.len).map_err(corrupt)?;
                         continue;
                     }
-                    if !chunk.admit(n, h.partial, read.contiguous, read.numbered) {
+                    if !chunk.admit(n, h.partial, h.ts, read.contiguous, read.numbered) {
                         return Ok(chunk);
                     }
                     cursor.read_into(&mut chunk.data, h.len).map_err(corrupt)?;

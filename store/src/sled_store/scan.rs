@@ -136,6 +136,7 @@ impl Inner {
                         // The rendered chunk ends each complete line with `\n`.
                         end: if l.partial { next } else { next - 1 },
                         partial: l.partial,
+                        ts: l.ts,
                     }
                 })
                 .collect();

@@ -50,7 +50,8 @@ impl Inner {
             }
         };
 
-        let grouped = bucket::group(&fb.lines);
+        // Every line of the batch is stamped with when it was received.
+        let grouped = bucket::group(&fb.lines, now);
         let mut stats = WriteStats {
             lines: grouped.lines,
             bytes: grouped.bytes,

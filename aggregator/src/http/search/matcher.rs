@@ -23,6 +23,7 @@ pub(super) struct Kept {
     pub(super) number: u64,
     pub(super) content: Vec<u8>,
     pub(super) partial: bool,
+    pub(super) ts: Option<u64>,
 }
 
 impl Scan<'_> {
@@ -37,14 +38,14 @@ impl Scan<'_> {
         while i < n {
             if self.after > 0 || !whole {
                 // Owed context, or line-by-line matching.
-                if self.q.matcher.is_match(v.content(i)) {
+                if self.q.matcher.is_match(v.content(i)) && self.in_window(v.lines[i].ts) {
                     self.hit(v, i, place)?;
                     if self.matches >= self.q.limit {
                         return Ok(Truncated::Limit);
                     }
                 } else if self.after > 0 {
                     let l = v.lines[i];
-                    self.emit(place, l.number, v.content(i), l.partial, true)?;
+                    self.emit(place, l.number, v.content(i), l.partial, l.ts, true)?;
                     self.after -= 1;
                 }
                 i += 1;
@@ -59,7 +60,7 @@ impl Scan<'_> {
             if at >= n {
                 break;
             }
-            if self.q.matcher.is_match(v.content(at)) {
+            if self.q.matcher.is_match(v.content(at)) && self.in_window(v.lines[at].ts) {
                 self.hit(v, at, place)?;
                 if self.matches >= self.q.limit {
                     return Ok(Truncated::Limit);
@@ -75,6 +76,7 @@ impl Scan<'_> {
                     number: l.number,
                     content: v.content(j).to_vec(),
                     partial: l.partial,
+                    ts: l.ts,
                 });
                 if self.ring.len() > self.q.context {
                     self.ring.pop_front();
@@ -82,6 +84,16 @@ impl Scan<'_> {
             }
         }
         Ok(Truncated::No)
+    }
+
+    /// Whether a line received at `ts` is inside the search's `since`/`until`: exact to the
+    /// line. A line stored before lines had a time passes (its bucket's receive times
+    /// already did).
+    fn in_window(&self, ts: Option<u64>) -> bool {
+        match (self.q.window, ts) {
+            (Some((since, until)), Some(t)) => since <= t && t <= until,
+            _ => true,
+        }
     }
 
     /// Writes a match at line `i` of `v`, with the context before it.
@@ -92,27 +104,28 @@ impl Scan<'_> {
             // Up to n lines before: from this block, then from the ring.
             let here = i.saturating_sub(n)..i;
             let need_ring = n - here.len();
-            let from_ring: Vec<(u64, Vec<u8>, bool)> = self
+            let from_ring: Vec<(u64, Vec<u8>, bool, Option<u64>)> = self
                 .ring
                 .iter()
                 .rev()
                 .take(need_ring)
-                .map(|k| (k.number, k.content.clone(), k.partial))
+                .map(|k| (k.number, k.content.clone(), k.partial, k.ts))
                 .collect();
-            for (num, text, partial) in from_ring.into_iter().rev() {
+            for (num, text, partial, ts) in from_ring.into_iter().rev() {
                 if self.written.is_none_or(|w| num > w) && num < number {
-                    self.emit(place, num, &text, partial, true)?;
+                    self.emit(place, num, &text, partial, ts, true)?;
                 }
             }
             for j in here {
                 let l = v.lines[j];
                 if self.written.is_none_or(|w| l.number > w) {
-                    self.emit(place, l.number, v.content(j), l.partial, true)?;
+                    self.emit(place, l.number, v.content(j), l.partial, l.ts, true)?;
                 }
             }
         }
         self.matches += 1;
-        self.emit(place, number, v.content(i), v.lines[i].partial, false)?;
+        let l = v.lines[i];
+        self.emit(place, number, v.content(i), l.partial, l.ts, false)?;
         self.after = n;
         Ok(())
     }

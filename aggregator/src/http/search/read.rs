@@ -155,6 +155,7 @@ impl Scan<'_> {
                     start: l.start,
                     end: end.max(l.start),
                     partial: l.partial,
+                    ts: l.ts,
                 });
             }
             self.lines += lines.len() as u64;

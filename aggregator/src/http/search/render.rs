@@ -11,6 +11,7 @@ impl Scan<'_> {
         number: u64,
         content: &[u8],
         partial: bool,
+        ts: Option<u64>,
         context: bool,
     ) -> Result<(), Stop> {
         self.written = Some(number);
@@ -30,6 +31,7 @@ impl Scan<'_> {
                 "line": number,
             });
             crate::http::line_json::set_content(&mut v, content, partial);
+            crate::http::line_json::set_time(&mut v, ts);
             if context {
                 v["context"] = true.into();
             }
