@@ -205,3 +205,60 @@ fn a_store_written_by_the_previous_release_serves_every_line() {
     let got = agg.log("old-host", file, "").expect("download");
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
+
+logship_e2e::both_backends!(order_newest_sorts_results_by_time_across_hosts_and_files);
+
+fn order_newest_sorts_results_by_time_across_hosts_and_files(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = backend.aggregator(dir.path(), "", &[]);
+    // In storage order (host, file, line) the results would be a:0, a:1, b:0; received
+    // a:0, then b:0, then a:1.
+    let later = |after: u64| assert!(wait_until(Duration::from_secs(5), || now_ms() > after + 5));
+    assert_eq!(
+        post_compact(&agg, "a", "/x.log", "g", 0, &[b"needle first"]).status,
+        200
+    );
+    later(now_ms());
+    assert_eq!(
+        post_compact(&agg, "b", "/y.log", "g", 0, &[b"needle second"]).status,
+        200
+    );
+    later(now_ms());
+    assert_eq!(
+        post_compact(&agg, "a", "/x.log", "g", 1, &[b"needle third"]).status,
+        200
+    );
+    let contents = |params: &str| -> (Vec<String>, serde_json::Value) {
+        let all = ndjson(&get(&agg.url(&format!("/store/search?q=needle&{params}"))).text());
+        let summary = all
+            .iter()
+            .find(|v| v.get("summary").is_some())
+            .cloned()
+            .expect("summary");
+        let lines = all
+            .iter()
+            .filter_map(|v| v["content"].as_str().map(str::to_owned))
+            .collect();
+        (lines, summary["summary"].clone())
+    };
+    let (storage, _) = contents("");
+    assert_eq!(storage, ["needle first", "needle third", "needle second"]);
+    let (newest, s) = contents("order=newest");
+    assert_eq!(newest, ["needle third", "needle second", "needle first"]);
+    assert_eq!(
+        (s["matches"].as_u64(), s["truncated"].as_bool()),
+        (Some(3), Some(false))
+    );
+    let (oldest, _) = contents("order=oldest");
+    assert_eq!(oldest, ["needle first", "needle second", "needle third"]);
+    // limit keeps the newest, and the summary says more matched.
+    let (two, s) = contents("order=newest&limit=2");
+    assert_eq!(two, ["needle third", "needle second"]);
+    assert_eq!(
+        (s["matches"].as_u64(), s["reason"].as_str()),
+        (Some(3), Some("limit"))
+    );
+    let refused = get(&agg.url("/store/search?q=needle&order=newest&context=2"));
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("context"), "{}", refused.text());
+}

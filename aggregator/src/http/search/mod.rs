@@ -30,6 +30,7 @@ use crate::store::{GenerationInfo, RawLine, Store, StoreError};
 use crate::App;
 
 mod matcher;
+mod order;
 mod query;
 mod read;
 mod render;
@@ -171,6 +172,8 @@ pub enum Truncated {
     No,
     Limit,
     Time,
+    /// Ordered results: more matches than fit in [`order::KEPT_BYTES`].
+    Memory,
 }
 
 /// Where one generation is: its host, file and name, for the output.
@@ -324,5 +327,27 @@ mod tests {
             assert!(a.len() > 10, "{query}: found nothing");
             assert!(a == b, "{query}: the two paths differ");
         }
+        // Ordered by time over three files (scanned by several workers): every match is
+        // counted, and the kept ones are those of the last file written, newest first.
+        let count = |out: &[u8]| -> u64 {
+            let text = String::from_utf8_lossy(out);
+            let last = text.rsplit('\n').next().unwrap_or("");
+            last.parse().expect("the match count closes the output")
+        };
+        let all = run_search(scan.clone(), "q=alpha&limit=100000").await;
+        let ranked = run_search(scan.clone(), "q=alpha&order=newest&limit=7").await;
+        assert_eq!(
+            count(&ranked),
+            count(&all),
+            "matches counted in order=newest"
+        );
+        let text = String::from_utf8_lossy(&ranked);
+        let files: Vec<&str> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["file"].as_str().map(str::to_owned))
+            .map(|f| if f == "/f2.log" { "last" } else { "earlier" })
+            .collect();
+        assert_eq!(files, vec!["last"; 7], "{text}");
     }
 }

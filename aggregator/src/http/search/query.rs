@@ -17,7 +17,12 @@ pub struct Query {
     pub generation: Option<String>,
     /// (since, until) in ms since the epoch, by receive time.
     pub window: Option<(u64, u64)>,
+    /// Matches to scan for before stopping (everything, when ordered by time).
     pub limit: u64,
+    /// Matches to answer with (`limit=`).
+    pub keep: u64,
+    /// `order=newest|oldest`: the best `keep` by time, kept while the scan runs.
+    pub ranked: Option<super::order::Ranked>,
     pub context: usize,
     pub text: bool,
     pub deadline: Duration,
@@ -74,6 +79,7 @@ const PARAMS: &[&str] = &[
     "limit",
     "context",
     "format",
+    "order",
 ];
 
 impl Query {
@@ -166,6 +172,18 @@ impl Query {
             )));
         }
         let text = p.one_of("format", &["ndjson", "text"])? == "text";
+        let order = match p.one_of("order", &["storage", "newest", "oldest"])? {
+            "newest" => super::order::Order::Newest,
+            "oldest" => super::order::Order::Oldest,
+            _ => super::order::Order::Storage,
+        };
+        let ranked = (order != super::order::Order::Storage)
+            .then(|| super::order::Ranked::new(order, limit));
+        if ranked.is_some() && context > 0 {
+            return Err(ApiError::bad_request(
+                "parameter `context` is not available with `order=newest` or `order=oldest` (results are sorted, not streamed): use order=storage",
+            ));
+        }
         Ok(Query {
             matcher,
             look_free,
@@ -177,7 +195,9 @@ impl Query {
                 .filter(|g| !g.is_empty())
                 .map(str::to_owned),
             window,
-            limit,
+            limit: if ranked.is_some() { u64::MAX } else { limit },
+            keep: limit,
+            ranked,
             context: context as usize,
             text,
             deadline,

@@ -15,6 +15,7 @@ impl Scan<'_> {
         context: bool,
     ) -> Result<(), Stop> {
         self.written = Some(number);
+        let start = self.out.len();
         if self.text {
             // grep's form: `host:file:line:content`, context lines with `-`.
             let sep = if context { '-' } else { ':' };
@@ -38,6 +39,11 @@ impl Scan<'_> {
             self.out.extend_from_slice(v.to_string().as_bytes());
             self.out.push(b'\n');
         }
+        if let Some(ranked) = &self.q.ranked {
+            // Ordered by time: kept (the best `limit`), sent once the scan is done.
+            ranked.offer(ts, self.out.split_off(start));
+            return Ok(());
+        }
         if !context {
             self.match_ends.push(self.out.len());
         }
@@ -60,12 +66,33 @@ impl Scan<'_> {
                     Truncated::No => serde_json::Value::Null,
                     Truncated::Limit => "limit".into(),
                     Truncated::Time => "time limit (search.timeout)".into(),
+                    Truncated::Memory => "memory: the results that fit in 32 MiB".into(),
                 },
                 "elapsed_ms": self.started.elapsed().as_millis() as u64,
             }
         });
         self.out.extend_from_slice(v.to_string().as_bytes());
         self.out.push(b'\n');
+    }
+
+    /// With `order=newest|oldest`: sends the results kept, best first, once the scan is done;
+    /// says whether they were cut (by the limit, or memory) when the scan itself was not.
+    pub(super) fn ranked_out(&mut self, scanned: Truncated) -> Result<Truncated, Stop> {
+        let Some(ranked) = &self.q.ranked else {
+            return Ok(scanned);
+        };
+        let (items, dropped) = ranked.take();
+        for item in items {
+            self.out.extend_from_slice(&item);
+            if self.out.len() >= OUT_BYTES && !self.flush() {
+                return Err(Stop::Gone);
+            }
+        }
+        Ok(match scanned {
+            Truncated::No if dropped > 0 => Truncated::Memory,
+            Truncated::No if self.matches > self.q.keep => Truncated::Limit,
+            other => other,
+        })
     }
 
     /// Sends what is buffered; false once the client (or the main scan) has gone.

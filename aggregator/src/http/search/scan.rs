@@ -153,8 +153,15 @@ impl<'a> Scan<'a> {
         self.started.elapsed() >= self.q.deadline
     }
 
-    /// Walks hosts → files → generations and scans each; returns why it stopped.
+    /// Runs the search: the walk, then (ordered by time) the results kept; returns why it
+    /// stopped.
     pub(super) fn run(&mut self, store: &Arc<dyn Store>) -> Result<Truncated, Stop> {
+        let walked = self.walk(store)?;
+        self.ranked_out(walked)
+    }
+
+    /// Walks hosts → files → generations and scans each; returns why it stopped.
+    fn walk(&mut self, store: &Arc<dyn Store>) -> Result<Truncated, Stop> {
         let hosts: Vec<String> = match &self.q.host {
             NameFilter::Exact(h) => vec![h.clone()],
             filter => {
@@ -248,7 +255,8 @@ impl<'a> Scan<'a> {
         // What every worker read, counted as it ends however it ends: when the limit cuts
         // the search, the generations being scanned never report done (the summary said
         // 0 lines scanned, issue 29.8).
-        let scanned = [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+        // (Ordered by time, matches too: they are kept, not forwarded with their ends.)
+        let scanned = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
         let (q, rt, started) = (self.q, self.rt, self.started);
         let result = std::thread::scope(|scope| {
             for _ in 0..workers {
@@ -281,7 +289,8 @@ impl<'a> Scan<'a> {
                         generation: &g.name,
                     };
                     let outcome = w.generation(store, g, &place);
-                    for (total, n) in scanned.iter().zip([w.lines, w.bytes, w.skipped]) {
+                    let ranked = if q.ranked.is_some() { w.matches } else { 0 };
+                    for (total, n) in scanned.iter().zip([w.lines, w.bytes, w.skipped, ranked]) {
                         total.fetch_add(n, Ordering::SeqCst);
                     }
                     let outcome = match outcome {
@@ -301,7 +310,8 @@ impl<'a> Scan<'a> {
             drop(receivers);
             result
         });
-        let [lines, bytes, skipped] = scanned.map(std::sync::atomic::AtomicU64::into_inner);
+        let [lines, bytes, skipped, ranked] = scanned.map(std::sync::atomic::AtomicU64::into_inner);
+        self.matches += ranked;
         self.lines += lines;
         self.bytes += bytes;
         self.skipped += skipped;
@@ -346,7 +356,7 @@ impl<'a> Scan<'a> {
                             Truncated::No => break,
                             // A worker's own limit is the global one: the cut above
                             // happened first if it was reached here.
-                            Truncated::Limit => break,
+                            Truncated::Limit | Truncated::Memory => break,
                             Truncated::Time => return Ok(Truncated::Time),
                         }
                     }
