@@ -28,10 +28,14 @@ pub struct Ranked {
     state: Mutex<Heap>,
 }
 
+/// One kept result: its sort key, the order it was found in (earlier first among equal
+/// keys), and its rendering.
+type Item = (u64, Reverse<u64>, Vec<u8>);
+
 #[derive(Debug, Default)]
 struct Heap {
     /// Min-heap on the sort key: the worst kept result is on top, to be dropped first.
-    items: BinaryHeap<Reverse<(u64, Reverse<u64>, Vec<u8>)>>,
+    items: BinaryHeap<Reverse<Item>>,
     bytes: usize,
     seq: u64,
     /// Results dropped to stay within [`KEPT_BYTES`] (not for being outside the limit).
