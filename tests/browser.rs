@@ -429,3 +429,96 @@ fn the_search_lives_in_the_address_takes_a_time_range_and_marks_matches() {
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/search-range.png");
     d.screenshot(&shot);
 }
+
+/// Issue 31.6 / 32.3: search results come newest first with their times, a histogram of the
+/// matches over time narrows the search to a bar's time when clicked, and the log view shows
+/// each line's time on request.
+#[test]
+fn search_results_come_newest_first_with_times_and_a_histogram_narrows_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+    };
+    assert_eq!(
+        post_compact(&agg, "web-1", "/a.log", "g", 0, &[b"needle old"]).status,
+        200
+    );
+    let t = ms();
+    assert!(wait_until(Duration::from_secs(5), || ms() > t + 300));
+    assert_eq!(
+        post_compact(&agg, "web-2", "/b.log", "g", 0, &[b"needle new"]).status,
+        200
+    );
+    let d = Driver::start();
+    d.goto(&agg.url("/#q=needle"));
+    let results =
+        "return [...document.querySelectorAll('#log .res')].map(b => b.lastChild.textContent)";
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(results)
+            == json!(["needle new", "needle old"])),
+        "newest first: {:?}",
+        d.js(results)
+    );
+    let wheres =
+        d.js("return [...document.querySelectorAll('#log .res .where')].map(w => w.textContent)");
+    let re = regex::Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} web-2 /b\.log:0$")
+        .expect("regex");
+    assert!(
+        wheres[0].as_str().is_some_and(|w| re.is_match(w)),
+        "a result shows its time: {wheres}"
+    );
+    let bars = "return [...document.querySelectorAll('#hist button')].map(b => +b.dataset.count)";
+    let counts: Vec<u64> = d
+        .js(bars)
+        .as_array()
+        .expect("bars")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        2,
+        "the histogram counts every result: {counts:?}"
+    );
+    // The bar of the newest match narrows the search to its time.
+    d.js("[...document.querySelectorAll('#hist button')].filter(b => b.dataset.count > 0).pop().click()");
+    assert!(
+        wait_until(Duration::from_secs(10), || d.js(results)
+            == json!(["needle new"])),
+        "after the bar: {:?}, hash {:?}",
+        d.js(results),
+        d.js("return location.hash")
+    );
+    let hash = d.js("return location.hash");
+    assert!(
+        hash.as_str()
+            .is_some_and(|h| h.contains("since=") && h.contains("until=")),
+        "{hash}"
+    );
+    // Times in the log view, on request.
+    d.js("document.querySelector('#log .res').click()");
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js("return document.querySelectorAll('#log .ln').length")
+            == 1),
+        "the result's file did not open"
+    );
+    assert_eq!(
+        d.js("return document.querySelectorAll('#log .ln .ts').length"),
+        0
+    );
+    d.js("const t = document.getElementById('times'); t.checked = true; t.dispatchEvent(new Event('change'))");
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .js("return document.querySelectorAll('#log .ln .ts').length")
+            == 1),
+        "no time shown with the toggle on"
+    );
+    let shot =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser/search-newest.png");
+    d.screenshot(&shot);
+}
