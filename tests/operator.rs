@@ -2,7 +2,7 @@
 //! reload, a fixing reload that takes effect at once, lag visible during an outage, and a
 //! preflight that exits 78 for a config the process cannot run with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use logship_e2e::*;
@@ -56,50 +56,96 @@ fn reload_until_shipped(agent: &Agent, agg: &Aggregator, file: &Path, want: &[u8
     hup.elapsed()
 }
 
+/// An agent shipping `logs/app.log` (`lines` lines) to a port nobody listens on, with the
+/// slow retries of [`slow_retry_toml`]; the temporary directory lives as long as it does.
+struct Stranded {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    /// The file's bytes: what the aggregator must hold once the sink is fixed.
+    want: Vec<u8>,
+    dead: String,
+    metrics: String,
+    cfg: PathBuf,
+    agent: Agent,
+}
+
+impl Stranded {
+    fn start(lines: usize) -> Stranded {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_path_buf();
+        std::fs::create_dir_all(d.join("logs")).expect("mkdir");
+        let file = d.join("logs/app.log");
+        append_lines(&file, "app", 0..lines);
+        let want = std::fs::read(&file).expect("read");
+        let dead = format!("http://{}/store/batch", free_addr());
+        let metrics = free_addr();
+        let cfg = d.join("agent.toml");
+        std::fs::write(&cfg, slow_retry_toml(&d, &dead, "t1", &metrics)).expect("write");
+        let agent = Agent::start(&cfg);
+        Stranded {
+            dir,
+            file,
+            want,
+            dead,
+            metrics,
+            cfg,
+            agent,
+        }
+    }
+
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until the agent has retried the dead sink `n` times (`within`).
+    fn retried(&self, n: f64, within: Duration) {
+        assert!(
+            wait_until(within, || agent_metric(
+                &self.metrics,
+                "agent_retries_total"
+            ) >= n),
+            "the agent did not retry the dead endpoint {n} times"
+        );
+    }
+
+    /// Points the config at `url` with `token` (applied at the next SIGHUP).
+    fn point_at(&self, url: &str, token: &str) {
+        std::fs::write(
+            &self.cfg,
+            slow_retry_toml(self.d(), url, token, &self.metrics),
+        )
+        .expect("write");
+    }
+}
+
 #[test]
 fn a_reload_that_fixes_the_sink_takes_effect_at_once_and_readiness_follows_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
-    let file = d.join("logs/app.log");
-    append_lines(&file, "app", 0..50);
-    let want = std::fs::read(&file).expect("read");
-
     // 1. A sink on a port nobody listens on: retries back off toward 60 s.
-    let dead = format!("http://{}/store/batch", free_addr());
-    let metrics = free_addr();
-    let cfg = d.join("agent.toml");
-    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
-    let agent = Agent::start(&cfg);
-    assert!(
-        wait_until(Duration::from_secs(30), || agent_metric(
-            &metrics,
-            "agent_retries_total"
-        ) >= 3.0),
-        "the agent never retried the dead endpoint"
-    );
-    let (code, body) = readyz(&metrics);
+    let s = Stranded::start(50);
+    let (d, dead, metrics) = (s.d(), &s.dead, &s.metrics);
+    s.retried(3.0, Duration::from_secs(30));
+    let (code, body) = readyz(metrics);
     assert_eq!(code, 503, "readyz with the sink unreachable: {body}");
 
     // 2. The config now names a live aggregator, with a token it refuses: after the reload
     //    readiness asks the new endpoint, and the old endpoint's series are gone.
     let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
     let live = agg.url("/store/batch");
-    std::fs::write(&cfg, slow_retry_toml(d, &live, "wrong", &metrics)).expect("write");
-    agent.proc.signal("HUP");
+    s.point_at(&live, "wrong");
+    s.agent.proc.signal("HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || readyz(&metrics).0 == 200),
+        wait_until(Duration::from_secs(10), || readyz(metrics).0 == 200),
         "readyz still answers for the endpoint the reload removed: {:?}",
-        readyz(&metrics)
+        readyz(metrics)
     );
     assert!(
         wait_until(Duration::from_secs(10), || agent_metric(
-            &metrics,
+            metrics,
             "agent_parked_files"
         ) >= 1.0),
         "the wrong token did not park the file"
     );
-    let text = metrics_text(&metrics);
+    let text = metrics_text(metrics);
     let old_endpoint = dead.trim_end_matches("/store/batch");
     assert!(
         !text.lines().any(|l| l.contains(old_endpoint)),
@@ -117,20 +163,20 @@ fn a_reload_that_fixes_the_sink_takes_effect_at_once_and_readiness_follows_it() 
     // Let the parked file's backoff grow past what a fixed token should wait.
     assert!(
         wait_until(Duration::from_secs(30), || count_parked_attempts(
-            &metrics, &live
+            metrics, &live
         ) >= 3.0),
         "the refused endpoint was not tried three times"
     );
 
     // 3. The right token: delivered at once, not after the parked file's backoff.
-    std::fs::write(&cfg, slow_retry_toml(d, &live, "t1", &metrics)).expect("write");
-    let took = reload_until_shipped(&agent, &agg, &file, &want);
+    s.point_at(&live, "t1");
+    let took = reload_until_shipped(&s.agent, &agg, &s.file, &s.want);
     eprintln!("delivered {took:?} after the reload that fixed the token");
     assert!(
         took < Duration::from_secs(2),
         "the fixed token took effect after {took:?}: the old backoff was waited out"
     );
-    assert_eq!(readyz(&metrics).0, 200);
+    assert_eq!(readyz(metrics).0, 200);
 }
 
 /// Requests the endpoint answered with a refusal that parks files.
@@ -148,32 +194,12 @@ fn count_parked_attempts(metrics: &str, endpoint: &str) -> f64 {
 
 #[test]
 fn a_reload_that_fixes_an_unreachable_sink_delivers_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
-    let file = d.join("logs/app.log");
-    append_lines(&file, "app", 0..50);
-    let want = std::fs::read(&file).expect("read");
-    let dead = format!("http://{}/store/batch", free_addr());
-    let metrics = free_addr();
-    let cfg = d.join("agent.toml");
-    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
-    let agent = Agent::start(&cfg);
+    let s = Stranded::start(50);
     // Past three failures the next delay is drawn from up to 16 s.
-    assert!(
-        wait_until(Duration::from_secs(40), || agent_metric(
-            &metrics,
-            "agent_retries_total"
-        ) >= 4.0),
-        "the agent never retried the dead endpoint"
-    );
-    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
-    std::fs::write(
-        &cfg,
-        slow_retry_toml(d, &agg.url("/store/batch"), "t1", &metrics),
-    )
-    .expect("write");
-    let took = reload_until_shipped(&agent, &agg, &file, &want);
+    s.retried(4.0, Duration::from_secs(40));
+    let agg = Aggregator::with_config(s.d(), "[auth]\nwrite_tokens = [\"t1\"]\n");
+    s.point_at(&agg.url("/store/batch"), "t1");
+    let took = reload_until_shipped(&s.agent, &agg, &s.file, &s.want);
     eprintln!("delivered {took:?} after the reload that fixed the URL");
     assert!(
         took < Duration::from_secs(2),
@@ -183,59 +209,45 @@ fn a_reload_that_fixes_an_unreachable_sink_delivers_at_once() {
 
 #[test]
 fn lag_is_measured_during_an_outage_and_clears_when_delivered() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("logs")).expect("mkdir");
-    let file = d.join("logs/app.log");
-    append_lines(&file, "app", 0..200);
-    let size = std::fs::metadata(&file).expect("stat").len() as f64;
-    let want = std::fs::read(&file).expect("read");
-    let dead = format!("http://{}/store/batch", free_addr());
-    let metrics = free_addr();
-    let cfg = d.join("agent.toml");
-    std::fs::write(&cfg, slow_retry_toml(d, &dead, "t1", &metrics)).expect("write");
-    let agent = Agent::start(&cfg);
+    let s = Stranded::start(200);
+    let (file, metrics) = (&s.file, &s.metrics);
+    let size = s.want.len() as f64;
     let unshipped = format!("agent_unshipped_bytes{{file=\"{}\"}}", file.display());
     // Nothing was ever acknowledged, yet the whole file shows as unshipped ...
     assert!(
         wait_until(Duration::from_secs(20), || agent_metric(
-            &metrics, &unshipped
+            metrics, &unshipped
         ) == size),
         "agent_unshipped_bytes during the outage: {} (file {size} bytes)",
-        agent_metric(&metrics, &unshipped)
+        agent_metric(metrics, &unshipped)
     );
     // ... and the oldest line's wait grows.
     assert!(
         wait_until(Duration::from_secs(20), || agent_metric(
-            &metrics,
+            metrics,
             "agent_oldest_unacked_age_seconds"
         ) >= 2.0),
         "agent_oldest_unacked_age_seconds stayed at {}",
-        agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
+        agent_metric(metrics, "agent_oldest_unacked_age_seconds")
     );
     // The aggregator comes: both fall to 0, and the endpoint's last ack is now.
-    let agg = Aggregator::with_config(d, "[auth]\nwrite_tokens = [\"t1\"]\n");
-    std::fs::write(
-        &cfg,
-        slow_retry_toml(d, &agg.url("/store/batch"), "t1", &metrics),
-    )
-    .expect("write");
-    reload_until_shipped(&agent, &agg, &file, &want);
+    let agg = Aggregator::with_config(s.d(), "[auth]\nwrite_tokens = [\"t1\"]\n");
+    s.point_at(&agg.url("/store/batch"), "t1");
+    reload_until_shipped(&s.agent, &agg, file, &s.want);
     assert!(
         wait_until(Duration::from_secs(10), || agent_metric(
-            &metrics, &unshipped
+            metrics, &unshipped
         ) == 0.0
-            && agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
-                == 0.0),
+            && agent_metric(metrics, "agent_oldest_unacked_age_seconds") == 0.0),
         "after delivery: unshipped {}, oldest unacked {} s",
-        agent_metric(&metrics, &unshipped),
-        agent_metric(&metrics, "agent_oldest_unacked_age_seconds")
+        agent_metric(metrics, &unshipped),
+        agent_metric(metrics, "agent_oldest_unacked_age_seconds")
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
-    let last_ack = agent_metric(&metrics, "agent_endpoint_last_ack_timestamp_seconds{");
+    let last_ack = agent_metric(metrics, "agent_endpoint_last_ack_timestamp_seconds{");
     assert!(
         (now - last_ack).abs() < 60.0,
         "agent_endpoint_last_ack_timestamp_seconds is {last_ack}, now is {now}"

@@ -55,7 +55,9 @@ pub async fn run(
     reload_config: impl Fn() -> Result<Settings, config::ConfigError> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    metrics.config_in_force(None, &settings.fingerprint.hash());
+    metrics
+        .config_info
+        .in_force(None, &settings.fingerprint.hash());
     // A state directory the agent cannot write is the config's (or the host's) to fix: exit
     // 78, which the shipped unit does not restart on, rather than 1 and a restart loop.
     checkpoint::prepare_state_dir(&settings.state_dir).map_err(|e| {

@@ -66,18 +66,13 @@ pub struct Metrics {
     /// Configuration reloads applied and refused (SIGHUP).
     pub reloads: Counter,
     pub reload_failures: Counter,
-    /// 1 for the hash of the configuration running (`--check-config` prints the same).
-    config_info: Family<HashLabel, Gauge>,
+    /// 1 for the hash of the configuration in force.
+    pub config_info: logship_common::config_info::ConfigInfo,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HashLabel {
-    pub hash: String,
 }
 
 impl Default for Metrics {
@@ -116,7 +111,7 @@ impl Metrics {
             endpoints: EndpointMetrics::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
-            config_info: Family::default(),
+            config_info: Default::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -132,7 +127,7 @@ impl Metrics {
         r.register(
             "config_info",
             "1 for the hash of the configuration in force (agents with the same hash run the same configuration)",
-            m.config_info.clone(),
+            m.config_info.family.clone(),
         );
         r.register(
             "endpoint_requests",
@@ -294,20 +289,6 @@ impl Metrics {
         self.unshipped
             .get_or_create(&Self::label(file))
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    /// The configuration with `hash` is in force (in place of `old`, after a reload).
-    pub fn config_in_force(&self, old: Option<&str>, hash: &str) {
-        if let Some(old) = old.filter(|o| *o != hash) {
-            self.config_info.remove(&HashLabel {
-                hash: old.to_owned(),
-            });
-        }
-        self.config_info
-            .get_or_create(&HashLabel {
-                hash: hash.to_owned(),
-            })
-            .set(1);
     }
 
     /// Reading `file` starts (again) at `offset`, which counts as acknowledged: its

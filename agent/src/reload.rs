@@ -95,7 +95,8 @@ fn apply(
     let hash = new.fingerprint.hash();
     send.metrics.reloads.inc();
     send.metrics
-        .config_in_force(Some(&old.fingerprint.hash()), &hash);
+        .config_info
+        .in_force(Some(&old.fingerprint.hash()), &hash);
     tracing::info!(
         sources = new.sources.len(),
         changed = %old.fingerprint.changed(&new.fingerprint).join(", "),

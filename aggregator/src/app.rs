@@ -57,7 +57,8 @@ impl App {
         metrics.register_store(&*store);
         metrics
             .reload
-            .config_in_force(None, &settings.fingerprint.hash());
+            .config_info
+            .in_force(None, &settings.fingerprint.hash());
         Arc::new(App {
             store,
             metrics,

@@ -279,29 +279,10 @@ pub struct Reloads {
     pub reloads: Counter,
     pub reload_failures: Counter,
     /// 1 for the hash of the configuration in force.
-    pub config_info: Family<HashLabel, Gauge>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HashLabel {
-    pub hash: String,
+    pub config_info: logship_common::config_info::ConfigInfo,
 }
 
 impl Reloads {
-    /// The configuration with `hash` is in force (in place of `old`, after a reload).
-    pub fn config_in_force(&self, old: Option<&str>, hash: &str) {
-        if let Some(old) = old.filter(|o| *o != hash) {
-            self.config_info.remove(&HashLabel {
-                hash: old.to_owned(),
-            });
-        }
-        self.config_info
-            .get_or_create(&HashLabel {
-                hash: hash.to_owned(),
-            })
-            .set(1);
-    }
-
     fn new(r: &mut Registry) -> Self {
         Self {
             reloads: register(
@@ -316,12 +297,16 @@ impl Reloads {
                 "Configuration reloads refused (the running configuration stayed)",
                 Default::default(),
             ),
-            config_info: register(
-                r,
-                "config_info",
-                "1 for the hash of the configuration in force",
-                Default::default(),
-            ),
+            config_info: {
+                let info = logship_common::config_info::ConfigInfo::default();
+                register(
+                    r,
+                    "config_info",
+                    "1 for the hash of the configuration in force",
+                    info.family.clone(),
+                );
+                info
+            },
         }
     }
 }

@@ -79,7 +79,8 @@ pub fn apply(app: &App, new: Settings) {
     let hash = next_hash;
     app.metrics
         .reload
-        .config_in_force(Some(&old.fingerprint.hash()), &hash);
+        .config_info
+        .in_force(Some(&old.fingerprint.hash()), &hash);
     tracing::info!(
         tokens_changed,
         changed = %changed.join(", "),

@@ -7,6 +7,7 @@
 //! - [`ConfigError`]: the one config error type (exit 78).
 
 pub mod config;
+pub mod config_info;
 pub mod log_limit;
 pub mod offload;
 pub mod tls;
