@@ -86,6 +86,9 @@ pub struct Tailer {
     /// Stored file name.
     name: String,
     id: FileId,
+    /// The size last reported to the lag metrics: only a change is reported (a read of a
+    /// large file takes thousands of turns at one size).
+    reported_size: Option<u64>,
     file: Option<(File, OwnedSemaphorePermit)>,
     generation: Option<Arc<str>>,
     /// The generation before a truncation, until the new one is named: a new life that
@@ -161,6 +164,7 @@ impl Tailer {
             pending_since: now,
             last_data: now,
             unnamed_since: None,
+            reported_size: None,
             env,
             ctl,
         };
@@ -378,7 +382,10 @@ impl Tailer {
         };
         let meta = file.metadata()?;
         let size = meta.len();
-        self.env.metrics.file_size(&self.name, size);
+        if self.reported_size != Some(size) {
+            self.reported_size = Some(size);
+            self.env.metrics.file_size(&self.name, size);
+        }
         if size < self.read_pos || self.rewritten(&meta)? {
             // copytruncate: lines written between our last read and the truncation are
             // only in the copy. Finish them from there before starting the new generation.
