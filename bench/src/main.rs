@@ -5,6 +5,7 @@
 //! Reference figures (`cat`, raw sled) are measured in the same run, so results read as
 //! ratios on a shared, noisy machine.
 
+mod corpus;
 mod gen;
 mod http;
 mod proc;
@@ -72,6 +73,12 @@ pub struct Args {
     /// Seed of the generated lines.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The files of the agent, system and search scenarios: `synthetic` (one line shape with
+    /// a random id and numbers on every line) or `realistic` (access, syslog, JSON, Java
+    /// with stack traces and logfmt logs, which compress like real ones; `system` then also
+    /// prints the zstd -3 reference).
+    #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "realistic"])]
+    pub corpus: String,
     /// Directory of the agent and aggregator binaries [default: beside this program].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,

@@ -9,7 +9,7 @@ pub(super) async fn agent_alone(
     dir: &Path,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    let (paths, bytes) = make_files(dir, args.files, args.lines, args.seed)?;
+    let (paths, bytes) = make_files(args, dir, args.files, args.lines)?;
     let (addr, seen) = sink::start().await?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());

@@ -9,7 +9,7 @@ pub(super) async fn idle(
     dir: &Path,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    let (_, _) = make_files(dir, args.idle_files, 5, args.seed)?;
+    let (_, _) = make_files(args, dir, args.idle_files, 5)?;
     let (addr, seen) = sink::start().await?;
     let pattern = format!("{}/logs/*.log", dir.display());
     let cmd = agent_cmd(

@@ -187,10 +187,10 @@ async fn run_scenarios(args: &Args) -> anyhow::Result<Report> {
 
 /// Generates the agent's input files; returns their paths and total bytes.
 pub(super) fn make_files(
+    args: &Args,
     dir: &Path,
     n: usize,
     lines: usize,
-    seed: u64,
 ) -> anyhow::Result<(Vec<PathBuf>, u64)> {
     std::fs::create_dir_all(dir.join("logs"))?;
     let mut total = 0;
@@ -198,7 +198,12 @@ pub(super) fn make_files(
         .map(|i| dir.join(format!("logs/app-{i}.log")))
         .collect();
     for (i, p) in paths.iter().enumerate() {
-        total += gen::file(p, lines, seed + i as u64)?;
+        let seed = args.seed + i as u64;
+        total += if args.corpus == "realistic" {
+            crate::corpus::file(p, lines, seed, i)?
+        } else {
+            gen::file(p, lines, seed)?
+        };
     }
     Ok((paths, total))
 }

@@ -30,7 +30,7 @@ pub(super) async fn search(
     }
     let files = 100;
     let per_file = ((args.search_mib as u64) << 20) / 126 / files as u64;
-    let (paths, bytes) = make_files(dir, files, per_file as usize, args.seed)?;
+    let (paths, bytes) = make_files(args, dir, files, per_file as usize)?;
     let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
     // Store the same files: four clients posting 1,000-line batches.
     let mut tasks = Vec::new();

@@ -16,7 +16,7 @@ pub(super) async fn system(
     } else {
         "system"
     };
-    let (paths, bytes) = make_files(dir, args.files, args.lines, args.seed)?;
+    let (paths, bytes) = make_files(args, dir, args.files, args.lines)?;
     let config = aggregator_config(args, dir, tls, "")?;
     let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let want = (args.files * args.lines) as u64;
@@ -92,5 +92,16 @@ pub(super) async fn system(
             "x",
         );
     }
+    // The reference storage is compared with: each file compressed whole by zstd -3.
+    let mut zstd = 0;
+    for p in &paths {
+        zstd += crate::corpus::zstd3_size(p)?;
+    }
+    r.add(
+        name,
+        "reference: zstd -3 of each file, bytes per input byte",
+        zstd as f64 / bytes as f64,
+        "x",
+    );
     Ok(())
 }
