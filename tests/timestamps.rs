@@ -2,7 +2,8 @@
 //! with the time the aggregator received it; downloads (`format=ndjson`) and search results
 //! carry it as `ts`; `since`/`until` hold exactly to the line; and a store written by the
 //! previous release (a fixture: `tests/fixtures/store-v1`, written by its agent and
-//! aggregator) serves every line, old lines without a time, rewritten ones with one.
+//! aggregator: a sled `data` directory, and a Redis keyspace as `redis/dump.rdb`) serves every
+//! line, old lines without a time, rewritten ones with one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -119,12 +120,51 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_store_written_by_the_previous_release_serves_every_line() {
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v1");
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&fixture.join("data"), &dir.path().join("data"));
-    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+/// A `redis-server` loading the fixture's `dump.rdb`, killed on drop.
+struct OldRedis(std::process::Child, u16);
+
+impl Drop for OldRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl OldRedis {
+    fn start(dir: &Path) -> OldRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dbfilename", "dump.rdb"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let r = OldRedis(child, port);
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_cli(port, &["dbsize"])
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|n| n > 0)),
+            "redis-server did not load the fixture"
+        );
+        r
+    }
+}
+
+fn previous_release_serves_every_line(agg: &Aggregator, fixture: &Path) {
     // The files were shipped from /tmp/fx/logs by the previous release's agent.
     for name in ["app.log", "syslog.log"] {
         let want = std::fs::read(fixture.join("logs").join(name)).expect("fixture log");
@@ -167,10 +207,10 @@ fn a_store_written_by_the_previous_release_serves_every_line() {
     );
     // The partial line completed and line 5 rewritten now: those two have a time, the
     // others in their buckets still have none, and every byte is right.
-    let generation = generations(&agg, "old-host", file)[0].0.clone();
+    let generation = generations(agg, "old-host", file)[0].0.clone();
     assert_eq!(
         post_compact(
-            &agg,
+            agg,
             "old-host",
             file,
             &generation,
@@ -181,7 +221,7 @@ fn a_store_written_by_the_previous_release_serves_every_line() {
         200
     );
     assert_eq!(
-        post_compact(&agg, "old-host", file, &generation, 5, &[b"line 5 again"]).status,
+        post_compact(agg, "old-host", file, &generation, 5, &[b"line 5 again"]).status,
         200
     );
     let now = ndjson(
@@ -201,9 +241,34 @@ fn a_store_written_by_the_previous_release_serves_every_line() {
     want.extend_from_slice(b", completed\n");
     let text = String::from_utf8_lossy(&want).into_owned();
     let fifth = text.lines().nth(5).expect("line 5").to_owned();
-    let want = String::from_utf8_lossy(&want).replacen(&format!("{fifth}\n"), "line 5 again\n", 1);
+    let want = text.replacen(&format!("{fifth}\n"), "line 5 again\n", 1);
     let got = agg.log("old-host", file, "").expect("download");
     assert_eq!(String::from_utf8_lossy(&got), want);
+}
+
+#[test]
+fn a_sled_store_written_by_the_previous_release_serves_every_line() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&fixture.join("data"), &dir.path().join("data"));
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    previous_release_serves_every_line(&agg, &fixture);
+}
+
+#[test]
+fn a_redis_keyspace_written_by_the_previous_release_serves_every_line() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-v1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&fixture.join("redis"), &dir.path().join("redis"));
+    let redis = OldRedis::start(&dir.path().join("redis"));
+    let agg = Aggregator::with_config(
+        dir.path(),
+        &format!(
+            "[store]\ntype = \"redis\"\nnodes = [\"redis://127.0.0.1:{}\"]\n",
+            redis.1
+        ),
+    );
+    previous_release_serves_every_line(&agg, &fixture);
 }
 
 logship_e2e::both_backends!(order_newest_sorts_results_by_time_across_hosts_and_files);
