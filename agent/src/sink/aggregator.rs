@@ -36,7 +36,18 @@ use super::{BoxFuture, Outcome, Sink};
 use crate::config::{Compression, SinkSettings};
 
 /// One request to one endpoint, under way: the endpoint's index and how it ended.
-type Attempt<'a> = Pin<Box<dyn Future<Output = (usize, (Outcome, bool))> + Send + 'a>>;
+type Attempt<'a> = Pin<Box<dyn Future<Output = (usize, (Outcome, Fault))> + Send + 'a>>;
+
+/// Whose a failed attempt is: this host's (429, or a request that could not be built:
+/// another endpoint would say the same), the endpoint's (unreachable, 5xx), or the endpoint's
+/// silence (no answer within the timeout, which excludes it for at least the timeout). An
+/// attempt is marked once, by its caller (a timeout used to count as two failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Host,
+    Endpoint,
+    Silent,
+}
 
 #[derive(Debug)]
 pub struct AggregatorSink {
@@ -272,7 +283,7 @@ impl AggregatorSink {
                     None => std::future::pending().await,
                 }
             };
-            let (i, (outcome, endpoint_fault)) = tokio::select! {
+            let (i, (outcome, fault)) = tokio::select! {
                 done = inflight.next() => match done {
                     Some(d) => d,
                     None => continue,
@@ -313,9 +324,13 @@ impl AggregatorSink {
                     self.mark(ep, true, "");
                     return Outcome::Ok;
                 }
-                Outcome::Retry { ref reason, .. } if endpoint_fault => {
+                Outcome::Retry { ref reason, .. } if fault != Fault::Host => {
                     self.count(ep, "retry");
-                    self.mark(ep, false, reason);
+                    if fault == Fault::Silent {
+                        self.mark_silent(ep, reason);
+                    } else {
+                        self.mark(ep, false, reason);
+                    }
                     retry = Some(outcome);
                 }
                 Outcome::Park { ref reason, .. } => {
@@ -368,7 +383,7 @@ impl AggregatorSink {
         body: &[u8],
         payload: Bytes,
         encoding: Option<&'static str>,
-    ) -> (Outcome, bool) {
+    ) -> (Outcome, Fault) {
         let mut req = Request::post(ep.url.clone())
             .header(CONTENT_TYPE, logship_wire::COMPACT_CONTENT_TYPE)
             .body(Full::new(payload));
@@ -388,19 +403,18 @@ impl AggregatorSink {
                     Outcome::Reject {
                         reason: format!("cannot build request: {e}"),
                     },
-                    false,
+                    Fault::Host,
                 )
             }
         };
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
-                self.mark_silent(ep, "no answer");
                 return (
                     Outcome::Retry {
                         reason: format!("{}: no answer within {:?}", ep.label, self.timeout),
                         after: None,
                     },
-                    true,
+                    Fault::Silent,
                 );
             }
             Ok(Err(e)) => {
@@ -411,7 +425,7 @@ impl AggregatorSink {
                             endpoint: ep.label.clone(),
                             reason: format!("TLS: {reason}"),
                         },
-                        true,
+                        Fault::Endpoint,
                     );
                 }
                 return (
@@ -423,7 +437,7 @@ impl AggregatorSink {
                         ),
                         after: None,
                     },
-                    true,
+                    Fault::Endpoint,
                 );
             }
             Ok(Ok(r)) => r,
@@ -443,7 +457,11 @@ impl AggregatorSink {
             _ => Bytes::new(),
         };
         let endpoint = || ep.label.clone();
-        let endpoint_fault = status != StatusCode::TOO_MANY_REQUESTS;
+        let fault = if status == StatusCode::TOO_MANY_REQUESTS {
+            Fault::Host
+        } else {
+            Fault::Endpoint
+        };
         let outcome = match classify(status, after, &answer) {
             Verdict::Ok => match acknowledged_lines(&answer) {
                 Some(n) if Some(n) == logship_wire::compact::line_count(body) => Outcome::Ok,
@@ -461,7 +479,7 @@ impl AggregatorSink {
             },
             Verdict::Other(o) => o,
         };
-        (outcome, endpoint_fault)
+        (outcome, fault)
     }
 }
 
@@ -599,5 +617,38 @@ mod tests {
         for body in [&b"ok"[..], b"", b"{}", br#"{"stored":"3"}"#, b"<html>"] {
             assert_eq!(acknowledged_lines(body), None, "{body:?}");
         }
+    }
+
+    /// A request the endpoint never answers counts as one failure, not two (the attempt and
+    /// its caller both marked it, doubling the endpoint's exclusion).
+    #[tokio::test]
+    async fn a_timeout_counts_as_one_failure() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        // Accepts and holds connections, never answering.
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                open.push(c);
+            }
+        });
+        let settings = SinkSettings {
+            kind: "aggregator".into(),
+            urls: vec![format!("http://{addr}/store/batch")],
+            token: None,
+            compression: crate::config::Compression::None,
+            compression_level: 0,
+            timeout: Duration::from_millis(100),
+            hedge_after: Duration::ZERO,
+            tls: None,
+        };
+        let sink = AggregatorSink::new(&settings, EndpointMetrics::default()).expect("sink");
+        let body = logship_wire::compact::Writer::new("h", "/f", "g", 0).finish();
+        let outcome = sink.send(&body).await;
+        assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+        assert_eq!(sink.endpoints[0].health().failures, 1);
+        held.abort();
     }
 }
