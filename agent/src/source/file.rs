@@ -341,13 +341,23 @@ impl Discovery {
 
     async fn on_event(&mut self, path: PathBuf) {
         if path.is_dir() {
-            // A directory appeared (or changed): look inside for matching files.
-            let found: Vec<PathBuf> = self
+            // A directory appeared (or changed): look inside for matching files, off the
+            // runtime's workers as the full scan does.
+            let sources: Vec<SourceSettings> = self
                 .sources
                 .iter()
                 .filter(|s| s.roots.iter().any(|r| path.starts_with(r)))
-                .flat_map(|s| walk(&path, s, &mut Vec::new()))
+                .cloned()
                 .collect();
+            let dir = path.clone();
+            let found: Vec<PathBuf> = tokio::task::spawn_blocking(move || {
+                sources
+                    .iter()
+                    .flat_map(|s| walk(&dir, s, &mut Vec::new()))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
             for p in found {
                 self.check(&p, true).await;
             }
@@ -358,7 +368,15 @@ impl Discovery {
 
     /// Full scan: new files, grown files, rotations, deletions.
     async fn scan(&mut self) {
-        let Expanded { files, unreadable } = expand_reporting(&self.sources);
+        // The walk (every directory under every root) runs off the runtime's workers: a
+        // large tree, or a directory on a mount that hangs, must not hold one of them.
+        let sources = self.sources.clone();
+        let Ok(Expanded { files, unreadable }) =
+            tokio::task::spawn_blocking(move || expand_reporting(&sources)).await
+        else {
+            tracing::warn!("the scan of the sources' directories failed; trying at the next poll");
+            return;
+        };
         // Once per directory while it stays unreadable, again if it is lost again later.
         for dir in &unreadable {
             if !self.unreadable.contains(dir) {
