@@ -280,6 +280,10 @@ fn check_config_is_a_preflight_and_a_config_the_agent_cannot_run_with_exits_78()
     append_lines(&d.join("logs/app.log"), "app", 0..3);
     append_lines(&d.join("logs/secret.log"), "secret", 0..3);
     chmod(&d.join("logs/secret.log"), 0o000);
+    // A FIFO among the matches: the check must not block opening it.
+    let mut mkfifo = std::process::Command::new("mkfifo");
+    mkfifo.arg(d.join("logs/pipe.log"));
+    assert_eq!(run_command(mkfifo, Duration::from_secs(10)).0, 0, "mkfifo");
     let state = d.join("state");
     std::fs::create_dir_all(&state).expect("mkdir");
     let cfg = d.join("agent.toml");
@@ -338,6 +342,23 @@ fn check_config_is_a_preflight_and_a_config_the_agent_cannot_run_with_exits_78()
     assert!(out.contains("# 1 file(s) would be shipped now:"), "{out}");
     assert!(out.contains("matches no file"), "{out}");
 
+    assert!(out.contains("pipe.log"), "the FIFO is not named: {out}");
+    // A state_dir that does not exist yet is checked, not created (the check may run as
+    // another user than the agent).
+    let later = d.join("later-state");
+    std::fs::write(
+        &cfg,
+        preflight_toml(d, &later, "http://127.0.0.1:9/store/batch", "t"),
+    )
+    .expect("write");
+    let (code, out, err) = run_bin(
+        "agent",
+        &["--config", &cfg_arg, "--check-config"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!later.exists(), "--check-config created the state_dir");
     // Even root cannot make a state_dir under a regular file.
     let under_file = d.join("logs/app.log/state");
     std::fs::write(

@@ -72,7 +72,34 @@ const FILE_NAME: &str = "checkpoints.json";
 /// checkpoints would ship for days and resend everything at each restart.
 pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
-    let probe = state_dir.join(".write-test");
+    probe_writable(state_dir)
+}
+
+/// Whether the agent could prepare `state_dir`, without creating it: `--check-config` may
+/// run as another user (root) than the agent, and a directory it created would be that
+/// user's. Checks the directory if it exists, else the nearest existing parent.
+pub fn state_dir_usable(state_dir: &Path) -> std::io::Result<()> {
+    let mut dir = state_dir;
+    while !dir.exists() {
+        dir = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if dir == Path::new(".") {
+            break;
+        }
+    }
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    probe_writable(dir)
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| std::io::Error::new(e.kind(), format!("not writable: {e}")))

@@ -24,7 +24,7 @@ pub struct Findings {
 /// Checks the state directory, every pattern and every matched file.
 pub fn check(settings: &Settings) -> Findings {
     let mut f = Findings::default();
-    if let Err(e) = crate::checkpoint::prepare_state_dir(&settings.state_dir) {
+    if let Err(e) = crate::checkpoint::state_dir_usable(&settings.state_dir) {
         f.errors
             .push(format!("state_dir {}: {e}", settings.state_dir.display()));
     }
@@ -50,7 +50,8 @@ pub fn check(settings: &Settings) -> Findings {
         }
     }
     for (path, i) in files {
-        match std::fs::File::open(&path) {
+        // As the agent opens it: a FIFO's open must not block the check.
+        match crate::open_file::open_regular(&path) {
             Ok(_) => f.files.push((path, i)),
             Err(e) => f.warnings.push(format!(
                 "cannot read {} (sources[{i}]): {e}; it is shipped once it can be read",
