@@ -54,9 +54,18 @@ impl CurrentSink {
     /// Sleeps `delay`, or less if the sink is swapped meanwhile (or was since `seen` last
     /// looked): true when a swap ended the sleep.
     pub async fn sleep(seen: &mut watch::Receiver<u64>, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
         tokio::select! {
-            () = tokio::time::sleep(delay) => false,
-            changed = seen.changed() => changed.is_ok(),
+            () = &mut sleep => false,
+            changed = seen.changed() => match changed {
+                Ok(()) => true,
+                // No sink holder any more: never a reason to retry sooner than the delay.
+                Err(_) => {
+                    sleep.await;
+                    false
+                }
+            },
         }
     }
 }

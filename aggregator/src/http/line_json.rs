@@ -22,15 +22,32 @@ pub fn set_content(v: &mut serde_json::Value, content: &[u8], partial: bool) {
 /// Sets `ts`, when the line was received (RFC 3339, ms), for lines that have one (lines
 /// stored before times have none).
 pub fn set_time(v: &mut serde_json::Value, ts: Option<u64>) {
-    if let Some(ms) = ts {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        v["ts"] = humantime::format_rfc3339_millis(t).to_string().into();
+    // RFC 3339 stops at year 9999; a time past it (damaged, or a client's) is given as ms.
+    const LAST_RFC3339_MS: u64 = 253_402_300_799_999;
+    match ts {
+        Some(ms) if ms <= LAST_RFC3339_MS => {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            v["ts"] = humantime::format_rfc3339_millis(t).to_string().into();
+        }
+        Some(ms) => v["ts_ms"] = ms.into(),
+        None => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_and_one_past_its_range_does_not_panic() {
+        let mut v = serde_json::json!({});
+        set_time(&mut v, Some(1_796_000_000_123));
+        assert_eq!(v["ts"], "2026-11-30T00:53:20.123Z");
+        let mut v = serde_json::json!({});
+        set_time(&mut v, Some(u64::MAX));
+        assert_eq!(v["ts_ms"], u64::MAX);
+        assert!(v.get("ts").is_none());
+    }
 
     #[test]
     fn text_stays_text_and_other_bytes_go_base64() {

@@ -51,10 +51,26 @@ impl Ranked {
         }
     }
 
+    /// Whether a result received at `ts` would be kept now: checked before rendering it, so
+    /// a common word's millions of older matches cost a comparison each, not a JSON object.
+    pub fn admits(&self, ts: Option<u64>) -> bool {
+        let key = self.key(ts);
+        let h = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        h.items.len() < self.keep || h.items.peek().is_some_and(|Reverse((k, _, _))| key > *k)
+    }
+
+    fn key(&self, ts: Option<u64>) -> u64 {
+        let t = ts.unwrap_or(0);
+        if self.oldest_first {
+            u64::MAX - t
+        } else {
+            t
+        }
+    }
+
     /// Offers one rendered result received at `ts`.
     pub fn offer(&self, ts: Option<u64>, rendered: Vec<u8>) {
-        let t = ts.unwrap_or(0);
-        let key = if self.oldest_first { u64::MAX - t } else { t };
+        let key = self.key(ts);
         let mut h = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if h.items.len() >= self.keep {
             // Full: only a better result gets in.

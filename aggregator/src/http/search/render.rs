@@ -15,6 +15,9 @@ impl Scan<'_> {
         context: bool,
     ) -> Result<(), Stop> {
         self.written = Some(number);
+        if self.q.ranked.as_ref().is_some_and(|r| !r.admits(ts)) {
+            return Ok(());
+        }
         let start = self.out.len();
         if self.text {
             // grep's form: `host:file:line:content`, context lines with `-`.
