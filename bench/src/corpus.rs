@@ -198,29 +198,20 @@ impl Stream {
             .replace("{h}", "3f9a1c2e")
     }
 
-    /// Date parts of the current line (UTC).
+    /// Date parts of the current line (UTC): year, month, day, hour, minute, second, ms.
     fn civil(&self) -> (u64, u64, u64, u64, u64, u64, u64) {
-        let secs = self.ms / 1000;
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.ms);
+        // "2025-12-01T10:00:00.123Z": humantime does the calendar.
+        let s = humantime::format_rfc3339_millis(t).to_string();
+        let n = |r: std::ops::Range<usize>| s.get(r).and_then(|p| p.parse().ok()).unwrap_or(0);
         (
-            y as u64,
-            m as u64,
-            d as u64,
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            self.ms % 1000,
+            n(0..4),
+            n(5..7),
+            n(8..10),
+            n(11..13),
+            n(14..16),
+            n(17..19),
+            n(20..23),
         )
     }
 
