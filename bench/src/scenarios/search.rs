@@ -4,6 +4,26 @@
 
 use super::*;
 
+/// The searches of the realistic corpus (`--corpus realistic`): words its formats hold at
+/// those rates (the synthetic queries would match nothing there).
+const REALISTIC_QUERIES: &[(&str, &str, &[&str])] = &[
+    (
+        "rare literal",
+        "q=kube-probe%2F1.28%22%20rt%3D1.99",
+        &["-F", "kube-probe/1.28\" rt=1.99"],
+    ),
+    (
+        "common literal (~1 % of lines)",
+        "q=level%3Derror%20service%3Dpayments",
+        &["-F", "level=error service=payments"],
+    ),
+    (
+        "regex with an alternation",
+        "regex=true&q=%28Accepted%20publickey%7CFailed%20password%29%20for%20%28root%7Cadmin%29%20from",
+        &[r"(Accepted publickey|Failed password) for (root|admin) from"],
+    ),
+];
+
 /// The searches: (name, query string for the aggregator, ripgrep arguments).
 const QUERIES: &[(&str, &str, &[&str])] = &[
     ("rare literal", "q=req%3D00000", &["-F", "req=00000"]),
@@ -67,7 +87,12 @@ pub(super) async fn search(
     let c = client();
     let rss_before = agg.rss();
     agg.reset_peak();
-    for (name, query, rg_args) in QUERIES {
+    let queries = if args.corpus == "realistic" {
+        REALISTIC_QUERIES
+    } else {
+        QUERIES
+    };
+    for (name, query, rg_args) in queries {
         let cpu0 = agg.cpu_secs();
         let t = Instant::now();
         let (status, body) = get(&c, &format!("{base}/store/search?{query}&limit=100000")).await?;
