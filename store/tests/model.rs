@@ -232,7 +232,9 @@ async fn check(store: &dyn Store, model: &Model, at: &str) {
     assert_eq!(listed, model.len(), "{at}: generations listed");
 }
 
-async fn run(store: &dyn Store, seed: u64) {
+/// Runs a random sequence of writes and sweeps (and, given a sled store, sealing rounds: with
+/// everything counted as quiet, or only a block's worth sealed) checking the model as it goes.
+async fn run(store: &dyn Store, seed: u64, sealer: Option<&SledStore>) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut model = Model::new();
     let keep_all = RetentionPolicy {
@@ -241,11 +243,15 @@ async fn run(store: &dyn Store, seed: u64) {
     };
     for step in 0..40 {
         let at = format!("seed {seed}, step {step}");
-        if rng.u8(0..8) == 0 {
+        let op = rng.u8(0..8);
+        if op == 0 {
             store
                 .sweep(keep_all, std::time::SystemTime::now())
                 .await
                 .expect("sweep");
+        } else if let (1, Some(sled)) = (op, sealer) {
+            let quiet = [Duration::ZERO, Duration::from_secs(3600)][rng.usize(0..2)];
+            sled.seal_now(quiet).await.expect("seal");
         } else {
             let batches = request(&mut rng, &model, step);
             let stats = store.write(&batches).await.expect("write");
@@ -271,8 +277,15 @@ async fn run(store: &dyn Store, seed: u64) {
 async fn the_sled_store_holds_what_the_model_holds() {
     for seed in seeds() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open sled");
-        run(&store, seed).await;
+        let store = SledStore::open(
+            dir.path(),
+            &SledOptions {
+                seal_after: None,
+                ..SledOptions::default()
+            },
+        )
+        .expect("open sled");
+        run(&store, seed, Some(&store)).await;
     }
 }
 
@@ -341,7 +354,7 @@ async fn the_redis_store_holds_what_the_model_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let redis = Redis::start(dir.path());
         let store = redis.store(&format!("model{seed}")).await;
-        run(&store, seed).await;
+        run(&store, seed, None).await;
     }
 }
 

@@ -135,7 +135,11 @@ pub(super) const FULL: u128 = u128::MAX;
 /// piece₀ Loc (16) ‖ first_ms ‖ last_ms ‖ present u128 ‖ piece₁… (16 each)   48 + 16·k bytes
 /// piece₀ Loc (16)                                                       16 bytes (before
 ///                                                                       receive times)
+/// block Loc (16) ‖ first_ms ‖ last_ms ‖ slot u32 ‖ raw len u32           40 bytes (sealed)
 /// ```
+/// The last form is a bucket sealed into a compressed block (`blocks.rs`): the location is
+/// the block's, shared by every bucket sealed with it, and `slot` says which of its buckets
+/// this is. Every other form reads as raw bucket bytes.
 /// The first form is for a bucket that is whole: one piece holding every offset, or written
 /// before pieces existed (nothing known of its offsets, so a write to it reads it back).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +152,17 @@ pub(super) struct IndexValue {
     pub(super) last_ms: u64,
     /// The offsets present (bit `o` for line `base + o`), or `None` when not recorded.
     pub(super) present: Option<u128>,
+    /// Set when the bucket lives in a compressed block (then `pieces` is the block alone).
+    pub(super) sealed: Option<Sealed>,
+}
+
+/// Where in a compressed block a sealed bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sealed {
+    /// The bucket's place among the block's buckets.
+    pub(super) slot: u32,
+    /// Its size uncompressed (the raw bucket encoding), for accounting.
+    pub(super) raw_len: u32,
 }
 
 impl IndexValue {
@@ -158,6 +173,18 @@ impl IndexValue {
             first_ms,
             last_ms,
             present,
+            sealed: None,
+        }
+    }
+
+    /// A bucket sealed into the block at `block`.
+    pub(super) fn in_block(block: Loc, first_ms: u64, last_ms: u64, sealed: Sealed) -> Self {
+        IndexValue {
+            pieces: vec![block],
+            first_ms,
+            last_ms,
+            present: None,
+            sealed: Some(sealed),
         }
     }
 
@@ -166,6 +193,11 @@ impl IndexValue {
         v.extend_from_slice(&self.pieces[0].encode());
         v.extend_from_slice(&self.first_ms.to_be_bytes());
         v.extend_from_slice(&self.last_ms.to_be_bytes());
+        if let Some(s) = self.sealed {
+            v.extend_from_slice(&s.slot.to_be_bytes());
+            v.extend_from_slice(&s.raw_len.to_be_bytes());
+            return v;
+        }
         // A single piece needs no map when it holds every offset or none is recorded. Several
         // always carry one (an unrecorded map reads as full: the next write reads the
         // bucket back, never drops a piece).
@@ -194,6 +226,18 @@ impl IndexValue {
                 u64_at(24)?,
                 None,
             )),
+            40 => {
+                let u32_at = |at: usize| v.get(at..at + 4)?.try_into().ok().map(u32::from_be_bytes);
+                Some(IndexValue::in_block(
+                    loc_at(0)?,
+                    u64_at(16)?,
+                    u64_at(24)?,
+                    Sealed {
+                        slot: u32_at(32)?,
+                        raw_len: u32_at(36)?,
+                    },
+                ))
+            }
             n if n >= 48 && (n - 48) % 16 == 0 && (n - 48) / 16 < MAX_PIECES => {
                 let present = u128::from_be_bytes(v.get(32..48)?.try_into().ok()?);
                 let mut pieces = vec![loc_at(0)?];
@@ -205,13 +249,20 @@ impl IndexValue {
                     first_ms: u64_at(16)?,
                     last_ms: u64_at(24)?,
                     present: Some(present),
+                    sealed: None,
                 })
             }
             _ => None,
         }
     }
 
-    /// Bytes stored for the bucket, all pieces together.
+    /// Whether the bucket holds a line at every offset (or was written whole before offsets
+    /// were recorded): nothing more will be added to it but resends.
+    pub(super) fn is_full(&self) -> bool {
+        self.pieces.len() == 1 && matches!(self.present, None | Some(FULL))
+    }
+
+    /// Bytes stored for the bucket, all pieces together (for a sealed bucket, its block's).
     pub(super) fn len(&self) -> u64 {
         self.pieces.iter().map(|l| u64::from(l.len)).sum()
     }
@@ -254,6 +305,7 @@ mod tests {
             first_ms: 1,
             last_ms: 2,
             present: Some(FULL),
+            sealed: None,
         };
         assert_eq!(pieces.encode().len(), 48 + 16 * (MAX_PIECES - 1));
         assert_eq!(IndexValue::decode(&pieces.encode()), Some(pieces.clone()));
@@ -261,6 +313,17 @@ mod tests {
             pieces.len(),
             (1..=MAX_PIECES as u64).map(|n| n + 7).sum::<u64>()
         );
+        let sealed = IndexValue::in_block(
+            loc(4),
+            5,
+            9,
+            Sealed {
+                slot: 3,
+                raw_len: 70_000,
+            },
+        );
+        assert_eq!(sealed.encode().len(), 40);
+        assert_eq!(IndexValue::decode(&sealed.encode()), Some(sealed));
         // Written before receive times were kept: matches any window.
         assert_eq!(
             IndexValue::decode(&loc(3).encode()),
@@ -275,6 +338,7 @@ mod tests {
             first_ms: 1,
             last_ms: 2,
             present: None,
+            sealed: None,
         };
         let back = IndexValue::decode(&v.encode()).expect("decodes");
         assert_eq!(back.pieces, v.pieces);
@@ -283,7 +347,7 @@ mod tests {
 
     #[test]
     fn malformed_index_values_are_rejected() {
-        for len in [0, 15, 17, 33, 40, 47, 49, 48 + 16 * MAX_PIECES] {
+        for len in [0, 15, 17, 33, 39, 41, 47, 49, 48 + 16 * MAX_PIECES] {
             assert_eq!(IndexValue::decode(&vec![0u8; len]), None, "{len} bytes");
         }
     }

@@ -5,6 +5,7 @@
 //! metadata and its buckets never disagree after a crash, and sled (which writes and syncs
 //! its log on every `apply_batch`) is written once per commit, not once per request.
 
+mod blocks;
 mod flusher;
 mod keys;
 mod open;
@@ -12,6 +13,7 @@ mod overlay;
 mod pieces;
 mod read;
 mod scan;
+mod seal;
 pub(crate) mod segments;
 mod sweep;
 mod write;
@@ -52,6 +54,10 @@ pub struct SledOptions {
     /// [`SLED_MEMORY_PER_CACHE_BYTE`]); sled's own default (1 GiB) is far more than a log
     /// store needs.
     pub cache_capacity: u64,
+    /// How long a file must be quiet before its last, partly filled lines are sealed into a
+    /// compressed block (a block's worth is sealed at once); `None` runs no sealer (tests
+    /// that seal by hand).
+    pub seal_after: Option<std::time::Duration>,
 }
 
 /// sled 0.34 counts a cached page at its size on disk, but holds it in memory as a tree node
@@ -67,6 +73,7 @@ impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
             cache_capacity: 16 * 1024 * 1024,
+            seal_after: Some(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -105,6 +112,13 @@ pub(super) struct Inner {
     /// A sweep kept a compacted segment that is not damaged: the next sweep scans whatever
     /// changed, so the segment is freed however little the store grows meanwhile.
     pub(super) revisit: std::sync::atomic::AtomicBool,
+    /// Blocks readers decompressed lately.
+    pub(super) blocks: blocks::BlockCache,
+    /// What the sealer has yet to look at.
+    pub(super) unsealed: Mutex<seal::Unsealed>,
+    pub(super) seal_metrics: seal::SealMetrics,
+    /// Held by a sweep and by a sealing round: they never run at once (see `seal.rs`).
+    pub(super) maintenance: tokio::sync::Mutex<()>,
 }
 
 /// What [`Inner::lock_generation`] holds; dropped together.
@@ -314,6 +328,7 @@ impl Store for SledStore {
     ) -> BoxFuture<'_, Result<SweepReport, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            let _maintenance = inner.maintenance.lock().await;
             let now = crate::clock::millis(now);
             let i = inner.clone();
             let (candidates, mut report) = blocking(move || {
@@ -455,7 +470,14 @@ mod tests {
     async fn a_tiny_cache_capacity_still_opens_and_stores() {
         for cache_capacity in [0, 1, 100] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = SledStore::open(dir.path(), &SledOptions { cache_capacity }).expect("open");
+            let store = SledStore::open(
+                dir.path(),
+                &SledOptions {
+                    cache_capacity,
+                    ..SledOptions::default()
+                },
+            )
+            .expect("open");
             store
                 .write(&[batch("g1", &[(0, "a"), (1, "b")])])
                 .await

@@ -86,7 +86,7 @@ impl SledStore {
                 Ok(())
             }))
         };
-        Ok(SledStore {
+        let store = SledStore {
             inner: Arc::new(Inner {
                 db,
                 segments,
@@ -99,7 +99,50 @@ impl SledStore {
                 compacting: Mutex::default(),
                 damaged: Mutex::default(),
                 revisit: std::sync::atomic::AtomicBool::new(false),
+                blocks: Default::default(),
+                unsealed: Default::default(),
+                seal_metrics: Default::default(),
+                maintenance: Default::default(),
             }),
-        })
+        };
+        if let Some(seal_after) = opts.seal_after {
+            store.start_sealer(seal_after)?;
+        }
+        Ok(store)
+    }
+}
+
+impl SledStore {
+    /// Runs one sealing round now, with lines quiet for `seal_after` counting as quiet (the
+    /// sealer thread does this periodically; tests and tools call it directly).
+    pub async fn seal_now(&self, seal_after: std::time::Duration) -> Result<(), StoreError> {
+        let _maintenance = self.inner.maintenance.lock().await;
+        let inner = self.inner.clone();
+        let ms = u64::try_from(seal_after.as_millis()).unwrap_or(u64::MAX);
+        blocking(move || inner.seal_round(now_ms(), ms)).await
+    }
+
+    /// Starts the sealer's thread: a round every quarter of `seal_after` (at most 5 s apart,
+    /// at least 50 ms), until the store is dropped.
+    fn start_sealer(&self, seal_after: std::time::Duration) -> Result<(), StoreError> {
+        let weak = Arc::downgrade(&self.inner);
+        let every = (seal_after / 4).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(5),
+        );
+        let seal_after_ms = u64::try_from(seal_after.as_millis()).unwrap_or(u64::MAX);
+        std::thread::Builder::new()
+            .name("sealer".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(inner) = weak.upgrade() else { return };
+                let _maintenance = inner.maintenance.blocking_lock();
+                if let Err(e) = inner.seal_round(now_ms(), seal_after_ms) {
+                    inner.seal_metrics.failures.inc();
+                    tracing::warn!(error = %e.report(), "sealing failed; retrying");
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| StoreError::unavailable_by("starting the sealer", e))
     }
 }

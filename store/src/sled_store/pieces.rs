@@ -54,6 +54,8 @@ impl Inner {
     /// or the pieces merged.
     pub(super) fn open_bucket(&self, key: &[u8], value: &IndexValue) -> Result<Opened, StoreError> {
         let open = |v: &IndexValue| match v.pieces.as_slice() {
+            // A sealed bucket comes out of its (cached) block.
+            _ if v.sealed.is_some() => self.read_pieces(v).map(Opened::Merged),
             [one] => self.segments.cursor(*one).map(Opened::Cursor),
             _ => self.read_pieces(v).map(Opened::Merged),
         };
@@ -78,6 +80,11 @@ impl Inner {
     /// Reads every piece and merges them by offset, in one pass (a later piece wins, though
     /// writes never let two share an offset).
     fn read_pieces(&self, value: &IndexValue) -> std::io::Result<Vec<u8>> {
+        if let Some(sealed) = value.sealed {
+            let block = value.pieces[0];
+            let decoded = self.blocks.get(block, || self.segments.read(block))?;
+            return decoded.bucket(sealed.slot).map(<[u8]>::to_vec);
+        }
         if let [one] = value.pieces.as_slice() {
             return self.segments.read(*one);
         }

@@ -39,9 +39,10 @@ impl Inner {
                 }
             }
             let loc = match value.pieces.as_slice() {
-                [one] => *one,
+                [one] if value.sealed.is_none() => *one,
                 _ => {
-                    // In pieces: merged in memory, gathered with the next buckets in pieces.
+                    // In pieces (merged in memory) or sealed (out of its decompressed
+                    // block): gathered with the next such buckets.
                     if !run.is_empty() {
                         if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
                             return Ok(skipped);

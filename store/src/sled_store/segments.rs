@@ -42,7 +42,7 @@ const CACHED_CLOSED_SEGMENTS: usize = 4;
 pub const BUFFER_BYTES: usize = 256 * 1024;
 
 /// Where a bucket's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Loc {
     pub segment: u32,
     pub offset: u64,

@@ -68,7 +68,9 @@ impl Inner {
         meta.last_write_ms = now;
         let mut data = Vec::new();
         let mut placed: Vec<Placed> = Vec::new();
+        let mut first_bucket: Option<u64> = None;
         for (b, new) in grouped.buckets {
+            first_bucket = Some(first_bucket.map_or(b, |f: u64| f.min(b)));
             let bucket_key = line_key(meta.id, b);
             let old = match self.latest(&bucket_key)? {
                 Some(v) => Some(IndexValue::decode(&v).ok_or_else(|| {
@@ -127,6 +129,9 @@ impl Inner {
             }
         }
         self.append_chunk(&key, &meta, &mut batch, &mut data, &mut placed)?;
+        if let Some(first) = first_bucket {
+            self.mark_unsealed(meta.id, first);
+        }
         Ok(stats)
     }
 
@@ -206,6 +211,7 @@ impl Inner {
                     first_ms: p.first_ms,
                     last_ms: meta.last_write_ms,
                     present: p.present,
+                    sealed: None,
                 };
                 batch.push((line_key(meta.id, p.bucket).to_vec(), value.encode()));
             }

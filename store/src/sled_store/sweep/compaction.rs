@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// What [`Inner::copy`] appended for one index entry.
+enum Copied {
+    /// A raw bucket, at `at` in the append.
+    Bucket { at: usize, len: usize },
+    /// The entry's block, at `at` in the append (shared with its other buckets).
+    Block { at: usize, len: usize },
+}
+
 impl Inner {
     /// Marks `segments` as being compacted, under the exclusive gate: every writer that
     /// did not see the mark has applied its entries (they reach sled with the commit before
@@ -66,8 +74,28 @@ impl Inner {
         }
         let mut data = Vec::new();
         let mut readable = Vec::with_capacity(buckets.len());
+        // Blocks copied so far, by old location: each is copied once, as it is (still
+        // compressed), for all the buckets that name it.
+        let mut copied_blocks: HashMap<Loc, (usize, usize)> = HashMap::new();
         for (key, value, raw) in buckets {
             let at = data.len();
+            if value.sealed.is_some() {
+                let block = value.pieces[0];
+                let (at, len) = match copied_blocks.get(&block) {
+                    Some(&range) => range,
+                    None => match self.segments.read(block) {
+                        Ok(bytes) => {
+                            data.extend_from_slice(&bytes);
+                            copied_blocks.insert(block, (at, bytes.len()));
+                            (at, bytes.len())
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_unavailable(e)),
+                    },
+                };
+                readable.push(((key, value, raw), Copied::Block { at, len }));
+                continue;
+            }
             match self.read_bucket(key, value) {
                 Ok(bytes) => data.extend_from_slice(&bytes),
                 // Pieces that do not merge stay where they are (and so does their segment,
@@ -83,7 +111,13 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             }
-            readable.push(((key, value, raw), data.len() - at));
+            readable.push((
+                (key, value, raw),
+                Copied::Bucket {
+                    at,
+                    len: data.len() - at,
+                },
+            ));
         }
         if readable.is_empty() {
             return Ok(0);
@@ -97,11 +131,34 @@ impl Inner {
             .gate
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut offset = start;
         let mut moved = 0;
-        for ((key, old, value), len) in readable {
-            let at = offset as usize - start as usize;
-            offset += len as u64;
+        let mut blocks_counted = std::collections::HashSet::new();
+        for ((key, old, value), copied) in readable {
+            let (at, len) = match copied {
+                Copied::Block { at, len } => {
+                    // Every bucket of the block names the one copy, at its own slot.
+                    let new = IndexValue {
+                        pieces: vec![Loc {
+                            segment,
+                            offset: start + at as u64,
+                            len: u32::try_from(len).map_err(|_| {
+                                StoreError::corrupt(format!("a block of {len} bytes"))
+                            })?,
+                        }],
+                        ..old.clone()
+                    };
+                    let swapped = self
+                        .db
+                        .compare_and_swap(key, Some(&value[..]), Some(new.encode()))
+                        .map_err(unavailable)?;
+                    if swapped.is_ok() && blocks_counted.insert(at) {
+                        moved += len as u64;
+                    }
+                    continue;
+                }
+                Copied::Bucket { at, len } => (at, len),
+            };
+            let offset = start + (at + len) as u64;
             let len = u32::try_from(len)
                 .map_err(|_| StoreError::corrupt(format!("a bucket of {len} bytes, over 4 GiB")))?;
             // Merged pieces: the offsets present, from the merged bucket.

@@ -62,11 +62,21 @@ pub(super) mod tests;
 impl Inner {
     fn usage(&self) -> Result<Usage, StoreError> {
         let mut u = Usage::default();
+        // A block is counted once, however many of a generation's buckets it holds.
+        let mut blocks: (u64, std::collections::HashSet<Loc>) = (u64::MAX, Default::default());
         for item in self.db.scan_prefix([LINES]) {
             let (k, v) = item.map_err(unavailable)?;
             let (Some(value), Some(id)) = (IndexValue::decode(&v), id_of_line_key(&k)) else {
                 return Err(StoreError::corrupt("unreadable index entry"));
             };
+            if value.sealed.is_some() {
+                if blocks.0 != id {
+                    blocks = (id, Default::default());
+                }
+                if !blocks.1.insert(value.pieces[0]) {
+                    continue;
+                }
+            }
             for loc in &value.pieces {
                 let len = u64::from(loc.len);
                 *u.by_id.entry(id).or_default() += len;

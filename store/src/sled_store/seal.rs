@@ -1,0 +1,572 @@
+//! Sealing: buckets that stopped changing are gathered into compressed blocks (`blocks.rs`).
+//!
+//! Writers store raw buckets, as before; a sealer thread of its own (never an async worker)
+//! wakes every few seconds, walks the generations written since it last looked, and gathers
+//! runs of consecutive buckets into blocks of about [`BLOCK_RAW_BYTES`]:
+//! - a run is sealed once it holds a block's worth, or once the file has been quiet for
+//!   `seal_after` (its last buckets too), or once its oldest line is [`MAX_AGE_FACTOR`] ×
+//!   `seal_after` old (a slow file's lines do not stay raw for ever);
+//! - a bucket still filling is left raw until the file is quiet, so a live file's last bucket
+//!   is not sealed and unsealed at every write.
+//!
+//! Each bucket keeps its own index entry, now naming the block and its slot in it. So a
+//! resend, or a partial line completed, into sealed lines is a plain bucket write: the writer
+//! reads the bucket out of its block, merges, and stores it raw again (last write wins), and
+//! the block's copy becomes garbage that compaction accounts for.
+//!
+//! Crash safety, the compaction's recipe: the block is appended and fsynced before any index
+//! entry names it, and each entry moves with a compare-and-swap against the value the block
+//! was built from, so a writer that changed the bucket meanwhile wins. A kill -9 at any point
+//! leaves every entry naming either its raw bucket or a durable block; a block no entry names
+//! is garbage the sweep reclaims with its segment. Sealing and the sweep never run at once
+//! (`maintenance`): a compaction deletes a segment only after a commit has made durable
+//! every entry that stopped naming it, and an entry swapped by a concurrent seal between that
+//! commit and the deletion would not be.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::blocks::{self, BLOCK_RAW_BYTES};
+use super::keys::{line_key, IndexValue, Sealed, FILE};
+use super::segments::Loc;
+use super::{io_unavailable, unavailable, Inner, Meta};
+use crate::StoreError;
+
+/// A bucket bigger than this stays raw: readers stream it through a cursor instead of holding
+/// it, and a block holding it would have to be held whole.
+const SEAL_MAX_BUCKET: u64 = 1 << 20;
+/// A run not yet a block's worth is sealed anyway once its oldest line is this many times
+/// `seal_after` old.
+const MAX_AGE_FACTOR: u64 = 10;
+
+/// What sealing did and what waits, for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SealMetrics {
+    pub(super) blocks: Counter,
+    pub(super) buckets: Counter,
+    pub(super) raw_bytes: Counter,
+    pub(super) stored_bytes: Counter,
+    /// Raw bytes the last round saw unsealed (the sealing lag, in bytes).
+    pub(super) waiting_bytes: Gauge,
+    pub(super) failures: Counter,
+}
+
+/// Generations written since the sealer last walked them, each with the first bucket that
+/// may be unsealed. `all` asks for every generation (at start: a store written by an older
+/// release, or before a crash, is sealed in the background).
+#[derive(Debug)]
+pub(crate) struct Unsealed {
+    pub(super) from: HashMap<u64, u64>,
+    pub(super) all: bool,
+}
+
+impl Default for Unsealed {
+    fn default() -> Self {
+        Unsealed {
+            from: HashMap::new(),
+            all: true,
+        }
+    }
+}
+
+/// A raw bucket gathered for a block: its key, the index value as stored (for the swap) and
+/// decoded.
+struct Gathered {
+    key: sled::IVec,
+    stored: sled::IVec,
+    value: IndexValue,
+}
+
+impl Inner {
+    /// Notes that generation `id` was written from `bucket` on, for the sealer.
+    pub(super) fn mark_unsealed(&self, id: u64, bucket: u64) {
+        let mut u = self
+            .unsealed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from = u.from.entry(id).or_insert(bucket);
+        *from = (*from).min(bucket);
+    }
+
+    /// One round of sealing: every generation written since the last round, from the first
+    /// bucket it may have unsealed. Blocking; never on an async worker.
+    pub(super) fn seal_round(&self, now_ms: u64, seal_after_ms: u64) -> Result<(), StoreError> {
+        let (todo, all) = {
+            let mut u = self
+                .unsealed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                std::mem::take(&mut u.from),
+                std::mem::replace(&mut u.all, false),
+            )
+        };
+        let mut todo: Vec<(u64, u64)> = todo.into_iter().collect();
+        if all {
+            todo = self.every_generation()?;
+            tracing::info!(
+                generations = todo.len(),
+                "sealing what the store holds unsealed, in the background"
+            );
+        }
+        todo.sort_unstable();
+        let mut waiting = 0u64;
+        let total = todo.len();
+        let started = std::time::Instant::now();
+        let mut last_progress = started;
+        for (n, &(id, from)) in todo.iter().enumerate() {
+            match self.seal_generation(id, from, now_ms, seal_after_ms, &mut waiting) {
+                Ok(Some(resume)) => self.mark_unsealed(id, resume),
+                Ok(None) => {}
+                Err(e) => {
+                    self.seal_metrics.failures.inc();
+                    // Tried again next round; the rest of the round goes on.
+                    self.mark_unsealed(id, from);
+                    tracing::warn!(generation_id = id, error = %e.report(), "sealing a generation failed; retrying");
+                }
+            }
+            if all && last_progress.elapsed().as_secs() >= 10 {
+                last_progress = std::time::Instant::now();
+                tracing::info!(progress = format!("{}/{total}", n + 1), "sealing the store");
+            }
+        }
+        if all {
+            tracing::info!(generations = total, took = ?started.elapsed(), "store sealed");
+        }
+        self.seal_metrics.waiting_bytes.set(waiting as i64);
+        Ok(())
+    }
+
+    /// Every generation, from its first bucket.
+    fn every_generation(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([FILE]) {
+            let (_, v) = item.map_err(unavailable)?;
+            out.push((Meta::decode(&v)?.id, 0));
+        }
+        Ok(out)
+    }
+
+    /// Seals what is ready in generation `id` from bucket `from`; returns the bucket to look
+    /// at again next round, if something there is not ready yet. Adds what it left raw to
+    /// `waiting`.
+    fn seal_generation(
+        &self,
+        id: u64,
+        from: u64,
+        now_ms: u64,
+        seal_after_ms: u64,
+        waiting: &mut u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut run: Vec<Gathered> = Vec::new();
+        let mut run_bytes = 0u64;
+        let mut resume: Option<u64> = None;
+        let quiet = |v: &IndexValue| now_ms.saturating_sub(v.last_ms) >= seal_after_ms;
+        for item in self.db.range(line_key(id, from)..=line_key(id, u64::MAX)) {
+            let (key, stored) = item.map_err(unavailable)?;
+            let bucket = u64::from_be_bytes(key[9..17].try_into().unwrap_or_default());
+            let value = IndexValue::decode(&stored).ok_or_else(|| {
+                StoreError::corrupt(format!("index of bucket {bucket} of generation {id}"))
+            })?;
+            if value.sealed.is_some() || value.len() > SEAL_MAX_BUCKET {
+                // Already sealed, or never: the run before it ends here.
+                self.end_run(
+                    &mut run,
+                    &mut run_bytes,
+                    now_ms,
+                    seal_after_ms,
+                    false,
+                    &mut resume,
+                    waiting,
+                )?;
+                continue;
+            }
+            if !value.is_full() && !quiet(&value) {
+                // Still filling: left raw, and so is the run before it unless it is ready.
+                self.end_run(
+                    &mut run,
+                    &mut run_bytes,
+                    now_ms,
+                    seal_after_ms,
+                    false,
+                    &mut resume,
+                    waiting,
+                )?;
+                resume.get_or_insert(bucket);
+                *waiting += value.len();
+                continue;
+            }
+            run_bytes += value.len();
+            run.push(Gathered { key, stored, value });
+            if run_bytes >= BLOCK_RAW_BYTES as u64 {
+                self.seal(&std::mem::take(&mut run))?;
+                run_bytes = 0;
+            }
+        }
+        self.end_run(
+            &mut run,
+            &mut run_bytes,
+            now_ms,
+            seal_after_ms,
+            true,
+            &mut resume,
+            waiting,
+        )?;
+        Ok(resume)
+    }
+
+    /// A run short of a block's worth: sealed if the file is quiet (`at_end`: nothing after
+    /// it) or its oldest line is old enough; otherwise left for a later round.
+    #[allow(clippy::too_many_arguments)]
+    fn end_run(
+        &self,
+        run: &mut Vec<Gathered>,
+        run_bytes: &mut u64,
+        now_ms: u64,
+        seal_after_ms: u64,
+        at_end: bool,
+        resume: &mut Option<u64>,
+        waiting: &mut u64,
+    ) -> Result<(), StoreError> {
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        let quiet = run
+            .iter()
+            .all(|g| now_ms.saturating_sub(g.value.last_ms) >= seal_after_ms);
+        let oldest = run.iter().map(|g| g.value.first_ms).min().unwrap_or(now_ms);
+        let old = now_ms.saturating_sub(oldest) >= seal_after_ms.saturating_mul(MAX_AGE_FACTOR);
+        if (at_end && quiet) || old {
+            self.seal(run)?;
+        } else {
+            let bucket = u64::from_be_bytes(first.key[9..17].try_into().unwrap_or_default());
+            let r = resume.get_or_insert(bucket);
+            *r = (*r).min(bucket);
+            *waiting += *run_bytes;
+        }
+        run.clear();
+        *run_bytes = 0;
+        Ok(())
+    }
+
+    /// Compresses `run` into one block, makes it durable, then points each bucket's entry at
+    /// it unless a writer changed the bucket meanwhile.
+    fn seal(&self, run: &[Gathered]) -> Result<(), StoreError> {
+        let mut raws = Vec::with_capacity(run.len());
+        let mut kept = Vec::with_capacity(run.len());
+        for g in run {
+            match self.read_bucket(&g.key, &g.value) {
+                Ok(bytes) => {
+                    raws.push(bytes);
+                    kept.push(g);
+                }
+                // A damaged bucket stays as it is (and is reported by whoever reads it).
+                Err(e) if e.is_corrupt() => {
+                    tracing::warn!(error = %e.detail(), "a damaged bucket was left unsealed");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let block = blocks::encode(&raws)
+            .map_err(|e| StoreError::corrupt_by("a bucket to seal did not decode", e))?;
+        let len =
+            u32::try_from(block.len()).map_err(|_| StoreError::corrupt("a block over 4 GiB"))?;
+        let (segment, offset) = self
+            .segments
+            .append_durable(&block)
+            .map_err(io_unavailable)?;
+        let loc = Loc {
+            segment,
+            offset,
+            len,
+        };
+        // Shared like a writer, from the first swap to forgetting the recent entries.
+        let _shared = self
+            .gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut buckets, mut raw_total) = (0u64, 0u64);
+        for (slot, (g, raw)) in kept.iter().zip(&raws).enumerate() {
+            let new = IndexValue::in_block(
+                loc,
+                g.value.first_ms,
+                g.value.last_ms,
+                Sealed {
+                    slot: slot as u32,
+                    raw_len: raw.len() as u32,
+                },
+            );
+            let swapped = self
+                .db
+                .compare_and_swap(&g.key, Some(&g.stored[..]), Some(new.encode()))
+                .map_err(unavailable)?;
+            if swapped.is_ok() {
+                buckets += 1;
+                raw_total += raw.len() as u64;
+            }
+        }
+        // Writers read the block from here on (one that read the raw value meanwhile still
+        // finds it: only compaction deletes, and it never runs during a seal).
+        self.forget_recent();
+        let m = &self.seal_metrics;
+        m.blocks.inc();
+        m.buckets.inc_by(buckets);
+        m.raw_bytes.inc_by(raw_total);
+        m.stored_bytes.inc_by(u64::from(len));
+        // The raw copies are garbage now: the next sweep looks, grown or not.
+        self.revisit.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::keys::line_key;
+    use super::super::sweep::tests::batch;
+    use super::super::{SledOptions, SledStore};
+    use super::*;
+    use crate::{RetentionPolicy, Store};
+
+    /// Opens without a sealer thread (the tests seal by hand); a handle just dropped lets go
+    /// of the index a moment later.
+    fn open(dir: &std::path::Path) -> SledStore {
+        let opts = SledOptions {
+            seal_after: None,
+            ..SledOptions::default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, &opts) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("open: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Access-log lines with the repetition real ones have (paths, agents, statuses).
+    fn access_lines(from: u64, n: u64, tag: &str) -> Vec<(u64, String)> {
+        const PATHS: [&str; 4] = ["/api/v1/items", "/login", "/static/app.js", "/api/v1/cart"];
+        (from..from + n)
+            .map(|i| {
+                (
+                    i,
+                    format!(
+                        "10.0.{}.{} - - [07/Dec/2026:10:{:02}:{:02} +0000] \"GET {}?id={} HTTP/1.1\" {} {} \"-\" \"Mozilla/5.0 ({tag})\"",
+                        i % 7,
+                        i % 251,
+                        (i / 60) % 60,
+                        i % 60,
+                        PATHS[(i % 4) as usize],
+                        i * 7919 % 100_000,
+                        [200, 200, 304, 404][(i % 4) as usize],
+                        1000 + i % 5000
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    async fn write(store: &SledStore, file: &str, lines: &[(u64, String)]) {
+        for chunk in lines.chunks(1000) {
+            store
+                .write(&[batch(file, "g", chunk)])
+                .await
+                .expect("write");
+        }
+    }
+
+    async fn read_all(store: &SledStore, file: &str) -> Result<String, StoreError> {
+        let id = store.generations("h", file).await?[0].id;
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let c = store
+                .read_chunk(id, from, u64::MAX >> 16, 1 << 20, false, false)
+                .await?;
+            out.extend_from_slice(&c.data);
+            match c.next {
+                Some(n) => from = n,
+                None => return Ok(String::from_utf8(out).expect("utf8")),
+            }
+        }
+    }
+
+    fn rendered(lines: &[(u64, String)]) -> String {
+        lines.iter().map(|(_, s)| format!("{s}\n")).collect()
+    }
+
+    /// The index values of `file`'s buckets, in order.
+    async fn values(store: &SledStore, file: &str) -> Vec<IndexValue> {
+        let id = store.generations("h", file).await.expect("generations")[0].id;
+        store
+            .inner
+            .db
+            .range(line_key(id, 0)..=line_key(id, u64::MAX))
+            .map(|item| IndexValue::decode(&item.expect("index").1).expect("decodes"))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealed_lines_read_back_identical_in_a_fraction_of_the_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let lines = access_lines(0, 20_000, "a");
+        write(&store, "/f", &lines).await;
+        store.flush().await.expect("flush");
+        let raw = store.inner.segments.size();
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        let v = values(&store, "/f").await;
+        assert!(v.iter().all(|v| v.sealed.is_some()), "every bucket sealed");
+        let blocks: std::collections::HashSet<_> = v.iter().map(|v| v.pieces[0]).collect();
+        assert!(
+            blocks.len() < v.len() / 4,
+            "{} blocks for {} buckets",
+            blocks.len(),
+            v.len()
+        );
+        assert_eq!(
+            read_all(&store, "/f").await.expect("read"),
+            rendered(&lines)
+        );
+        // The raw buckets are garbage now; a sweep gives their space back.
+        store
+            .sweep(RetentionPolicy::default(), std::time::SystemTime::now())
+            .await
+            .expect("sweep");
+        let sealed = store.inner.segments.size();
+        assert!(sealed * 5 < raw, "{sealed} bytes sealed of {raw} raw");
+        assert_eq!(
+            read_all(&store, "/f").await.expect("read"),
+            rendered(&lines)
+        );
+        // And after a restart.
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(
+            read_all(&store, "/f").await.expect("read"),
+            rendered(&lines)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resend_into_a_sealed_block_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut lines = access_lines(0, 3_000, "a");
+        write(&store, "/f", &lines).await;
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        assert!(values(&store, "/f").await[1].sealed.is_some());
+        // Lines 200..210 again, changed (as a completed partial line would be).
+        let again = access_lines(200, 10, "b");
+        let stats = store
+            .write(&[batch("/f", "g", &again)])
+            .await
+            .expect("write");
+        assert_eq!(stats.new_lines, 0, "a resend adds no lines");
+        lines.splice(200..210, again);
+        assert_eq!(
+            read_all(&store, "/f").await.expect("read"),
+            rendered(&lines)
+        );
+        let v = values(&store, "/f").await;
+        assert!(v[1].sealed.is_none(), "the rewritten bucket is raw again");
+        assert!(
+            v[0].sealed.is_some() && v[2].sealed.is_some(),
+            "its neighbours stay sealed"
+        );
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        assert!(
+            values(&store, "/f").await[1].sealed.is_some(),
+            "sealed again"
+        );
+        assert_eq!(
+            read_all(&store, "/f").await.expect("read"),
+            rendered(&lines)
+        );
+        assert_eq!(
+            store.generations("h", "/f").await.expect("gens")[0].lines,
+            3_000
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_file_keeps_its_filling_bucket_raw_until_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // A block's worth of full buckets and one bucket still filling.
+        let lines = access_lines(0, 3_000, "a");
+        write(&store, "/f", &lines).await;
+        store
+            .seal_now(Duration::from_secs(3600))
+            .await
+            .expect("seal");
+        let v = values(&store, "/f").await;
+        let (last, full) = v.split_last().expect("buckets");
+        assert!(last.sealed.is_none(), "the filling bucket stays raw");
+        assert!(
+            full.iter().any(|v| v.sealed.is_some()),
+            "a block's worth is sealed"
+        );
+        // A small file not yet quiet stays raw; quiet, it is sealed.
+        write(&store, "/small", &access_lines(0, 300, "s")).await;
+        store
+            .seal_now(Duration::from_secs(3600))
+            .await
+            .expect("seal");
+        assert!(values(&store, "/small")
+            .await
+            .iter()
+            .all(|v| v.sealed.is_none()));
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        assert!(values(&store, "/small")
+            .await
+            .iter()
+            .all(|v| v.sealed.is_some()));
+        assert_eq!(
+            read_all(&store, "/small").await.expect("read"),
+            rendered(&access_lines(0, 300, "s"))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_block_is_a_corrupt_error_and_the_rest_still_reads() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (a, b) = (access_lines(0, 2_000, "a"), access_lines(0, 2_000, "b"));
+        write(&store, "/a", &a).await;
+        write(&store, "/b", &b).await;
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        // Not read yet, so no decoded copy is cached.
+        let block = values(&store, "/a").await[0].pieces[0];
+        let seg = dir
+            .path()
+            .join("segments")
+            .join(format!("{:08}.seg", block.segment));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("segment");
+        f.write_all_at(b"garbage!", block.offset + u64::from(block.len) / 2)
+            .expect("damage");
+        let err = read_all(&store, "/a").await.expect_err("a damaged block");
+        assert!(err.is_corrupt(), "{err:?}");
+        assert_eq!(read_all(&store, "/b").await.expect("read"), rendered(&b));
+        // Compaction copies it as it is; a seal leaves it; nothing panics.
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        store
+            .sweep(RetentionPolicy::default(), std::time::SystemTime::now())
+            .await
+            .expect("sweep");
+        assert_eq!(read_all(&store, "/b").await.expect("read"), rendered(&b));
+    }
+}
