@@ -27,6 +27,7 @@ mod refusals;
 mod reload;
 mod retention;
 mod scale_out;
+mod sealing;
 mod search;
 mod search_clients;
 mod service;

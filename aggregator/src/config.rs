@@ -185,6 +185,9 @@ pub struct StoreConfig {
     pub max_disk_bytes: Option<String>,
     /// How often retention is enforced and garbage compacted.
     pub sweep_interval: String,
+    /// sled: how long a file must be quiet before its last lines are sealed into a
+    /// compressed block (a block's worth of lines is sealed at once).
+    pub seal_after: String,
 }
 
 impl Default for StoreConfig {
@@ -203,6 +206,7 @@ impl Default for StoreConfig {
             retention: None,
             max_disk_bytes: None,
             sweep_interval: "1m".into(),
+            seal_after: "30s".into(),
         }
     }
 }
@@ -291,6 +295,7 @@ pub struct Settings {
     pub cache_capacity: u64,
     pub retention: RetentionPolicy,
     pub sweep_interval: Duration,
+    pub seal_after: Duration,
     /// Each key's value hashed: what a reload changed, and which configuration runs.
     pub fingerprint: logship_common::config::Fingerprint,
 }
@@ -380,6 +385,10 @@ impl Config {
                 "store.sweep_interval: must be more than 0".into(),
             ));
         }
+        let seal_after = dur("store.seal_after", &self.store.seal_after)?;
+        if seal_after.is_zero() {
+            return Err(ConfigError("store.seal_after: must be more than 0".into()));
+        }
         let (max_line_bytes, ingest_memory) = self.request_limits()?;
         Ok(Settings {
             fingerprint: logship_common::config::Fingerprint::of(self)?,
@@ -436,6 +445,7 @@ impl Config {
                     .transpose()?,
             },
             sweep_interval,
+            seal_after,
         })
     }
 }
@@ -718,6 +728,7 @@ mod tests {
                 "store.max_disk_bytes",
             ),
             ("[store]\nsweep_interval = \"0s\"\n", "store.sweep_interval"),
+            ("[store]\nseal_after = \"0s\"\n", "store.seal_after"),
             ("max_connections = 9223372036854775807\n", "max_connections"),
             ("max_followers = 2000000\n", "max_followers"),
             ("worker_threads = 0\n", "worker_threads"),

@@ -68,6 +68,7 @@ fn real_main() -> anyhow::Result<()> {
                     &settings.data_dir,
                     &SledOptions {
                         cache_capacity: settings.cache_capacity,
+                        seal_after: Some(settings.seal_after),
                     },
                 )
                 .with_context(|| {

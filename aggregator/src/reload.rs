@@ -53,6 +53,7 @@ pub fn apply(app: &App, new: Settings) {
         header_read_timeout => "header_read_timeout",
         shutdown_timeout => "shutdown_timeout",
         sweep_interval => "store.sweep_interval",
+        seal_after => "store.seal_after",
         log_format => "log_format",
         log_level => "log_level",
     );

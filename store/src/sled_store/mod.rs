@@ -389,6 +389,22 @@ impl Store for SledStore {
             "Bytes appended to the segment files (merged buckets, pieces, compaction's copies): against aggregator_bytes_received_total, the store's write amplification",
             self.inner.segments.appended.clone(),
         );
+        let m = &self.inner.seal_metrics;
+        for (name, help, counter) in [
+            ("store_sealed_blocks", "Compressed blocks the sealer wrote", &m.blocks),
+            ("store_sealed_buckets", "Buckets of 128 line numbers sealed into compressed blocks", &m.buckets),
+            ("store_sealed_raw_bytes", "Raw bytes of the buckets sealed (before compression)", &m.raw_bytes),
+            ("store_sealed_stored_bytes", "Bytes the sealed blocks take (after compression): against store_sealed_raw_bytes_total, the compression ratio", &m.stored_bytes),
+            ("store_seal_failures", "Sealing rounds or generations that failed (retried)", &m.failures),
+            ("store_corrupt_blocks", "Reads of a compressed block that did not decompress (damaged on disk); the log names the generation and line", &m.corrupt),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "store_seal_waiting_bytes",
+            "Raw bytes not yet sealed at the last sealing round (the sealing lag): a live file's partly filled lines, or everything while the sealer catches up",
+            m.waiting_bytes.clone(),
+        );
     }
 }
 

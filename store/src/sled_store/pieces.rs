@@ -82,7 +82,15 @@ impl Inner {
     fn read_pieces(&self, value: &IndexValue) -> std::io::Result<Vec<u8>> {
         if let Some(sealed) = value.sealed {
             let block = value.pieces[0];
-            let decoded = self.blocks.get(block, || self.segments.read(block))?;
+            let decoded = self
+                .blocks
+                .get(block, || self.segments.read(block))
+                .inspect_err(|e| {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        self.seal_metrics.corrupt.inc();
+                        tracing::error!(segment = block.segment, offset = block.offset, error = %e, "a compressed block is damaged; its lines cannot be served");
+                    }
+                })?;
             return decoded.bucket(sealed.slot).map(<[u8]>::to_vec);
         }
         if let [one] = value.pieces.as_slice() {

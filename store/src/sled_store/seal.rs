@@ -52,6 +52,8 @@ pub(crate) struct SealMetrics {
     /// Raw bytes the last round saw unsealed (the sealing lag, in bytes).
     pub(super) waiting_bytes: Gauge,
     pub(super) failures: Counter,
+    /// Blocks that failed to decompress when read.
+    pub(super) corrupt: Counter,
 }
 
 /// Generations written since the sealer last walked them, each with the first bucket that
@@ -423,7 +425,22 @@ mod tests {
         write(&store, "/f", &lines).await;
         store.flush().await.expect("flush");
         let raw = store.inner.segments.size();
+        let times = |store: SledStore| async move {
+            let id = store.generations("h", "/f").await.expect("gens")[0].id;
+            let c = store
+                .read_chunk(id, 0, u64::MAX >> 16, 64 << 20, false, true)
+                .await
+                .expect("read");
+            c.lines.iter().map(|l| (l.number, l.ts)).collect::<Vec<_>>()
+        };
+        let before = times(store.clone()).await;
+        assert!(before.iter().all(|(_, ts)| ts.is_some()));
         store.seal_now(Duration::ZERO).await.expect("seal");
+        assert_eq!(
+            times(store.clone()).await,
+            before,
+            "every line keeps its time"
+        );
         let v = values(&store, "/f").await;
         assert!(v.iter().all(|v| v.sealed.is_some()), "every bucket sealed");
         let blocks: std::collections::HashSet<_> = v.iter().map(|v| v.pieces[0]).collect();
