@@ -17,7 +17,14 @@ pub(super) async fn system(
         "system"
     };
     let (paths, bytes) = make_files(args, dir, args.files, args.lines)?;
-    let config = aggregator_config(args, dir, tls, "")?;
+    // Sweeps every 5 s, so that the space sealing frees is back within the run (the
+    // default, 1 min, only delays it).
+    let sweep = if args.store_toml.is_empty() {
+        "[store]\nsweep_interval = \"5s\"\n"
+    } else {
+        ""
+    };
+    let config = aggregator_config(args, dir, tls, sweep)?;
     let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
@@ -33,10 +40,20 @@ pub(super) async fn system(
     // half says whether it is flat at steady state (a cache filling up stops growing; a
     // per-line cost does not).
     let mut rss_half = None;
+    // The most raw bytes waiting to be sealed at any moment of the ingest (read once a
+    // second): over the ingest rate, how far sealing lags behind.
+    let mut waiting_peak: Option<f64> = None;
+    let mut polled = Instant::now();
     wait_for(Duration::from_secs(600), async || {
         let stored = total_lines(&c, &base, Some("bench")).await?;
         if rss_half.is_none() && stored >= want / 2 {
             rss_half = Some(agg.rss());
+        }
+        if polled.elapsed() >= Duration::from_secs(1) {
+            polled = Instant::now();
+            if let Some(w) = seal_waiting(&c, &base).await? {
+                waiting_peak = Some(waiting_peak.unwrap_or(0f64).max(w));
+            }
         }
         Ok(stored >= want)
     })
@@ -92,6 +109,15 @@ pub(super) async fn system(
             "x",
         );
     }
+    if let Some(peak) = waiting_peak {
+        r.add(
+            name,
+            "sealing lag: most raw bytes waiting ÷ ingest bytes per second",
+            peak / (bytes as f64 / secs),
+            "s",
+        );
+        sealed_figures(name, &c, &base, &agg, dir, bytes, r).await?;
+    }
     // The reference storage is compared with: each file compressed whole by zstd -3.
     let mut zstd = 0;
     for p in &paths {
@@ -101,6 +127,72 @@ pub(super) async fn system(
         name,
         "reference: zstd -3 of each file, bytes per input byte",
         zstd as f64 / bytes as f64,
+        "x",
+    );
+    Ok(())
+}
+
+/// `aggregator_store_seal_waiting_bytes`, or `None` from an aggregator without sealing.
+async fn seal_waiting(c: &crate::http::HttpClient, base: &str) -> anyhow::Result<Option<f64>> {
+    let (status, body) = get(c, &format!("{base}/metrics")).await?;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("aggregator_store_seal_waiting_bytes "))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// Once the ingest is done: how long until everything is sealed (the files' last lines wait
+/// for `seal_after` of quiet), the aggregator's CPU per GB with sealing included, and the
+/// disk once the sweeps have given back what sealing freed (unchanged for 15 s).
+async fn sealed_figures(
+    name: &'static str,
+    c: &crate::http::HttpClient,
+    base: &str,
+    agg: &Measured,
+    dir: &Path,
+    bytes: u64,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let mut last = Instant::now();
+    wait_for(Duration::from_secs(180), async || {
+        if last.elapsed() < Duration::from_millis(500) {
+            return Ok(false);
+        }
+        last = Instant::now();
+        Ok(seal_waiting(c, base).await? == Some(0.0))
+    })
+    .await?;
+    let gb = bytes as f64 / 1e9;
+    r.add(
+        name,
+        "everything sealed, after the ingest",
+        t.elapsed().as_secs_f64(),
+        "s",
+    );
+    r.add(
+        name,
+        "aggregator CPU per GB, sealing included",
+        agg.cpu_secs() / gb,
+        "s/GB",
+    );
+    let data = dir.join("data");
+    let (mut size, mut since) = (du(&data), Instant::now());
+    let t = Instant::now();
+    while since.elapsed() < Duration::from_secs(15) && t.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = du(&data);
+        if now != size {
+            (size, since) = (now, Instant::now());
+        }
+    }
+    r.add(
+        name,
+        "aggregator disk bytes per input byte, sealed and swept",
+        size as f64 / bytes as f64,
         "x",
     );
     Ok(())
