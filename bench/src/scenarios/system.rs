@@ -61,6 +61,11 @@ pub(super) async fn system(
     let rss_end = agg.rss();
     let secs = t.elapsed().as_secs_f64();
     let (agent_cpu, agg_cpu) = (agent.cpu_secs(), agg.cpu_secs());
+    // Before the downloads, whose CPU would count as sealing's.
+    let sealed_after = match waiting_peak {
+        Some(_) => Some(sealing_done(name, &c, &base, &agg, r).await?),
+        None => None,
+    };
     for p in &paths {
         let (s, body) = get(
             &c,
@@ -116,7 +121,17 @@ pub(super) async fn system(
             peak / (bytes as f64 / secs),
             "s",
         );
-        sealed_figures(name, &c, &base, &agg, dir, bytes, r).await?;
+    }
+    if let Some((after, cpu)) = sealed_after {
+        let gb = bytes as f64 / 1e9;
+        r.add(name, "everything sealed, after the ingest", after, "s");
+        r.add(
+            name,
+            "aggregator CPU per GB, sealing included",
+            cpu / gb,
+            "s/GB",
+        );
+        settled_disk(name, dir, bytes, r).await;
     }
     // The reference storage is compared with: each file compressed whole by zstd -3.
     let mut zstd = 0;
@@ -134,28 +149,34 @@ pub(super) async fn system(
 
 /// `aggregator_store_seal_waiting_bytes`, or `None` from an aggregator without sealing.
 async fn seal_waiting(c: &crate::http::HttpClient, base: &str) -> anyhow::Result<Option<f64>> {
+    aggregator_metric(c, base, "aggregator_store_seal_waiting_bytes").await
+}
+
+/// The value of the aggregator's metric `name` (no labels), if it has it.
+async fn aggregator_metric(
+    c: &crate::http::HttpClient,
+    base: &str,
+    name: &str,
+) -> anyhow::Result<Option<f64>> {
     let (status, body) = get(c, &format!("{base}/metrics")).await?;
     if status != 200 {
         bail!("GET /metrics answered {status}");
     }
     Ok(String::from_utf8_lossy(&body)
         .lines()
-        .find_map(|l| l.strip_prefix("aggregator_store_seal_waiting_bytes "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok()))
 }
 
 /// Once the ingest is done: how long until everything is sealed (the files' last lines wait
-/// for `seal_after` of quiet), the aggregator's CPU per GB with sealing included, and the
-/// disk once the sweeps have given back what sealing freed (unchanged for 15 s).
-async fn sealed_figures(
+/// for `seal_after` of quiet) and the aggregator's CPU seconds by then, sealing included.
+async fn sealing_done(
     name: &'static str,
     c: &crate::http::HttpClient,
     base: &str,
     agg: &Measured,
-    dir: &Path,
-    bytes: u64,
     r: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(f64, f64)> {
     let t = Instant::now();
     let mut last = Instant::now();
     wait_for(Duration::from_secs(180), async || {
@@ -166,19 +187,28 @@ async fn sealed_figures(
         Ok(seal_waiting(c, base).await? == Some(0.0))
     })
     .await?;
-    let gb = bytes as f64 / 1e9;
-    r.add(
-        name,
-        "everything sealed, after the ingest",
-        t.elapsed().as_secs_f64(),
-        "s",
-    );
-    r.add(
-        name,
-        "aggregator CPU per GB, sealing included",
-        agg.cpu_secs() / gb,
-        "s/GB",
-    );
+    let done = (t.elapsed().as_secs_f64(), agg.cpu_secs());
+    let m = async |n| {
+        aggregator_metric(c, base, n)
+            .await
+            .map(Option::unwrap_or_default)
+    };
+    let raw = m("aggregator_store_sealed_raw_bytes_total").await?;
+    let stored = m("aggregator_store_sealed_stored_bytes_total").await?;
+    if raw > 0.0 {
+        r.add(
+            name,
+            "sealed blocks: bytes stored ÷ raw bucket bytes",
+            stored / raw,
+            "x",
+        );
+    }
+    Ok(done)
+}
+
+/// The disk once the sweeps have given back what sealing freed (unchanged for 15 s), and
+/// how it divides between the index and the segments.
+async fn settled_disk(name: &'static str, dir: &Path, bytes: u64, r: &mut Report) {
     let data = dir.join("data");
     let (mut size, mut since) = (du(&data), Instant::now());
     let t = Instant::now();
@@ -195,5 +225,10 @@ async fn sealed_figures(
         size as f64 / bytes as f64,
         "x",
     );
-    Ok(())
+    r.add(
+        name,
+        "  of which the index",
+        du(&data.join("index")) as f64 / bytes as f64,
+        "x",
+    );
 }

@@ -49,8 +49,11 @@ pub(crate) struct SealMetrics {
     pub(super) buckets: Counter,
     pub(super) raw_bytes: Counter,
     pub(super) stored_bytes: Counter,
-    /// Raw bytes the last round saw unsealed (the sealing lag, in bytes).
+    /// Raw bytes not sealed yet: what the last round left, plus what writers stored since
+    /// it began (the sealing lag, in bytes).
     pub(super) waiting_bytes: Gauge,
+    /// Raw bytes writers have stored, ever (for `waiting_bytes`).
+    pub(super) written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(super) failures: Counter,
     /// Blocks that failed to decompress when read.
     pub(super) corrupt: Counter,
@@ -80,6 +83,14 @@ struct Gathered {
     key: sled::IVec,
     stored: sled::IVec,
     value: IndexValue,
+}
+
+impl SealMetrics {
+    /// Writers stored `bytes` raw: they wait to be sealed.
+    pub(super) fn note_written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.waiting_bytes.inc_by(bytes as i64);
+    }
 }
 
 impl Inner {
@@ -116,6 +127,7 @@ impl Inner {
         }
         todo.sort_unstable();
         let mut waiting = 0u64;
+        let written_before = self.seal_metrics.written.load(Ordering::Relaxed);
         let total = todo.len();
         let started = std::time::Instant::now();
         let mut last_progress = started;
@@ -138,7 +150,14 @@ impl Inner {
         if all {
             tracing::info!(generations = total, took = ?started.elapsed(), "store sealed");
         }
-        self.seal_metrics.waiting_bytes.set(waiting as i64);
+        let written_since = self
+            .seal_metrics
+            .written
+            .load(Ordering::Relaxed)
+            .saturating_sub(written_before);
+        self.seal_metrics
+            .waiting_bytes
+            .set(i64::try_from(waiting + written_since).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -281,7 +300,7 @@ impl Inner {
             u32::try_from(block.len()).map_err(|_| StoreError::corrupt("a block over 4 GiB"))?;
         let (segment, offset) = self
             .segments
-            .append_durable(&block)
+            .append_sealed(&block)
             .map_err(io_unavailable)?;
         let loc = Loc {
             segment,

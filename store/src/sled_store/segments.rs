@@ -85,6 +85,13 @@ pub struct Segments {
     /// Bytes appended since the start, compaction's copies included: against the bytes
     /// received, the store's write amplification.
     pub appended: prometheus_client::metrics::counter::Counter,
+    /// The segment compressed blocks are appended to, apart from the raw buckets: raw
+    /// segments become all garbage once sealed and are deleted without copying anything,
+    /// and block segments hold little garbage. `None` until the first block (and after it
+    /// is closed).
+    sealed: Mutex<Option<(u32, Arc<File>, u64)>>,
+    /// The number the next new segment gets (both streams share the numbers).
+    next: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug)]
@@ -160,7 +167,52 @@ impl Segments {
             readers: Mutex::new(HashMap::from([(newest, file)])),
             cached: Mutex::default(),
             appended: Default::default(),
+            sealed: Mutex::default(),
+            next: std::sync::atomic::AtomicU32::new(newest + 1),
         })
+    }
+
+    /// Appends a compressed block (or compaction's copy of blocks) to the block stream and
+    /// fsyncs it, as [`append_durable`](Self::append_durable) does for raw buckets.
+    pub fn append_sealed(&self, data: &[u8]) -> std::io::Result<(u32, u64)> {
+        let (number, at, file) = {
+            let mut s = self
+                .sealed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if s.as_ref()
+                .is_none_or(|(_, _, len)| *len > 0 && len + data.len() as u64 > SEGMENT_BYTES)
+            {
+                let number = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let file = Arc::new(open_segment(&self.dir, number)?);
+                sync_dir(&self.dir)?;
+                let len = file.metadata()?.len();
+                self.readers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(number, file.clone());
+                *s = Some((number, file, len));
+            }
+            let Some((number, file, len)) = s.as_mut() else {
+                return Err(std::io::Error::other("no block segment"));
+            };
+            let at = *len;
+            file.write_all_at(data, at)?;
+            *len += data.len() as u64;
+            self.appended.inc_by(data.len() as u64);
+            (*number, at, file.clone())
+        };
+        file.sync_data()?;
+        Ok((number, at))
+    }
+
+    /// Whether `number` is the block stream's open segment.
+    fn is_sealed_active(&self, number: u32) -> bool {
+        self.sealed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|(n, _, _)| *n == number)
     }
 
     /// Appends `data` (one or more buckets back to back) and writes it to the file now;
@@ -219,7 +271,7 @@ impl Segments {
     /// Closes the active segment and starts the next one.
     fn start_next(&self, a: &mut Active) -> std::io::Result<()> {
         a.write_buffer()?;
-        let number = a.number + 1;
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let file = Arc::new(open_segment(&self.dir, number)?);
         // The new file's name must survive a power cut as its data will.
         sync_dir(&self.dir)?;
@@ -240,6 +292,15 @@ impl Segments {
         let mut a = self.lock_active();
         if a.number == number {
             self.start_next(&mut a)?;
+        }
+        drop(a);
+        let mut s = self
+            .sealed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.as_ref().is_some_and(|(n, _, _)| *n == number) {
+            // Every block in it was fsynced when appended.
+            *s = None;
         }
         Ok(())
     }
@@ -265,7 +326,7 @@ impl Segments {
     /// Deletes a closed segment that nothing refers to any more; its disk space returns once
     /// a read in progress lets go of the file.
     pub fn remove(&self, number: u32) -> std::io::Result<()> {
-        if self.lock_active().number == number {
+        if self.lock_active().number == number || self.is_sealed_active(number) {
             return Err(std::io::Error::other(
                 "the active segment cannot be removed",
             ));

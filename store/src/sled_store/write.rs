@@ -193,6 +193,7 @@ impl Inner {
                 .segments
                 .append_buffered(data)
                 .map_err(io_unavailable)?;
+            self.seal_metrics.note_written(data.len());
             for p in placed.drain(..) {
                 let len = u32::try_from(p.len).map_err(|_| {
                     StoreError::corrupt(format!(

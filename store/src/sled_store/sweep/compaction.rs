@@ -7,7 +7,8 @@ use super::*;
 enum Copied {
     /// A raw bucket, at `at` in the append.
     Bucket { at: usize, len: usize },
-    /// The entry's block, at `at` in the append (shared with its other buckets).
+    /// The entry's block, at `at` in the append to the block stream (shared with its other
+    /// buckets).
     Block { at: usize, len: usize },
 }
 
@@ -76,16 +77,19 @@ impl Inner {
         let mut readable = Vec::with_capacity(buckets.len());
         // Blocks copied so far, by old location: each is copied once, as it is (still
         // compressed), for all the buckets that name it.
+        // Blocks go to the block stream, raw buckets to the raw one.
         let mut copied_blocks: HashMap<Loc, (usize, usize)> = HashMap::new();
+        let mut block_data = Vec::new();
         for (key, value, raw) in buckets {
             let at = data.len();
             if value.sealed.is_some() {
                 let block = value.pieces[0];
+                let at = block_data.len();
                 let (at, len) = match copied_blocks.get(&block) {
                     Some(&range) => range,
                     None => match self.segments.read(block) {
                         Ok(bytes) => {
-                            data.extend_from_slice(&bytes);
+                            block_data.extend_from_slice(&bytes);
                             copied_blocks.insert(block, (at, bytes.len()));
                             (at, bytes.len())
                         }
@@ -122,10 +126,20 @@ impl Inner {
         if readable.is_empty() {
             return Ok(0);
         }
-        let (segment, start) = self
-            .segments
-            .append_durable(&data)
-            .map_err(io_unavailable)?;
+        let (segment, start) = if data.is_empty() {
+            (0, 0)
+        } else {
+            self.segments
+                .append_durable(&data)
+                .map_err(io_unavailable)?
+        };
+        let (block_segment, block_start) = if block_data.is_empty() {
+            (0, 0)
+        } else {
+            self.segments
+                .append_sealed(&block_data)
+                .map_err(io_unavailable)?
+        };
         // Shared like a writer, from the first entry moved to forgetting the recent ones.
         let _shared = self
             .gate
@@ -139,8 +153,8 @@ impl Inner {
                     // Every bucket of the block names the one copy, at its own slot.
                     let new = IndexValue {
                         pieces: vec![Loc {
-                            segment,
-                            offset: start + at as u64,
+                            segment: block_segment,
+                            offset: block_start + at as u64,
                             len: u32::try_from(len).map_err(|_| {
                                 StoreError::corrupt(format!("a block of {len} bytes"))
                             })?,
