@@ -394,21 +394,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod scratch {
-    #[test]
-    #[ignore]
-    fn write_corpus() {
-        std::fs::create_dir_all("/tmp/corpus").unwrap();
-        for f in 0..5 {
-            super::file(
-                std::path::Path::new(&format!("/tmp/corpus/f{f}.log")),
-                200_000,
-                f as u64 + 1,
-                f,
-            )
-            .unwrap();
-        }
-    }
-}
