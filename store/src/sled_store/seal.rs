@@ -77,6 +77,27 @@ impl Default for Unsealed {
     }
 }
 
+/// One generation's walk: the run of raw buckets gathered for the next block, and what the
+/// walk leaves for later.
+struct Walk {
+    run: Vec<Gathered>,
+    /// Raw bytes in `run`.
+    bytes: u64,
+    /// The first bucket to look at again next round.
+    resume: Option<u64>,
+    /// Raw bytes left unsealed.
+    waiting: u64,
+    now_ms: u64,
+    seal_after_ms: u64,
+}
+
+impl Walk {
+    /// Whether the bucket's last write is `seal_after` old.
+    fn quiet(&self, v: &IndexValue) -> bool {
+        self.now_ms.saturating_sub(v.last_ms) >= self.seal_after_ms
+    }
+}
+
 /// A raw bucket gathered for a block: its key, the index value as stored (for the swap) and
 /// decoded.
 struct Gathered {
@@ -182,94 +203,69 @@ impl Inner {
         seal_after_ms: u64,
         waiting: &mut u64,
     ) -> Result<Option<u64>, StoreError> {
-        let mut run: Vec<Gathered> = Vec::new();
-        let mut run_bytes = 0u64;
-        let mut resume: Option<u64> = None;
-        let quiet = |v: &IndexValue| now_ms.saturating_sub(v.last_ms) >= seal_after_ms;
+        let mut walk = Walk {
+            run: Vec::new(),
+            bytes: 0,
+            resume: None,
+            waiting: 0,
+            now_ms,
+            seal_after_ms,
+        };
         for item in self.db.range(line_key(id, from)..=line_key(id, u64::MAX)) {
             let (key, stored) = item.map_err(unavailable)?;
             let bucket = u64::from_be_bytes(key[9..17].try_into().unwrap_or_default());
             let value = IndexValue::decode(&stored).ok_or_else(|| {
                 StoreError::corrupt(format!("index of bucket {bucket} of generation {id}"))
             })?;
-            if value.sealed.is_some() || value.len() > SEAL_MAX_BUCKET {
-                // Already sealed, or never: the run before it ends here.
-                self.end_run(
-                    &mut run,
-                    &mut run_bytes,
-                    now_ms,
-                    seal_after_ms,
-                    false,
-                    &mut resume,
-                    waiting,
-                )?;
+            let never = value.sealed.is_some() || value.len() > SEAL_MAX_BUCKET;
+            let filling = !value.is_full() && !walk.quiet(&value);
+            if never || filling {
+                // Already sealed or never to be (a bucket too big), or still filling: the
+                // run before it ends here; a filling bucket is looked at again.
+                self.end_run(&mut walk, false)?;
+                if !never {
+                    walk.resume.get_or_insert(bucket);
+                    walk.waiting += value.len();
+                }
                 continue;
             }
-            if !value.is_full() && !quiet(&value) {
-                // Still filling: left raw, and so is the run before it unless it is ready.
-                self.end_run(
-                    &mut run,
-                    &mut run_bytes,
-                    now_ms,
-                    seal_after_ms,
-                    false,
-                    &mut resume,
-                    waiting,
-                )?;
-                resume.get_or_insert(bucket);
-                *waiting += value.len();
-                continue;
-            }
-            run_bytes += value.len();
-            run.push(Gathered { key, stored, value });
-            if run_bytes >= BLOCK_RAW_BYTES as u64 {
-                self.seal(&std::mem::take(&mut run))?;
-                run_bytes = 0;
+            walk.bytes += value.len();
+            walk.run.push(Gathered { key, stored, value });
+            if walk.bytes >= BLOCK_RAW_BYTES as u64 {
+                self.seal(&std::mem::take(&mut walk.run))?;
+                walk.bytes = 0;
             }
         }
-        self.end_run(
-            &mut run,
-            &mut run_bytes,
-            now_ms,
-            seal_after_ms,
-            true,
-            &mut resume,
-            waiting,
-        )?;
-        Ok(resume)
+        self.end_run(&mut walk, true)?;
+        *waiting += walk.waiting;
+        Ok(walk.resume)
     }
 
     /// A run short of a block's worth: sealed if the file is quiet (`at_end`: nothing after
     /// it) or its oldest line is old enough; otherwise left for a later round.
-    #[allow(clippy::too_many_arguments)]
-    fn end_run(
-        &self,
-        run: &mut Vec<Gathered>,
-        run_bytes: &mut u64,
-        now_ms: u64,
-        seal_after_ms: u64,
-        at_end: bool,
-        resume: &mut Option<u64>,
-        waiting: &mut u64,
-    ) -> Result<(), StoreError> {
-        let Some(first) = run.first() else {
+    fn end_run(&self, walk: &mut Walk, at_end: bool) -> Result<(), StoreError> {
+        let Some(first) = walk.run.first() else {
             return Ok(());
         };
-        let quiet = run
+        let quiet = walk.run.iter().all(|g| walk.quiet(&g.value));
+        let oldest = walk
+            .run
             .iter()
-            .all(|g| now_ms.saturating_sub(g.value.last_ms) >= seal_after_ms);
-        let oldest = run.iter().map(|g| g.value.first_ms).min().unwrap_or(now_ms);
-        let old = now_ms.saturating_sub(oldest) >= seal_after_ms.saturating_mul(MAX_AGE_FACTOR);
+            .map(|g| g.value.first_ms)
+            .min()
+            .unwrap_or(walk.now_ms);
+        let old =
+            walk.now_ms.saturating_sub(oldest) >= walk.seal_after_ms.saturating_mul(MAX_AGE_FACTOR);
         if (at_end && quiet) || old {
-            self.seal(run)?;
+            self.seal(&walk.run)?;
         } else {
             let bucket = u64::from_be_bytes(first.key[9..17].try_into().unwrap_or_default());
-            let r = resume.get_or_insert(bucket);
+            let r = walk.resume.get_or_insert(bucket);
             *r = (*r).min(bucket);
-            *waiting += *run_bytes;
+            walk.waiting += walk.bytes;
         }
-        run.clear();
-        *run_bytes = 0;
+        walk.run.clear();
+        walk.bytes = 0;
         Ok(())
     }
 
