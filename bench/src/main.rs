@@ -106,6 +106,11 @@ pub struct Args {
     /// Tiny sizes, for the test suite: checks the command works, not the figures.
     #[arg(long)]
     pub quick: bool,
+    /// `search` and `download`: seal everything into compressed blocks before measuring
+    /// (`[store] seal_after = "1s"`, then wait until nothing waits to be sealed); needs an
+    /// aggregator that seals.
+    #[arg(long)]
+    pub sealed: bool,
     /// Runs only the discarding sink, printing its URL (the fleet scenario's transport
     /// reference runs this program so).
     #[arg(long, hide = true)]

@@ -226,6 +226,30 @@ async fn check(store: &dyn Store, model: &Model, at: &str) {
             got,
             rendered(lines, false),
         );
+        // The backend's own scan (what a search reads), where it has one.
+        let mut scanned: BTreeMap<u64, (Vec<u8>, bool)> = BTreeMap::new();
+        let mut in_order = true;
+        let ran = store.scan_blocking(g.id, None, &mut |data, raw| {
+            for l in raw.iter() {
+                in_order &= scanned
+                    .keys()
+                    .next_back()
+                    .is_none_or(|&last| last < l.number);
+                scanned.insert(l.number, (data[l.start..l.end].to_vec(), l.partial));
+            }
+            true
+        });
+        if let Some(result) = ran {
+            result.expect("scan");
+            assert!(
+                in_order,
+                "{at}: the scan of {host} {file} {generation} is out of order"
+            );
+            assert!(
+                &scanned == lines,
+                "{at}: the scan of {host} {file} {generation} differs from the model"
+            );
+        }
     }
     let files = store.files(None).await.expect("files");
     let listed: usize = files.iter().map(|f| f.generations.len()).sum();

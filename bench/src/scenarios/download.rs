@@ -11,7 +11,7 @@ pub(super) async fn download(
     dir: &Path,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    let config = aggregator_config(args, dir, None, "")?;
+    let config = aggregator_config(args, dir, None, sealed_toml(args))?;
     let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     let target = (args.download_mib as u64) << 20;
     let src = dir.join("big.log");
@@ -38,6 +38,7 @@ pub(super) async fn download(
     }
     std::io::Write::flush(&mut f)?;
     drop(f);
+    wait_sealed(args, &base).await?;
     agg.reset_peak();
     let rss_before = agg.rss();
     let t = Instant::now();

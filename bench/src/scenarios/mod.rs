@@ -255,6 +255,58 @@ pub(super) async fn wait_for(
     bail!("not complete within {deadline:?}")
 }
 
+/// `aggregator_store_seal_waiting_bytes`, or `None` from an aggregator without sealing.
+pub(super) async fn seal_waiting(
+    c: &crate::http::HttpClient,
+    base: &str,
+) -> anyhow::Result<Option<f64>> {
+    aggregator_metric(c, base, "aggregator_store_seal_waiting_bytes").await
+}
+
+/// The value of the aggregator's metric `name` (no labels), if it has it.
+pub(super) async fn aggregator_metric(
+    c: &crate::http::HttpClient,
+    base: &str,
+    name: &str,
+) -> anyhow::Result<Option<f64>> {
+    let (status, body) = get(c, &format!("{base}/metrics")).await?;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// With `--sealed`: the `[store]` key that seals a file's lines a second after its last
+/// write.
+pub(super) fn sealed_toml(args: &Args) -> &'static str {
+    if args.sealed {
+        "[store]\nseal_after = \"1s\"\n"
+    } else {
+        ""
+    }
+}
+
+/// With `--sealed`: waits (3 min at most) until nothing waits to be sealed.
+pub(super) async fn wait_sealed(args: &Args, base: &str) -> anyhow::Result<()> {
+    if !args.sealed {
+        return Ok(());
+    }
+    let c = client();
+    wait_for(Duration::from_secs(180), async || {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match seal_waiting(&c, base).await? {
+            Some(w) => Ok(w == 0.0),
+            None => bail!(
+                "--sealed: the aggregator does not seal (no aggregator_store_seal_waiting_bytes)"
+            ),
+        }
+    })
+    .await
+}
+
 pub(super) fn du(path: &Path) -> u64 {
     walk_size(path)
 }

@@ -51,7 +51,8 @@ pub(super) async fn search(
     let files = 100;
     let per_file = ((args.search_mib as u64) << 20) / 126 / files as u64;
     let (paths, bytes) = make_files(args, dir, files, per_file as usize)?;
-    let (agg, base) = Measured::aggregator(bins, &dir.join("data"))?;
+    let config = aggregator_config(args, dir, None, sealed_toml(args))?;
+    let (agg, base) = Measured::aggregator_with(bins, &dir.join("data"), config.as_deref())?;
     // Store the same files: four clients posting 1,000-line batches.
     let mut tasks = Vec::new();
     for part in paths.chunks(files.div_ceil(4)) {
@@ -84,6 +85,7 @@ pub(super) async fn search(
     for t in tasks {
         t.await??;
     }
+    wait_sealed(args, &base).await?;
     let c = client();
     let rss_before = agg.rss();
     agg.reset_peak();

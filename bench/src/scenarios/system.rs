@@ -148,27 +148,6 @@ pub(super) async fn system(
     Ok(())
 }
 
-/// `aggregator_store_seal_waiting_bytes`, or `None` from an aggregator without sealing.
-async fn seal_waiting(c: &crate::http::HttpClient, base: &str) -> anyhow::Result<Option<f64>> {
-    aggregator_metric(c, base, "aggregator_store_seal_waiting_bytes").await
-}
-
-/// The value of the aggregator's metric `name` (no labels), if it has it.
-async fn aggregator_metric(
-    c: &crate::http::HttpClient,
-    base: &str,
-    name: &str,
-) -> anyhow::Result<Option<f64>> {
-    let (status, body) = get(c, &format!("{base}/metrics")).await?;
-    if status != 200 {
-        bail!("GET /metrics answered {status}");
-    }
-    Ok(String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok()))
-}
-
 /// Once the ingest is done: how long until everything is sealed (the files' last lines wait
 /// for `seal_after` of quiet) and the aggregator's CPU seconds by then, sealing included.
 async fn sealing_done(

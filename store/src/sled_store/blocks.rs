@@ -162,8 +162,8 @@ impl Decoded {
     }
 }
 
-/// Decodes a stored block; a damaged one is an `InvalidData` error.
-pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
+/// Decompresses a stored block into `raw` (cleared first; its memory reused).
+fn decompress(stored: &[u8], raw: &mut Vec<u8>) -> std::io::Result<()> {
     let (&version, frame) = stored.split_first().ok_or_else(|| invalid("empty"))?;
     if version != VERSION {
         return Err(invalid(&format!("unknown version {version}")));
@@ -175,20 +175,36 @@ pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
         Ok(Some(_)) => return Err(invalid("decompresses past its bound")),
         _ => return Err(invalid("no frame size")),
     };
-    let mut raw = Vec::with_capacity(size);
+    raw.clear();
+    raw.reserve(size);
     DECOMPRESSOR.with(|cell| {
         let mut d = cell.borrow_mut();
         let d = match &mut *d {
             Some(d) => d,
             None => d.insert(zstd::bulk::Decompressor::new()?),
         };
-        d.decompress_to_buffer(frame, &mut raw)
+        d.decompress_to_buffer(frame, raw)
             .map_err(|e| invalid(&e.to_string()))
     })?;
     if raw.len() != size {
         return Err(invalid("size differs from the frame's"));
     }
-    let mut cur = raw.as_slice();
+    Ok(())
+}
+
+/// One entry of a decompressed block: its line's place in the block's content.
+struct Head {
+    offset: u8,
+    partial: bool,
+    ts: Option<u64>,
+    /// Where the line's bytes lie in the decompressed block.
+    start: usize,
+    end: usize,
+}
+
+/// Parses a decompressed block: each slot's entries (in order, offsets checked).
+fn parse(raw: &[u8]) -> std::io::Result<Vec<Vec<Head>>> {
+    let mut cur = raw;
     let n = take_varint(&mut cur)? as usize;
     if n > raw.len() {
         return Err(invalid("bucket count"));
@@ -200,12 +216,6 @@ pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
     let total: usize = counts.iter().sum();
     if total > raw.len() {
         return Err(invalid("entry count"));
-    }
-    struct Head {
-        offset: u8,
-        len: usize,
-        partial: bool,
-        ts: Option<u64>,
     }
     let mut heads = Vec::with_capacity(total);
     let mut prev_ts = 0u64;
@@ -220,33 +230,54 @@ pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
         } else {
             None
         };
-        heads.push(Head {
-            offset: byte & 0x7f,
-            len: usize::try_from(v >> 1).map_err(|_| invalid("length"))?,
-            partial: v & 1 == 1,
-            ts,
-        });
+        let len = usize::try_from(v >> 1).map_err(|_| invalid("length"))?;
+        heads.push((byte & 0x7f, v & 1 == 1, ts, len));
     }
-    let content_len: usize = heads.iter().map(|h| h.len).sum();
+    let mut pos = raw.len() - cur.len();
+    let content_len = heads
+        .iter()
+        .try_fold(0usize, |a, h| a.checked_add(h.3))
+        .ok_or_else(|| invalid("content length"))?;
     if content_len != cur.len() {
         return Err(invalid("content length"));
     }
-    let mut data = Vec::with_capacity(content_len + total * 12);
-    let mut slots = Vec::with_capacity(n);
     let mut heads = heads.into_iter();
+    let mut slots = Vec::with_capacity(n);
     for count in counts {
-        let start = data.len();
         let mut order = bucket::Order::default();
-        for h in heads.by_ref().take(count) {
-            order.check(h.offset)?;
-            let (content, rest) = cur.split_at(h.len);
-            cur = rest;
+        let mut slot = Vec::with_capacity(count);
+        for (offset, partial, ts, len) in heads.by_ref().take(count) {
+            order.check(offset)?;
+            slot.push(Head {
+                offset,
+                partial,
+                ts,
+                start: pos,
+                end: pos + len,
+            });
+            pos += len;
+        }
+        slots.push(slot);
+    }
+    Ok(slots)
+}
+
+/// Decodes a stored block; a damaged one is an `InvalidData` error.
+pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
+    let mut raw = Vec::new();
+    decompress(stored, &mut raw)?;
+    let heads = parse(&raw)?;
+    let mut data = Vec::with_capacity(raw.len() + heads.iter().map(Vec::len).sum::<usize>() * 8);
+    let mut slots = Vec::with_capacity(heads.len());
+    for slot in &heads {
+        let start = data.len();
+        for h in slot {
             bucket::encode_entry(
                 &mut data,
                 &Entry {
                     offset: h.offset,
                     partial: h.partial,
-                    content,
+                    content: &raw[h.start..h.end],
                     ts: h.ts,
                 },
             );
@@ -254,6 +285,35 @@ pub(super) fn decode(stored: &[u8]) -> std::io::Result<Decoded> {
         slots.push((start, data.len() - start));
     }
     Ok(Decoded { data, slots })
+}
+
+/// For a search's scan: decompresses the block into `data` and lists in `lines` the lines of
+/// the `wanted` slots (slot, bucket number), in slot order, where they lie in `data` — the
+/// block's own bytes, nothing re-encoded or copied. Slots not wanted (buckets rewritten since
+/// they were sealed) are left out.
+pub(super) fn scan_lines(
+    stored: &[u8],
+    wanted: &[(u32, u64)],
+    data: &mut Vec<u8>,
+    lines: &mut Vec<crate::RawLine>,
+) -> std::io::Result<()> {
+    decompress(stored, data)?;
+    let slots = parse(data)?;
+    lines.clear();
+    for &(slot, bucket) in wanted {
+        let heads = slots
+            .get(slot as usize)
+            .ok_or_else(|| invalid("no such slot"))?;
+        let base = bucket * bucket::LINES_PER_BUCKET;
+        lines.extend(heads.iter().map(|h| crate::RawLine {
+            number: base + u64::from(h.offset),
+            start: h.start,
+            end: h.end,
+            partial: h.partial,
+            ts: h.ts,
+        }));
+    }
+    Ok(())
 }
 
 /// The last few blocks readers decoded, by location.

@@ -20,12 +20,14 @@ impl Inner {
     ) -> Result<u64, StoreError> {
         let mut run: Vec<(u64, Loc)> = Vec::new();
         let mut run_bytes = 0usize;
-        let mut block = Vec::new();
+        let mut block_buf = Vec::new();
         let mut lines = Vec::new();
         // Buckets in pieces, merged, back to back (never at once with `run`: lines go in order).
         let mut merged = Vec::new();
         let mut merged_lines = Vec::new();
         let mut skipped = 0;
+        // Consecutive sealed buckets of one block: the block and their (slot, bucket).
+        let mut sealed_run: Option<(Loc, Vec<(u32, u64)>)> = None;
         for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
             let (k, v) = item.map_err(unavailable)?;
             let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
@@ -38,13 +40,51 @@ impl Inner {
                     continue;
                 }
             }
-            let loc = match value.pieces.as_slice() {
-                [one] if value.sealed.is_none() => *one,
-                _ => {
-                    // In pieces (merged in memory) or sealed (out of its decompressed
-                    // block): gathered with the next such buckets.
+            if let Some(sealed) = value.sealed {
+                // Sealed: gathered with the next buckets of the same block, and the block
+                // visited as it decompresses. Whatever came before goes first (line order).
+                let block = value.pieces[0];
+                if sealed_run.as_ref().is_some_and(|(l, _)| *l != block) {
+                    if let Some((l, slots)) = sealed_run.take() {
+                        if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+                            return Ok(skipped);
+                        }
+                    }
+                }
+                if sealed_run.is_none() {
                     if !run.is_empty() {
-                        if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                        if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
+                            return Ok(skipped);
+                        }
+                        run.clear();
+                        run_bytes = 0;
+                    }
+                    if !merged.is_empty() {
+                        let go_on = visit(&mut merged, &mut merged_lines);
+                        merged.clear();
+                        merged_lines.clear();
+                        if !go_on {
+                            return Ok(skipped);
+                        }
+                    }
+                }
+                sealed_run
+                    .get_or_insert_with(|| (block, Vec::new()))
+                    .1
+                    .push((sealed.slot, bucket));
+                continue;
+            }
+            if let Some((l, slots)) = sealed_run.take() {
+                if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+                    return Ok(skipped);
+                }
+            }
+            let loc = match value.pieces.as_slice() {
+                [one] => *one,
+                _ => {
+                    // In pieces: merged in memory, gathered with the next buckets in pieces.
+                    if !run.is_empty() {
+                        if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
                             return Ok(skipped);
                         }
                         run.clear();
@@ -84,7 +124,7 @@ impl Inner {
             if !run.is_empty()
                 && (big || !adjacent || run_bytes + loc.len as usize > SCAN_RUN_BYTES)
             {
-                if !self.scan_run(id, &run, &mut block, &mut lines, visit)? {
+                if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
                     return Ok(skipped);
                 }
                 run.clear();
@@ -101,8 +141,13 @@ impl Inner {
             run_bytes += loc.len as usize;
             run.push((bucket, loc));
         }
+        if let Some((l, slots)) = sealed_run.take() {
+            if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+                return Ok(skipped);
+            }
+        }
         if !run.is_empty() {
-            self.scan_run(id, &run, &mut block, &mut lines, visit)?;
+            self.scan_run(id, &run, &mut block_buf, &mut lines, visit)?;
         }
         if !merged.is_empty() {
             visit(&mut merged, &mut merged_lines);
@@ -150,6 +195,49 @@ impl Inner {
                 None => return Ok(true),
             }
         }
+    }
+
+    /// Visits the buckets `slots` (slot, bucket) of the sealed block at `block`, decompressed
+    /// straight into `data`; false when the visitor stopped.
+    fn scan_sealed(
+        &self,
+        id: u64,
+        block: Loc,
+        slots: &[(u32, u64)],
+        data: &mut Vec<u8>,
+        lines: &mut Vec<crate::RawLine>,
+        visit: &mut crate::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        match self.segments.read(block) {
+            Ok(stored) => blocks::scan_lines(&stored, slots, data, lines).map_err(|e| {
+                self.seal_metrics.corrupt.inc();
+                StoreError::corrupt_by(format!("a block of generation {id}"), e)
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Compaction moved the block and deleted its segment meanwhile: each bucket
+                // where the index points now.
+                data.clear();
+                lines.clear();
+                for &(_, bucket) in slots {
+                    let key = line_key(id, bucket);
+                    let Some(v) = self.db.get(key).map_err(unavailable)? else {
+                        continue;
+                    };
+                    let value = IndexValue::decode(&v).ok_or_else(|| {
+                        StoreError::corrupt(format!("index of bucket {bucket} of generation {id}"))
+                    })?;
+                    let bytes = self.read_bucket(&key, &value)?;
+                    let at = data.len();
+                    data.extend_from_slice(&bytes);
+                    bucket::index_into(data, at, bytes.len(), bucket * LINES_PER_BUCKET, lines)
+                        .ok_or_else(|| {
+                            StoreError::corrupt(format!("bucket {bucket} of generation {id}"))
+                        })?;
+                }
+            }
+            Err(e) => return Err(io_unavailable(e)),
+        }
+        Ok(visit(data, lines))
     }
 
     /// Reads one run of adjacent buckets and visits it; false when the visitor stopped.
