@@ -436,13 +436,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// For a search, when the backend can do better than [`search_chunk`](Store::search_chunk):
     /// visits generation `id`'s lines in order as the bytes they are stored in, in large
-    /// blocks (no copy per line), skipping buckets received outside `window`. Blocking:
-    /// call it from a blocking thread. Returns the buckets skipped, or `None` when the
-    /// backend has no such scan.
+    /// blocks (no copy per line), skipping buckets received outside `window`, and — given
+    /// `must_contain`, bytes every line the search wants contains — stored blocks that its
+    /// filter shows cannot hold it. Blocking: call it from a blocking thread. Returns the
+    /// buckets skipped, or `None` when the backend has no such scan.
     fn scan_blocking(
         &self,
         _id: u64,
         _window: Option<(u64, u64)>,
+        _must_contain: Option<&[u8]>,
         _visit: &mut Visitor<'_>,
     ) -> Option<Result<u64, StoreError>> {
         None

@@ -229,7 +229,7 @@ async fn check(store: &dyn Store, model: &Model, at: &str) {
         // The backend's own scan (what a search reads), where it has one.
         let mut scanned: BTreeMap<u64, (Vec<u8>, bool)> = BTreeMap::new();
         let mut in_order = true;
-        let ran = store.scan_blocking(g.id, None, &mut |data, raw| {
+        let ran = store.scan_blocking(g.id, None, None, &mut |data, raw| {
             for l in raw.iter() {
                 in_order &= scanned
                     .keys()

@@ -296,9 +296,10 @@ impl Store for SledStore {
         &self,
         id: u64,
         window: Option<(u64, u64)>,
+        must_contain: Option<&[u8]>,
         visit: &mut crate::Visitor<'_>,
     ) -> Option<Result<u64, StoreError>> {
-        Some(self.inner.scan(id, window, visit))
+        Some(self.inner.scan(id, window, must_contain, visit))
     }
 
     fn size_on_disk(&self) -> u64 {

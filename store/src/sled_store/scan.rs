@@ -16,6 +16,7 @@ impl Inner {
         &self,
         id: u64,
         window: Option<(u64, u64)>,
+        must_contain: Option<&[u8]>,
         visit: &mut crate::Visitor<'_>,
     ) -> Result<u64, StoreError> {
         let mut run: Vec<(u64, Loc)> = Vec::new();
@@ -46,7 +47,16 @@ impl Inner {
                 let block = value.pieces[0];
                 if sealed_run.as_ref().is_some_and(|(l, _)| *l != block) {
                     if let Some((l, slots)) = sealed_run.take() {
-                        if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+                        if !self.scan_sealed(
+                            id,
+                            l,
+                            &slots,
+                            must_contain,
+                            &mut block_buf,
+                            &mut lines,
+                            visit,
+                            &mut skipped,
+                        )? {
                             return Ok(skipped);
                         }
                     }
@@ -75,7 +85,16 @@ impl Inner {
                 continue;
             }
             if let Some((l, slots)) = sealed_run.take() {
-                if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+                if !self.scan_sealed(
+                    id,
+                    l,
+                    &slots,
+                    must_contain,
+                    &mut block_buf,
+                    &mut lines,
+                    visit,
+                    &mut skipped,
+                )? {
                     return Ok(skipped);
                 }
             }
@@ -142,7 +161,16 @@ impl Inner {
             run.push((bucket, loc));
         }
         if let Some((l, slots)) = sealed_run.take() {
-            if !self.scan_sealed(id, l, &slots, &mut block_buf, &mut lines, visit)? {
+            if !self.scan_sealed(
+                id,
+                l,
+                &slots,
+                must_contain,
+                &mut block_buf,
+                &mut lines,
+                visit,
+                &mut skipped,
+            )? {
                 return Ok(skipped);
             }
         }
@@ -198,17 +226,26 @@ impl Inner {
     }
 
     /// Visits the buckets `slots` (slot, bucket) of the sealed block at `block`, decompressed
-    /// straight into `data`; false when the visitor stopped.
+    /// straight into `data`, unless its filter shows it holds no `must_contain` (then they
+    /// count as skipped); false when the visitor stopped.
+    #[allow(clippy::too_many_arguments)]
     fn scan_sealed(
         &self,
         id: u64,
         block: Loc,
         slots: &[(u32, u64)],
+        must_contain: Option<&[u8]>,
         data: &mut Vec<u8>,
         lines: &mut Vec<crate::RawLine>,
         visit: &mut crate::Visitor<'_>,
+        skipped: &mut u64,
     ) -> Result<bool, StoreError> {
         match self.segments.read(block) {
+            Ok(stored) if must_contain.is_some_and(|lit| !blocks::may_contain(&stored, lit)) => {
+                // The filter says no line here holds the literal: not even decompressed.
+                *skipped += slots.len() as u64;
+                return Ok(true);
+            }
             Ok(stored) => blocks::scan_lines(&stored, slots, data, lines).map_err(|e| {
                 self.seal_metrics.corrupt.inc();
                 StoreError::corrupt_by(format!("a block of generation {id}"), e)

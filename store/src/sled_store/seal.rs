@@ -508,6 +508,46 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_filters_skip_blocks_and_never_a_match() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut lines = access_lines(0, 40_000, "a");
+        // One line with a token no other line has, as a request or trace id is.
+        lines[31_337].1.push_str(" trace=Zq9xK2vW");
+        write(&store, "/f", &lines).await;
+        store.seal_now(Duration::ZERO).await.expect("seal");
+        let id = store.generations("h", "/f").await.expect("gens")[0].id;
+        let buckets = values(&store, "/f").await.len() as u64;
+        for literal in ["trace=Zq9xK2vW", "/login?id=", "no such text", "id=424242"] {
+            let mut found = Vec::new();
+            let skipped = store
+                .inner
+                .scan(id, None, Some(literal.as_bytes()), &mut |data, raw| {
+                    found.extend(raw.iter().filter_map(|l| {
+                        let c = &data[l.start..l.end];
+                        c.windows(literal.len())
+                            .any(|w| w == literal.as_bytes())
+                            .then_some(l.number)
+                    }));
+                    true
+                })
+                .expect("scan");
+            let want: Vec<u64> = lines
+                .iter()
+                .filter(|(_, l)| l.contains(literal))
+                .map(|(n, _)| *n)
+                .collect();
+            assert_eq!(found, want, "{literal:?}");
+            if !literal.contains("id=") && want.len() < 10 {
+                assert!(
+                    skipped * 2 > buckets,
+                    "{literal:?}: only {skipped} of {buckets} buckets skipped"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_resend_into_a_sealed_block_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());

@@ -12,6 +12,9 @@ pub struct Query {
     pub look_free: bool,
     /// `q` is a literal (not `regex=true`).
     pub literal: bool,
+    /// Bytes every matching line contains: a case-sensitive literal's own, for the store's
+    /// block filters to skip blocks without them.
+    pub must_contain: Option<Vec<u8>>,
     pub host: NameFilter,
     pub file: NameFilter,
     pub generation: Option<String>,
@@ -104,6 +107,7 @@ impl Query {
         }
         let is_regex = p.flag("regex")?;
         let insensitive = p.one_of("case", &["sensitive", "insensitive"])? == "insensitive";
+        let must_contain = (!is_regex && !insensitive).then(|| q.clone());
         let pattern = if is_regex {
             String::from_utf8(q).map_err(|_| {
                 ApiError::bad_request(
@@ -188,6 +192,7 @@ impl Query {
             matcher,
             look_free,
             literal: !is_regex,
+            must_contain,
             host,
             file,
             generation: p

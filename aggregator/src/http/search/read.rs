@@ -22,21 +22,21 @@ impl Scan<'_> {
         self.after = 0;
         self.written = None;
         let window = self.q.window;
+        let must_contain = self.q.must_contain.as_deref();
         let mut outcome: Result<Truncated, Stop> = Ok(Truncated::No);
-        let scanned =
-            if large {
-                self.generation_pipelined(store, id, place, &mut outcome)
-            } else {
-                store.scan_blocking(id, window, &mut |data, lines| match self
-                    .visit(data, lines, place)
-                {
-                    Ok(Truncated::No) => true,
-                    other => {
-                        outcome = other;
-                        false
-                    }
-                })
-            };
+        let scanned = if large {
+            self.generation_pipelined(store, id, place, &mut outcome)
+        } else {
+            store.scan_blocking(id, window, must_contain, &mut |data, lines| match self
+                .visit(data, lines, place)
+            {
+                Ok(Truncated::No) => true,
+                other => {
+                    outcome = other;
+                    false
+                }
+            })
+        };
         if let Some(result) = scanned {
             self.skipped += result.map_err(Stop::Store)?;
             return outcome;
@@ -85,15 +85,17 @@ impl Scan<'_> {
             let _ = empty_tx.send(b);
         }
         let window = self.q.window;
+        let must_contain = self.q.must_contain.clone();
         let store = store.clone();
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
-                let scanned = store.scan_blocking(id, window, &mut |data, lines| {
-                    let (mut d, mut l) = empty_rx.try_recv().unwrap_or_default();
-                    std::mem::swap(data, &mut d);
-                    std::mem::swap(lines, &mut l);
-                    full_tx.send((d, l)).is_ok()
-                });
+                let scanned =
+                    store.scan_blocking(id, window, must_contain.as_deref(), &mut |data, lines| {
+                        let (mut d, mut l) = empty_rx.try_recv().unwrap_or_default();
+                        std::mem::swap(data, &mut d);
+                        std::mem::swap(lines, &mut l);
+                        full_tx.send((d, l)).is_ok()
+                    });
                 (scanned, empty_rx)
             });
             for (data, lines) in full_rx.iter() {
