@@ -103,6 +103,10 @@ impl Walk {
     }
 }
 
+/// A block built for a seal: where it starts in the append, its length, and its buckets
+/// with their raw sizes.
+type Built<'a> = (usize, usize, Vec<(&'a Gathered, usize)>);
+
 /// A raw bucket gathered for a block: its key, the index value as stored (for the swap) and
 /// decoded.
 struct Gathered {
@@ -285,7 +289,7 @@ impl Inner {
     fn seal(&self, runs: &[Vec<Gathered>]) -> Result<(), StoreError> {
         // Per block: where it starts in `data`, its length, and its buckets with raw sizes.
         let mut data = Vec::new();
-        let mut built: Vec<(usize, usize, Vec<(&Gathered, usize)>)> = Vec::new();
+        let mut built: Vec<Built<'_>> = Vec::new();
         for run in runs {
             let mut raws = Vec::with_capacity(run.len());
             let mut kept = Vec::with_capacity(run.len());
