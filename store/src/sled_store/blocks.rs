@@ -9,7 +9,7 @@
 //! encoding (`bucket.rs`), so every reader works on sealed data unchanged.
 //!
 //! ```text
-//! stored:  u8 version (1) ‖ zstd frame of:
+//! stored:  u8 version (1) ‖ u16 filter length ‖ filter (trigram bitmap) ‖ zstd frame of:
 //!          varint buckets ‖ varint entries, per bucket ‖
 //!          per entry: u8 offset | time flag, varint (len << 1 | partial), [zigzag varint Δtime] ‖
 //!          every entry's bytes
