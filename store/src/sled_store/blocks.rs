@@ -206,21 +206,35 @@ impl Filter {
         ])
     }
 
-    /// Adds a line's trigrams.
+    /// Adds a line's trigrams: the last three bytes rolled in a register, one multiply
+    /// and one bit per byte (a hash of each `windows(3)` slice cost as much as zstd).
     fn add(&mut self, line: &[u8]) {
-        let bytes = self.0.len();
-        for w in line.windows(3) {
-            let b = bit(w, bytes);
-            self.0[b / 8] |= 1 << (b % 8);
+        let shift = shift_of(self.0.len());
+        let bits = self.0.as_mut_slice();
+        let mask = bits.len() - 1;
+        let (Some(&a), Some(&b), Some(rest)) = (line.first(), line.get(1), line.get(2..)) else {
+            return;
+        };
+        let mut x = u32::from(a) << 8 | u32::from(b);
+        for &c in rest {
+            x = (x << 8 | u32::from(c)) & 0xff_ffff;
+            let h = (x.wrapping_mul(0x9E37_79B1) >> shift) as usize;
+            if let Some(byte) = bits.get_mut((h >> 3) & mask) {
+                *byte |= 1 << (h & 7);
+            }
         }
     }
 }
 
-/// The bit of trigram `w` in a filter of `bytes` bytes (a power of two).
+/// How far a trigram's hash is shifted for a filter of `bytes` bytes (a power of two).
+fn shift_of(bytes: usize) -> u32 {
+    32 - (bytes * 8).trailing_zeros()
+}
+
+/// The bit of trigram `w` in a filter of `bytes` bytes, as [`Filter::add`] sets it.
 fn bit(w: &[u8], bytes: usize) -> usize {
-    let x = u32::from(w[0]) | u32::from(w[1]) << 8 | u32::from(w[2]) << 16;
-    let shift = 32 - (bytes * 8).trailing_zeros();
-    (x.wrapping_mul(0x9E37_79B1) >> shift) as usize
+    let x = u32::from(w[0]) << 16 | u32::from(w[1]) << 8 | u32::from(w[2]);
+    (x.wrapping_mul(0x9E37_79B1) >> shift_of(bytes)) as usize
 }
 
 /// Whether a line of the stored block may contain `literal` (always, for a literal shorter
