@@ -8,10 +8,40 @@ const SCAN_RUN_BYTES: usize = 4 << 20;
 /// A bucket larger than this is scanned through a cursor, never read whole.
 const SCAN_BIG_BUCKET: usize = 1 << 20;
 
+/// The kinds of bucket a scan gathers before visiting them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Raw buckets adjacent in a segment, read with one `pread`.
+    Run,
+    /// Buckets in pieces, merged in memory, back to back.
+    Merged,
+    /// Sealed buckets of one block.
+    Sealed,
+}
+
+/// What a scan has gathered and not yet visited. Only one kind at a time holds anything
+/// (gathering one kind visits the others first), so lines go to the visitor in order.
+#[derive(Default)]
+struct Gather {
+    run: Vec<(u64, Loc)>,
+    run_bytes: usize,
+    merged: Vec<u8>,
+    merged_lines: Vec<crate::RawLine>,
+    /// The block and its buckets' (slot, bucket).
+    sealed: Option<(Loc, Vec<(u32, u64)>)>,
+    /// The buffers runs and blocks are read into.
+    buf: Vec<u8>,
+    lines: Vec<crate::RawLine>,
+    /// Buckets skipped: outside the window, or in a block whose filter rules them out.
+    skipped: u64,
+}
+
 impl Inner {
     /// A search's scan of one generation: the index walked in line order, adjacent buckets
     /// read in one `pread` of up to [`SCAN_RUN_BYTES`], each block handed to `visit` as it
-    /// is on disk with its lines' positions. Returns the buckets skipped by `window`.
+    /// is on disk with its lines' positions; sealed buckets a block at a time, straight from
+    /// its decompression, unless its filter shows no line holds `must_contain`. Returns the
+    /// buckets skipped (by `window`, or by a block's filter).
     pub(super) fn scan(
         &self,
         id: u64,
@@ -19,16 +49,7 @@ impl Inner {
         must_contain: Option<&[u8]>,
         visit: &mut crate::Visitor<'_>,
     ) -> Result<u64, StoreError> {
-        let mut run: Vec<(u64, Loc)> = Vec::new();
-        let mut run_bytes = 0usize;
-        let mut block_buf = Vec::new();
-        let mut lines = Vec::new();
-        // Buckets in pieces, merged, back to back (never at once with `run`: lines go in order).
-        let mut merged = Vec::new();
-        let mut merged_lines = Vec::new();
-        let mut skipped = 0;
-        // Consecutive sealed buckets of one block: the block and their (slot, bucket).
-        let mut sealed_run: Option<(Loc, Vec<(u32, u64)>)> = None;
+        let mut g = Gather::default();
         for item in self.db.range(line_key(id, 0)..=line_key(id, u64::MAX)) {
             let (k, v) = item.map_err(unavailable)?;
             let bucket = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
@@ -37,150 +58,111 @@ impl Inner {
             })?;
             if let Some((since, until)) = window {
                 if value.first_ms > until || value.last_ms < since {
-                    skipped += 1;
+                    g.skipped += 1;
                     continue;
                 }
             }
             if let Some(sealed) = value.sealed {
-                // Sealed: gathered with the next buckets of the same block, and the block
-                // visited as it decompresses. Whatever came before goes first (line order).
+                // Gathered with the next buckets of the same block.
                 let block = value.pieces[0];
-                if sealed_run.as_ref().is_some_and(|(l, _)| *l != block) {
-                    if let Some((l, slots)) = sealed_run.take() {
-                        if !self.scan_sealed(
-                            id,
-                            l,
-                            &slots,
-                            must_contain,
-                            &mut block_buf,
-                            &mut lines,
-                            visit,
-                            &mut skipped,
-                        )? {
-                            return Ok(skipped);
-                        }
-                    }
+                let other_block = g.sealed.as_ref().is_some_and(|(l, _)| *l != block);
+                if (other_block
+                    && !self.visit_gathered(id, must_contain, &mut g, Kind::Run, visit)?)
+                    || !self.visit_gathered(id, must_contain, &mut g, Kind::Sealed, visit)?
+                {
+                    return Ok(g.skipped);
                 }
-                if sealed_run.is_none() {
-                    if !run.is_empty() {
-                        if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
-                            return Ok(skipped);
-                        }
-                        run.clear();
-                        run_bytes = 0;
-                    }
-                    if !merged.is_empty() {
-                        let go_on = visit(&mut merged, &mut merged_lines);
-                        merged.clear();
-                        merged_lines.clear();
-                        if !go_on {
-                            return Ok(skipped);
-                        }
-                    }
-                }
-                sealed_run
+                g.sealed
                     .get_or_insert_with(|| (block, Vec::new()))
                     .1
                     .push((sealed.slot, bucket));
                 continue;
             }
-            if let Some((l, slots)) = sealed_run.take() {
-                if !self.scan_sealed(
-                    id,
-                    l,
-                    &slots,
-                    must_contain,
-                    &mut block_buf,
-                    &mut lines,
-                    visit,
-                    &mut skipped,
-                )? {
-                    return Ok(skipped);
-                }
-            }
             let loc = match value.pieces.as_slice() {
                 [one] => *one,
                 _ => {
                     // In pieces: merged in memory, gathered with the next buckets in pieces.
-                    if !run.is_empty() {
-                        if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
-                            return Ok(skipped);
-                        }
-                        run.clear();
-                        run_bytes = 0;
+                    if !self.visit_gathered(id, must_contain, &mut g, Kind::Merged, visit)? {
+                        return Ok(g.skipped);
                     }
                     let bytes = self.read_bucket(&k, &value)?;
-                    let at = merged.len();
-                    merged.extend_from_slice(&bytes);
+                    let at = g.merged.len();
+                    g.merged.extend_from_slice(&bytes);
                     let base = bucket * LINES_PER_BUCKET;
-                    bucket::index_into(&merged, at, bytes.len(), base, &mut merged_lines)
+                    bucket::index_into(&g.merged, at, bytes.len(), base, &mut g.merged_lines)
                         .ok_or_else(|| {
                             StoreError::corrupt(format!("bucket {bucket} of generation {id}"))
                         })?;
-                    if merged.len() >= SCAN_RUN_BYTES {
-                        let go_on = visit(&mut merged, &mut merged_lines);
-                        merged.clear();
-                        merged_lines.clear();
-                        if !go_on {
-                            return Ok(skipped);
-                        }
+                    if g.merged.len() >= SCAN_RUN_BYTES
+                        && !self.visit_gathered(id, must_contain, &mut g, Kind::Run, visit)?
+                    {
+                        return Ok(g.skipped);
                     }
                     continue;
                 }
             };
-            if !merged.is_empty() {
-                let go_on = visit(&mut merged, &mut merged_lines);
-                merged.clear();
-                merged_lines.clear();
-                if !go_on {
-                    return Ok(skipped);
-                }
+            if !self.visit_gathered(id, must_contain, &mut g, Kind::Run, visit)? {
+                return Ok(g.skipped);
             }
-            let adjacent = run.last().is_some_and(|(_, l)| {
+            let adjacent = g.run.last().is_some_and(|(_, l)| {
                 l.segment == loc.segment && l.offset + u64::from(l.len) == loc.offset
             });
             let big = loc.len as usize > SCAN_BIG_BUCKET;
-            if !run.is_empty()
-                && (big || !adjacent || run_bytes + loc.len as usize > SCAN_RUN_BYTES)
+            if !g.run.is_empty()
+                && (big || !adjacent || g.run_bytes + loc.len as usize > SCAN_RUN_BYTES)
+                && !self.visit_gathered(id, must_contain, &mut g, Kind::Merged, visit)?
             {
-                if !self.scan_run(id, &run, &mut block_buf, &mut lines, visit)? {
-                    return Ok(skipped);
-                }
-                run.clear();
-                run_bytes = 0;
+                return Ok(g.skipped);
             }
             if big {
                 // Never read whole (a bucket of long lines can be 128 times their size):
                 // through the download's cursor, a chunk at a time.
                 if !self.scan_big_bucket(id, bucket, visit)? {
-                    return Ok(skipped);
+                    return Ok(g.skipped);
                 }
                 continue;
             }
-            run_bytes += loc.len as usize;
-            run.push((bucket, loc));
+            g.run_bytes += loc.len as usize;
+            g.run.push((bucket, loc));
         }
-        if let Some((l, slots)) = sealed_run.take() {
-            if !self.scan_sealed(
-                id,
-                l,
-                &slots,
-                must_contain,
-                &mut block_buf,
-                &mut lines,
-                visit,
-                &mut skipped,
-            )? {
-                return Ok(skipped);
+        self.visit_gathered(id, must_contain, &mut g, Kind::Run, visit)?;
+        self.visit_gathered(id, must_contain, &mut g, Kind::Merged, visit)?;
+        Ok(g.skipped)
+    }
+
+    /// Visits what is gathered of every kind but `keep`; false when the visitor stopped.
+    fn visit_gathered(
+        &self,
+        id: u64,
+        must_contain: Option<&[u8]>,
+        g: &mut Gather,
+        keep: Kind,
+        visit: &mut crate::Visitor<'_>,
+    ) -> Result<bool, StoreError> {
+        if keep != Kind::Run && !g.run.is_empty() {
+            let run = std::mem::take(&mut g.run);
+            g.run_bytes = 0;
+            let go_on = self.scan_run(id, &run, &mut g.buf, &mut g.lines, visit)?;
+            g.run = run;
+            g.run.clear();
+            if !go_on {
+                return Ok(false);
             }
         }
-        if !run.is_empty() {
-            self.scan_run(id, &run, &mut block_buf, &mut lines, visit)?;
+        if keep != Kind::Merged && !g.merged.is_empty() {
+            let go_on = visit(&mut g.merged, &mut g.merged_lines);
+            g.merged.clear();
+            g.merged_lines.clear();
+            if !go_on {
+                return Ok(false);
+            }
         }
-        if !merged.is_empty() {
-            visit(&mut merged, &mut merged_lines);
+        if keep != Kind::Sealed {
+            if let Some((block, slots)) = g.sealed.take() {
+                return self.scan_sealed(id, block, &slots, must_contain, g, visit);
+            }
         }
-        Ok(skipped)
+        Ok(true)
     }
 
     /// Visits a bucket too big to read whole, [`SCAN_BIG_BUCKET`] at a time (plus at most
@@ -228,22 +210,20 @@ impl Inner {
     /// Visits the buckets `slots` (slot, bucket) of the sealed block at `block`, decompressed
     /// straight into `data`, unless its filter shows it holds no `must_contain` (then they
     /// count as skipped); false when the visitor stopped.
-    #[allow(clippy::too_many_arguments)]
     fn scan_sealed(
         &self,
         id: u64,
         block: Loc,
         slots: &[(u32, u64)],
         must_contain: Option<&[u8]>,
-        data: &mut Vec<u8>,
-        lines: &mut Vec<crate::RawLine>,
+        g: &mut Gather,
         visit: &mut crate::Visitor<'_>,
-        skipped: &mut u64,
     ) -> Result<bool, StoreError> {
+        let (data, lines) = (&mut g.buf, &mut g.lines);
         match self.segments.read(block) {
             Ok(stored) if must_contain.is_some_and(|lit| !blocks::may_contain(&stored, lit)) => {
                 // The filter says no line here holds the literal: not even decompressed.
-                *skipped += slots.len() as u64;
+                g.skipped += slots.len() as u64;
                 return Ok(true);
             }
             Ok(stored) => blocks::scan_lines(&stored, slots, data, lines).map_err(|e| {
