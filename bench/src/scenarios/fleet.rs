@@ -304,21 +304,11 @@ struct Counters {
 }
 
 async fn counters(base: &str) -> anyhow::Result<Counters> {
-    let (status, body) =
-        crate::http::get(&crate::http::client(), &format!("{base}/metrics")).await?;
-    if status != 200 {
-        bail!("GET /metrics answered {status}");
-    }
-    let text = String::from_utf8_lossy(&body);
-    let value = |name: &str| -> anyhow::Result<u64> {
-        match text.lines().find_map(|l| l.strip_prefix(name)) {
-            Some(v) => v.trim().parse().with_context(|| format!("{name}{v}")),
-            None => Ok(0),
-        }
-    };
+    let text = super::metrics_text(&crate::http::client(), base).await?;
+    let value = |name: &str| super::metric_value(&text, name).unwrap_or(0.0) as u64;
     Ok(Counters {
-        commits: value("aggregator_store_commit_phase_seconds_count{phase=\"segments_fsync\"} ")?,
-        appended: value("aggregator_store_segment_appended_bytes_total ")?,
-        received: value("aggregator_bytes_received_total ")?,
+        commits: value("aggregator_store_commit_phase_seconds_count{phase=\"segments_fsync\"}"),
+        appended: value("aggregator_store_segment_appended_bytes_total"),
+        received: value("aggregator_bytes_received_total"),
     })
 }

@@ -269,14 +269,26 @@ pub(super) async fn aggregator_metric(
     base: &str,
     name: &str,
 ) -> anyhow::Result<Option<f64>> {
+    Ok(metric_value(&metrics_text(c, base).await?, name))
+}
+
+/// The aggregator's `/metrics` page.
+pub(super) async fn metrics_text(
+    c: &crate::http::HttpClient,
+    base: &str,
+) -> anyhow::Result<String> {
     let (status, body) = get(c, &format!("{base}/metrics")).await?;
     if status != 200 {
         bail!("GET /metrics answered {status}");
     }
-    Ok(String::from_utf8_lossy(&body)
-        .lines()
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of series `name` (a metric, with its labels if it has any) in a `/metrics` page.
+pub(super) fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok()))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// With `--sealed`: the `[store]` key that seals a file's lines a second after its last

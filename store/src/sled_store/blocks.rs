@@ -452,6 +452,23 @@ mod tests {
         out
     }
 
+    /// A bucket of `lines` at offsets 0.., every one received at `ts`.
+    fn bucket_of_lines(lines: &[String], ts: Option<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            bucket::encode_entry(
+                &mut out,
+                &Entry {
+                    offset: i as u8,
+                    partial: false,
+                    content: l.as_bytes(),
+                    ts,
+                },
+            );
+        }
+        out
+    }
+
     #[test]
     fn buckets_come_back_byte_for_byte() {
         let buckets = vec![
@@ -481,27 +498,23 @@ mod tests {
                 i % 97
             )
         };
-        let buckets: Vec<Vec<u8>> = (0..16u64)
-            .map(|b| {
-                let lines: Vec<String> = (0..128).map(|i| line(b * 128 + i)).collect();
-                let mut out = Vec::new();
-                for (i, l) in lines.iter().enumerate() {
-                    bucket::encode_entry(
-                        &mut out,
-                        &Entry {
-                            offset: i as u8,
-                            partial: false,
-                            content: l.as_bytes(),
-                            ts: Some(1_765_000_000_000 + b),
-                        },
-                    );
-                }
-                out
-            })
-            .collect();
-        let raw: usize = buckets.iter().map(Vec::len).sum();
-        let stored = encode(&buckets).expect("encode");
-        assert!(stored.len() * 10 < raw, "{} of {raw}", stored.len());
+        let buckets = |times: bool| -> Vec<Vec<u8>> {
+            (0..16u64)
+                .map(|b| {
+                    let lines: Vec<String> = (0..128).map(|i| line(b * 128 + i)).collect();
+                    bucket_of_lines(&lines, times.then_some(1_765_000_000_000 + b * 1_000))
+                })
+                .collect()
+        };
+        let raw: usize = buckets(true).iter().map(Vec::len).sum();
+        let stored = encode(&buckets(true)).expect("encode").len();
+        let untimed = encode(&buckets(false)).expect("encode").len();
+        assert!(stored * 10 < raw, "{stored} of {raw}");
+        // 2,048 lines, each with a time (shared per write): well under a byte a line.
+        assert!(
+            stored < untimed + 2048 / 4,
+            "{stored} bytes with times, {untimed} without"
+        );
     }
 
     #[test]
@@ -514,22 +527,7 @@ mod tests {
                 )
             })
             .collect();
-        let bucket: Vec<u8> = {
-            let mut out = Vec::new();
-            for (i, l) in lines.iter().take(128).enumerate() {
-                bucket::encode_entry(
-                    &mut out,
-                    &Entry {
-                        offset: i as u8,
-                        partial: false,
-                        content: l.as_bytes(),
-                        ts: None,
-                    },
-                );
-            }
-            out
-        };
-        let stored = encode(&[bucket]).expect("encode");
+        let stored = encode(&[bucket_of_lines(&lines[..128], None)]).expect("encode");
         for l in lines.iter().take(128) {
             assert!(may_contain(&stored, l.as_bytes()), "{l}");
             assert!(may_contain(&stored, &l.as_bytes()[10..25]), "{l}");

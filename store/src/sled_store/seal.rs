@@ -46,7 +46,7 @@ const BLOCKS_PER_SYNC: usize = 16;
 const MAX_AGE_FACTOR: u64 = 10;
 
 /// What sealing did and what waits, for `/metrics`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(crate) struct SealMetrics {
     pub(super) blocks: Counter,
     pub(super) buckets: Counter,
@@ -56,7 +56,7 @@ pub(crate) struct SealMetrics {
     /// it began (the sealing lag, in bytes).
     pub(super) waiting_bytes: Gauge,
     /// Raw bytes writers have stored, ever (for `waiting_bytes`).
-    pub(super) written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(super) written: std::sync::atomic::AtomicU64,
     pub(super) failures: Counter,
     /// Blocks that failed to decompress when read.
     pub(super) corrupt: Counter,
@@ -351,8 +351,15 @@ impl Inner {
             }
         }
         // Writers read the block from here on (one that read the raw value meanwhile still
-        // finds it: only compaction deletes, and it never runs during a seal).
-        self.forget_recent();
+        // finds it: only compaction deletes, and it never runs during a seal). Only the keys
+        // swapped are forgotten: the sealer runs every few seconds over every file written,
+        // and clearing the whole overlay each time would cost writers the point reads it
+        // saves them.
+        self.forget(
+            built
+                .iter()
+                .flat_map(|(_, _, kept)| kept.iter().map(|(g, _)| &g.key[..])),
+        );
         let m = &self.seal_metrics;
         m.blocks.inc_by(built.len() as u64);
         m.buckets.inc_by(buckets);

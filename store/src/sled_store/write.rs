@@ -162,6 +162,19 @@ impl Inner {
         o.older = HashMap::new();
     }
 
+    /// Forgets the recently committed values of `keys` (not pending ones: those are newer
+    /// than anything in sled), for a change to sled outside a commit that touched only them.
+    pub(super) fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let mut o = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for k in keys {
+            o.recent.remove(k);
+            o.older.remove(k);
+        }
+    }
+
     /// The newest value of an index key: pending (written, not yet committed), recently
     /// committed, or in sled. For writers, under their stripe lock and the gate.
     pub(super) fn latest(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
