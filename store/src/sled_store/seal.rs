@@ -149,7 +149,22 @@ impl Inner {
         };
         let mut todo: Vec<(u64, u64)> = todo.into_iter().collect();
         if all {
-            todo = self.every_generation()?;
+            todo = match self.every_generation() {
+                Ok(every) => every,
+                Err(e) => {
+                    // Asked again next round, with what writers marked.
+                    let mut u = self
+                        .unsealed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    u.all = true;
+                    for (id, from) in todo {
+                        let f = u.from.entry(id).or_insert(from);
+                        *f = (*f).min(from);
+                    }
+                    return Err(e);
+                }
+            };
             tracing::info!(
                 generations = todo.len(),
                 "sealing what the store holds unsealed, in the background"
@@ -167,9 +182,15 @@ impl Inner {
                 Ok(None) => {}
                 Err(e) => {
                     self.seal_metrics.failures.inc();
-                    // Tried again next round; the rest of the round goes on.
-                    self.mark_unsealed(id, from);
-                    tracing::warn!(generation_id = id, error = %e.report(), "sealing a generation failed; retrying");
+                    // The rest of the round goes on. An unavailable disk or index is tried
+                    // again next round; damaged data is not (its readers report it), or it
+                    // would be logged every round for good.
+                    if e.is_corrupt() {
+                        tracing::warn!(generation_id = id, error = %e.report(), "a generation holds damaged data; left unsealed");
+                    } else {
+                        self.mark_unsealed(id, from);
+                        tracing::warn!(generation_id = id, error = %e.report(), "sealing a generation failed; retrying");
+                    }
                 }
             }
             if all && last_progress.elapsed().as_secs() >= 10 {
