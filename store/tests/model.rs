@@ -93,6 +93,7 @@ fn request(rng: &mut fastrand::Rng, model: &Model, round: usize) -> Vec<FileBatc
                     number: n,
                     content: Cow::Owned(content(rng, n, round)),
                     partial: partial_last && n == start + count - 1,
+                    ts: None,
                 })
                 .collect();
             FileBatch {
@@ -399,6 +400,7 @@ async fn a_request_keeps_its_last_write_of_a_line(store: &dyn Store) {
                     number: n,
                     content: Cow::Owned(format!("{text} {n} {}", "x".repeat(200)).into_bytes()),
                     partial: false,
+                    ts: None,
                 })
                 .collect(),
         };
@@ -442,4 +444,91 @@ async fn a_request_keeps_its_last_write_of_a_line_on_redis() {
     let redis = Redis::start(dir.path());
     let store = redis.store("last-write").await;
     a_request_keeps_its_last_write_of_a_line(&store).await;
+}
+
+/// Lines that carry their sender's time keep it, and a search's time window finds them by
+/// it — the bucket's span covers the lines' times, not only when they arrived — on both
+/// backends, in a new bucket and in one already holding lines received now.
+async fn a_sender_time_is_kept_and_searched_by(store: &dyn Store) {
+    let now = logship_store::clock::now_ms();
+    let hour_ago = now - 3_600_000;
+    let batch = |from: u64, ts: Option<u64>| FileBatch {
+        host: Cow::Borrowed("web-1"),
+        file: Cow::Borrowed("pushed.log"),
+        generation: Cow::Borrowed("g"),
+        lines: (from..from + 3)
+            .map(|n| Line {
+                number: n,
+                content: Cow::Owned(format!("line {n}").into_bytes()),
+                partial: false,
+                ts: ts.map(|t| t + n),
+            })
+            .collect(),
+    };
+    store.write(&[batch(0, None)]).await.expect("received now");
+    store
+        .write(&[batch(3, Some(hour_ago))])
+        .await
+        .expect("an hour old");
+    store
+        .write(&[batch(200, Some(hour_ago))])
+        .await
+        .expect("new bucket");
+    let gens = store
+        .generations("web-1", "pushed.log")
+        .await
+        .expect("gens");
+    let id = gens[0].id;
+    let around_then = Some((hour_ago - 1_000, hour_ago + 1_000));
+    let mut found = Vec::new();
+    let mut from = 0;
+    loop {
+        let chunk = store
+            .search_chunk(id, from, 1 << 20, around_then)
+            .await
+            .expect("search");
+        found.extend(chunk.lines.iter().map(|l| (l.number, l.ts)));
+        match chunk.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    // The bucket-level skip may hand over lines outside the window (the search filters each
+    // line by its time); what it must never do is skip the lines inside it.
+    let inside: Vec<(u64, Option<u64>)> = found
+        .into_iter()
+        .filter(|(_, ts)| ts.is_some_and(|t| t.abs_diff(hour_ago) <= 1_000))
+        .collect();
+    let want: Vec<(u64, Option<u64>)> = [3, 4, 5, 200, 201, 202]
+        .into_iter()
+        .map(|n| (n, Some(hour_ago + n)))
+        .collect();
+    assert_eq!(inside, want);
+    // A window of the last minute finds the lines stamped on receipt.
+    let recent = store
+        .search_chunk(id, 0, 1 << 20, Some((now - 60_000, now + 60_000)))
+        .await
+        .expect("search recent");
+    let stamped: Vec<u64> = recent
+        .lines
+        .iter()
+        .filter(|l| l.ts.is_some_and(|t| t >= now))
+        .map(|l| l.number)
+        .collect();
+    assert_eq!(stamped, [0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_time_is_kept_and_searched_by_on_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open sled");
+    a_sender_time_is_kept_and_searched_by(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_time_is_kept_and_searched_by_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = Redis::start(dir.path());
+    let store = redis.store("sender-time").await;
+    a_sender_time_is_kept_and_searched_by(&store).await;
 }

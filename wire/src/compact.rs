@@ -150,6 +150,7 @@ pub fn decode_limited<'a>(body: &'a [u8], limits: &Limits) -> Result<FileBatch<'
             number: start + i,
             content: Cow::Borrowed(content),
             partial: header & 1 == 1,
+            ts: None,
         });
     }
     if r.pos != body.len() {

@@ -37,13 +37,17 @@ pub struct FileBatch<'a> {
     pub lines: Vec<Line<'a>>,
 }
 
-/// One line: its 0-based number, its bytes without the `\n`, and whether it is a partial
-/// last line (no `\n` yet), which is served back without a trailing `\n`.
+/// One line: its 0-based number, its bytes without the `\n`, whether it is a partial
+/// last line (no `\n` yet), which is served back without a trailing `\n`, and its time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line<'a> {
     pub number: u64,
     pub content: Cow<'a, [u8]>,
     pub partial: bool,
+    /// When the line was written, as its sender says (ms since the epoch): a Loki or OTLP
+    /// entry's own timestamp. `None` (our own wire forms today) is stamped with the time the
+    /// aggregator received it.
+    pub ts: Option<u64>,
 }
 
 /// Why a body could not be decoded. Each message names what was wrong, for the 400 answer.

@@ -184,6 +184,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
                     Cow::Owned(s) => Cow::Owned(s.into_bytes()),
                 },
                 partial: false,
+                ts: None,
             };
             let key = (e.host, e.file, generation);
             if let Some(&i) = g.index.get(&key) {

@@ -5,7 +5,8 @@
 ///
 /// KEYS: meta, then one bucket key per bucket. ARGV: now (ms), the batch's highest line
 /// number (decimal), the channel to publish on ("" for none), the message; then per bucket
-/// its number of new entries and their encoding (sorted by offset). A bucket all of whose
+/// its number of new entries, their encoding (sorted by offset), and their earliest and
+/// latest time (ms): the bucket's header spans its lines' times and its last write. A bucket all of whose
 /// 128 lines are new is replaced without reading the old value (only its 17-byte header, for
 /// the line count); a partial one is merged entry by entry. Returns the lines that were not
 /// stored before, or the error `NOGEN` when the generation is gone (retention dropped it).
@@ -39,13 +40,16 @@ end
 local added, dbytes = 0, 0
 for i = 2, #KEYS do
   local key = KEYS[i]
-  local count = tonumber(ARGV[3 + 2 * i - 2])
-  local blob = ARGV[4 + 2 * i - 2]
+  local base = 4 * i - 4
+  local count = tonumber(ARGV[base + 1])
+  local blob = ARGV[base + 2]
+  local tmin, tmax = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local head = redis.call('GETRANGE', key, 0, 16)
-  local first, oldcount, oldlen = now, 0, 0
+  local first, last, oldcount, oldlen = math.min(now, tmin), math.max(now, tmax), 0, 0
   if #head == 17 then
     oldcount = string.byte(head, 1)
-    first = struct.unpack('>d', head, 2)
+    first = math.min(struct.unpack('>d', head, 2), tmin)
+    last = math.max(struct.unpack('>d', head, 10), last)
     oldlen = redis.call('STRLEN', key)
   end
   local body, newcount = blob, count
@@ -60,7 +64,7 @@ for i = 2, #KEYS do
     end
     body, newcount = table.concat(parts), c
   end
-  local value = string.char(newcount) .. struct.pack('>dd', first, now) .. body
+  local value = string.char(newcount) .. struct.pack('>dd', first, last) .. body
   redis.call('SET', key, value)
   added = added + newcount - oldcount
   dbytes = dbytes + #value - oldlen

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// One bucket's new entries as the write script takes them.
+pub(super) struct Piece {
+    bucket: u64,
+    count: usize,
+    /// The entries' earliest and latest time (ms).
+    span: (u64, u64),
+    blob: Vec<u8>,
+}
+
 /// How a write of one piece ended.
 pub(super) enum PieceError {
     /// The generation was dropped by retention: start a new one.
@@ -23,7 +32,7 @@ impl Inner {
         stats.lines = grouped.lines;
         stats.bytes = grouped.bytes;
         let max_line = grouped.max_line;
-        let mut pieces: Vec<Vec<(u64, usize, Vec<u8>)>> = vec![Vec::new()];
+        let mut pieces: Vec<Vec<Piece>> = vec![Vec::new()];
         let mut piece_bytes = 0;
         for (b, entries) in grouped.buckets {
             let blob = keys::encode_entries(&entries);
@@ -39,7 +48,12 @@ impl Inner {
                 }
             };
             piece_bytes += blob.len();
-            piece.push((b, entries.len(), blob));
+            piece.push(Piece {
+                bucket: b,
+                count: entries.len(),
+                span: bucket::time_span(&entries),
+                blob,
+            });
         }
         for attempt in 0..5u32 {
             let id = self.resolve(&fb.host, &fb.file, &fb.generation).await?;
@@ -87,7 +101,7 @@ impl Inner {
         host: &str,
         file: &str,
         max_line: u64,
-        piece: &[(u64, usize, Vec<u8>)],
+        piece: &[Piece],
     ) -> Result<u64, PieceError> {
         let k = &self.keys;
         // EVALSHA first (the script is sent once per node), EVAL when a node lacks it.
@@ -102,15 +116,15 @@ impl Inner {
                 c
             };
             c.arg(piece.len() + 1).arg(k.meta(id));
-            for (b, _, _) in piece {
-                c.arg(k.bucket(id, *b));
+            for p in piece {
+                c.arg(k.bucket(id, p.bucket));
             }
             c.arg(now_ms())
                 .arg(max_line.to_string())
                 .arg(k.channel())
                 .arg(keys::written_message(host, file));
-            for (_, count, blob) in piece {
-                c.arg(*count).arg(&blob[..]);
+            for p in piece {
+                c.arg(p.count).arg(&p.blob[..]).arg(p.span.0).arg(p.span.1);
             }
             c
         };

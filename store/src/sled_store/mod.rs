@@ -428,6 +428,7 @@ mod tests {
                     number,
                     content: Cow::Borrowed(s.as_bytes()),
                     partial: false,
+                    ts: None,
                 })
                 .collect(),
         }

@@ -10,6 +10,8 @@ struct Placed {
     pub(super) offset: usize,
     pub(super) len: usize,
     pub(super) first_ms: u64,
+    /// The latest time of its lines, or when it was last written if later.
+    pub(super) last_ms: u64,
     /// The bucket's pieces before this one (empty when this one is the whole bucket).
     pub(super) earlier: Vec<Loc>,
     pub(super) present: Option<u128>,
@@ -79,6 +81,10 @@ impl Inner {
                 None => None,
             };
             let new_offsets = keys::offsets(&new);
+            // The bucket's span covers its lines' own times (a sender's time may be earlier
+            // than now, or later) and when it was last written (what sealing waits on).
+            let (lo, hi) = bucket::time_span(&new);
+            let last_ms = hi.max(now).max(old.as_ref().map_or(0, |v| v.last_ms));
             // At most what the piece's encoding takes (a header is at most 11 bytes).
             let piece_bytes: u64 = new.iter().map(|e| e.content.len() as u64 + 11).sum();
             let (bytes, added, first_ms, earlier, present) = match old {
@@ -93,7 +99,8 @@ impl Inner {
                 {
                     let present = v.present.map(|p| p | new_offsets);
                     let piece = bucket::merge(&[], &new).0;
-                    (piece, new.len() as u64, v.first_ms, v.pieces, present)
+                    let first = v.first_ms.min(lo);
+                    (piece, new.len() as u64, first, v.pieces, present)
                 }
                 // Lines already there (last write wins), the bucket's last lines (a full
                 // bucket is read as one piece), too many pieces, a bucket stored before
@@ -106,11 +113,18 @@ impl Inner {
                     })?;
                     let present = keys::offsets(&old_entries) | new_offsets;
                     let (merged, added) = bucket::merge(&old_entries, &new);
-                    (merged, added, v.first_ms, Vec::new(), Some(present))
+                    (merged, added, v.first_ms.min(lo), Vec::new(), Some(present))
                 }
                 None => {
                     let piece = bucket::merge(&[], &new).0;
-                    (piece, new.len() as u64, now, Vec::new(), Some(new_offsets))
+                    let first = lo.min(now);
+                    (
+                        piece,
+                        new.len() as u64,
+                        first,
+                        Vec::new(),
+                        Some(new_offsets),
+                    )
                 }
             };
             stats.new_lines += added;
@@ -120,6 +134,7 @@ impl Inner {
                 offset: data.len(),
                 len: bytes.len(),
                 first_ms,
+                last_ms,
                 earlier,
                 present,
             });
@@ -223,7 +238,7 @@ impl Inner {
                 let value = IndexValue {
                     pieces,
                     first_ms: p.first_ms,
-                    last_ms: meta.last_write_ms,
+                    last_ms: p.last_ms,
                     present: p.present,
                     sealed: None,
                 };

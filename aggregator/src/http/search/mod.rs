@@ -302,6 +302,7 @@ mod tests {
                         number: n,
                         content: Cow::Owned(format!("{word} {n} {}", rng.u32(..1000)).into_bytes()),
                         partial: false,
+                        ts: None,
                     }
                 })
                 .collect();

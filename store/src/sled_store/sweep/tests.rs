@@ -27,6 +27,7 @@ pub(in crate::sled_store) fn batch<S: AsRef<str>>(
                 number: *number,
                 content: Cow::Owned(s.as_ref().as_bytes().to_vec()),
                 partial: false,
+                ts: None,
             })
             .collect(),
     }
