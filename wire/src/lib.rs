@@ -9,7 +9,10 @@
 //! Both decode into the same [`FileBatch`] list, so the aggregator has one ingest path.
 
 pub mod compact;
+pub mod loki;
+pub mod otlp;
 pub mod prototype;
+pub mod push;
 
 use std::borrow::Cow;
 
