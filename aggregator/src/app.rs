@@ -46,6 +46,8 @@ pub struct App {
     /// The memory budget of requests being read, decompressed and decoded, in KiB permits
     /// (`limits.ingest_memory`).
     pub ingest_memory: Arc<tokio::sync::Semaphore>,
+    /// Line numbers and resend windows of Loki and OTLP streams.
+    pub push_streams: http::push::streams::Streams,
     /// Refused requests (a wrong token) are logged once a minute per client address.
     pub refusals: logship_common::log_limit::LogLimit<std::net::IpAddr>,
 }
@@ -73,6 +75,7 @@ impl App {
             )),
             settings: std::sync::RwLock::new(Arc::new(settings)),
             refusals: Default::default(),
+            push_streams: Default::default(),
         })
     }
 
@@ -224,7 +227,7 @@ impl App {
 
 /// Whether `given` is one of `tokens`, comparing every token in constant time so the
 /// answer's timing says nothing about how much of a guess was right.
-fn token_matches(tokens: &[Secret], given: &[u8]) -> bool {
+pub(crate) fn token_matches(tokens: &[Secret], given: &[u8]) -> bool {
     let mut matched = subtle::Choice::from(0u8);
     for t in tokens {
         matched |= subtle::ConstantTimeEq::ct_eq(t.expose().as_bytes(), given);

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::RetentionPolicy;
 
+mod push;
+pub use push::{PushConfig, PushSettings};
+
 /// The file's shape, as written by the operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -59,6 +62,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    /// Loki and OTLP pushes (`/loki/api/v1/push`, `/v1/logs`).
+    pub push: PushConfig,
     pub search: SearchConfig,
     pub store: StoreConfig,
 }
@@ -235,6 +240,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             search: SearchConfig::default(),
             limits: LimitsConfig::default(),
+            push: PushConfig::default(),
             store: StoreConfig::default(),
         }
     }
@@ -296,6 +302,8 @@ pub struct Settings {
     pub retention: RetentionPolicy,
     pub sweep_interval: Duration,
     pub seal_after: Duration,
+    /// `[push]`.
+    pub push: PushSettings,
     /// Each key's value hashed: what a reload changed, and which configuration runs.
     pub fingerprint: logship_common::config::Fingerprint,
 }
@@ -427,6 +435,7 @@ impl Config {
                 max_hosts: self.limits.max_hosts_per_request,
             },
             max_buckets_per_request: self.limits.max_buckets_per_request,
+            push: self.push.validate()?,
             ingest_memory,
             ingest_memory_wait: dur("limits.ingest_memory_wait", &self.limits.ingest_memory_wait)?,
             cache_capacity: sz("store.cache_capacity", &self.store.cache_capacity)?,

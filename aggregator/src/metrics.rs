@@ -117,6 +117,10 @@ impl Connections {
 /// Metrics of what writes brought in and what the ingest memory budget refused.
 #[derive(Debug)]
 pub struct Ingest {
+    /// Loki and OTLP pushes: lines stored, resends dropped, entries refused, per protocol.
+    pub push_lines: Family<ProtocolLabels, Counter>,
+    pub push_duplicates: Family<ProtocolLabels, Counter>,
+    pub push_rejected: Family<ProtocolLabels, Counter>,
     pub lines_received: Counter,
     pub lines_new: Counter,
     pub bytes_received: Counter,
@@ -124,9 +128,41 @@ pub struct Ingest {
     pub ingest_memory_refusals: Counter,
 }
 
+/// Which push protocol a count is of.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
 impl Ingest {
+    /// Counts what one push did.
+    pub fn pushed(&self, protocol: &'static str, o: &crate::http::push::Outcome) {
+        let l = ProtocolLabels { protocol };
+        self.push_lines.get_or_create(&l).inc_by(o.stored);
+        self.push_duplicates.get_or_create(&l).inc_by(o.duplicates);
+        self.push_rejected.get_or_create(&l).inc_by(o.rejected);
+    }
+
     fn new(r: &mut Registry) -> Self {
         Self {
+            push_lines: register(
+                r,
+                "push_lines",
+                "Lines stored from Loki and OTLP pushes",
+                Default::default(),
+            ),
+            push_duplicates: register(
+                r,
+                "push_duplicates",
+                "Pushed entries not stored because they resent lines already stored",
+                Default::default(),
+            ),
+            push_rejected: register(
+                r,
+                "push_rejected",
+                "Pushed entries refused (the rest of their push stored)",
+                Default::default(),
+            ),
             lines_received: register(
                 r,
                 "lines_received",

@@ -31,31 +31,11 @@ use crate::App;
 /// Handles one ingest request.
 pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     app.authorize(&req, &app.settings().write_tokens)?;
-    let max = app.settings().max_body_bytes;
-    let encoding = header(&req, CONTENT_ENCODING)?.map(str::to_ascii_lowercase);
-    let content_type = header(&req, CONTENT_TYPE)?.map(str::to_owned);
-    let content_length = match header(&req, CONTENT_LENGTH)? {
-        Some(len) => {
-            let len: u64 = len
-                .parse()
-                .map_err(|_| ApiError::bad_request("Content-Length is not a number"))?;
-            if len > max {
-                return Err(too_large(max));
-            }
-            Some(len)
-        }
-        None => None,
-    };
-    let mut budget = Budget::new(app);
-    budget.reserve(content_length.unwrap_or(max)).await?;
-    let body = read_body(req.into_body(), max, content_length, app).await?;
-    let decoded = decompress(
-        &mut budget,
-        &body,
-        encoding.as_deref(),
-        app.settings().max_decoded_bytes,
-    )
-    .await?;
+    let Received {
+        data: decoded,
+        content_type,
+        mut budget,
+    } = receive(app, req).await?;
     // What decoding allocates: one `Line` (~40 bytes) per line, at most one per byte.
     let limits = &app.settings().decode_limits;
     let lines = (limits.max_lines as u64).min(decoded.len() as u64);
@@ -65,13 +45,7 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     })?;
     app.check_rate(&batches)?;
     let stats = app.store.write(&batches).await?;
-    app.metrics.ingest.lines_received.inc_by(stats.lines);
-    app.metrics.ingest.lines_new.inc_by(stats.new_lines);
-    app.metrics.ingest.bytes_received.inc_by(stats.bytes);
-    for b in &batches {
-        app.notify_written(&b.host, &b.file);
-        app.metrics.fleet.saw(&b.host, b.lines.len() as u64);
-    }
+    written(app, &batches, stats);
     // Two numbers: formatted directly rather than through a `serde_json::Value` (a map and
     // its keys allocated per request, for every small batch of a fleet).
     let body = format!("{{\"stored\":{},\"new\":{}}}", stats.lines, stats.new_lines);
@@ -81,6 +55,21 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// After a durable write: counts it, and wakes the followers of every file it touched.
+pub(super) fn written(
+    app: &App,
+    batches: &[logship_wire::FileBatch<'_>],
+    stats: logship_store::WriteStats,
+) {
+    app.metrics.ingest.lines_received.inc_by(stats.lines);
+    app.metrics.ingest.lines_new.inc_by(stats.new_lines);
+    app.metrics.ingest.bytes_received.inc_by(stats.bytes);
+    for b in batches {
+        app.notify_written(&b.host, &b.file);
+        app.metrics.fleet.saw(&b.host, b.lines.len() as u64);
+    }
 }
 
 fn header(
@@ -107,6 +96,53 @@ fn too_large(max: u64) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("body larger than max_body_bytes ({max} bytes); send smaller batches"),
     )
+}
+
+/// A request body read and decompressed within the limits, and the share of the memory
+/// budget it holds (kept until the request is answered).
+pub(super) struct Received {
+    pub(super) data: Bytes,
+    pub(super) content_type: Option<String>,
+    pub(super) budget: Budget,
+}
+
+/// Reads and decompresses a body (per `Content-Encoding`) within `max_body_bytes`,
+/// `max_decoded_bytes` and the ingest memory budget: what every ingest route starts with.
+pub(super) async fn receive(app: &App, req: Request<Incoming>) -> Result<Received, ApiError> {
+    let max = app.settings().max_body_bytes;
+    let encoding = header(&req, CONTENT_ENCODING)?.map(str::to_ascii_lowercase);
+    let content_type = header(&req, CONTENT_TYPE)?.map(str::to_owned);
+    let content_length = match header(&req, CONTENT_LENGTH)? {
+        Some(len) => {
+            let len: u64 = len
+                .parse()
+                .map_err(|_| ApiError::bad_request("Content-Length is not a number"))?;
+            if len > max {
+                return Err(too_large(max));
+            }
+            Some(len)
+        }
+        None => None,
+    };
+    let mut budget = Budget::new(app);
+    budget.reserve(content_length.unwrap_or(max)).await?;
+    let body = read_body(req.into_body(), max, content_length, app).await?;
+    let decoded = decompress(
+        &mut budget,
+        &body,
+        encoding.as_deref(),
+        app.settings().max_decoded_bytes,
+    )
+    .await?;
+    let data = match decoded {
+        Cow::Borrowed(_) => body.clone(),
+        Cow::Owned(v) => Bytes::from(v),
+    };
+    Ok(Received {
+        data,
+        content_type,
+        budget,
+    })
 }
 
 /// Reads the body, enforcing the size limit while reading, a deadline for the whole body,
@@ -191,7 +227,7 @@ fn decode<'a>(
 }
 
 /// This request's share of the global ingest memory budget, returned when it drops.
-struct Budget {
+pub(super) struct Budget {
     /// The whole budget, in KiB permits.
     pool: Arc<Semaphore>,
     total_kib: u64,
@@ -201,7 +237,7 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(app: &App) -> Self {
+    pub(super) fn new(app: &App) -> Self {
         Budget {
             pool: app.ingest_memory.clone(),
             total_kib: app.settings().ingest_memory / 1024,
@@ -213,7 +249,7 @@ impl Budget {
 
     /// Takes `bytes` more (in KiB permits; a request larger than the whole budget takes all
     /// of it and so runs alone), waiting at most `ingest_memory_wait`.
-    async fn reserve(&mut self, bytes: u64) -> Result<(), ApiError> {
+    pub(super) async fn reserve(&mut self, bytes: u64) -> Result<(), ApiError> {
         let total = self.total_kib;
         let held = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
         let kib = bytes.div_ceil(1024).min(total.saturating_sub(held));

@@ -10,7 +10,7 @@ use hyper::{Method, Request, Response};
 
 use super::body::{full, Body};
 use super::error::ApiError;
-use super::{download, ingest, listing, search};
+use super::{download, ingest, listing, push, search};
 use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
 use crate::App;
 
@@ -24,7 +24,7 @@ pub async fn handle(
     peer: std::net::SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
-    let (route, result) = route(&app, req).await;
+    let (route, result) = route(&app, req, peer).await;
     let resp = result.unwrap_or_else(|e| {
         app.metrics
             .http
@@ -63,6 +63,7 @@ pub async fn handle(
 async fn route(
     app: &Arc<App>,
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
 ) -> (&'static str, Result<Response<Body>, ApiError>) {
     let method = req.method().clone();
     if let Some(e) = refused_by_role(app.settings().role, req.uri().path()) {
@@ -82,9 +83,18 @@ async fn route(
             only(&method, &Method::GET, "GET")
                 .map(|()| text(r#"{"status":"alive"}"#, "application/json")),
         ),
-        "/readyz" => match only(&method, &Method::GET, "GET") {
+        // `/ready` is Loki's name for it, which Loki clients and Vector probe.
+        "/readyz" | "/ready" => match only(&method, &Method::GET, "GET") {
             Ok(()) => ("readyz", readyz(app).await),
             Err(e) => ("readyz", Err(e)),
+        },
+        "/loki/api/v1/push" => match only(&method, &Method::POST, "POST") {
+            Ok(()) => ("loki_push", push::loki::push(app, req, peer).await),
+            Err(e) => ("loki_push", Err(e)),
+        },
+        "/v1/logs" => match only(&method, &Method::POST, "POST") {
+            Ok(()) => ("otlp_logs", push::otlp::push(app, req, peer).await),
+            Err(e) => ("otlp_logs", Err(e)),
         },
         "/store/batch" => match only(&method, &Method::POST, "POST") {
             Ok(()) => ("batch", ingest::ingest(app, req).await),
@@ -130,7 +140,7 @@ async fn route(
 /// A 404 naming the role for a route this process does not serve, so an agent pointed at a
 /// query node (or a browser at an ingest node) is told why.
 fn refused_by_role(role: crate::config::Role, path: &str) -> Option<ApiError> {
-    let ingest = path == "/store/batch";
+    let ingest = matches!(path, "/store/batch" | "/loki/api/v1/push" | "/v1/logs");
     let query = matches!(path, "/" | "/index.html") || (path.starts_with("/store/") && !ingest);
     if (ingest && !role.ingests()) || (query && !role.queries()) {
         let other = if ingest { "ingest" } else { "query" };
