@@ -22,6 +22,7 @@ mod msrv;
 mod operator;
 mod overload;
 mod power_cut;
+mod push;
 mod redis_keys;
 mod refusals;
 mod reload;

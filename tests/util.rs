@@ -997,3 +997,94 @@ pub fn unverified_client() -> ureq::Agent {
         .tls_config(std::sync::Arc::new(config))
         .build()
 }
+
+/// The Python of a virtual environment holding the third-party clients the push tests
+/// drive (the OpenTelemetry SDK and its OTLP/HTTP exporter, python-logging-loki, protobuf,
+/// python-snappy), pinned. Created on first use next to the binaries (`target/pyclients`),
+/// from PyPI; a test that finds it complete reuses it.
+pub fn python_clients() -> PathBuf {
+    const PACKAGES: [&str; 5] = [
+        "opentelemetry-sdk==1.45.2",
+        "opentelemetry-exporter-otlp-proto-http==1.45.2",
+        "python-logging-loki==0.3.1",
+        "protobuf>=5,<8",
+        "python-snappy==0.7.3",
+    ];
+    let dir = bin_dir().join("..").join("pyclients");
+    let python = dir.join("bin").join("python");
+    if dir.join(".complete").exists() {
+        return python;
+    }
+    // Built under a name of its own and renamed into place, so tests that start together
+    // never see a half-installed environment.
+    let tmp = bin_dir()
+        .join("..")
+        .join(format!("pyclients.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed (the push tests need python3 with venv, and PyPI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(&tmp),
+        "python3 -m venv",
+    );
+    run(
+        Command::new(tmp.join("bin").join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--timeout",
+                "60",
+            ])
+            .args(PACKAGES),
+        "pip install of the client libraries",
+    );
+    std::fs::write(tmp.join(".complete"), PACKAGES.join("\n")).expect("mark complete");
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test finished first; its copy is as good.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(
+        dir.join(".complete").exists(),
+        "no client environment at {}",
+        dir.display()
+    );
+    python
+}
+
+/// Runs a Python script with the client environment's Python, within `timeout`; its
+/// standard output, or a panic with its standard error.
+pub fn run_python(script: &str, args: &[&str], timeout: Duration) -> String {
+    let python = python_clients();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("client.py");
+    std::fs::write(&path, script).expect("write script");
+    let out_path = dir.path().join("out");
+    let err_path = dir.path().join("err");
+    let child = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("start python");
+    let mut proc = Proc {
+        child,
+        name: "python",
+    };
+    let status = proc.wait_exit(timeout);
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => std::fs::read_to_string(&out_path).expect("stdout"),
+        Some(s) => panic!("python client exited with {s}: {err}"),
+        None => panic!("python client did not finish within {timeout:?}: {err}"),
+    }
+}
