@@ -179,15 +179,14 @@ fn lines_of(agg: &Aggregator, host: &str, file: &str) -> Vec<String> {
 
 const APP_LOG: &str = "/var/log/app.log{env=\"prod\"}";
 
-#[test]
-fn loki_pushes_are_stored_once_even_when_resent_and_after_a_restart() {
+logship_e2e::both_backends!(loki_pushes_are_stored_once_even_when_resent_and_after_a_restart);
+
+fn loki_pushes_are_stored_once_even_when_resent_and_after_a_restart(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
     let first = loki_body(dir.path(), "first", 500, 0);
     let overlapping = loki_body(dir.path(), "overlap", 500, 250);
-    let toml = format!("data_dir = {:?}\n", data.display().to_string());
-    let mut agg = Aggregator::with_config(dir.path(), &toml);
+    let node = dir.path().join("node");
+    let mut agg = backend.aggregator(&node, "", &[]);
     let a = push_protobuf(&agg, &first);
     assert_eq!(a.status, 204, "{}", a.text());
     let stored = lines_of(&agg, "web-3", APP_LOG);
@@ -212,7 +211,7 @@ fn loki_pushes_are_stored_once_even_when_resent_and_after_a_restart() {
     // first by half stores only its new half, in order.
     agg.proc.kill9();
     drop(agg);
-    let agg = Aggregator::with_config(dir.path(), &toml);
+    let agg = backend.aggregator(&node, "", &[]);
     let a = push_protobuf(&agg, &overlapping);
     assert_eq!(a.status, 204, "{}", a.text());
     let after = lines_of(&agg, "web-3", APP_LOG);
@@ -452,4 +451,25 @@ fn pushes_are_rate_limited_per_host_with_retry_after() {
     }));
     assert_eq!(lines_of(&agg, "busy", "j").len(), 200);
     assert_eq!(get(&agg.url("/ready")).status, 200);
+}
+
+/// Split roles on a shared Redis store: pushes go to an ingest node (a query node refuses
+/// them by name), and a query node serves what was pushed.
+#[test]
+fn an_ingest_node_takes_pushes_and_a_query_node_serves_them() {
+    let backend = Backend::redis();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ingest = backend.aggregator(&dir.path().join("in"), "role = \"ingest\"", &[]);
+    let query = backend.aggregator(&dir.path().join("q"), "role = \"query\"", &[]);
+    let body = br#"{"streams":[{"stream":{"host":"web-9","filename":"/var/log/a.log"},"values":[["1790000000000000000","first"],["1790000000001000000","second"]]}]}"#;
+    let json = [("Content-Type", "application/json")];
+    let refused = post(&query.url("/loki/api/v1/push"), body, &json);
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    assert!(refused.text().contains("role"), "{}", refused.text());
+    let a = post(&ingest.url("/loki/api/v1/push"), body, &json);
+    assert_eq!(a.status, 204, "{}", a.text());
+    assert_eq!(
+        lines_of(&query, "web-9", "/var/log/a.log"),
+        ["first", "second"]
+    );
 }

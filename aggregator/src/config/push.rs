@@ -27,6 +27,10 @@ pub struct PushConfig {
     pub default_host: Option<String>,
     /// Lines per stream a resent push is compared with (exactly-once within this window).
     pub dedup_lines: usize,
+    /// This aggregator's name in the generation its pushed lines go to on a shared (Redis)
+    /// store, `push@<node>`: each node numbers its own lines. Absent = `<hostname>:<port of
+    /// listen>`; set it when several aggregators on one host listen on port 0.
+    pub node: Option<String>,
     /// Memory all streams' dedup windows may take together; past it the least recently
     /// pushed streams are forgotten (and read back from the store when they push again).
     pub dedup_memory: String,
@@ -48,6 +52,7 @@ impl Default for PushConfig {
                 "k8s.container.name",
             ]),
             default_host: None,
+            node: None,
             dedup_lines: 10_000,
             dedup_memory: "64MiB".into(),
         }
@@ -63,6 +68,7 @@ pub struct PushSettings {
     pub otlp_file_attributes: Vec<String>,
     pub otlp_labels: Vec<String>,
     pub default_host: Option<String>,
+    pub node: Option<String>,
     pub dedup_lines: usize,
     pub dedup_memory: u64,
 }
@@ -72,6 +78,10 @@ impl PushConfig {
         if let Some(h) = &self.default_host {
             logship_wire::validate_names(h, "f", "g")
                 .map_err(|e| ConfigError(format!("push.default_host: {e}")))?;
+        }
+        if let Some(n) = &self.node {
+            logship_wire::validate_names("h", "f", &format!("push@{n}"))
+                .map_err(|e| ConfigError(format!("push.node: {e}")))?;
         }
         if self.dedup_lines > 1_000_000 {
             return Err(ConfigError(
@@ -85,6 +95,7 @@ impl PushConfig {
             otlp_file_attributes: self.otlp_file_attributes.clone(),
             otlp_labels: self.otlp_labels.clone(),
             default_host: self.default_host.clone(),
+            node: self.node.clone(),
             dedup_lines: self.dedup_lines,
             dedup_memory: sz("push.dedup_memory", &self.dedup_memory)?,
         })

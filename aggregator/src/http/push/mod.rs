@@ -6,8 +6,9 @@
 //! rate limit, one durable write.
 //!
 //! Pushed lines go to a generation of their own per aggregator (`push`, or `push@<node>`
-//! when several aggregators share a Redis store, so two nodes never number the same
-//! lines), and keep the sender's time as their per-line time.
+//! when several aggregators share a Redis store, so two nodes never number the same lines;
+//! `push.node`, by default `<hostname>:<listen port>`), and keep the sender's time as their
+//! per-line time.
 
 pub mod loki;
 mod mapping;
@@ -81,10 +82,13 @@ fn generation(app: &App) -> String {
     let s = app.settings();
     match s.backend {
         crate::config::Backend::Sled => "push".to_string(),
-        _ => {
-            let node = gethostname::gethostname().to_string_lossy().into_owned();
-            format!("push@{node}:{}", s.listen.port())
-        }
+        _ => match &s.push.node {
+            Some(node) => format!("push@{node}"),
+            None => {
+                let host = gethostname::gethostname().to_string_lossy().into_owned();
+                format!("push@{host}:{}", s.listen.port())
+            }
+        },
     }
 }
 
