@@ -35,6 +35,7 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
         "idle",
         "latency",
         "search",
+        "push",
     ] {
         let n = rows.iter().filter(|r| r["scenario"] == scenario).count();
         assert!(n > 0, "no figures for scenario {scenario}");

@@ -31,8 +31,18 @@ pub async fn get(c: &HttpClient, url: &str) -> anyhow::Result<(u16, Bytes)> {
 }
 
 pub async fn post(c: &HttpClient, url: &str, body: Bytes) -> anyhow::Result<u16> {
+    post_typed(c, url, body, logship_wire::COMPACT_CONTENT_TYPE).await
+}
+
+/// Posts `body` as `ctype`; the answer's status.
+pub async fn post_typed(
+    c: &HttpClient,
+    url: &str,
+    body: Bytes,
+    ctype: &str,
+) -> anyhow::Result<u16> {
     let req = hyper::Request::post(url)
-        .header("content-type", logship_wire::COMPACT_CONTENT_TYPE)
+        .header("content-type", ctype)
         .body(Full::new(body))?;
     let resp = c.request(req).await?;
     let status = resp.status().as_u16();

@@ -26,7 +26,7 @@ pub struct Args {
     /// latency, fleet, search.
     #[arg(
         long,
-        default_value = "ingest,store,agent,system,download,idle,latency,fleet,search"
+        default_value = "ingest,store,agent,system,download,idle,latency,fleet,search,push"
     )]
     pub scenarios: String,
     /// Files generated for the agent and system scenarios.

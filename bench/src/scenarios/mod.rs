@@ -22,6 +22,7 @@ mod fleet;
 mod idle;
 mod ingest;
 mod latency;
+mod push;
 mod scaling;
 mod search;
 mod store;
@@ -134,6 +135,7 @@ async fn run_scenarios(args: &Args) -> anyhow::Result<Report> {
             "idle" => idle::idle(args, &bins, &dir, &mut report).await?,
             "latency" => latency::latency(args, &bins, &dir, &mut report).await?,
             "fleet" => fleet::fleet(args, &bins, &dir, &mut report).await?,
+            "push" => push::push(args, &bins, &dir, &mut report).await?,
             "search" => search::search(args, &bins, &dir, &mut report).await?,
             "scaling" => scaling::scaling(args, &bins, &dir, &mut report).await?,
             other => bail!("unknown scenario {other:?}"),
