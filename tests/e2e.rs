@@ -17,6 +17,7 @@ mod hostile;
 mod hung_reads;
 mod lifecycle;
 mod live;
+mod loki_read;
 mod model;
 mod msrv;
 mod operator;

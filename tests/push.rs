@@ -57,9 +57,9 @@ fn records_from_the_opentelemetry_sdk_are_stored_with_their_times() {
         PY_TIMEOUT,
     );
     assert_eq!(printed.lines().count(), 40);
-    // service.name names the file, deployment.environment is not in `otlp_labels`'s default
-    // list... it is: kept as a label in the name.
-    let file = "checkout{deployment.environment=\"prod\"}";
+    // service.name names the file and, like deployment.environment (in `otlp_labels`), stays
+    // in the name as a label; the SDK's telemetry.sdk.* attributes are not kept.
+    let file = "checkout{deployment.environment=\"prod\", service.name=\"checkout\"}";
     let got = agg.log("web-1", file, "").expect("download");
     let text = String::from_utf8(got).expect("utf-8");
     let lines: Vec<&str> = text.lines().collect();
@@ -178,6 +178,9 @@ fn lines_of(agg: &Aggregator, host: &str, file: &str) -> Vec<String> {
 }
 
 const APP_LOG: &str = "/var/log/app.log{env=\"prod\"}";
+/// A stream named by its `job` only: the job names the file and stays a label in the name.
+const WORKER: &str = "worker{job=\"worker\"}";
+const JOB_J: &str = "j{job=\"j\"}";
 
 logship_e2e::both_backends!(loki_pushes_are_stored_once_even_when_resent_and_after_a_restart);
 
@@ -195,7 +198,7 @@ fn loki_pushes_are_stored_once_even_when_resent_and_after_a_restart(backend: Bac
         stored[7],
         "10.1.7.0 - - \"GET /api/items/7 HTTP/1.1\" 200 217"
     );
-    assert_eq!(lines_of(&agg, "web-3", "worker").len(), 500);
+    assert_eq!(lines_of(&agg, "web-3", WORKER).len(), 500);
     // The client timed out and sends the same push again: nothing is stored twice.
     let a = push_protobuf(&agg, &first);
     assert_eq!(a.status, 204, "{}", a.text());
@@ -221,13 +224,11 @@ fn loki_pushes_are_stored_once_even_when_resent_and_after_a_restart(backend: Bac
         after[749],
         "10.1.237.0 - - \"GET /api/items/749 HTTP/1.1\" 200 3219"
     );
-    let worker = lines_of(&agg, "web-3", "worker");
+    let worker = lines_of(&agg, "web-3", WORKER);
     assert_eq!(worker.len(), 750);
     assert_eq!(worker[600], "job=88 worker=5 processed 600 items in 3600ms");
     // Every line keeps the time it was pushed with.
-    let nd = agg
-        .log("web-3", "worker", "&format=ndjson")
-        .expect("ndjson");
+    let nd = agg.log("web-3", WORKER, "&format=ndjson").expect("ndjson");
     for (i, l) in String::from_utf8_lossy(&nd).lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(l).expect("json");
         assert_eq!(ts_ms(&v), 1_790_000_000_000 + i as u64, "line {i}");
@@ -243,8 +244,9 @@ fn python_logging_loki_pushes_json_with_basic_auth() {
         &[&agg.url("/loki/api/v1/push"), "t0k", "60"],
         PY_TIMEOUT,
     );
-    // The handler labels each stream with its logger and level too: they join the name.
-    let file = "billing{logger=\"billing\", severity=\"info\"}";
+    // The handler labels each stream with its logger and level too: they join the name, as
+    // does the job that named the file (so {job="billing"} finds it again).
+    let file = "billing{job=\"billing\", logger=\"billing\", severity=\"info\"}";
     let lines = lines_of(&agg, "web-2", file);
     assert_eq!(
         lines.len(),
@@ -398,7 +400,7 @@ fn hostile_pushes_get_a_clear_client_error_and_store_nothing() {
         400,
         "1 entries refused",
     );
-    assert_eq!(lines_of(&agg, "h", "j"), ["ok", "fine"]);
+    assert_eq!(lines_of(&agg, "h", JOB_J), ["ok", "fine"]);
     let files = get(&agg.url("/store/files")).json();
     assert_eq!(files["files"].as_array().map(Vec::len), Some(1), "{files}");
 }
@@ -439,7 +441,7 @@ fn pushes_are_rate_limited_per_host_with_retry_after() {
     );
     assert_eq!(second.status, 429, "{}", second.text());
     assert!(second.header("retry-after").is_some());
-    assert_eq!(lines_of(&agg, "busy", "j").len(), 100);
+    assert_eq!(lines_of(&agg, "busy", JOB_J).len(), 100);
     assert!(wait_until(Duration::from_secs(10), || {
         post(
             &agg.url("/loki/api/v1/push"),
@@ -449,7 +451,7 @@ fn pushes_are_rate_limited_per_host_with_retry_after() {
         .status
             == 204
     }));
-    assert_eq!(lines_of(&agg, "busy", "j").len(), 200);
+    assert_eq!(lines_of(&agg, "busy", JOB_J).len(), 200);
     assert_eq!(get(&agg.url("/ready")).status, 200);
 }
 

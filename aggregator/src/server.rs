@@ -217,7 +217,8 @@ impl Served {
             }
         });
         app.metrics.http.connections_open.inc();
-        let conn = builder.serve_connection(io, svc);
+        // With upgrades: Loki's live tail is a WebSocket.
+        let conn = builder.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
         let mut stopping = app.stopping();
         let mut closing = false;

@@ -6,6 +6,7 @@ pub mod error;
 pub mod ingest;
 pub mod line_json;
 pub mod listing;
+pub mod loki_read;
 pub mod push;
 pub mod query;
 pub mod routes;

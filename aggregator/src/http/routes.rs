@@ -10,7 +10,7 @@ use hyper::{Method, Request, Response};
 
 use super::body::{full, Body};
 use super::error::ApiError;
-use super::{download, ingest, listing, push, search};
+use super::{download, ingest, listing, loki_read, push, search};
 use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels};
 use crate::App;
 
@@ -116,6 +116,10 @@ async fn route(
             Ok(()) => ("files", listing::files(app, &req).await),
             Err(e) => ("files", Err(e)),
         },
+        path if path.starts_with("/loki/api/v1/") => match only(&method, &Method::GET, "GET") {
+            Ok(()) => ("loki_read", loki_read::route(app, req).await),
+            Err(e) => ("loki_read", Err(e)),
+        },
         "/metrics" => match only(&method, &Method::GET, "GET") {
             Ok(()) => {
                 app.metrics
@@ -141,7 +145,8 @@ async fn route(
 /// query node (or a browser at an ingest node) is told why.
 fn refused_by_role(role: crate::config::Role, path: &str) -> Option<ApiError> {
     let ingest = matches!(path, "/store/batch" | "/loki/api/v1/push" | "/v1/logs");
-    let query = matches!(path, "/" | "/index.html") || (path.starts_with("/store/") && !ingest);
+    let query = matches!(path, "/" | "/index.html")
+        || ((path.starts_with("/store/") || path.starts_with("/loki/api/v1/")) && !ingest);
     if (ingest && !role.ingests()) || (query && !role.queries()) {
         let other = if ingest { "ingest" } else { "query" };
         return Some(ApiError::not_found(format!(

@@ -6,13 +6,21 @@
 //!   set (`{app="api"}`); else the protocol's name.
 //! - labels beyond those two (all of them for Loki, `otlp_labels` for OTLP) are appended to
 //!   the file name as a label set, `/var/log/app.log{env="prod"}`, so streams that differ only
-//!   in them stay apart, and the query side reads them back from the name.
+//!   in them stay apart, and the query side reads them back from the name. The label that
+//!   named the host or file stays in that set too unless it is one the query side shows
+//!   under the same name (`host`, `host.name` → `host`; `filename`, `file`,
+//!   `log.file.path`, `log.file.name` → `filename`): a stream pushed as `{job="api"}` is
+//!   found again by `{job="api"}`.
 //!
 //! Names are made valid rather than refused (a stream is never the reason a whole push
 //! fails): control characters are escaped, and a name too long is cut.
 
 use logship_wire::push::render_labels;
 use logship_wire::{MAX_FILE_BYTES, MAX_HOST_BYTES};
+
+/// Labels the query side shows as `host` and `filename` under those very names.
+const SHOWN_AS_HOST: [&str; 2] = ["host", "host.name"];
+const SHOWN_AS_FILENAME: [&str; 4] = ["filename", "file", "log.file.path", "log.file.name"];
 
 /// How one protocol's labels map (from `[push]`).
 pub struct Mapping<'a> {
@@ -38,11 +46,21 @@ impl Mapping<'_> {
         let host_at = find(self.host_keys);
         let file_at = find(self.file_keys);
         let host = host_at.map_or(self.default_host, |i| labels[i].1.as_str());
+        // The labels that join the file name: those `keep` lists, and the one that named the
+        // host or file unless the query side shows it under its own name anyway.
+        let joins = |i: usize, name: &str| {
+            if Some(i) == host_at {
+                !SHOWN_AS_HOST.contains(&name)
+            } else if Some(i) == file_at {
+                !SHOWN_AS_FILENAME.contains(&name)
+            } else {
+                self.keep.is_none_or(|keep| keep.iter().any(|k| k == name))
+            }
+        };
         let rest: Vec<(String, String)> = labels
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != host_at && Some(*i) != file_at)
-            .filter(|(_, (k, _))| self.keep.is_none_or(|keep| keep.contains(k)))
+            .filter(|(i, (k, _))| joins(*i, k))
             .map(|(_, l)| l.clone())
             .collect();
         let file = match file_at {
@@ -117,7 +135,8 @@ mod tests {
         );
         assert_eq!(
             m.map(&labels(&[("job", "api")])),
-            ("10.0.0.9".into(), "api".into())
+            ("10.0.0.9".into(), "api{job=\"api\"}".into()),
+            "the label that named the file stays findable by its name"
         );
         assert_eq!(
             m.map(&labels(&[("app", "x"), ("env", "prod")])),
@@ -149,7 +168,10 @@ mod tests {
         ]);
         assert_eq!(
             m.map(&l),
-            ("web-1".into(), "api{service.namespace=\"shop\"}".into())
+            (
+                "web-1".into(),
+                "api{service.name=\"api\", service.namespace=\"shop\"}".into()
+            )
         );
     }
 }

@@ -44,8 +44,16 @@ pub struct Outcome {
 /// Checks the write token: `Authorization: Bearer <token>`, or basic auth with the token as
 /// the password (the user is not checked), which is what Loki clients send.
 pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let settings = app.settings();
-    let tokens = &settings.write_tokens;
+    authorize_with(app, req, &app.settings().write_tokens)
+}
+
+/// As [`authorize`], against `tokens` (the read tokens, for Loki's query API: Grafana's
+/// data source sends basic auth too).
+pub fn authorize_with(
+    app: &App,
+    req: &Request<Incoming>,
+    tokens: &[logship_common::config::Secret],
+) -> Result<(), ApiError> {
     let basic = req
         .headers()
         .get(AUTHORIZATION)
@@ -69,12 +77,18 @@ pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
             } else {
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "basic auth password is not an accepted write token",
+                    "basic auth password is not an accepted token",
                 ))
             }
         }
         _ => app.authorize(req, tokens),
     }
+}
+
+/// Whether a generation holds pushed lines, whose times are their senders' (not bounded by
+/// when the generation was written).
+pub fn carries_sender_times(generation: &str) -> bool {
+    generation == "push" || generation.starts_with("push@")
 }
 
 /// The generation pushed lines of this aggregator go to.

@@ -38,7 +38,8 @@ impl Scan<'_> {
         while i < n {
             if self.after > 0 || !whole {
                 // Owed context, or line-by-line matching.
-                if self.q.matcher.is_match(v.content(i)) && self.in_window(v.lines[i].ts) {
+                if self.q.matcher.is_match(v.content(i)) && self.passes(v.content(i), v.lines[i].ts)
+                {
                     self.hit(v, i, place)?;
                     if self.matches >= self.q.limit {
                         return Ok(Truncated::Limit);
@@ -60,7 +61,8 @@ impl Scan<'_> {
             if at >= n {
                 break;
             }
-            if self.q.matcher.is_match(v.content(at)) && self.in_window(v.lines[at].ts) {
+            if self.q.matcher.is_match(v.content(at)) && self.passes(v.content(at), v.lines[at].ts)
+            {
                 self.hit(v, at, place)?;
                 if self.matches >= self.q.limit {
                     return Ok(Truncated::Limit);
@@ -84,6 +86,12 @@ impl Scan<'_> {
             }
         }
         Ok(Truncated::No)
+    }
+
+    /// Whether a line the pattern matched is a match: inside the window and through every
+    /// further line filter.
+    fn passes(&self, content: &[u8], ts: Option<u64>) -> bool {
+        self.in_window(ts) && self.q.also.iter().all(|f| f.admits(content))
     }
 
     /// Whether a line received at `ts` is inside the search's `since`/`until`: exact to the

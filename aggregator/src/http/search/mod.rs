@@ -37,7 +37,8 @@ mod render;
 mod scan;
 
 use matcher::{Kept, View};
-pub use query::{NameFilter, Query};
+pub use order::{Order, Ranked};
+pub use query::{LineFilter, NameFilter, Query};
 use scan::{Part, Scan, Sink};
 
 /// Bytes of stored lines read per store call.
@@ -81,13 +82,41 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         settings.search_timeout,
         SystemTime::now(),
     )?;
-    let permit = app.searches.clone().try_acquire_owned().map_err(|_| {
+    let permit = permit(app)?;
+    let text = query.text;
+    let body = start(app, query, permit);
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if text {
+            "text/plain"
+        } else {
+            "application/x-ndjson"
+        }),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+/// A slot among `search.max_searches`, or 503.
+pub fn permit(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    app.searches.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many searches running (search.max_searches); retry later",
         )
         .retry_after(2)
-    })?;
+    })
+}
+
+/// Starts `query` on a blocking thread holding `permit`; its output (NDJSON or text, then
+/// the summary) streams into the returned body, which ends as aborted if the store fails.
+pub fn start(app: &App, query: Query, permit: tokio::sync::OwnedSemaphorePermit) -> Body {
     let (tx, body) = streamed(4);
     let store = app.store.clone();
     let (searches, scanned) = (
@@ -99,7 +128,6 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         app.metrics.search.searches_stalled.clone(),
     );
     let handle = tokio::runtime::Handle::current();
-    let text = query.text;
     running.inc();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -131,22 +159,7 @@ pub async fn search(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
             }
         }
     });
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(if text {
-            "text/plain"
-        } else {
-            "application/x-ndjson"
-        }),
-    );
-    h.insert("cache-control", HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    Ok(resp)
+    body
 }
 
 /// Counts a search as running until it is dropped (on every way out of the scan's thread).

@@ -17,6 +17,10 @@ pub struct Query {
     pub must_contain: Option<Vec<u8>>,
     pub host: NameFilter,
     pub file: NameFilter,
+    /// Only these (host, file) pairs (a LogQL stream selector, resolved); `None` for all.
+    pub pairs: Option<std::collections::HashSet<(String, String)>>,
+    /// More line filters every match must pass (LogQL's chained `|=`, `!=`, `|~`, `!~`).
+    pub also: Vec<LineFilter>,
     pub generation: Option<String>,
     /// (since, until) in ms since the epoch, by receive time.
     pub window: Option<(u64, u64)>,
@@ -31,12 +35,28 @@ pub struct Query {
     pub deadline: Duration,
 }
 
-/// `host=` or `file=`: one exact name, or a glob (`web-*`, `/var/log/nginx/*.log`).
+/// A line filter beyond the search's pattern: a line passes when `regex` matches it, or,
+/// `negate`d, when it does not.
+#[derive(Debug)]
+pub struct LineFilter {
+    pub regex: Regex,
+    pub negate: bool,
+}
+
+impl LineFilter {
+    pub fn admits(&self, line: &[u8]) -> bool {
+        self.regex.is_match(line) != self.negate
+    }
+}
+
+/// `host=` or `file=`: one exact name, or a glob (`web-*`, `/var/log/nginx/*.log`), or a
+/// set of names (a resolved LogQL selector).
 #[derive(Debug)]
 pub enum NameFilter {
     Any,
     Exact(String),
     Glob(globset::GlobMatcher),
+    Set(std::collections::BTreeSet<String>),
 }
 
 impl NameFilter {
@@ -45,6 +65,7 @@ impl NameFilter {
             NameFilter::Any => true,
             NameFilter::Exact(f) => f == name,
             NameFilter::Glob(g) => g.is_match(name),
+            NameFilter::Set(names) => names.contains(name),
         }
     }
 
@@ -195,6 +216,8 @@ impl Query {
             must_contain,
             host,
             file,
+            pairs: None,
+            also: Vec::new(),
             generation: p
                 .optional("generation")
                 .filter(|g| !g.is_empty())

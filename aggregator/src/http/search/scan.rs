@@ -164,6 +164,7 @@ impl<'a> Scan<'a> {
     fn walk(&mut self, store: &Arc<dyn Store>) -> Result<Truncated, Stop> {
         let hosts: Vec<String> = match &self.q.host {
             NameFilter::Exact(h) => vec![h.clone()],
+            NameFilter::Set(names) => names.iter().cloned().collect(),
             filter => {
                 let mut all = Vec::new();
                 let mut after: Option<String> = None;
@@ -198,6 +199,12 @@ impl<'a> Scan<'a> {
                 let targets: Vec<(&str, &GenerationInfo)> = page
                     .iter()
                     .filter(|f| self.q.file.admits(&f.file))
+                    .filter(|f| {
+                        self.q
+                            .pairs
+                            .as_ref()
+                            .is_none_or(|p| p.contains(&(host.clone(), f.file.clone())))
+                    })
                     .flat_map(|f| f.generations.iter().map(move |g| (f.file.as_str(), g)))
                     .filter(|(_, g)| self.wanted(g))
                     .collect();
@@ -377,6 +384,9 @@ impl<'a> Scan<'a> {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         };
         match self.q.window {
+            // Pushed lines carry their sender's times, which may lie before the generation
+            // was first written or after it was last: only its buckets' spans can tell.
+            Some(_) if crate::http::push::carries_sender_times(&g.name) => true,
             Some((since, until)) => ms(g.first_write) <= until && ms(g.last_write) >= since,
             None => true,
         }

@@ -1,0 +1,268 @@
+//! `GET /loki/api/v1/tail` (WebSocket): the lines of the streams a query selects as they
+//! arrive, each message `{"streams":[{"stream":{…},"values":[["<ns>","line"]]}]}`, as Loki
+//! sends them. A tail counts against `max_followers`. It starts at the streams' current ends
+//! (`start` and `delay_for` are accepted and not used), wakes on ingest events (and polls
+//! every second, which also finds streams that appear later), reads each stream onward as a
+//! follow does, applies the line filters, and ends when the client closes, the server
+//! stops, or the client stops reading for 60 s.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::logql::{self, Expr, Filter, Matcher};
+use super::streams::{labels_of, resolve};
+use super::ApiError;
+use crate::http::body::{full, Body};
+use crate::App;
+
+/// Bytes read from one stream per turn.
+const READ_BYTES: usize = 256 * 1024;
+/// A client that takes nothing for this long is let go.
+const SEND_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a tail is in one stream.
+struct Cursor {
+    generation: u64,
+    next: u64,
+}
+
+pub async fn tail(
+    app: &std::sync::Arc<App>,
+    req: Request<Incoming>,
+    p: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
+    let text = super::param(p, "query")
+        .ok_or_else(|| ApiError::bad_request("missing parameter `query`"))?;
+    let (selector, filters) = match logql::parse(text).map_err(ApiError::bad_request)? {
+        Expr::Logs { selector, filters } => (selector, filters),
+        Expr::Vector(_) => return Err(ApiError::bad_request("tail takes a log query")),
+    };
+    let regexes = filters.iter().map(compile).collect::<Result<Vec<_>, _>>()?;
+    let upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| upgrade) else {
+        return Err(ApiError::bad_request(
+            "tail is a WebSocket: send Upgrade: websocket and Sec-WebSocket-Key",
+        ));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let permit = app.followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live tails (max_followers); retry later",
+        )
+        .retry_after(5)
+    })?;
+    let limit = super::param(p, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(100);
+    let app = app.clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let _permit = permit;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                let tail = Tail {
+                    selector,
+                    filters: regexes,
+                    limit,
+                    cursors: HashMap::new(),
+                };
+                tail.run(&app, ws).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "tail upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+fn compile(f: &Filter) -> Result<(regex::bytes::Regex, bool), ApiError> {
+    let pattern = if f.regex {
+        f.text.clone()
+    } else {
+        regex::escape(&f.text)
+    };
+    regex::bytes::RegexBuilder::new(&pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map(|r| (r, f.negate))
+        .map_err(|e| ApiError::bad_request(format!("line filter {:?}: {e}", f.text)))
+}
+
+struct Tail {
+    selector: Vec<Matcher>,
+    filters: Vec<(regex::bytes::Regex, bool)>,
+    limit: usize,
+    cursors: HashMap<(String, String), Cursor>,
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+impl Tail {
+    async fn run(mut self, app: &std::sync::Arc<App>, mut ws: Ws) {
+        let mut written = app.subscribe_written();
+        let mut stopping = app.stopping();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Streams that exist now start at their ends; the first round only places cursors.
+        if self.refresh(app, true).await.is_err() {
+            let _ = ws.close(None).await;
+            return;
+        }
+        let mut dirty = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => dirty = true,
+                ev = written.recv() => match ev {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                    Err(_) => return,
+                },
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+                _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+            if !dirty {
+                continue;
+            }
+            dirty = false;
+            let Ok(batch) = self.collect(app).await else {
+                let _ = ws.close(None).await;
+                return;
+            };
+            for message in batch {
+                let sent = tokio::time::timeout(SEND_WAIT, ws.send(Message::text(message))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Finds the streams the selector admits and places a cursor for each new one: at its
+    /// end when `at_end` (the streams of the tail's start), else at its beginning (a stream
+    /// that appeared since).
+    async fn refresh(&mut self, app: &App, at_end: bool) -> Result<(), ApiError> {
+        let resolved = resolve(app, &self.selector).await?;
+        for (host, file) in resolved.pairs {
+            if self.cursors.contains_key(&(host.clone(), file.clone())) {
+                continue;
+            }
+            let gens = app.store.generations(&host, &file).await?;
+            let Some(g) = gens.last() else { continue };
+            let next = if at_end && g.lines > 0 {
+                g.max_line + 1
+            } else {
+                0
+            };
+            self.cursors.insert(
+                (host, file),
+                Cursor {
+                    generation: g.id,
+                    next,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads every stream onward from its cursor; the messages to send.
+    async fn collect(&mut self, app: &App) -> Result<Vec<String>, ApiError> {
+        self.refresh(app, false).await?;
+        let mut messages = Vec::new();
+        let mut streams = Vec::new();
+        let mut count = 0usize;
+        for ((host, file), cursor) in self.cursors.iter_mut() {
+            // A rotated file: a newer generation is read from its beginning.
+            let gens = app.store.generations(host, file).await?;
+            if let Some(g) = gens.last().filter(|g| g.id != cursor.generation) {
+                *cursor = Cursor {
+                    generation: g.id,
+                    next: 0,
+                };
+            }
+            let chunk = app
+                .store
+                .read_chunk(
+                    cursor.generation,
+                    cursor.next,
+                    u64::MAX,
+                    READ_BYTES,
+                    true,
+                    true,
+                )
+                .await?;
+            if chunk.lines.is_empty() {
+                continue;
+            }
+            cursor.next = chunk.end;
+            let mut values = Vec::new();
+            for (i, l) in chunk.lines.iter().enumerate() {
+                let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
+                let end = if l.partial {
+                    end
+                } else {
+                    end.saturating_sub(1)
+                };
+                let line = chunk.data.get(l.start..end).unwrap_or_default();
+                if !self
+                    .filters
+                    .iter()
+                    .all(|(r, negate)| r.is_match(line) != *negate)
+                {
+                    continue;
+                }
+                let ns = l.ts.unwrap_or(0).saturating_mul(1_000_000);
+                values.push(serde_json::json!([
+                    ns.to_string(),
+                    String::from_utf8_lossy(line)
+                ]));
+            }
+            if values.is_empty() {
+                continue;
+            }
+            count += values.len();
+            streams.push(serde_json::json!({"stream": labels_of(host, file), "values": values}));
+            if count >= self.limit {
+                messages.push(message(std::mem::take(&mut streams)));
+                count = 0;
+            }
+        }
+        if !streams.is_empty() {
+            messages.push(message(streams));
+        }
+        Ok(messages)
+    }
+}
+
+fn message(streams: Vec<serde_json::Value>) -> String {
+    serde_json::json!({"streams": streams, "dropped_entries": null}).to_string()
+}
