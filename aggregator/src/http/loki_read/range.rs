@@ -239,7 +239,7 @@ mod tests {
             1_790_000_000_500_000_000
         );
         assert_eq!(
-            time_ns("t", "2026-09-21T09:33:20Z").expect("rfc3339"),
+            time_ns("t", "2026-09-21T14:13:20Z").expect("rfc3339"),
             1_790_000_000_000_000_000
         );
         assert!(time_ns("t", "soon").is_err());
