@@ -158,6 +158,14 @@ pub(super) async fn search(
             rate / rg_rate * 100.0,
             "%",
         );
+        let (loki_secs, search_secs) =
+            loki_beside_search(&c, &base, query, rg_args, matches).await?;
+        r.add(
+            "search",
+            format!("{name}: Loki query_range (limit 100, backward) ÷ the same /store/search (order=newest)"),
+            loki_secs / search_secs,
+            "x",
+        );
     }
     r.add(
         "search",
@@ -172,4 +180,68 @@ pub(super) async fn search(
         "MiB",
     );
     Ok(())
+}
+
+/// The same search as a Loki `query_range` (`{host="bench"}` and the pattern as a line
+/// filter, the newest 100) and as `/store/search?order=newest&limit=100`: their times.
+/// Both scan everything in the window; the Loki one resolves its selector first and
+/// converts the results. Each must answer min(100, matches) lines.
+async fn loki_beside_search(
+    c: &crate::http::HttpClient,
+    base: &str,
+    query: &str,
+    rg_args: &[&str],
+    matches: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let (op, pattern) = match rg_args {
+        ["-F", lit] => ("|=", *lit),
+        [re] => ("|~", *re),
+        other => bail!("no LogQL form for {other:?}"),
+    };
+    if pattern.contains('`') {
+        bail!("pattern {pattern:?} holds a backtick");
+    }
+    let logql = format!("{{host=\"bench\"}} {op} `{pattern}`");
+    let encoded: String = logql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let want = matches.min(100);
+    let t = Instant::now();
+    let (status, body) = get(
+        c,
+        &format!("{base}/store/search?{query}&order=newest&limit=100"),
+    )
+    .await?;
+    let search_secs = t.elapsed().as_secs_f64();
+    let found = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty() && !l.starts_with(b"{\"summary\""))
+        .count() as u64;
+    if status != 200 || found != want {
+        bail!("ordered search answered {status} with {found} lines, {want} expected");
+    }
+    let t = Instant::now();
+    let (status, body) = get(
+        c,
+        &format!(
+            "{base}/loki/api/v1/query_range?query={encoded}&limit=100&direction=backward&start=0"
+        ),
+    )
+    .await?;
+    let loki_secs = t.elapsed().as_secs_f64();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let found: u64 = v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["values"].as_array().map_or(0, |a| a.len() as u64))
+        .sum();
+    if status != 200 || found != want {
+        bail!("Loki query_range answered {status} with {found} lines, {want} expected: {v}");
+    }
+    Ok((loki_secs, search_secs))
 }
