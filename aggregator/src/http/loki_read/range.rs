@@ -130,6 +130,14 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
     }
     // Drop the rest: the scan stops at its next chunk.
     drop(body);
+    Ok(crate::busy::offload_if(
+        out.len() > crate::busy::INLINE_BYTES,
+        || group_results(&out),
+    ))
+}
+
+/// The search's NDJSON results as Loki's streams, each stream's values in the order found.
+fn group_results(out: &[u8]) -> serde_json::Value {
     let mut streams: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
     let (mut lines, mut bytes) = (0u64, 0u64);
@@ -176,7 +184,7 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
             serde_json::json!({"stream": labels_of(&key.0, &key.1), "values": values})
         })
         .collect();
-    Ok(streams_answer(result, lines, bytes))
+    streams_answer(result, lines, bytes)
 }
 
 fn streams_answer(result: Vec<serde_json::Value>, lines: u64, bytes: u64) -> serde_json::Value {

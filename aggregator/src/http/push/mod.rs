@@ -160,39 +160,30 @@ fn group(
     groups
 }
 
-/// Numbers, de-duplicates and stores the streams of one push.
-pub async fn store(
-    app: &App,
-    streams: Vec<Stream>,
-    mapping: &Mapping<'_>,
-) -> Result<Outcome, ApiError> {
-    let settings = app.settings();
-    let mut outcome = Outcome::default();
-    let mut groups = group(
-        streams,
-        mapping,
-        settings.decode_limits.max_line_bytes,
-        &mut outcome,
-    );
-    if groups.is_empty() {
-        return Ok(outcome);
-    }
-    // Locked in key order, so two pushes naming the same streams cannot deadlock.
-    groups.sort_by(|a, b| a.key.cmp(&b.key));
-    let generation = generation(app);
-    let window = settings.push.dedup_lines;
-    let mut locked = Vec::with_capacity(groups.len());
-    for g in &groups {
-        let state = app.push_streams.get(&g.key, settings.push.dedup_memory);
-        let mut guard = state.lock_owned().await;
-        guard.load(&*app.store, &g.key, &generation, window).await?;
-        locked.push(guard);
-    }
-    // Which entries are new; the hashes of those that are resends (their counts restored
-    // after the write) and of those to store (remembered once stored).
-    let mut batches = Vec::with_capacity(groups.len());
-    let mut seen: Vec<Vec<u64>> = Vec::with_capacity(groups.len());
-    let mut fresh: Vec<Vec<u64>> = Vec::with_capacity(groups.len());
+/// Entries past which a push's per-entry work (mapping, hashing, numbering, dropping)
+/// runs off the async workers.
+const INLINE_ENTRIES: usize = 1_000;
+
+/// A push's batches to write and, per stream (in key order), the hashes of its resent
+/// entries (whose counts are restored after the write) and of its new ones (remembered
+/// once stored).
+struct Numbered<'a> {
+    batches: Vec<FileBatch<'a>>,
+    seen: Vec<Vec<u64>>,
+    fresh: Vec<Vec<u64>>,
+}
+
+/// Numbers each stream's new entries from its state's next number, leaving out resends.
+fn number<'a>(
+    groups: &'a [Group],
+    locked: &mut [tokio::sync::OwnedMutexGuard<streams::State>],
+    generation: &'a str,
+) -> Numbered<'a> {
+    let mut out = Numbered {
+        batches: Vec::with_capacity(groups.len()),
+        seen: Vec::with_capacity(groups.len()),
+        fresh: Vec::with_capacity(groups.len()),
+    };
     for (g, state) in groups.iter().zip(locked.iter_mut()) {
         let mut lines = Vec::with_capacity(g.entries.len());
         let (mut dup, mut new) = (Vec::new(), Vec::new());
@@ -210,21 +201,50 @@ pub async fn store(
                 ts: *ts,
             });
         }
-        outcome.duplicates += dup.len() as u64;
-        seen.push(dup);
-        fresh.push(new);
-        batches.push(FileBatch {
+        out.seen.push(dup);
+        out.fresh.push(new);
+        out.batches.push(FileBatch {
             host: Cow::Borrowed(&g.key.host),
             file: Cow::Borrowed(&g.key.file),
-            generation: Cow::Borrowed(&generation),
+            generation: Cow::Borrowed(generation),
             lines,
         });
     }
-    let restore = |locked: &mut Vec<tokio::sync::OwnedMutexGuard<streams::State>>| {
-        for (state, dup) in locked.iter_mut().zip(&seen) {
-            state.restore(dup);
-        }
-    };
+    out
+}
+
+/// Numbers, de-duplicates and stores the streams of one push.
+pub async fn store(
+    app: &App,
+    streams: Vec<Stream>,
+    mapping: &Mapping<'_>,
+) -> Result<Outcome, ApiError> {
+    let settings = app.settings();
+    let mut outcome = Outcome::default();
+    let large = streams.iter().map(|s| s.entries.len()).sum::<usize>() > INLINE_ENTRIES;
+    let max_line = settings.decode_limits.max_line_bytes;
+    let mut groups =
+        crate::busy::offload_if(large, || group(streams, mapping, max_line, &mut outcome));
+    if groups.is_empty() {
+        return Ok(outcome);
+    }
+    // Locked in key order, so two pushes naming the same streams cannot deadlock.
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
+    let generation = generation(app);
+    let window = settings.push.dedup_lines;
+    let mut locked = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let state = app.push_streams.get(&g.key, settings.push.dedup_memory);
+        let mut guard = state.lock_owned().await;
+        guard.load(&*app.store, &g.key, &generation, window).await?;
+        locked.push(guard);
+    }
+    let Numbered {
+        mut batches,
+        seen,
+        fresh,
+    } = crate::busy::offload_if(large, || number(&groups, &mut locked, &generation));
+    outcome.duplicates = seen.iter().map(|d| d.len() as u64).sum();
     batches.retain(|b| !b.lines.is_empty());
     let written = async {
         app.check_rate(&batches)?;
@@ -234,19 +254,27 @@ pub async fn store(
         Ok::<_, ApiError>(app.store.write(&batches).await?)
     }
     .await;
-    restore(&mut locked);
-    let stats = written?;
-    // Lines without a sender's time are remembered with time 0, as they were hashed (after a
-    // restart they read back with their receive time: such resends are caught only within
-    // one run).
-    for (state, new) in locked.iter_mut().zip(&fresh) {
-        state.next += new.len() as u64;
-        for h in new {
-            state.remember(*h, window);
+    let stored = written.is_ok();
+    crate::busy::offload_if(large, || {
+        for ((state, dup), new) in locked.iter_mut().zip(&seen).zip(&fresh) {
+            state.restore(dup);
+            if stored {
+                // Lines without a sender's time are remembered with time 0, as they were
+                // hashed (after a restart they read back with their receive time: such
+                // resends are caught only within one run).
+                state.next += new.len() as u64;
+                for h in new {
+                    state.remember(*h, window);
+                }
+            }
         }
-    }
+    });
+    let stats = written?;
     super::ingest::written(app, &batches, stats);
     outcome.stored = stats.lines;
+    // One free for the lines; a reference count per entry for what they borrowed.
+    drop(batches);
+    crate::busy::offload_if(large, move || drop(groups));
     Ok(outcome)
 }
 
