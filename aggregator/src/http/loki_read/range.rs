@@ -61,11 +61,12 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
     }
     // The first positive filter is the search's pattern; the rest check each match.
     let lead = ask.filters.iter().position(|f| !f.negate);
-    let (matcher, literal, must_contain) = match lead.map(|i| &ask.filters[i]) {
+    let (matcher, literal, must_contain, look_free) = match lead.map(|i| &ask.filters[i]) {
         Some(f) => (
             compile(f)?,
             !f.regex,
             (!f.regex).then(|| f.text.as_bytes().to_vec()),
+            !f.regex || search::look_free(&f.text, false),
         ),
         None => (
             RegexBuilder::new("")
@@ -73,6 +74,7 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
             true,
             None,
+            true,
         ),
     };
     let also = ask
@@ -94,7 +96,7 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
     };
     let query = Query {
         matcher,
-        look_free: true,
+        look_free,
         literal,
         must_contain,
         host: NameFilter::Set(resolved.hosts),

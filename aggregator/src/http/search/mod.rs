@@ -38,7 +38,7 @@ mod scan;
 
 use matcher::{Kept, View};
 pub use order::{Order, Ranked};
-pub use query::{LineFilter, NameFilter, Query};
+pub use query::{look_free, LineFilter, NameFilter, Query};
 use scan::{Part, Scan, Sink};
 
 /// Bytes of stored lines read per store call.

@@ -150,13 +150,7 @@ impl Query {
                 let msg: String = e.to_string().chars().take(600).collect();
                 ApiError::bad_request(format!("parameter `q` is not a usable regex: {msg}"))
             })?;
-        let look_free = regex_syntax::ParserBuilder::new()
-            .utf8(false)
-            .case_insensitive(insensitive)
-            .multi_line(true)
-            .build()
-            .parse(&pattern)
-            .is_ok_and(|hir| hir.properties().look_set().is_empty());
+        let look_free = look_free(&pattern, insensitive);
         let file = NameFilter::parse("file", p.optional("file"))?;
         let host = NameFilter::parse("host", p.optional("host"))?;
         let since = p
@@ -231,6 +225,18 @@ impl Query {
             deadline,
         })
     }
+}
+
+/// Whether `pattern` has no look-around (`^`, `$`, `\b`), so it may run over many lines at
+/// once.
+pub fn look_free(pattern: &str, insensitive: bool) -> bool {
+    regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .case_insensitive(insensitive)
+        .multi_line(true)
+        .build()
+        .parse(pattern)
+        .is_ok_and(|hir| hir.properties().look_set().is_empty())
 }
 
 /// A regex matching exactly the bytes of `q`: UTF-8 runs escaped (so case-insensitive
