@@ -341,6 +341,22 @@ fn hostile_pushes_get_a_clear_client_error_and_store_nothing() {
     let mut bomb = vec![0x80, 0x80, 0x80, 0x80, 0x0f];
     bomb.extend_from_slice(&[0; 16]);
     check(post(&loki, &bomb, &pb), 413, "max_decoded_bytes");
+    // A zstd bomb as Content-Encoding: 1 GiB of zeros in ~32 KB.
+    let zeros = vec![0u8; 1 << 30];
+    let zbomb = zstd::bulk::compress(&zeros, 3).expect("zstd");
+    drop(zeros);
+    check(
+        post(
+            &agg.url("/v1/logs"),
+            &zbomb,
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "zstd"),
+            ],
+        ),
+        413,
+        "max_decoded_bytes",
+    );
     // A protobuf whose length prefix claims 2 GB.
     let lie = snap::raw::Encoder::new()
         .compress_vec(&[0x0a, 0x80, 0x80, 0x80, 0x80, 0x08, 1, 2, 3])
