@@ -239,18 +239,7 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
         for body in &bodies {
             let (agg, retried) = (&agg, &retried);
             s.spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let a = post_zstd(agg, body, "application/json");
-                    if a.status == 200 {
-                        return;
-                    }
-                    assert_eq!(a.status, 503, "{}", a.text());
-                    assert!(a.header("retry-after").is_some());
-                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    assert!(Instant::now() < deadline, "never stored");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                send_until_taken(retried, 200, || post_zstd(agg, body, "application/json"))
             });
         }
     });
@@ -282,6 +271,23 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
         quiet / MIB
     );
     assert_workers_stay_free(&agg);
+}
+
+/// Sends until the answer is `ok`, counting each 503 (with Retry-After: the ingest memory
+/// budget is spent) in `retried` and waiting as a client would; 60 s at most.
+fn send_until_taken(retried: &std::sync::atomic::AtomicU32, ok: u16, send: impl Fn() -> Answer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = send();
+        if a.status == ok {
+            return;
+        }
+        assert_eq!(a.status, 503, "{}", a.text());
+        assert!(a.header("retry-after").is_some());
+        retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(Instant::now() < deadline, "never stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Issue 33: Loki pushes share the same ingest memory budget: 8 concurrent protobuf pushes
@@ -323,22 +329,13 @@ fn concurrent_loki_pushes_share_the_ingest_memory_budget() {
         for body in &bodies {
             let (agg, retried) = (&agg, &retried);
             s.spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let a = post(
+                send_until_taken(retried, 204, || {
+                    post(
                         &agg.url("/loki/api/v1/push"),
                         body,
                         &[("Content-Type", "application/x-protobuf")],
-                    );
-                    if a.status == 204 {
-                        return;
-                    }
-                    assert_eq!(a.status, 503, "{}", a.text());
-                    assert!(a.header("retry-after").is_some());
-                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    assert!(Instant::now() < deadline, "never stored");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                    )
+                })
             });
         }
     });

@@ -207,6 +207,26 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// Where rendered line `i` (of [`lines`](Chunk::lines)) ends in `data`, its `\n` left
+    /// out.
+    pub fn line_end(&self, i: usize) -> usize {
+        let l = self.lines[i];
+        let end = self.lines.get(i + 1).map_or(self.data.len(), |n| n.start);
+        let end = if l.partial {
+            end
+        } else {
+            end.saturating_sub(1)
+        };
+        end.max(l.start)
+    }
+
+    /// The bytes of rendered line `i` (of [`lines`](Chunk::lines)), without its `\n`.
+    pub fn line(&self, i: usize) -> &[u8] {
+        self.data
+            .get(self.lines[i].start..self.line_end(i))
+            .unwrap_or_default()
+    }
+
     /// Whether line `n` may be rendered next (and notes where it starts when numbered): a
     /// follower must never skip a line that may still arrive, nor show a partial line it
     /// would have to show again.

@@ -226,13 +226,7 @@ impl Tail {
             cursor.next = chunk.end;
             let mut values = Vec::new();
             for (i, l) in chunk.lines.iter().enumerate() {
-                let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
-                let end = if l.partial {
-                    end
-                } else {
-                    end.saturating_sub(1)
-                };
-                let line = chunk.data.get(l.start..end).unwrap_or_default();
+                let line = chunk.line(i);
                 if !self
                     .filters
                     .iter()

@@ -8,7 +8,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::super::body::{full, Body};
 use super::super::error::ApiError;
-use super::super::ingest::{receive, Received};
+use super::super::ingest::Received;
 use super::mapping::Mapping;
 use crate::App;
 
@@ -17,13 +17,14 @@ pub async fn push(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    super::authorize(app, &req)?;
-    let Received {
-        data,
-        content_type,
-        mut budget,
-    } = receive(app, req).await?;
-    let settings = app.settings();
+    let (
+        Received {
+            data,
+            content_type,
+            mut budget,
+        },
+        settings,
+    ) = super::receive_push(app, req).await?;
     let limits = settings.decode_limits;
     let json = content_type
         .as_deref()

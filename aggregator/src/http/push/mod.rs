@@ -85,6 +85,23 @@ pub fn authorize_with(
     }
 }
 
+/// What both push routes start with: the write token, then the body read and decompressed
+/// within the limits; and the settings in force.
+async fn receive_push(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<
+    (
+        super::ingest::Received,
+        std::sync::Arc<crate::config::Settings>,
+    ),
+    ApiError,
+> {
+    authorize(app, &req)?;
+    let received = super::ingest::receive(app, req).await?;
+    Ok((received, app.settings()))
+}
+
 /// Whether a generation holds pushed lines, whose times are their senders' (not bounded by
 /// when the generation was written).
 pub fn carries_sender_times(generation: &str) -> bool {

@@ -8,7 +8,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::super::body::{full, Body};
 use super::super::error::ApiError;
-use super::super::ingest::{receive, Received};
+use super::super::ingest::Received;
 use super::loki::decode_error;
 use super::mapping::Mapping;
 use crate::App;
@@ -18,13 +18,14 @@ pub async fn push(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    super::authorize(app, &req)?;
-    let Received {
-        data,
-        content_type,
-        mut budget,
-    } = receive(app, req).await?;
-    let settings = app.settings();
+    let (
+        Received {
+            data,
+            content_type,
+            mut budget,
+        },
+        settings,
+    ) = super::receive_push(app, req).await?;
     let limits = settings.decode_limits;
     let kind = content_type.as_deref().map(|c| {
         c.split(';')

@@ -94,14 +94,7 @@ impl State {
                     .read_chunk(g.id, from, next - 1, 4 << 20, false, true)
                     .await?;
                 for (i, l) in chunk.lines.iter().enumerate() {
-                    let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
-                    let end = if l.partial {
-                        end
-                    } else {
-                        end.saturating_sub(1)
-                    };
-                    let line = chunk.data.get(l.start..end).unwrap_or_default();
-                    self.remember(entry_hash(l.ts.unwrap_or(0), line), window);
+                    self.remember(entry_hash(l.ts.unwrap_or(0), chunk.line(i)), window);
                 }
                 match chunk.next {
                     Some(n) => from = n,

@@ -146,16 +146,10 @@ impl Scan<'_> {
             });
             lines.clear();
             for (i, l) in chunk.lines.iter().enumerate() {
-                let end = chunk.lines.get(i + 1).map_or(chunk.data.len(), |n| n.start);
-                let end = if l.partial {
-                    end
-                } else {
-                    end.saturating_sub(1)
-                };
                 lines.push(RawLine {
                     number: l.number,
                     start: l.start,
-                    end: end.max(l.start),
+                    end: chunk.line_end(i),
                     partial: l.partial,
                     ts: l.ts,
                 });
