@@ -10,9 +10,9 @@ use logship_e2e::*;
 const T0: u64 = 1_790_000_000_000_000_000;
 
 /// Stores three streams: two pushed (with their times) and one shipped by our own form.
-fn stored() -> (tempfile::TempDir, Aggregator) {
+fn stored_on(backend: &Backend) -> (tempfile::TempDir, Aggregator) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::with_config(dir.path(), "");
+    let agg = backend.aggregator(dir.path(), "", &[]);
     let values = |lines: &[&str], step_ms: u64| -> String {
         lines
             .iter()
@@ -54,6 +54,10 @@ fn stored() -> (tempfile::TempDir, Aggregator) {
     (dir, agg)
 }
 
+fn stored() -> (tempfile::TempDir, Aggregator) {
+    stored_on(&Backend::sled())
+}
+
 fn loki(agg: &Aggregator, path_and_query: &str) -> serde_json::Value {
     let a = get(&agg.url(path_and_query));
     assert_eq!(a.status, 200, "{path_and_query}: {}", a.text());
@@ -77,9 +81,12 @@ fn lines_of(result: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn grafana_health_check_labels_series_and_explore_queries_get_lokis_shapes() {
-    let (_dir, agg) = stored();
+logship_e2e::both_backends!(
+    grafana_health_check_labels_series_and_explore_queries_get_lokis_shapes
+);
+
+fn grafana_health_check_labels_series_and_explore_queries_get_lokis_shapes(backend: Backend) {
+    let (_dir, agg) = stored_on(&backend);
     // "Save & test".
     let d = loki(
         &agg,
@@ -187,20 +194,67 @@ fn queries_outside_the_subset_are_refused_saying_what_is_supported() {
     assert_eq!(a.status, 404, "{}", a.text());
 }
 
-#[test]
-fn live_tail_over_a_websocket_sends_new_matching_lines() {
-    let (_dir, agg) = stored();
-    let url = format!(
-        "ws://{}/loki/api/v1/tail?query={}",
-        agg.addr(),
-        enc(r#"{host="web-1"} |= "live""#)
-    );
-    let (mut ws, resp) = tungstenite::connect(url.as_str()).expect("websocket");
+/// Opens a tail; the first message it sends when one comes within 200 ms polls.
+fn open_tail(
+    agg: &Aggregator,
+    query: &str,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    let url = format!("ws://{}/loki/api/v1/tail?{query}", agg.addr());
+    let (ws, resp) = tungstenite::connect(url.as_str()).expect("websocket");
     assert_eq!(resp.status().as_u16(), 101);
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
     }
+    ws
+}
+
+#[test]
+fn a_tail_first_sends_the_newest_matching_lines_since_start() {
+    let (_dir, agg) = stored();
+    let mut ws = open_tail(
+        &agg,
+        &format!(
+            "query={}&start={T0}&limit=2",
+            enc(r#"{host="web-1"} |= "upstream""#)
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => break t.as_str().to_owned(),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("websocket: {e}"),
+        }
+        assert!(Instant::now() < deadline, "no backlog within 10 s");
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let lines: Vec<&str> = v["streams"][0]["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|e| e[1].as_str().expect("line"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["upstream error: timeout", "upstream error: reset by peer"],
+        "the newest two since start, oldest first"
+    );
+    let _ = ws.close(None);
+}
+
+#[test]
+fn live_tail_over_a_websocket_sends_new_matching_lines() {
+    let (_dir, agg) = stored();
+    let mut ws = open_tail(
+        &agg,
+        &format!("query={}", enc(r#"{host="web-1"} |= "live""#)),
+    );
     let push = |values: &str| {
         let body = format!(
             r#"{{"streams":[{{"stream":{{"host":"web-1","job":"nginx","env":"prod"}},"values":[{values}]}}]}}"#

@@ -46,8 +46,35 @@ fn compile(f: &Filter) -> Result<regex::bytes::Regex, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("line filter {:?}: {e}", f.text)))
 }
 
+/// One line a log query found.
+pub struct Found {
+    pub host: String,
+    pub file: String,
+    pub generation: String,
+    pub line: u64,
+    /// Its time, ns since the epoch (0 for a line stored before lines had times).
+    pub ns: u128,
+    pub content: String,
+}
+
+/// What a log query found, in its direction's order, and the lines and bytes it scanned.
+pub struct Findings {
+    pub found: Vec<Found>,
+    pub lines: u64,
+    pub bytes: u64,
+}
+
 /// Runs a log query; the Loki `data` object of its answer (`resultType` `streams`).
 pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError> {
+    let f = find(app, ask).await?;
+    let large = f.found.len() > 10_000;
+    Ok(crate::busy::offload_if(large, || {
+        streams_answer(streams_of(f.found), f.lines, f.bytes)
+    }))
+}
+
+/// Runs a log query; what it found.
+pub async fn find(app: &App, ask: Ask<'_>) -> Result<Findings, ApiError> {
     let settings = app.settings();
     if ask.limit > settings.search_max_limit {
         return Err(ApiError::bad_request(format!(
@@ -57,7 +84,11 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
     }
     let resolved = resolve(app, ask.selector).await?;
     if resolved.pairs.is_empty() {
-        return Ok(streams_answer(Vec::new(), 0, 0));
+        return Ok(Findings {
+            found: Vec::new(),
+            lines: 0,
+            bytes: 0,
+        });
     }
     // The first positive filter is the search's pattern; the rest check each match.
     let lead = ask.filters.iter().position(|f| !f.negate);
@@ -134,28 +165,27 @@ pub async fn run(app: &App, ask: Ask<'_>) -> Result<serde_json::Value, ApiError>
     drop(body);
     Ok(crate::busy::offload_if(
         out.len() > crate::busy::INLINE_BYTES,
-        || group_results(&out),
+        || parse_results(&out),
     ))
 }
 
-/// The search's NDJSON results as Loki's streams, each stream's values in the order found.
-fn group_results(out: &[u8]) -> serde_json::Value {
-    let mut streams: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
-    let mut order: Vec<(String, String)> = Vec::new();
-    let (mut lines, mut bytes) = (0u64, 0u64);
+/// The search's NDJSON results, in the order it gave them.
+fn parse_results(out: &[u8]) -> Findings {
+    let mut f = Findings {
+        found: Vec::new(),
+        lines: 0,
+        bytes: 0,
+    };
     for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
             continue;
         };
         if let Some(s) = v.get("summary") {
-            lines = s["lines_scanned"].as_u64().unwrap_or(0);
-            bytes = s["bytes_scanned"].as_u64().unwrap_or(0);
+            f.lines = s["lines_scanned"].as_u64().unwrap_or(0);
+            f.bytes = s["bytes_scanned"].as_u64().unwrap_or(0);
             continue;
         }
-        let key = (
-            v["host"].as_str().unwrap_or_default().to_owned(),
-            v["file"].as_str().unwrap_or_default().to_owned(),
-        );
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
         let ns = v["ts"]
             .as_str()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
@@ -173,20 +203,37 @@ fn group_results(out: &[u8]) -> serde_json::Value {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default(),
         };
+        f.found.push(Found {
+            host: text("host"),
+            file: text("file"),
+            generation: text("generation"),
+            line: v["line"].as_u64().unwrap_or(0),
+            ns,
+            content,
+        });
+    }
+    f
+}
+
+/// Found lines as Loki's streams, each stream's values in the order found.
+pub fn streams_of(found: Vec<Found>) -> Vec<serde_json::Value> {
+    let mut streams: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for f in found {
+        let key = (f.host, f.file);
         let entry = streams.entry(key.clone()).or_default();
         if entry.is_empty() {
             order.push(key);
         }
-        entry.push(serde_json::json!([ns.to_string(), content]));
+        entry.push(serde_json::json!([f.ns.to_string(), f.content]));
     }
-    let result = order
+    order
         .into_iter()
         .map(|key| {
             let values = streams.remove(&key).unwrap_or_default();
             serde_json::json!({"stream": labels_of(&key.0, &key.1), "values": values})
         })
-        .collect();
-    streams_answer(result, lines, bytes)
+        .collect()
 }
 
 fn streams_answer(result: Vec<serde_json::Value>, lines: u64, bytes: u64) -> serde_json::Value {

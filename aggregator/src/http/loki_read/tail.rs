@@ -1,10 +1,11 @@
 //! `GET /loki/api/v1/tail` (WebSocket): the lines of the streams a query selects as they
 //! arrive, each message `{"streams":[{"stream":{…},"values":[["<ns>","line"]]}]}`, as Loki
-//! sends them. A tail counts against `max_followers`. It starts at the streams' current ends
-//! (`start` and `delay_for` are accepted and not used), wakes on ingest events (and polls
-//! every second, which also finds streams that appear later), reads each stream onward as a
+//! sends them. A tail counts against `max_followers`. It places a cursor at each selected
+//! stream's end, first sends the newest `limit` matching lines since `start` (default an
+//! hour ago) that lie before those cursors, then wakes on ingest events (and polls every
+//! second, which also finds streams that appear later), reads each stream onward as a
 //! follow does, applies the line filters, and ends when the client closes, the server
-//! stops, or the client stops reading for 60 s.
+//! stops, or the client stops reading for 60 s. `delay_for` is accepted and not used.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,10 @@ const SEND_WAIT: Duration = Duration::from_secs(60);
 /// Where a tail is in one stream.
 struct Cursor {
     generation: u64,
+    /// The generation's name, and those of the stream's older generations: the backlog's
+    /// lines before the cursor are theirs.
+    name: String,
+    older: Vec<String>,
     next: u64,
 }
 
@@ -68,7 +73,13 @@ pub async fn tail(
     let limit = super::param(p, "limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(100);
+        .unwrap_or(100)
+        .min(usize::try_from(app.settings().search_max_limit).unwrap_or(usize::MAX));
+    let now = super::range::now_ns();
+    let start = super::param(p, "start")
+        .map(|t| super::range::time_ns("start", t))
+        .transpose()?
+        .unwrap_or(now.saturating_sub(3_600_000_000_000));
     let app = app.clone();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -81,7 +92,9 @@ pub async fn tail(
                 let tail = Tail {
                     selector,
                     filters: regexes,
+                    logql_filters: filters,
                     limit,
+                    start,
                     cursors: HashMap::new(),
                 };
                 tail.run(&app, ws).await;
@@ -117,7 +130,10 @@ fn compile(f: &Filter) -> Result<(regex::bytes::Regex, bool), ApiError> {
 struct Tail {
     selector: Vec<Matcher>,
     filters: Vec<(regex::bytes::Regex, bool)>,
+    logql_filters: Vec<Filter>,
     limit: usize,
+    /// The backlog's start, ns since the epoch.
+    start: u64,
     cursors: HashMap<(String, String), Cursor>,
 }
 
@@ -128,10 +144,20 @@ impl Tail {
         let mut written = app.subscribe_written();
         let mut stopping = app.stopping();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // Streams that exist now start at their ends; the first round only places cursors.
-        if self.refresh(app, true).await.is_err() {
+        // Streams that exist now start at their ends; the backlog is what lies before them.
+        let backlog = match self.refresh(app, true).await {
+            Ok(()) => self.backlog(app).await,
+            Err(e) => Err(e),
+        };
+        let Ok(backlog) = backlog else {
             let _ = ws.close(None).await;
             return;
+        };
+        for message in backlog {
+            let sent = tokio::time::timeout(SEND_WAIT, ws.send(Message::text(message))).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return;
+            }
         }
         let mut dirty = false;
         loop {
@@ -187,11 +213,50 @@ impl Tail {
                 (host, file),
                 Cursor {
                     generation: g.id,
+                    name: g.name.clone(),
+                    older: gens[..gens.len() - 1]
+                        .iter()
+                        .map(|g| g.name.clone())
+                        .collect(),
                     next,
                 },
             );
         }
         Ok(())
+    }
+
+    /// The newest `limit` matching lines since `start` that lie before the cursors (those
+    /// after them are the follow's), oldest first, as messages.
+    async fn backlog(&self, app: &App) -> Result<Vec<String>, ApiError> {
+        let found = super::range::find(
+            app,
+            super::range::Ask {
+                selector: &self.selector,
+                filters: &self.logql_filters,
+                start_ns: self.start,
+                end_ns: super::range::now_ns(),
+                limit: self.limit as u64,
+                backward: true,
+            },
+        )
+        .await?
+        .found;
+        let mut before: Vec<super::range::Found> = found
+            .into_iter()
+            .filter(|f| {
+                self.cursors
+                    .get(&(f.host.clone(), f.file.clone()))
+                    .is_some_and(|c| {
+                        (f.generation == c.name && f.line < c.next)
+                            || c.older.contains(&f.generation)
+                    })
+            })
+            .collect();
+        if before.is_empty() {
+            return Ok(Vec::new());
+        }
+        before.reverse();
+        Ok(vec![message(super::range::streams_of(before))])
     }
 
     /// Reads every stream onward from its cursor; the messages to send.
@@ -206,6 +271,8 @@ impl Tail {
             if let Some(g) = gens.last().filter(|g| g.id != cursor.generation) {
                 *cursor = Cursor {
                     generation: g.id,
+                    name: g.name.clone(),
+                    older: Vec::new(),
                     next: 0,
                 };
             }
