@@ -297,3 +297,91 @@ fn a_wall_clock_jump_does_not_wipe_the_store() {
         assert_eq!(agg.log("h", &format!("/f{f}"), "").expect("kept"), want);
     }
 }
+
+/// Issue 32.6: a file written without pause and never rotated is trimmed too: the store
+/// holds about what the retention window writes, line numbers stay, and every line written
+/// within the window is still there (the soak's short form, inside the suite).
+#[test]
+fn a_live_file_written_without_pause_is_trimmed_to_the_retention_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::with_config(
+        dir.path(),
+        "[store]\nretention = \"2s\"\nsweep_interval = \"200ms\"\nseal_after = \"500ms\"\n",
+    );
+    let line = |n: u64| format!("line {n} {}", "x".repeat(100)).into_bytes();
+    // (first line of the batch, when it was sent) for every batch: the aggregator received
+    // it after that.
+    let mut sent: Vec<(u64, std::time::Instant)> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut next = 0u64;
+    while started.elapsed() < Duration::from_secs(10) {
+        let lines: Vec<Vec<u8>> = (next..next + 200).map(line).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        sent.push((next, std::time::Instant::now()));
+        let a = post_compact(&agg, "h", "/live.log", "g", next, &refs);
+        assert_eq!(a.status, 200, "{}", a.text());
+        next += 200;
+        std::thread::sleep(Duration::from_millis(20)); // pacing the writer, not a wait
+    }
+    let first_line = || -> u64 {
+        let v = get(&agg.url("/store/files?host=h")).json();
+        v["files"][0]["generations"][0]["first_line"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || first_line() > 0),
+        "nothing trimmed: {}",
+        get(&agg.url("/store/files?host=h")).text()
+    );
+    // What is kept downloads exactly, numbers unchanged, from the first kept line on (read
+    // in one download: the sweep goes on trimming meanwhile).
+    let nd = agg
+        .log("h", "/live.log", "&format=ndjson")
+        .expect("download");
+    let checked = std::time::Instant::now();
+    let kept: Vec<(u64, String)> = String::from_utf8_lossy(&nd)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (
+                v["line"].as_u64().expect("line"),
+                v["content"].as_str().expect("content").to_owned(),
+            )
+        })
+        .collect();
+    let first = kept.first().map_or(next, |(n, _)| *n);
+    assert!(first > 0, "nothing trimmed");
+    for (i, (n, content)) in kept.iter().enumerate() {
+        assert_eq!(*n, first + i as u64, "a kept line is missing");
+        assert!(content.as_bytes() == line(*n), "line {n} differs");
+    }
+    assert_eq!(
+        first + kept.len() as u64,
+        next,
+        "the newest lines are missing"
+    );
+    // Nothing written within the retention window was trimmed: the batch holding the last
+    // trimmed line was sent at least the retention before the download ended.
+    let (_, last_trimmed_sent) = sent
+        .iter()
+        .rev()
+        .find(|(start, _)| *start < first)
+        .copied()
+        .expect("a trimmed batch");
+    assert!(
+        checked.duration_since(last_trimmed_sent) >= Duration::from_secs(2),
+        "line {} was trimmed {:?} after it was sent",
+        first - 1,
+        checked.duration_since(last_trimmed_sent)
+    );
+    // The store holds about the window, not everything written, and its listing says so.
+    let v = get(&agg.url("/store/files?host=h")).json();
+    let g = &v["files"][0]["generations"][0];
+    let (listed, listed_first) = (
+        g["lines"].as_u64().unwrap_or(0),
+        g["first_line"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(listed, next - listed_first, "{g}");
+    assert!(listed * 2 < next, "{listed} of {next} lines kept");
+}

@@ -177,6 +177,9 @@ pub struct GenerationInfo {
     pub lines: u64,
     /// Highest line number stored.
     pub max_line: u64,
+    /// The first line number still stored, when the backend knows it (sled): retention
+    /// trims a live generation's oldest lines, and a generation may start past 0.
+    pub first_line: Option<u64>,
     pub first_write: SystemTime,
     pub last_write: SystemTime,
 }
@@ -522,6 +525,9 @@ impl RetentionPolicy {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub generations_dropped: u64,
+    /// Lines removed from generations still written to (their oldest buckets, older than
+    /// the retention).
+    pub lines_trimmed: u64,
     pub segments_compacted: u64,
     /// Live bytes copied out of compacted segments.
     pub bytes_moved: u64,

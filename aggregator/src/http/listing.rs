@@ -215,13 +215,20 @@ fn file_json(f: &FileInfo) -> serde_json::Value {
     serde_json::json!({
         "host": f.host,
         "file": f.file,
-        "generations": f.generations.iter().map(|g| serde_json::json!({
-            "generation": g.name,
-            "lines": g.lines,
-            "max_line": g.max_line,
-            "first_write": rfc3339(g.first_write),
-            "last_write": rfc3339(g.last_write),
-        })).collect::<Vec<_>>(),
+        "generations": f.generations.iter().map(|g| {
+            let mut v = serde_json::json!({
+                "generation": g.name,
+                "lines": g.lines,
+                "max_line": g.max_line,
+                "first_write": rfc3339(g.first_write),
+                "last_write": rfc3339(g.last_write),
+            });
+            // Lines before it are gone (retention trimmed them) or were never sent.
+            if let Some(first) = g.first_line {
+                v["first_line"] = first.into();
+            }
+            v
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -47,6 +47,7 @@ impl Inner {
                 id,
                 lines: n(1).unwrap_or(0),
                 max_line,
+                first_line: None,
                 first_write: to_time(n(3).unwrap_or(0)),
                 last_write: to_time(n(4).unwrap_or(0)),
             });

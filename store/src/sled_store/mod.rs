@@ -140,12 +140,37 @@ pub(super) fn io_unavailable(e: std::io::Error) -> StoreError {
 
 use crate::clock::{now_ms, to_time};
 
-fn info(name: String, m: Meta) -> GenerationInfo {
+impl Inner {
+    /// A generation as listed: its metadata, and its first stored line (one index seek).
+    fn info(&self, name: String, m: Meta) -> Result<GenerationInfo, StoreError> {
+        let first_line = match self.db.scan_prefix(&line_key(m.id, 0)[..9]).next() {
+            Some(item) => {
+                let (k, v) = item.map_err(unavailable)?;
+                let bucket = k
+                    .get(9..17)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::corrupt("unreadable index key"))?;
+                // The bucket's first present line when its offsets are known (sealed ones:
+                // the bucket's start).
+                let offset = IndexValue::decode(&v)
+                    .and_then(|v| v.present)
+                    .map_or(0, |p| u64::from(p.trailing_zeros().min(127)));
+                Some(bucket * bucket::LINES_PER_BUCKET + offset)
+            }
+            None => None,
+        };
+        Ok(info(name, m, first_line))
+    }
+}
+
+fn info(name: String, m: Meta, first_line: Option<u64>) -> GenerationInfo {
     GenerationInfo {
         name,
         id: m.id,
         lines: m.lines,
         max_line: m.max_line,
+        first_line,
         first_write: to_time(m.first_write_ms),
         last_write: to_time(m.last_write_ms),
     }

@@ -14,7 +14,7 @@ impl Inner {
             let Some((_, _, generation)) = parse_file_key(&k) else {
                 return Err(StoreError::corrupt("unreadable file key"));
             };
-            out.push(info(generation, Meta::decode(&v)?));
+            out.push(self.info(generation, Meta::decode(&v)?)?);
         }
         out.sort_by_key(|g| g.id);
         Ok(out)
@@ -41,7 +41,7 @@ impl Inner {
             if after == Some((host.as_str(), file.as_str())) {
                 continue;
             }
-            let g = info(generation, Meta::decode(&v)?);
+            let g = self.info(generation, Meta::decode(&v)?)?;
             let full = out.len() >= limit;
             match out.last_mut() {
                 Some(f) if f.host == host && f.file == file => f.generations.push(g),

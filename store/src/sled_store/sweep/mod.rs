@@ -2,7 +2,9 @@
 //!
 //! 1. Generations whose last write is older than `retention` are dropped, then — while the
 //!    store's live bytes exceed 90 % of `max_disk_bytes` — the generations written longest
-//!    ago. Dropping removes a generation's metadata and index entries in one batch.
+//!    ago. Dropping removes a generation's metadata and index entries in one batch. A
+//!    generation still written to loses its oldest buckets whose lines are all older than
+//!    `retention` (trimming: line numbers stay, the first kept line moves on).
 //! 2. Dropped generations and superseded bucket versions leave garbage in the segment files.
 //!    A segment that is mostly garbage (or any garbage while over `max_disk_bytes`) is
 //!    compacted: its live buckets are appended to the active segment, each index entry moved
@@ -103,7 +105,26 @@ impl Inner {
         // A full index scan costs seconds on a large store: only when something changed.
         let grown = segment_bytes > self.swept_segment_bytes.load(Ordering::SeqCst) / 4 * 5;
         let (mut drop, keep) = self.expired(policy, now_ms)?;
-        let revisit = self.revisit.swap(false, Ordering::SeqCst);
+        // Generations still written to lose their buckets older than the retention too, so a
+        // file written without pause and never rotated does not grow the store for ever.
+        let mut trimmed = 0u64;
+        if let Some(r) = policy.retention {
+            let cutoff = now_ms.saturating_sub(r.as_millis() as u64);
+            for g in &keep {
+                let lines = self.trim_generation(g, cutoff)?;
+                if lines > 0 {
+                    tracing::info!(
+                        host = %g.host,
+                        generation_id = g.meta.id,
+                        lines,
+                        "retention trimmed the oldest lines of a live generation"
+                    );
+                }
+                trimmed += lines;
+            }
+        }
+        report.lines_trimmed += trimmed;
+        let revisit = self.revisit.swap(false, Ordering::SeqCst) || trimmed > 0;
         if drop.is_empty() && !near_cap && !grown && !revisit {
             return Ok(Vec::new());
         }

@@ -1,5 +1,5 @@
 //! Retention: which generations a sweep drops (expired, then the least recently written
-//! while over `max_disk_bytes`), and dropping one.
+//! while over `max_disk_bytes`), dropping one, and trimming a live one's old buckets.
 
 use super::*;
 
@@ -57,6 +57,81 @@ impl Inner {
             drop.push(g);
         }
         Ok(())
+    }
+
+    /// Trims a generation still written to: removes the index entries of its oldest buckets
+    /// whose every line is older than `cutoff_ms` (by the bucket's time span), from its first
+    /// bucket up to the first younger one, never its last bucket; returns the lines removed.
+    /// Their bytes become garbage for compaction (a sealed block once none of its buckets is
+    /// named). Line numbers stay: a download starts at the first kept line.
+    ///
+    /// Runs under the generation's stripe lock and the gate (shared), so no commit is in
+    /// progress and no writer of it applies meanwhile; a generation with a write waiting for
+    /// its commit is left to the next sweep (its entries are pending, not in sled yet).
+    pub(super) fn trim_generation(
+        &self,
+        g: &Generation,
+        cutoff_ms: u64,
+    ) -> Result<u64, StoreError> {
+        if g.meta.first_write_ms >= cutoff_ms {
+            return Ok(0);
+        }
+        let _locks = self.lock_generation(&g.key);
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending
+            .contains_key(&g.key);
+        if waiting {
+            return Ok(0);
+        }
+        let Some(v) = self.db.get(&g.key).map_err(unavailable)? else {
+            return Ok(0);
+        };
+        let mut meta = Meta::decode(&v)?;
+        let last_bucket = meta.max_line / crate::bucket::LINES_PER_BUCKET;
+        let mut batch = sled::Batch::default();
+        let mut removed: Vec<Vec<u8>> = Vec::new();
+        let mut lines = 0u64;
+        for item in self.db.scan_prefix(&line_key(meta.id, 0)[..9]) {
+            let (k, v) = item.map_err(unavailable)?;
+            let value = IndexValue::decode(&v)
+                .ok_or_else(|| StoreError::corrupt("unreadable index entry"))?;
+            let bucket = k
+                .get(9..17)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::corrupt("unreadable index key"))?;
+            if value.last_ms >= cutoff_ms || bucket >= last_bucket {
+                break;
+            }
+            lines += match value.present {
+                Some(p) if value.sealed.is_none() => u64::from(p.count_ones()),
+                _ => {
+                    let stored = self.read_bucket(&k, &value)?;
+                    crate::bucket::decode(&stored)
+                        .ok_or_else(|| {
+                            StoreError::corrupt(format!(
+                                "bucket {bucket} of generation {}",
+                                meta.id
+                            ))
+                        })?
+                        .len() as u64
+                }
+            };
+            batch.remove(k.as_ref());
+            removed.push(k.to_vec());
+        }
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        meta.lines = meta.lines.saturating_sub(lines);
+        batch.insert(g.key.as_slice(), meta.encode().to_vec());
+        self.db.apply_batch(batch).map_err(unavailable)?;
+        // Under the generation's lock still: no writer has read the removed entries.
+        self.forget(removed.iter().map(Vec::as_slice).chain([g.key.as_slice()]));
+        Ok(lines)
     }
 
     /// Removes a generation's metadata and index entries in one batch, unless it was

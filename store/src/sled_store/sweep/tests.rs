@@ -196,6 +196,64 @@ async fn expired_generations_are_dropped_and_their_space_reclaimed() {
     assert_eq!(read_all(&store, "h", "/new").await, Some(rendered(&new)));
 }
 
+/// Issue 32.6: a generation still written to loses its buckets older than the retention —
+/// raw or sealed — and keeps the rest: the line count and first line follow, line numbers
+/// stay, the trimmed space is compacted away, and a second sweep finds nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_the_old_buckets_of_a_live_generation() {
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let all: Vec<(u64, String)> = lines(1_100, 200, "l");
+        // Lines 0..1000 written long ago (the clock is the caller's), 1000..1100 now.
+        store
+            .inner
+            .apply(&batch("/live", "g", &all[..1_000]), 1_000)
+            .expect("apply");
+        store.flush().await.expect("commit");
+        store
+            .write(&[batch("/live", "g", &all[1_000..])])
+            .await
+            .expect("write");
+        if sealed {
+            store.seal_now(Duration::ZERO).await.expect("seal");
+        }
+        let before = store.inner.segments.size();
+        let policy = RetentionPolicy {
+            retention: Some(Duration::from_secs(3600)),
+            max_disk_bytes: None,
+        };
+        let r = store
+            .sweep(policy, std::time::SystemTime::now())
+            .await
+            .expect("sweep");
+        // Buckets 0..=6 hold lines 0..896, all old; bucket 7 also holds lines written now.
+        assert_eq!(
+            (r.generations_dropped, r.lines_trimmed),
+            (0, 896),
+            "sealed {sealed}"
+        );
+        let g = &store.generations("h", "/live").await.expect("list")[0];
+        assert_eq!((g.lines, g.max_line, g.first_line), (204, 1_099, Some(896)));
+        assert_eq!(
+            read_all(&store, "h", "/live").await,
+            Some(rendered(&all[896..])),
+            "sealed {sealed}: the download starts at the first kept line"
+        );
+        assert!(r.segments_compacted > 0, "sealed {sealed}: {r:?}");
+        let after = store.inner.segments.size();
+        assert!(
+            after * 2 < before,
+            "sealed {sealed}: segments {before} → {after} bytes"
+        );
+        let again = store
+            .sweep(policy, std::time::SystemTime::now())
+            .await
+            .expect("sweep");
+        assert_eq!(again.lines_trimmed, 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_host_file_going_removes_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
