@@ -234,6 +234,8 @@ impl Searches {
 pub struct Retention {
     pub store_size: Gauge,
     pub generations_dropped: Counter,
+    /// Lines retention removed from generations still written to.
+    pub lines_trimmed: Counter,
     pub segments_compacted: Counter,
     pub bytes_reclaimed: Counter,
     pub sweep_failures: Counter,
@@ -259,6 +261,12 @@ impl Retention {
                 r,
                 "retention_generations_dropped",
                 "Generations dropped by retention or max_disk_bytes",
+                Default::default(),
+            ),
+            lines_trimmed: register(
+                r,
+                "retention_lines_trimmed",
+                "Lines retention removed from the oldest buckets of generations still written to",
                 Default::default(),
             ),
             segments_compacted: register(

@@ -38,12 +38,14 @@ pub(crate) async fn sweep_periodically(app: std::sync::Weak<App>) {
             Ok(r) => {
                 let m = &app.metrics.retention;
                 m.generations_dropped.inc_by(r.generations_dropped);
+                m.lines_trimmed.inc_by(r.lines_trimmed);
                 m.segments_compacted.inc_by(r.segments_compacted);
                 m.bytes_reclaimed.inc_by(r.bytes_reclaimed);
                 m.sweep_seconds.set(started.elapsed().as_secs_f64());
                 if r != store::SweepReport::default() {
                     tracing::info!(
                         dropped = r.generations_dropped,
+                        trimmed_lines = r.lines_trimmed,
                         compacted = r.segments_compacted,
                         reclaimed_bytes = r.bytes_reclaimed,
                         took = ?started.elapsed(),
