@@ -532,3 +532,75 @@ async fn a_sender_time_is_kept_and_searched_by_on_redis() {
     let store = redis.store("sender-time").await;
     a_sender_time_is_kept_and_searched_by(&store).await;
 }
+
+/// Issue 32.6, on both backends: a generation still written to loses its buckets whose
+/// lines are all older than the retention, and keeps the rest (line count, first line and
+/// a download follow); a second sweep finds nothing more.
+async fn a_live_generation_is_trimmed_to_the_retention(store: &dyn Store) {
+    let batch = |from: u64, to: u64| FileBatch {
+        host: Cow::Borrowed("web-1"),
+        file: Cow::Borrowed("live.log"),
+        generation: Cow::Borrowed("g"),
+        lines: (from..to)
+            .map(|n| Line {
+                number: n,
+                content: Cow::Owned(format!("line {n}").into_bytes()),
+                partial: false,
+                ts: None,
+            })
+            .collect(),
+    };
+    let t0 = logship_store::clock::now_ms();
+    store.write(&[batch(0, 1_000)]).await.expect("old lines");
+    // The clock must move on past the retention (1 s) before the young lines come.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while logship_store::clock::now_ms() < t0 + 1_500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock did not move"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store
+        .write(&[batch(1_000, 1_100)])
+        .await
+        .expect("young lines");
+    let policy = logship_store::RetentionPolicy {
+        retention: Some(std::time::Duration::from_secs(1)),
+        max_disk_bytes: None,
+    };
+    let r = store
+        .sweep(policy, std::time::SystemTime::now())
+        .await
+        .expect("sweep");
+    // Buckets 0..=6 hold lines 0..896, all old; bucket 7 also holds young lines.
+    assert_eq!((r.generations_dropped, r.lines_trimmed), (0, 896));
+    let g = &store.generations("web-1", "live.log").await.expect("list")[0];
+    assert_eq!((g.lines, g.max_line, g.first_line), (204, 1_099, Some(896)));
+    let chunk = store
+        .read_chunk(g.id, 0, u64::MAX >> 16, 1 << 20, false, false)
+        .await
+        .expect("read");
+    let want: String = (896..1_100).map(|n| format!("line {n}\n")).collect();
+    assert!(chunk.data == want.as_bytes(), "the kept lines differ");
+    let again = store
+        .sweep(policy, std::time::SystemTime::now())
+        .await
+        .expect("sweep");
+    assert_eq!(again.lines_trimmed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_generation_is_trimmed_to_the_retention_on_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path(), &SledOptions::default()).expect("open sled");
+    a_live_generation_is_trimmed_to_the_retention(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_generation_is_trimmed_to_the_retention_on_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = Redis::start(dir.path());
+    let store = redis.store("trim").await;
+    a_live_generation_is_trimmed_to_the_retention(&store).await;
+}

@@ -23,7 +23,8 @@ impl Inner {
                 .arg("lines")
                 .arg("max_line")
                 .arg("first")
-                .arg("last");
+                .arg("last")
+                .arg("trim");
             let v: Vec<Option<String>> = self.cmd("reading a generation", c).await?;
             Ok::<_, StoreError>((name, id, v))
         }))
@@ -47,7 +48,8 @@ impl Inner {
                 id,
                 lines: n(1).unwrap_or(0),
                 max_line,
-                first_line: None,
+                // Known once retention has trimmed it: lines before it are gone.
+                first_line: n(5).map(|b| b * LINES_PER_BUCKET),
                 first_write: to_time(n(3).unwrap_or(0)),
                 last_write: to_time(n(4).unwrap_or(0)),
             });

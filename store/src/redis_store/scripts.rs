@@ -113,3 +113,36 @@ end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[3]) end
 return redis.call('ZCARD', KEYS[2])
 "#;
+
+/// Trims a live generation's oldest buckets older than the retention (issue 32.6).
+///
+/// KEYS: meta, then consecutive bucket keys from ARGV[2]. ARGV: the cutoff (ms), the first
+/// bucket's number. Walks the buckets in order and deletes each whose header's last time is
+/// before the cutoff (a missing one is passed over), stopping at the first younger one;
+/// moves the meta's `trim` (the first bucket not trimmed) and takes the removed lines and
+/// bytes off its counts. Atomic on the generation's slot: a write either lands before (its
+/// bucket is younger and stops the walk) or after (it starts a bucket anew). Returns
+/// `{lines removed, next bucket, 1 if it stopped at a younger bucket}`, or nil when the
+/// generation is not live.
+pub(super) const TRIM: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'live' then return nil end
+local cutoff = tonumber(ARGV[1])
+local b = tonumber(ARGV[2])
+local lines, bytes, stopped = 0, 0, 0
+for i = 2, #KEYS do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 16)
+  if #head == 17 then
+    local last = struct.unpack('>d', head, 10)
+    if last >= cutoff then stopped = 1 break end
+    lines = lines + string.byte(head, 1)
+    bytes = bytes + redis.call('STRLEN', KEYS[i])
+    redis.call('DEL', KEYS[i])
+  end
+  b = b + 1
+end
+redis.call('HSET', KEYS[1], 'trim', b)
+-- (0 - n, not -n: Lua writes -0 as "-0", which HINCRBY refuses)
+redis.call('HINCRBY', KEYS[1], 'lines', 0 - lines)
+redis.call('HINCRBY', KEYS[1], 'bytes', 0 - bytes)
+return {lines, b, stopped}
+"#;

@@ -147,6 +147,56 @@ impl Inner {
         }
     }
 
+    /// Trims generation `id`, still written to: removes its oldest buckets whose lines are
+    /// all older than `cutoff` (ms), up to the first younger one and never its last bucket
+    /// (see [`scripts::TRIM`]); returns the lines removed.
+    pub(super) async fn trim_generation(&self, id: u64, cutoff: u64) -> Result<u64, StoreError> {
+        let k = &self.keys;
+        let v: Vec<Option<u64>> = self
+            .cmd(
+                "reading a generation to trim",
+                redis::cmd("HMGET")
+                    .arg(k.meta(id))
+                    .arg("trim")
+                    .arg("max_line")
+                    .arg("first")
+                    .clone(),
+            )
+            .await?;
+        let (from, Some(max), Some(first)) = (
+            v.first().copied().flatten().unwrap_or(0),
+            v.get(1).copied().flatten(),
+            v.get(2).copied().flatten(),
+        ) else {
+            return Ok(0);
+        };
+        if first >= cutoff {
+            return Ok(0);
+        }
+        let last = max / LINES_PER_BUCKET;
+        let mut b = from;
+        let mut removed = 0u64;
+        while b < last {
+            let end = last.min(b + UNLINK_BATCH);
+            let mut c = redis::cmd("EVAL");
+            c.arg(scripts::TRIM).arg(1 + (end - b)).arg(k.meta(id));
+            for x in b..end {
+                c.arg(k.bucket(id, x));
+            }
+            c.arg(cutoff).arg(b);
+            let answer: Option<(u64, u64, u64)> = self.cmd("trimming a generation", c).await?;
+            let Some((lines, next, stopped)) = answer else {
+                break;
+            };
+            removed += lines;
+            b = next;
+            if stopped == 1 {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Memory the primaries use, summed (`INFO memory` on each).
     pub(super) async fn used_memory(&self) -> Result<u64, StoreError> {
         let value: Value = self
@@ -202,6 +252,28 @@ impl Inner {
                     if let Dropped::Yes = self.drop_generation(id, Some(cutoff)).await? {
                         report.generations_dropped += 1;
                     }
+                }
+            }
+            // Generations still written to lose their buckets older than the retention.
+            let mut from = format!("{cutoff}");
+            loop {
+                let mut c = redis::cmd("ZRANGEBYSCORE");
+                c.arg(k.by_last())
+                    .arg(&from)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(128);
+                let page: Vec<(u64, u64)> = self.cmd("finding live generations", c).await?;
+                for (id, _) in &page {
+                    report.lines_trimmed += self.trim_generation(*id, cutoff).await?;
+                }
+                match page.last() {
+                    // Scores are last-write times: go on after the last one seen (ties at
+                    // that score were in this page or are trimmed next sweep).
+                    Some((_, score)) if page.len() == 128 => from = format!("({score}"),
+                    _ => break,
                 }
             }
         }
