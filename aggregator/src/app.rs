@@ -225,9 +225,17 @@ impl App {
     }
 }
 
+impl App {
+    /// Whether `given` is one of `tokens` (a credential that came some other way than a
+    /// bearer header, e.g. basic auth's password), in constant time.
+    pub fn token_accepted(tokens: &[Secret], given: &[u8]) -> bool {
+        token_matches(tokens, given)
+    }
+}
+
 /// Whether `given` is one of `tokens`, comparing every token in constant time so the
 /// answer's timing says nothing about how much of a guess was right.
-pub(crate) fn token_matches(tokens: &[Secret], given: &[u8]) -> bool {
+fn token_matches(tokens: &[Secret], given: &[u8]) -> bool {
     let mut matched = subtle::Choice::from(0u8);
     for t in tokens {
         matched |= subtle::ConstantTimeEq::ct_eq(t.expose().as_bytes(), given);

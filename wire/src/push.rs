@@ -1,4 +1,4 @@
-//! What the push protocols of other shippers ([`loki`](crate::loki), [`otlp`](crate::otlp))
+//! What the push protocols of other shippers (Loki's, in `loki.rs`; OTLP, in `otlp.rs`)
 //! decode to: streams named by their labels, each a list of lines with the sender's time.
 //! They carry no line numbers; the aggregator numbers them per stream.
 //!

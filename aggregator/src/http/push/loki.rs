@@ -60,7 +60,9 @@ pub async fn push(
         fallback_file: "loki",
     };
     let outcome = super::store(app, streams, &mapping).await?;
-    app.metrics.ingest.pushed("loki", &outcome);
+    app.metrics
+        .ingest
+        .pushed("loki", outcome.stored, outcome.duplicates, outcome.rejected);
     if outcome.rejected > 0 {
         return Err(ApiError::bad_request(format!(
             "{} entries refused, the rest stored: {}",

@@ -72,7 +72,7 @@ pub fn authorize_with(
                 Some(at) => &decoded[at + 1..],
                 None => &decoded[..],
             };
-            if crate::app::token_matches(tokens, password) {
+            if App::token_accepted(tokens, password) {
                 Ok(())
             } else {
                 Err(ApiError::new(

@@ -75,7 +75,9 @@ pub async fn push(
         fallback_file: "otlp",
     };
     let outcome = super::store(app, streams, &mapping).await?;
-    app.metrics.ingest.pushed("otlp", &outcome);
+    app.metrics
+        .ingest
+        .pushed("otlp", outcome.stored, outcome.duplicates, outcome.rejected);
     let body = logship_wire::otlp::response(outcome.rejected, &outcome.why, json);
     let mut resp = Response::new(full(body));
     let ctype = if json {

@@ -40,12 +40,29 @@ const COPY_BATCH: usize = 1 << 20;
 /// segment.
 pub(super) const SEGMENTS_PER_PASS: usize = 8;
 
-/// Live bytes by generation id and by segment, from one scan of the index.
+/// Live bytes by generation id, by segment and by age, from one scan of the index.
 #[derive(Debug, Default)]
 struct Usage {
     by_id: HashMap<u64, u64>,
     by_segment: HashMap<u32, u64>,
+    /// Bytes by the age of their bucket's last line ([`age_bin`]): which data is oldest,
+    /// whatever file it is in, for `max_disk_bytes`.
+    by_age: std::collections::BTreeMap<u32, u64>,
     live: u64,
+}
+
+/// Ages are binned on a log scale, 1 % wide: a few thousand bins from a millisecond to
+/// decades, so the scan's memory does not grow with the store.
+const AGE_BIN_RATIO: f64 = 1.01;
+
+/// The bin of an age in ms.
+fn age_bin(age_ms: u64) -> u32 {
+    ((age_ms as f64 + 1.0).ln() / AGE_BIN_RATIO.ln()) as u32
+}
+
+/// The youngest age (ms) of a bin.
+fn bin_start(bin: u32) -> u64 {
+    (AGE_BIN_RATIO.powi(bin as i32) - 1.0).max(0.0) as u64
 }
 
 /// A generation as the sweep sees it.
@@ -62,7 +79,7 @@ mod retention;
 pub(super) mod tests;
 
 impl Inner {
-    fn usage(&self) -> Result<Usage, StoreError> {
+    fn usage(&self, now_ms: u64) -> Result<Usage, StoreError> {
         let mut u = Usage::default();
         // A block is counted once, however many of a generation's buckets it holds.
         let mut blocks: (u64, std::collections::HashSet<Loc>) = (u64::MAX, Default::default());
@@ -79,10 +96,12 @@ impl Inner {
                     continue;
                 }
             }
+            let age = age_bin(now_ms.saturating_sub(value.last_ms));
             for loc in &value.pieces {
                 let len = u64::from(loc.len);
                 *u.by_id.entry(id).or_default() += len;
                 *u.by_segment.entry(loc.segment).or_default() += len;
+                *u.by_age.entry(age).or_default() += len;
                 u.live += len;
             }
         }
@@ -128,8 +147,8 @@ impl Inner {
         if drop.is_empty() && !near_cap && !grown && !revisit {
             return Ok(Vec::new());
         }
-        let mut usage = self.usage()?;
-        self.over_cap(policy, &usage, &mut drop, keep)?;
+        let mut usage = self.usage(now_ms)?;
+        let cap_cutoff = self.over_cap(policy, &usage, &mut drop, &keep, now_ms)?;
         let mut dropped = 0u64;
         for g in &drop {
             if !self.drop_generation(g)? {
@@ -149,8 +168,26 @@ impl Inner {
             );
         }
         report.generations_dropped += dropped;
-        if dropped > 0 {
-            usage = self.usage()?;
+        // Over `max_disk_bytes`, the generations still written to lose their data older than
+        // the cut too, never their newest lines.
+        let mut cap_trimmed = 0u64;
+        if let Some(cutoff) = cap_cutoff {
+            for g in keep.iter().filter(|g| g.meta.last_write_ms >= cutoff) {
+                let lines = self.trim_generation(g, cutoff)?;
+                if lines > 0 {
+                    tracing::info!(
+                        host = %g.host,
+                        generation_id = g.meta.id,
+                        lines,
+                        "max_disk_bytes trimmed the oldest lines of a live generation"
+                    );
+                }
+                cap_trimmed += lines;
+            }
+        }
+        report.lines_trimmed += cap_trimmed;
+        if dropped > 0 || cap_trimmed > 0 {
+            usage = self.usage(now_ms)?;
         }
         let over_cap = policy
             .max_disk_bytes

@@ -1,5 +1,6 @@
-//! Retention: which generations a sweep drops (expired, then the least recently written
-//! while over `max_disk_bytes`), dropping one, and trimming a live one's old buckets.
+//! Retention: which generations a sweep drops (expired, then — over `max_disk_bytes` —
+//! those whose data is all older than the cut that brings the store under it), dropping
+//! one, and trimming a live one's old buckets.
 
 use super::*;
 
@@ -34,29 +35,50 @@ impl Inner {
         }))
     }
 
-    /// Adds to `drop` the least recently written of `keep` while live data and the index
-    /// are over 90 % of the disk cap.
+    /// Over 90 % of the disk cap: the age before which data goes so that live data and the
+    /// index fit — the oldest data first, whatever file it is in. Adds to `drop` the
+    /// generations of `keep` last written before it (all their data is older); returns it,
+    /// for the sweep to trim the others' older buckets (never a generation's newest lines).
+    /// `None` when under the cap.
     pub(super) fn over_cap(
         &self,
         policy: RetentionPolicy,
         usage: &Usage,
         drop: &mut Vec<Generation>,
-        keep: Vec<Generation>,
-    ) -> Result<(), StoreError> {
+        keep: &[Generation],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let Some(target) = policy.disk_target() else {
-            return Ok(());
+            return Ok(None);
         };
         let index = self.db.size_on_disk().map_err(unavailable)?;
         let bytes_of = |g: &Generation| usage.by_id.get(&g.meta.id).copied().unwrap_or(0);
-        let mut live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
-        for g in keep {
-            if live + index <= target {
+        let live = usage.live - drop.iter().map(bytes_of).sum::<u64>();
+        if live + index <= target {
+            return Ok(None);
+        }
+        let needed = live + index - target;
+        // Oldest bins first, until they hold what must go.
+        let mut freed = 0u64;
+        let mut cut_age = 0u64;
+        for (&bin, &bytes) in usage.by_age.iter().rev() {
+            freed += bytes;
+            cut_age = bin_start(bin);
+            if freed >= needed {
                 break;
             }
-            live -= bytes_of(&g);
-            drop.push(g);
         }
-        Ok(())
+        let cutoff = now_ms.saturating_sub(cut_age);
+        for g in keep {
+            if g.meta.last_write_ms < cutoff {
+                drop.push(Generation {
+                    key: g.key.clone(),
+                    host: g.host.clone(),
+                    meta: g.meta,
+                });
+            }
+        }
+        Ok(Some(cutoff))
     }
 
     /// Trims a generation still written to: removes the index entries of its oldest buckets

@@ -254,6 +254,57 @@ async fn retention_trims_the_old_buckets_of_a_live_generation() {
     }
 }
 
+/// Issue 32.6: over `max_disk_bytes`, one file written without pause loses its oldest
+/// lines, never its newest, and is not dropped whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_disk_bytes_a_live_file_loses_its_oldest_lines_not_its_newest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let all = lines(80_000, 100, "l");
+    let now = crate::clock::now_ms();
+    // Half written two hours ago, half a minute ago: one generation.
+    for (part, when) in [
+        (&all[..40_000], now - 7_200_000),
+        (&all[40_000..], now - 60_000),
+    ] {
+        store
+            .inner
+            .apply(&batch("/live", "g", part), when)
+            .expect("apply");
+        store.flush().await.expect("commit");
+    }
+    let index = store.inner.db.size_on_disk().expect("size");
+    let half = store.inner.segments.size() / 2;
+    // Room for the index and the newer half, not both.
+    let max = (index + half) * 100 / 80;
+    let policy = RetentionPolicy {
+        retention: None,
+        max_disk_bytes: Some(max),
+    };
+    let r = store
+        .sweep(policy, std::time::SystemTime::now())
+        .await
+        .expect("sweep");
+    assert_eq!(r.generations_dropped, 0, "{r:?}");
+    // The old half's buckets go; the bucket shared with the new half stays.
+    let g = &store.generations("h", "/live").await.expect("list")[0];
+    let first = g.first_line.expect("first line");
+    assert!(
+        (39_000..=40_000).contains(&first),
+        "first kept line {first}, {r:?}"
+    );
+    assert_eq!(
+        read_all(&store, "h", "/live").await,
+        Some(rendered(&all[first as usize..])),
+        "the newest lines are all there"
+    );
+    assert!(
+        store.size_on_disk() <= max,
+        "{} bytes on disk, cap {max}",
+        store.size_on_disk()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_host_file_going_removes_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -287,8 +338,10 @@ async fn over_max_disk_bytes_the_least_recently_written_go_first() {
     let content: Vec<Vec<(u64, String)>> = (0..3)
         .map(|i| lines(40_000, 100, &format!("f{i}")))
         .collect();
+    // Written three, two and one hour ago.
+    let now = crate::clock::now_ms();
     for (i, c) in content.iter().enumerate() {
-        let when = 1_000 * (i as u64 + 1);
+        let when = now - 3_600_000 * (3 - i as u64);
         store
             .inner
             .apply(&batch(&format!("/f{i}"), "g", c), when)
@@ -364,7 +417,7 @@ async fn compaction_keeps_every_line_while_writers_and_readers_go_on() {
     assert!(compacted >= 1, "garbage was never compacted");
     let last = lines(2_000, 50, &format!("v{}", ROUNDS - 1));
     assert_eq!(read_all(&store, "h", "/f").await, Some(rendered(&last)));
-    let live = store.inner.usage().expect("usage").live;
+    let live = store.inner.usage(0).expect("usage").live;
     assert!(
         store.inner.segments.size() < live * 3,
         "garbage left: {} bytes of segments for {live} live",
