@@ -195,10 +195,7 @@ fn queries_outside_the_subset_are_refused_saying_what_is_supported() {
 }
 
 /// Opens a tail; the first message it sends when one comes within 200 ms polls.
-fn open_tail(
-    agg: &Aggregator,
-    query: &str,
-) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+fn open_tail(agg: &Aggregator, query: &str) -> Tail {
     let url = format!("ws://{}/loki/api/v1/tail?{query}", agg.addr());
     let (ws, resp) = tungstenite::connect(url.as_str()).expect("websocket");
     assert_eq!(resp.status().as_u16(), 101);
@@ -207,6 +204,28 @@ fn open_tail(
             .expect("timeout");
     }
     ws
+}
+
+type Tail = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// The next text message of a tail within `wait` (reads time out every 200 ms), if any.
+fn next_text(ws: &mut Tail, wait: Duration) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                return Some(serde_json::from_str(t.as_str()).expect("json"))
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("websocket: {e}"),
+        }
+    }
+    None
 }
 
 #[test]
@@ -219,21 +238,7 @@ fn a_tail_first_sends_the_newest_matching_lines_since_start() {
             enc(r#"{host="web-1"} |= "upstream""#)
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        match ws.read() {
-            Ok(tungstenite::Message::Text(t)) => break t.as_str().to_owned(),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("websocket: {e}"),
-        }
-        assert!(Instant::now() < deadline, "no backlog within 10 s");
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let v = next_text(&mut ws, Duration::from_secs(10)).expect("a backlog within 10 s");
     let lines: Vec<&str> = v["streams"][0]["values"]
         .as_array()
         .expect("values")
@@ -267,27 +272,15 @@ fn live_tail_over_a_websocket_sends_new_matching_lines() {
         assert_eq!(a.status, 204, "{}", a.text());
     };
     // Lines the tail sent, read for at most `wait`.
+    // Lines the tail sent in its next message within `wait`.
     let mut read = |wait: Duration| -> Vec<String> {
-        let deadline = Instant::now() + wait;
         let mut seen = Vec::new();
-        while seen.is_empty() && Instant::now() < deadline {
-            match ws.read() {
-                Ok(tungstenite::Message::Text(t)) => {
-                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
-                    for s in v["streams"].as_array().expect("streams") {
-                        assert_eq!(s["stream"]["host"], "web-1");
-                        for e in s["values"].as_array().expect("values") {
-                            seen.push(e[1].as_str().expect("line").to_owned());
-                        }
-                    }
+        if let Some(v) = next_text(&mut ws, wait) {
+            for s in v["streams"].as_array().expect("streams") {
+                assert_eq!(s["stream"]["host"], "web-1");
+                for e in s["values"].as_array().expect("values") {
+                    seen.push(e[1].as_str().expect("line").to_owned());
                 }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("websocket: {e}"),
             }
         }
         seen

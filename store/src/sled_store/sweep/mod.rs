@@ -108,6 +108,26 @@ impl Inner {
         Ok(u)
     }
 
+    /// Trims every generation of `gens` to `cutoff` (see `trim_generation`), logging each
+    /// one trimmed and `why`; the lines removed.
+    fn trim_all(&self, gens: &[Generation], cutoff: u64, why: &str) -> Result<u64, StoreError> {
+        let mut trimmed = 0u64;
+        for g in gens {
+            let lines = self.trim_generation(g, cutoff)?;
+            if lines > 0 {
+                tracing::info!(
+                    host = %g.host,
+                    generation_id = g.meta.id,
+                    lines,
+                    why,
+                    "trimmed the oldest lines of a generation still written to"
+                );
+            }
+            trimmed += lines;
+        }
+        Ok(trimmed)
+    }
+
     /// Drops what the policy says, then lists the segments worth compacting (fewest live
     /// bytes first) and closes the active one if it is among them.
     pub(super) fn retire(
@@ -126,22 +146,13 @@ impl Inner {
         let (mut drop, keep) = self.expired(policy, now_ms)?;
         // Generations still written to lose their buckets older than the retention too, so a
         // file written without pause and never rotated does not grow the store for ever.
-        let mut trimmed = 0u64;
-        if let Some(r) = policy.retention {
-            let cutoff = now_ms.saturating_sub(r.as_millis() as u64);
-            for g in &keep {
-                let lines = self.trim_generation(g, cutoff)?;
-                if lines > 0 {
-                    tracing::info!(
-                        host = %g.host,
-                        generation_id = g.meta.id,
-                        lines,
-                        "retention trimmed the oldest lines of a live generation"
-                    );
-                }
-                trimmed += lines;
+        let trimmed = match policy.retention {
+            Some(r) => {
+                let cutoff = now_ms.saturating_sub(r.as_millis() as u64);
+                self.trim_all(&keep, cutoff, "retention")?
             }
-        }
+            None => 0,
+        };
         report.lines_trimmed += trimmed;
         let revisit = self.revisit.swap(false, Ordering::SeqCst) || trimmed > 0;
         if drop.is_empty() && !near_cap && !grown && !revisit {
@@ -170,21 +181,11 @@ impl Inner {
         report.generations_dropped += dropped;
         // Over `max_disk_bytes`, the generations still written to lose their data older than
         // the cut too, never their newest lines.
-        let mut cap_trimmed = 0u64;
-        if let Some(cutoff) = cap_cutoff {
-            for g in keep.iter().filter(|g| g.meta.last_write_ms >= cutoff) {
-                let lines = self.trim_generation(g, cutoff)?;
-                if lines > 0 {
-                    tracing::info!(
-                        host = %g.host,
-                        generation_id = g.meta.id,
-                        lines,
-                        "max_disk_bytes trimmed the oldest lines of a live generation"
-                    );
-                }
-                cap_trimmed += lines;
-            }
-        }
+        // (Those wholly older are in `drop`: their trim finds nothing left.)
+        let cap_trimmed = match cap_cutoff {
+            Some(cutoff) => self.trim_all(&keep, cutoff, "max_disk_bytes")?,
+            None => 0,
+        };
         report.lines_trimmed += cap_trimmed;
         if dropped > 0 || cap_trimmed > 0 {
             usage = self.usage(now_ms)?;
