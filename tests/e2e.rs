@@ -24,6 +24,7 @@ mod operator;
 mod overload;
 mod power_cut;
 mod push;
+mod push_sinks;
 mod redis_keys;
 mod refusals;
 mod reload;

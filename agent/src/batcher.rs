@@ -68,6 +68,9 @@ pub struct Batch {
     pub permit: Option<OwnedSemaphorePermit>,
     /// When its first line was read: how long a line waits for its ack is measured from here.
     pub read_at: std::time::Instant,
+    /// The same moment on the wall clock (ms since the epoch): the time sinks that carry one
+    /// per line (Loki, OTLP) give the batch's lines, the same at every retry.
+    pub read_at_ms: u64,
 }
 
 /// The agent-wide budget of buffered batch bytes, counted in KiB permits.
@@ -135,6 +138,15 @@ struct Open {
     deadline: Instant,
     /// When the first line was added, just after it was read.
     started: Instant,
+    /// The same, on the wall clock (ms since the epoch).
+    started_ms: u64,
+}
+
+/// Now on the wall clock, ms since the epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An open batch takes budget in steps of this many bytes.
@@ -231,6 +243,7 @@ impl Batcher {
                     end_line: 0,
                     deadline: Instant::now() + self.options.linger,
                     started: Instant::now(),
+                    started_ms: wall_ms(),
                 });
             }
             let Some(o) = self.open.as_mut() else {
@@ -381,6 +394,7 @@ impl Batcher {
                 end_line: o.end_line,
                 permit,
                 read_at: o.started.into_std(),
+                read_at_ms: o.started_ms,
             }))
             .await
             .map_err(|_| Gone)

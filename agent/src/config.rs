@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// The file's shape.
 /// The sink types `[sink] type` may name; `sink::build` makes each (the config owns the
 /// list, so it needs neither the sink nor the source modules).
-pub const SINK_KINDS: &[&str] = &["aggregator", "stdout"];
+pub const SINK_KINDS: &[&str] = &["aggregator", "loki", "otlp", "stdout"];
 /// The source types `[[sources]] type` may name; `source::build` makes each.
 pub const SOURCE_KINDS: &[&str] = &["file"];
 
@@ -75,7 +75,8 @@ impl UrlList {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// `"aggregator"` (HTTP) or `"stdout"` (JSON lines, for dry runs).
+    /// `"aggregator"` (HTTP), `"loki"` (Loki's push API), `"otlp"` (OTLP/HTTP logs) or
+    /// `"stdout"` (JSON lines, for dry runs).
     #[serde(rename = "type")]
     pub kind: String,
     /// `POST /store/batch` URL of the aggregator, or a list of them (several aggregators
@@ -104,6 +105,18 @@ pub struct SinkConfig {
     /// while that endpoint answered nothing else either, is sent to the next one too
     /// ("0s": never). Resends are idempotent; the first acknowledgement wins.
     pub hedge_after: String,
+    /// loki: labels every stream carries beside `host` and `filename`, e.g.
+    /// `{ job = "nginx" }`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// otlp: resource attributes beside `host.name`, `log.file.path` and `log.file.name`.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// loki: the tenant (`X-Scope-OrgID`) of a multi-tenant Loki.
+    pub tenant: Option<String>,
+    /// loki, otlp: basic auth's user; the token (`token`/`token_file`) is its password.
+    /// Without it the token goes as a bearer token.
+    pub username: Option<String>,
 }
 
 impl Default for SinkConfig {
@@ -120,6 +133,10 @@ impl Default for SinkConfig {
             compression_level: 1,
             timeout: "30s".into(),
             hedge_after: "1s".into(),
+            labels: Default::default(),
+            attributes: Default::default(),
+            tenant: None,
+            username: None,
         }
     }
 }
@@ -247,6 +264,12 @@ pub struct SinkSettings {
     pub hedge_after: Duration,
     /// TLS for an `https://` URL; `None` for `http://`.
     pub tls: Option<crate::client_tls::ClientTls>,
+    /// loki: extra stream labels; otlp: extra resource attributes (sorted by name).
+    pub labels: Vec<(String, String)>,
+    /// loki: `X-Scope-OrgID`.
+    pub tenant: Option<String>,
+    /// Basic auth's user (the token is the password).
+    pub username: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,9 +472,15 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
     }
     let mut https = false;
     let mut urls = Vec::new();
-    if s.kind == "aggregator" {
+    let labels = sink_labels(s)?;
+    if s.kind != "stdout" {
         let list = match &s.url {
-            None => return Err(("sink.url".into(), "required for the aggregator sink".into())),
+            None => {
+                return Err((
+                    "sink.url".into(),
+                    format!("required for the {} sink", s.kind),
+                ))
+            }
             Some(l) => l.urls(),
         };
         if list.is_empty() {
@@ -530,11 +559,23 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
             ));
         }
     }
+    if s.username.is_some() && token.is_none() {
+        return Err((
+            "sink.username".into(),
+            "basic auth needs a password: set sink.token or sink.token_file".into(),
+        ));
+    }
+    if s.tenant.is_some() && s.kind != "loki" {
+        return Err(("sink.tenant".into(), "only used by the loki sink".into()));
+    }
     Ok(SinkSettings {
         kind: s.kind.clone(),
         urls,
         token,
         tls,
+        labels,
+        tenant: s.tenant.clone(),
+        username: s.username.clone(),
         compression,
         compression_level: s.compression_level.clamp(-7, 19),
         timeout: units::duration("sink.timeout", &s.timeout)
@@ -546,6 +587,38 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
             )
         })?,
     })
+}
+
+/// `sink.labels` (loki) or `sink.attributes` (otlp), checked: each only for its sink, and
+/// Loki label names as Prometheus writes them.
+fn sink_labels(s: &SinkConfig) -> Result<Vec<(String, String)>, KeyError> {
+    if !s.labels.is_empty() && s.kind != "loki" {
+        return Err(("sink.labels".into(), "only used by the loki sink".into()));
+    }
+    if !s.attributes.is_empty() && s.kind != "otlp" {
+        return Err((
+            "sink.attributes".into(),
+            "only used by the otlp sink".into(),
+        ));
+    }
+    for name in s.labels.keys() {
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok || name == "host" || name == "filename" {
+            return Err((
+                format!("sink.labels.{name}"),
+                "a label name is letters, digits and _, not starting with a digit; host and filename are set from the file".into(),
+            ));
+        }
+    }
+    Ok(s.labels
+        .iter()
+        .chain(&s.attributes)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
 }
 
 fn validate_source(

@@ -115,6 +115,25 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
         settings.lines_per_sec,
         settings.bytes_per_sec
     );
+    let configured = &settings.sink;
+    let what = match configured.kind.as_str() {
+        "aggregator" => "our compact form; lines placed by number, 2 batches of a file in flight".to_string(),
+        "loki" => format!(
+            "Loki push (protobuf + snappy), labels host, filename{}{}; one batch of a file in flight; partial lines wait until complete",
+            configured.labels.iter().map(|(k, v)| format!(", {k}={v:?}")).collect::<String>(),
+            configured.tenant.as_deref().map(|t| format!(", tenant {t:?}")).unwrap_or_default()
+        ),
+        "otlp" => format!(
+            "OTLP/HTTP logs (protobuf), resource host.name, log.file.path, log.file.name{}; one batch of a file in flight; partial lines wait until complete",
+            configured.labels.iter().map(|(k, v)| format!(", {k}={v:?}")).collect::<String>()
+        ),
+        _ => "JSON lines on stdout".to_string(),
+    };
+    out!(
+        "# sink: {} → {}: {what}",
+        configured.kind,
+        configured.urls.join(", ")
+    );
     let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
     for (i, s) in settings.sources.iter().enumerate() {
         let o = &s.options;

@@ -28,7 +28,8 @@ use crate::tailer::Control;
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
-/// Batches of one file in flight at once.
+/// Batches of one file in flight at once (one for a sink that does not place lines by
+/// their number).
 const WINDOW: usize = 2;
 
 /// A lines/s or bytes/s limit; 0 means none.
@@ -132,6 +133,11 @@ impl Sender {
             VecDeque::new();
         let mut open = true;
         while open || !in_flight.is_empty() {
+            let window = if this.env.sink().places_by_number() {
+                WINDOW
+            } else {
+                1
+            };
             tokio::select! {
                 biased;
                 done = async {
@@ -148,15 +154,15 @@ impl Sender {
                     }
                     Err(e) if e.is_panic() => {
                         tracing::error!(file = %this.file, error = %e, "delivery task panicked (a bug); delivering the batch again");
-                        if let Some((handle, _, body)) = in_flight.front_mut() {
-                            *handle = this.spawn_delivery(body.clone(), true);
+                        if let Some((handle, batch, body)) = in_flight.front_mut() {
+                            *handle = this.spawn_delivery(body.clone(), batch.read_at_ms, true);
                         }
                     }
                     // Cancelled: the runtime is shutting down. The checkpoint stays before
                     // the batch, which is sent again after a restart.
                     Err(_) => return,
                 },
-                next = input.recv(), if open && in_flight.len() < WINDOW => match next {
+                next = input.recv(), if open && in_flight.len() < window => match next {
                     Some(mut batch) => {
                         tracing::trace!(file = %this.file, first = batch.first_line, lines = batch.lines, "sending batch");
                         lines.take(u64::from(batch.lines)).await;
@@ -165,7 +171,7 @@ impl Sender {
                         global.0.take(u64::from(batch.lines)).await;
                         global.1.take(batch.bytes).await;
                         let body = Arc::new(std::mem::take(&mut batch.body));
-                        let handle = this.spawn_delivery(body.clone(), false);
+                        let handle = this.spawn_delivery(body.clone(), batch.read_at_ms, false);
                         this.env.metrics.batch_out(&this.file, batch.read_at);
                         in_flight.push_back((handle, *batch, body));
                     }
@@ -185,6 +191,7 @@ impl Sender {
     fn spawn_delivery(
         self: &Arc<Self>,
         body: Arc<Vec<u8>>,
+        read_at_ms: u64,
         again: bool,
     ) -> tokio::task::JoinHandle<()> {
         let task = self.clone();
@@ -193,7 +200,7 @@ impl Sender {
                 tokio::time::sleep(task.options.retry_max).await;
             }
             let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
-            task.deliver(body, &mut backoff).await;
+            task.deliver(body, read_at_ms, &mut backoff).await;
         })
     }
 
@@ -217,10 +224,11 @@ impl Sender {
     }
 
     /// Delivers a body, splitting on 413 and dead-lettering what is refused.
-    async fn deliver(&self, body: Arc<Vec<u8>>, backoff: &mut Backoff) {
+    async fn deliver(&self, body: Arc<Vec<u8>>, read_at_ms: u64, backoff: &mut Backoff) {
         let mut d = Delivering {
             sender: self,
             backoff,
+            read_at_ms,
         };
         let Ok(()) = crate::delivery::split_on_too_large(body, &mut d).await;
     }
@@ -239,14 +247,19 @@ impl Sender {
         }
     }
 
-    async fn attempt_until_answered(&self, body: &[u8], backoff: &mut Backoff) -> Delivery {
+    async fn attempt_until_answered(
+        &self,
+        body: &[u8],
+        read_at_ms: u64,
+        backoff: &mut Backoff,
+    ) -> Delivery {
         let mut parked = Holding::default();
         // A reload that swaps the sink ends the wait below: the fix is tried at once.
         let mut swaps = self.env.sink.watch();
         loop {
             let outcome = {
                 let _permit = self.env.in_flight.acquire().await;
-                self.env.sink().send(body).await
+                self.env.sink().send_at(body, read_at_ms).await
             };
             match outcome {
                 Outcome::Ok => {
@@ -351,6 +364,8 @@ impl Sender {
 struct Delivering<'a> {
     sender: &'a Sender,
     backoff: &'a mut Backoff,
+    /// When the batch's first line was read (ms since the epoch).
+    read_at_ms: u64,
 }
 
 impl crate::delivery::Deliver for Delivering<'_> {
@@ -360,7 +375,7 @@ impl crate::delivery::Deliver for Delivering<'_> {
         use crate::delivery::Step;
         match self
             .sender
-            .attempt_until_answered(piece, self.backoff)
+            .attempt_until_answered(piece, self.read_at_ms, self.backoff)
             .await
         {
             Delivery::Done => Step::Done,
@@ -469,6 +484,7 @@ mod tests {
             end_line: 1,
             permit: None,
             read_at: std::time::Instant::now(),
+            read_at_ms: 0,
         };
         let (tx, rx) = mpsc::channel(1);
         tx.send(Box::new(batch)).await.expect("send");

@@ -1,6 +1,6 @@
-//! The `aggregator` sink: `POST /store/batch` in the compact form over one shared hyper
-//! client (connections are reused across all files), optionally compressed, over TLS for an
-//! `https://` URL.
+//! The HTTP sinks — `aggregator` (`POST /store/batch` in the compact form), `loki` and
+//! `otlp` (what they send is [`Protocol`]'s) — over one shared hyper client (connections are
+//! reused across all files), optionally compressed, over TLS for an `https://` URL.
 //!
 //! With several URLs (aggregators sharing one store) batches go round-robin to the healthy
 //! ones; an endpoint that refuses connections, times out or answers 5xx is skipped — the
@@ -32,6 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
+use super::protocol::Protocol;
 use super::{BoxFuture, Outcome, Sink};
 use crate::config::{Compression, SinkSettings};
 
@@ -62,6 +63,7 @@ pub struct AggregatorSink {
     level: i32,
     timeout: Duration,
     hedge_after: Duration,
+    protocol: Protocol,
 }
 
 /// One aggregator URL and whether it is taking batches.
@@ -145,7 +147,19 @@ impl AggregatorSink {
             .token
             .as_ref()
             .map(|t| {
-                HeaderValue::from_str(&format!("Bearer {}", t.expose())).map(|mut v| {
+                let value = match &s.username {
+                    // Basic auth, the token as the password (what Loki gateways take).
+                    Some(user) => {
+                        use base64::Engine as _;
+                        let pair = format!("{user}:{}", t.expose());
+                        format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(pair)
+                        )
+                    }
+                    None => format!("Bearer {}", t.expose()),
+                };
+                HeaderValue::from_str(&value).map(|mut v| {
                     // Kept out of hyper's debug output.
                     v.set_sensitive(true);
                     v
@@ -163,6 +177,7 @@ impl AggregatorSink {
             level: s.compression_level,
             timeout: s.timeout,
             hedge_after: s.hedge_after,
+            protocol: Protocol::from_settings(s)?,
         })
     }
 
@@ -251,8 +266,24 @@ impl AggregatorSink {
     }
 
     /// Sends `body` to the first endpoint that takes it.
-    async fn attempt(&self, body: &[u8]) -> Outcome {
-        let (payload, encoding) = match self.encode(body) {
+    async fn attempt(&self, body: &[u8], read_at_ms: u64) -> Outcome {
+        let translated = match self.protocol.translate(body, read_at_ms) {
+            Ok(t) => t,
+            Err(reason) => {
+                return Outcome::Reject {
+                    reason: format!("cannot translate the batch: {reason}"),
+                }
+            }
+        };
+        let content_type = translated
+            .as_ref()
+            .map_or(logship_wire::COMPACT_CONTENT_TYPE, |t| t.content_type);
+        let encoded = match &translated {
+            None => self.encode(body),
+            Some(t) if t.compressible => self.encode(&t.payload),
+            Some(t) => Ok((Bytes::copy_from_slice(&t.payload), None)),
+        };
+        let (payload, encoding) = match encoded {
             Ok(p) => p,
             Err(e) => {
                 return Outcome::Reject {
@@ -270,7 +301,12 @@ impl AggregatorSink {
         loop {
             if inflight.is_empty() {
                 let Some(i) = next.next() else { break };
-                inflight.push(self.attempt_boxed(i, body, payload.clone(), encoding));
+                inflight.push(self.attempt_boxed(
+                    i,
+                    body,
+                    payload.clone(),
+                    (content_type, encoding),
+                ));
                 started.push((i, Instant::now()));
             }
             let hedge_at = started
@@ -305,7 +341,7 @@ impl AggregatorSink {
                         ep,
                         &format!("{}: no answer within {:?}", ep.label, self.hedge_after),
                     );
-                    inflight.push(self.attempt_boxed(j, body, payload.clone(), encoding));
+                    inflight.push(self.attempt_boxed(j, body, payload.clone(), (content_type, encoding)));
                     started.push((j, Instant::now()));
                     continue;
                 }
@@ -365,11 +401,11 @@ impl AggregatorSink {
         i: usize,
         body: &'a [u8],
         payload: Bytes,
-        encoding: Option<&'static str>,
+        types: (&'static str, Option<&'static str>),
     ) -> Attempt<'a> {
         Box::pin(async move {
             let r = self
-                .attempt_at(&self.endpoints[i], body, payload, encoding)
+                .attempt_at(&self.endpoints[i], body, payload, types)
                 .await;
             (i, r)
         })
@@ -382,12 +418,13 @@ impl AggregatorSink {
         ep: &Endpoint,
         body: &[u8],
         payload: Bytes,
-        encoding: Option<&'static str>,
+        (content_type, encoding): (&'static str, Option<&'static str>),
     ) -> (Outcome, Fault) {
         let mut req = Request::post(ep.url.clone())
-            .header(CONTENT_TYPE, logship_wire::COMPACT_CONTENT_TYPE)
+            .header(CONTENT_TYPE, content_type)
             .body(Full::new(payload));
         if let Ok(r) = &mut req {
+            self.protocol.headers(r.headers_mut());
             if let Some(enc) = encoding {
                 r.headers_mut()
                     .insert(CONTENT_ENCODING, HeaderValue::from_static(enc));
@@ -463,14 +500,11 @@ impl AggregatorSink {
             Fault::Endpoint
         };
         let outcome = match classify(status, after, &answer) {
-            Verdict::Ok => match acknowledged_lines(&answer) {
-                Some(n) if Some(n) == logship_wire::compact::line_count(body) => Outcome::Ok,
-                _ => Outcome::Park {
+            Verdict::Ok => match self.protocol.acknowledged(&answer, body) {
+                Ok(()) => Outcome::Ok,
+                Err(why) => Outcome::Park {
                     endpoint: endpoint(),
-                    reason: format!(
-                        "answered {status} without acknowledging the batch's lines ({}); is the URL an aggregator's /store/batch?",
-                        shown(&answer)
-                    ),
+                    reason: format!("answered {status} {why} ({})", shown(&answer)),
                 },
             },
             Verdict::Park(reason) => Outcome::Park {
@@ -535,19 +569,17 @@ fn classify(status: StatusCode, after: Option<Duration>, body: &[u8]) -> Verdict
     }
 }
 
-/// The `stored` count of an aggregator's acknowledgement `{"stored": N, "new": M}`.
-fn acknowledged_lines(body: &[u8]) -> Option<u32> {
-    #[derive(serde::Deserialize)]
-    struct Ack {
-        stored: u64,
-    }
-    let ack: Ack = serde_json::from_slice(body).ok()?;
-    u32::try_from(ack.stored).ok()
-}
-
 impl Sink for AggregatorSink {
     fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome> {
-        Box::pin(self.attempt(body))
+        Box::pin(self.attempt(body, crate::batcher::wall_ms()))
+    }
+
+    fn send_at<'a>(&'a self, body: &'a [u8], read_at_ms: u64) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.attempt(body, read_at_ms))
+    }
+
+    fn places_by_number(&self) -> bool {
+        matches!(self.protocol, Protocol::Aggregator)
     }
 
     /// Reachable when a TCP connection to any aggregator opens within 2 s.
@@ -611,14 +643,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_a_matching_count_is_an_acknowledgement() {
-        assert_eq!(acknowledged_lines(br#"{"stored":3,"new":1}"#), Some(3));
-        for body in [&b"ok"[..], b"", b"{}", br#"{"stored":"3"}"#, b"<html>"] {
-            assert_eq!(acknowledged_lines(body), None, "{body:?}");
-        }
-    }
-
     /// A request the endpoint never answers counts as one failure, not two (the attempt and
     /// its caller both marked it, doubling the endpoint's exclusion).
     #[tokio::test]
@@ -643,6 +667,9 @@ mod tests {
             timeout: Duration::from_millis(100),
             hedge_after: Duration::ZERO,
             tls: None,
+            labels: Vec::new(),
+            tenant: None,
+            username: None,
         };
         let sink = AggregatorSink::new(&settings, EndpointMetrics::default()).expect("sink");
         let body = logship_wire::compact::Writer::new("h", "/f", "g", 0).finish();

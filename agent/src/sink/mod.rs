@@ -7,6 +7,7 @@
 mod aggregator;
 mod current;
 pub mod endpoint_metrics;
+mod protocol;
 mod stdout;
 
 use std::future::Future;
@@ -47,6 +48,22 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers one compact body once.
     fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome>;
 
+    /// Delivers one compact body once, its first line read at `read_at_ms` (ms since the
+    /// epoch): the time a sink that carries one per line gives them, the same at every
+    /// retry. Sinks without times take [`send`](Sink::send).
+    fn send_at<'a>(&'a self, body: &'a [u8], read_at_ms: u64) -> BoxFuture<'a, Outcome> {
+        let _ = read_at_ms;
+        self.send(body)
+    }
+
+    /// Whether the destination places lines by their number, so that batches of one file
+    /// may be in flight together. A destination that appends lines as they arrive (Loki,
+    /// OTLP) takes a file's batches one at a time, or a retried batch would land after the
+    /// next one.
+    fn places_by_number(&self) -> bool {
+        true
+    }
+
     /// Whether the destination can be reached now (the agent's `/readyz`).
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
@@ -59,7 +76,9 @@ pub fn build(
     endpoints: &endpoint_metrics::EndpointMetrics,
 ) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match s.kind.as_str() {
-        "aggregator" => Arc::new(aggregator::AggregatorSink::new(s, endpoints.clone())?),
+        "aggregator" | "loki" | "otlp" => {
+            Arc::new(aggregator::AggregatorSink::new(s, endpoints.clone())?)
+        }
         "stdout" => Arc::new(stdout::StdoutSink),
         other => anyhow::bail!("unknown sink type {other:?}"),
     })

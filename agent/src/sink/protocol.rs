@@ -1,0 +1,300 @@
+//! What an HTTP sink sends, and what acknowledges it: our compact form to an aggregator
+//! (`/store/batch`), Loki's push API (protobuf + snappy), or OTLP/HTTP logs (protobuf).
+//! The batch arrives as a compact body whatever the protocol; Loki and OTLP get it
+//! translated, each line with a time.
+//!
+//! Times: a line's time is when its batch's first line was read (ms), plus its place in
+//! the batch in ns, so lines keep their order and a retry of the batch carries the very same
+//! times (a receiver that drops an entry identical in stream, time and line — Loki, our own
+//! aggregator — stores a resent batch once). A batch read again after an agent restart gets
+//! new times. A partial last line is not sent to these sinks (they have no partial lines):
+//! it goes once complete, in a later batch, as the checkpoint already waits for it.
+
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderValue};
+use logship_wire::{loki, otlp};
+use prost::Message;
+
+use crate::config::SinkSettings;
+
+/// How a sink speaks.
+#[derive(Debug)]
+pub enum Protocol {
+    /// Our compact form, acknowledged by `{"stored": N}` naming every line.
+    Aggregator,
+    /// Loki's push API; `labels` beside `host` and `filename`.
+    Loki {
+        labels: Vec<(String, String)>,
+        tenant: Option<HeaderValue>,
+    },
+    /// OTLP/HTTP logs; `attributes` beside `host.name`, `log.file.path`, `log.file.name`.
+    Otlp { attributes: Vec<(String, String)> },
+}
+
+/// A translated request body and its content type.
+pub struct Translated {
+    pub payload: Vec<u8>,
+    pub content_type: &'static str,
+    /// Whether the sink's own compression applies (Loki's body is snappy already).
+    pub compressible: bool,
+}
+
+impl Protocol {
+    pub fn from_settings(s: &SinkSettings) -> anyhow::Result<Self> {
+        Ok(match s.kind.as_str() {
+            "loki" => Protocol::Loki {
+                labels: s.labels.clone(),
+                tenant: s
+                    .tenant
+                    .as_deref()
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .map_err(|_| anyhow::anyhow!("sink.tenant: not a valid header value"))?,
+            },
+            "otlp" => Protocol::Otlp {
+                attributes: s.labels.clone(),
+            },
+            _ => Protocol::Aggregator,
+        })
+    }
+
+    /// The request body for a compact `body` whose first line was read at `read_at_ms`;
+    /// `None` for the aggregator, which takes the compact body as it is.
+    pub fn translate(&self, body: &[u8], read_at_ms: u64) -> Result<Option<Translated>, String> {
+        let (labels, attributes) = match self {
+            Protocol::Aggregator => return Ok(None),
+            Protocol::Loki { labels, .. } => (Some(labels), None),
+            Protocol::Otlp { attributes } => (None, Some(attributes)),
+        };
+        let batch = logship_wire::compact::decode(body).map_err(|e| e.to_string())?;
+        let first = batch.lines.first().map_or(0, |l| l.number);
+        let time = |n: u64| read_at_ms.saturating_mul(1_000_000) + (n - first).min(999_999);
+        let lines = batch.lines.iter().filter(|l| !l.partial);
+        if let Some(extra) = labels {
+            let mut set: Vec<(String, String)> = vec![
+                ("filename".into(), batch.file.to_string()),
+                ("host".into(), batch.host.to_string()),
+            ];
+            set.extend(extra.iter().cloned());
+            set.sort();
+            let req = loki::PushRequest {
+                streams: vec![loki::StreamAdapter {
+                    labels: logship_wire::push::render_labels(&set),
+                    entries: lines
+                        .map(|l| {
+                            let ns = time(l.number);
+                            loki::EntryAdapter {
+                                timestamp: Some(loki::Timestamp {
+                                    seconds: (ns / 1_000_000_000) as i64,
+                                    nanos: (ns % 1_000_000_000) as i32,
+                                }),
+                                line: Bytes::copy_from_slice(&l.content),
+                                structured_metadata: Vec::new(),
+                            }
+                        })
+                        .collect(),
+                    hash: 0,
+                }],
+            };
+            let payload = snap::raw::Encoder::new()
+                .compress_vec(&req.encode_to_vec())
+                .map_err(|e| format!("snappy: {e}"))?;
+            return Ok(Some(Translated {
+                payload,
+                content_type: "application/x-protobuf",
+                compressible: false,
+            }));
+        }
+        let string = |k: &str, v: &str| otlp::KeyValue {
+            key: k.into(),
+            value: Some(otlp::AnyValue {
+                value: Some(otlp::Value::String(Bytes::copy_from_slice(v.as_bytes()))),
+            }),
+        };
+        let base = batch.file.rsplit('/').next().unwrap_or(&batch.file);
+        let mut resource = vec![
+            string("host.name", &batch.host),
+            string("log.file.path", &batch.file),
+            string("log.file.name", base),
+        ];
+        resource.extend(attributes.into_iter().flatten().map(|(k, v)| string(k, v)));
+        let req = otlp::ExportLogsServiceRequest {
+            resource_logs: vec![otlp::ResourceLogs {
+                resource: Some(otlp::Resource {
+                    attributes: resource,
+                }),
+                scope_logs: vec![otlp::ScopeLogs {
+                    log_records: lines
+                        .map(|l| {
+                            let ns = time(l.number);
+                            // A string body must be UTF-8; other bytes go as bytes.
+                            let content = Bytes::copy_from_slice(&l.content);
+                            let value = if std::str::from_utf8(&l.content).is_ok() {
+                                otlp::Value::String(content)
+                            } else {
+                                otlp::Value::Bytes(content)
+                            };
+                            otlp::LogRecord {
+                                time_unix_nano: ns,
+                                observed_time_unix_nano: ns,
+                                body: Some(otlp::AnyValue { value: Some(value) }),
+                                attributes: Vec::new(),
+                            }
+                        })
+                        .collect(),
+                }],
+            }],
+        };
+        Ok(Some(Translated {
+            payload: req.encode_to_vec(),
+            content_type: "application/x-protobuf",
+            compressible: true,
+        }))
+    }
+
+    /// Headers the protocol adds (Loki's tenant).
+    pub fn headers(&self, h: &mut HeaderMap) {
+        if let Protocol::Loki {
+            tenant: Some(t), ..
+        } = self
+        {
+            h.insert("x-scope-orgid", t.clone());
+        }
+    }
+
+    /// Whether a 2xx `answer` acknowledges the compact `body`; if not, why (the endpoint is
+    /// then not what the config says it is).
+    pub fn acknowledged(&self, answer: &[u8], body: &[u8]) -> Result<(), String> {
+        match self {
+            Protocol::Aggregator => match acknowledged_lines(answer) {
+                Some(n) if Some(n) == logship_wire::compact::line_count(body) => Ok(()),
+                _ => Err("without acknowledging the batch's lines; is the URL an aggregator's /store/batch?".into()),
+            },
+            Protocol::Loki { .. } => Ok(()),
+            Protocol::Otlp { .. } => {
+                // An empty answer is an empty response message; a partial success cannot say
+                // which records it refused, so the batch stands acknowledged and the refusal
+                // is reported.
+                if let Ok(r) = otlp::ExportLogsServiceResponse::decode(answer) {
+                    if let Some(p) = r.partial_success.filter(|p| p.rejected_log_records > 0) {
+                        tracing::warn!(
+                            rejected = p.rejected_log_records,
+                            reason = %p.error_message,
+                            "the OTLP endpoint refused some records of a batch"
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `stored` count of an aggregator's acknowledgement `{"stored": N, "new": M}`.
+fn acknowledged_lines(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        stored: u64,
+    }
+    let ack: Ack = serde_json::from_slice(body).ok()?;
+    u32::try_from(ack.stored).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compact() -> Vec<u8> {
+        let mut w = logship_wire::compact::Writer::new("web-1", "/var/log/app.log", "g", 10);
+        w.push(b"first", false);
+        w.push(b"\xffsecond", false);
+        w.push(b"part", true);
+        w.finish()
+    }
+
+    #[test]
+    fn loki_bodies_carry_labels_times_and_complete_lines() {
+        let p = Protocol::Loki {
+            labels: vec![("job".into(), "app".into())],
+            tenant: None,
+        };
+        let t = p
+            .translate(&compact(), 1_790_000_000_000)
+            .expect("ok")
+            .expect("some");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&t.payload)
+            .expect("snappy");
+        let streams =
+            logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE)
+                .expect("decode");
+        assert_eq!(
+            streams[0].labels,
+            [
+                ("filename".into(), "/var/log/app.log".into()),
+                ("host".into(), "web-1".into()),
+                ("job".into(), "app".into())
+            ]
+        );
+        let got: Vec<(u64, &[u8])> = streams[0]
+            .entries
+            .iter()
+            .map(|e| (e.ts_ns, &e.line[..]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1_790_000_000_000_000_000, &b"first"[..]),
+                (1_790_000_000_000_000_001, &b"\xffsecond"[..])
+            ],
+            "the partial line is not sent"
+        );
+        // A retry carries the very same body.
+        let again = p
+            .translate(&compact(), 1_790_000_000_000)
+            .expect("ok")
+            .expect("some");
+        assert_eq!(again.payload, t.payload);
+    }
+
+    #[test]
+    fn only_a_matching_count_is_an_acknowledgement() {
+        assert_eq!(acknowledged_lines(br#"{"stored":3,"new":1}"#), Some(3));
+        for body in [&b"ok"[..], b"", b"{}", br#"{"stored":"3"}"#, b"<html>"] {
+            assert_eq!(acknowledged_lines(body), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn otlp_bodies_carry_the_file_as_resource_attributes() {
+        let p = Protocol::Otlp {
+            attributes: vec![("service.name".into(), "app".into())],
+        };
+        let t = p.translate(&compact(), 1_000).expect("ok").expect("some");
+        let req = otlp::ExportLogsServiceRequest::decode(&t.payload[..]).expect("decode");
+        let rl = &req.resource_logs[0];
+        let keys: Vec<&str> = rl
+            .resource
+            .as_ref()
+            .expect("resource")
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "host.name",
+                "log.file.path",
+                "log.file.name",
+                "service.name"
+            ]
+        );
+        let records = &rl.scope_logs[0].log_records;
+        assert_eq!(records.len(), 2);
+        assert!(matches!(
+            records[1].body.as_ref().and_then(|b| b.value.as_ref()),
+            Some(otlp::Value::Bytes(_))
+        ));
+    }
+}
