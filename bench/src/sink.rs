@@ -1,5 +1,7 @@
 //! A discarding HTTP sink for the agent-alone scenario: reads and decodes every body (so
-//! it can check completeness), answers 200 at once, keeps only counts.
+//! it can check completeness), answers at once, keeps only counts. It takes our compact
+//! form, and Loki's protobuf push (`--sink-extra 'type = "loki"'`), whose lines it numbers
+//! per file in the order they come (the agent sends a file's batches one at a time there).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ pub struct Seen {
     pub files: HashMap<String, (u64, u64)>,
     /// file → bitmap of received line numbers
     bits: HashMap<String, Vec<u64>>,
+    /// file → the number the next pushed line (which has none) gets.
+    next: HashMap<String, u64>,
 }
 
 impl Seen {
@@ -34,6 +38,14 @@ impl Seen {
             e.0 += 1;
             e.1 += bytes;
         }
+    }
+
+    /// Counts a pushed line of `file`, numbered in arrival order.
+    fn push(&mut self, file: &str, bytes: u64) {
+        let n = self.next.entry(file.to_owned()).or_default();
+        let line = *n;
+        *n += 1;
+        self.add(file, line, bytes);
     }
 
     pub fn total_lines(&self) -> u64 {
@@ -78,6 +90,10 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
                             .headers()
                             .get("content-encoding")
                             .is_some_and(|v| v == "zstd");
+                        let loki = req
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v == "application/x-protobuf");
                         let body = req
                             .into_body()
                             .collect()
@@ -89,6 +105,24 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
                         } else {
                             body.to_vec()
                         };
+                        if loki {
+                            let status = match loki_lines(&raw) {
+                                Some(lines) => {
+                                    let mut g = seen
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    for (file, bytes) in lines {
+                                        g.push(&file, bytes);
+                                    }
+                                    204
+                                }
+                                None => 400,
+                            };
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() =
+                                hyper::StatusCode::from_u16(status).unwrap_or_default();
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
                         let (status, text) = match logship_wire::compact::decode(&raw) {
                             Ok(b) => {
                                 let mut g = seen
@@ -116,4 +150,25 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
         }
     });
     Ok((addr, seen))
+}
+
+/// The (file, content bytes) of every entry of a Loki push (snappy + protobuf), in order.
+fn loki_lines(body: &[u8]) -> Option<Vec<(String, u64)>> {
+    let raw = snap::raw::Decoder::new().decompress_vec(body).ok()?;
+    let streams =
+        logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE).ok()?;
+    let mut out = Vec::new();
+    for s in streams {
+        let file = s
+            .labels
+            .iter()
+            .find(|(k, _)| k == "filename")
+            .map(|(_, v)| v.clone())?;
+        out.extend(
+            s.entries
+                .iter()
+                .map(|e| (file.clone(), e.line.len() as u64)),
+        );
+    }
+    Some(out)
 }

@@ -37,9 +37,10 @@ impl Inner {
 
     /// Over 90 % of the disk cap: the age before which data goes so that live data and the
     /// index fit — the oldest data first, whatever file it is in. Adds to `drop` the
-    /// generations of `keep` last written before it (all their data is older); returns it,
-    /// for the sweep to trim the others' older buckets (never a generation's newest lines).
-    /// `None` when under the cap.
+    /// generations of `keep` last written before it (all their data is older) that are not
+    /// their file's newest; returns it, for the sweep to trim the others' older buckets
+    /// (never a generation's last bucket: a file's newest lines stay). `None` when under the
+    /// cap.
     pub(super) fn over_cap(
         &self,
         policy: RetentionPolicy,
@@ -69,8 +70,21 @@ impl Inner {
             }
         }
         let cutoff = now_ms.saturating_sub(cut_age);
+        // A file's newest generation is never dropped here, however old: it is trimmed,
+        // which keeps its last bucket — the newest lines of a live file stay.
+        let mut newest: HashMap<(String, String), u64> = HashMap::new();
         for g in keep {
-            if g.meta.last_write_ms < cutoff {
+            if let Some((host, file, _)) = parse_file_key(&g.key) {
+                let id = newest.entry((host, file)).or_default();
+                *id = (*id).max(g.meta.id);
+            }
+        }
+        let is_newest = |g: &Generation| {
+            parse_file_key(&g.key).and_then(|(host, file, _)| newest.get(&(host, file)).copied())
+                == Some(g.meta.id)
+        };
+        for g in keep {
+            if g.meta.last_write_ms < cutoff && !is_newest(g) {
                 drop.push(Generation {
                     key: g.key.clone(),
                     host: g.host.clone(),

@@ -254,6 +254,42 @@ async fn retention_trims_the_old_buckets_of_a_live_generation() {
     }
 }
 
+/// Over `max_disk_bytes`, a file's rotated-out generation, wholly older than the cut, goes
+/// whole; its current one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_disk_bytes_an_old_rotated_generation_goes_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let (old, new) = (lines(40_000, 100, "old"), lines(40_000, 100, "new"));
+    let now = crate::clock::now_ms();
+    for (generation, part, when) in [("g1", &old, now - 10_800_000), ("g2", &new, now - 60_000)] {
+        store
+            .inner
+            .apply(&batch("/rotated", generation, part), when)
+            .expect("apply");
+        store.flush().await.expect("commit");
+    }
+    let index = store.inner.db.size_on_disk().expect("size");
+    let half = store.inner.segments.size() / 2;
+    let max = (index + half) * 100 / 80;
+    let policy = RetentionPolicy {
+        retention: None,
+        max_disk_bytes: Some(max),
+    };
+    let r = store
+        .sweep(policy, std::time::SystemTime::now())
+        .await
+        .expect("sweep");
+    assert_eq!((r.generations_dropped, r.lines_trimmed), (1, 0), "{r:?}");
+    let gens = store.generations("h", "/rotated").await.expect("list");
+    assert_eq!(gens.len(), 1);
+    assert_eq!(gens[0].name, "g2");
+    assert_eq!(
+        read_all(&store, "h", "/rotated").await,
+        Some(rendered(&new))
+    );
+}
+
 /// Issue 32.6: over `max_disk_bytes`, one file written without pause loses its oldest
 /// lines, never its newest, and is not dropped whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +368,7 @@ async fn the_last_host_file_going_removes_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_max_disk_bytes_the_least_recently_written_go_first() {
+async fn over_max_disk_bytes_the_oldest_data_goes_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let content: Vec<Vec<(u64, String)>> = (0..3)
@@ -361,8 +397,17 @@ async fn over_max_disk_bytes_the_least_recently_written_go_first() {
         .sweep(policy, std::time::SystemTime::now())
         .await
         .expect("sweep");
-    assert_eq!(r.generations_dropped, 1, "{r:?}");
-    assert_eq!(read_all(&store, "h", "/f0").await, None, "oldest dropped");
+    // The oldest file's data goes, but for its last bucket: a file's newest lines stay.
+    assert_eq!(
+        (r.generations_dropped, r.lines_trimmed),
+        (0, 39_936),
+        "{r:?}"
+    );
+    assert_eq!(
+        read_all(&store, "h", "/f0").await,
+        Some(rendered(&content[0][39_936..])),
+        "oldest trimmed to its newest lines"
+    );
     for (i, c) in content.iter().enumerate().skip(1) {
         assert_eq!(
             read_all(&store, "h", &format!("/f{i}")).await,
