@@ -39,12 +39,16 @@ use config::Settings;
 use store::Store;
 
 /// Runs the aggregator on `listener` until `shutdown` resolves; flushes the store last.
+/// `ready` is called once SIGHUP is handled: announcing the address before that let a
+/// reload sent at once (a script, a test, `systemctl reload`) kill the process, SIGHUP's
+/// default.
 pub async fn run(
     settings: Settings,
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     reload_config: impl Fn() -> Result<Settings, config::ConfigError> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let app = App::new(settings, store.clone());
     tokio::spawn(app::forget_quiet_hosts(Arc::downgrade(&app)));
@@ -56,6 +60,7 @@ pub async fn run(
         }));
     }
     reload::on_sighup(Arc::downgrade(&app), reload_config);
+    ready();
     tokio::spawn(sweeper::sweep_periodically(Arc::downgrade(&app)));
     server::serve(app, listener, shutdown).await;
     store.flush().await?;

@@ -92,12 +92,15 @@ fn real_main() -> anyhow::Result<()> {
             Backend::Sled => format!("sled in {}", settings.data_dir.display()),
             Backend::Redis(o) => format!("redis at {}", o.nodes.join(",")),
         };
-        tracing::info!(%addr, tls = settings.tls.is_some(), role = settings.role.name(), store = %backend, "aggregator listening");
-        // One stable line on stdout, so scripts and tests learn the port when it was 0.
-        let scheme = if settings.tls.is_some() { "https" } else { "http" };
-        logship_common::out!("aggregator listening on {scheme}://{addr}");
+        let (tls, role) = (settings.tls.is_some(), settings.role.name());
+        let ready = move || {
+            tracing::info!(%addr, tls, role, store = %backend, "aggregator listening");
+            // One stable line on stdout, so scripts and tests learn the port when it was 0.
+            let scheme = if tls { "https" } else { "http" };
+            logship_common::out!("aggregator listening on {scheme}://{addr}");
+        };
         // SIGHUP re-reads the same layers: the file, AGGREGATOR_* variables, these flags.
         let reload = move || Config::load(cli.config.as_deref(), &overrides)?.validate();
-        logship_aggregator::run(settings, store, listener, signal, reload).await
+        logship_aggregator::run(settings, store, listener, signal, reload, ready).await
     })
 }
