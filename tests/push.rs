@@ -92,31 +92,7 @@ fn records_from_the_opentelemetry_sdk_are_stored_with_their_times() {
 /// writes the body to a file: two streams of `count` entries each.
 const LOKI_PROTOBUF: &str = r#"
 import sys, snappy
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-F = descriptor_pb2.FieldDescriptorProto
-ts_file = descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb)
-push = descriptor_pb2.FileDescriptorProto(name="loki_push.proto", package="logproto", syntax="proto3",
-                                           dependency=["google/protobuf/timestamp.proto"])
-def message(name, fields):
-    m = push.message_type.add(name=name)
-    for fname, num, ftype, label, tname in fields:
-        f = m.field.add(name=fname, number=num, type=ftype, label=label)
-        if tname:
-            f.type_name = tname
-message("PushRequest", [("streams", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.StreamAdapter")])
-message("StreamAdapter", [("labels", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
-                          ("entries", 2, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.EntryAdapter"),
-                          ("hash", 3, F.TYPE_UINT64, F.LABEL_OPTIONAL, None)])
-message("LabelPairAdapter", [("name", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
-                             ("value", 2, F.TYPE_STRING, F.LABEL_OPTIONAL, None)])
-message("EntryAdapter", [("timestamp", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".google.protobuf.Timestamp"),
-                         ("line", 2, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
-                         ("structuredMetadata", 3, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.LabelPairAdapter")])
-pool = descriptor_pool.DescriptorPool()
-pool.Add(ts_file)
-pool.Add(push)
-PushRequest = message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
 
 out, count, start_ns, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 req = PushRequest()
@@ -149,7 +125,7 @@ for i in range(count):
 fn loki_body(dir: &std::path::Path, name: &str, count: u64, first: u64) -> Vec<u8> {
     let path = dir.join(name);
     run_python(
-        LOKI_PROTOBUF,
+        &format!("{LOKI_PUSH_SCHEMA_PY}{LOKI_PROTOBUF}"),
         &[
             path.to_str().expect("utf-8 path"),
             &count.to_string(),

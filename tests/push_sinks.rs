@@ -85,29 +85,8 @@ fn files_shipped_through_the_loki_and_otlp_sinks_download_byte_identical() {
 /// `{"kind", "labels", "ts", "line", "attempt"}`.
 const RECEIVER: &str = r#"
 import sys, gzip, json, snappy, http.server, threading
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
-F = descriptor_pb2.FieldDescriptorProto
-ts_file = descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb)
-push = descriptor_pb2.FileDescriptorProto(name="loki_push.proto", package="logproto", syntax="proto3",
-                                           dependency=["google/protobuf/timestamp.proto"])
-def message(name, fields):
-    m = push.message_type.add(name=name)
-    for fname, num, ftype, label, tname in fields:
-        f = m.field.add(name=fname, number=num, type=ftype, label=label)
-        if tname:
-            f.type_name = tname
-message("PushRequest", [("streams", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.StreamAdapter")])
-message("StreamAdapter", [("labels", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
-                          ("entries", 2, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.EntryAdapter"),
-                          ("hash", 3, F.TYPE_UINT64, F.LABEL_OPTIONAL, None)])
-message("EntryAdapter", [("timestamp", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".google.protobuf.Timestamp"),
-                         ("line", 2, F.TYPE_STRING, F.LABEL_OPTIONAL, None)])
-pool = descriptor_pool.DescriptorPool()
-pool.Add(ts_file)
-pool.Add(push)
-PushRequest = message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
 lock = threading.Lock()
 seen = {"loki": 0, "otlp": 0}
 
@@ -166,7 +145,7 @@ server.serve_forever()
 fn a_receiver_with_the_protocols_own_schemas_reads_what_the_sinks_send() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("receiver.py");
-    std::fs::write(&script, RECEIVER).expect("write receiver");
+    std::fs::write(&script, format!("{LOKI_PUSH_SCHEMA_PY}{RECEIVER}")).expect("write receiver");
     let child = Command::new(python_clients())
         .arg(&script)
         .stdout(Stdio::piped())

@@ -1088,3 +1088,33 @@ pub fn run_python(script: &str, args: &[&str], timeout: Duration) -> String {
         None => panic!("python client did not finish within {timeout:?}: {err}"),
     }
 }
+
+/// Python that defines `PushRequest`, Loki's push message, with the `protobuf` library: its
+/// schema declared from the field names and numbers of Loki's `push.proto` (the file is not
+/// copied here). The push tests' clients and receivers start with it.
+pub const LOKI_PUSH_SCHEMA_PY: &str = r#"
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+F = descriptor_pb2.FieldDescriptorProto
+ts_file = descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb)
+push = descriptor_pb2.FileDescriptorProto(name="loki_push.proto", package="logproto", syntax="proto3",
+                                           dependency=["google/protobuf/timestamp.proto"])
+def message(name, fields):
+    m = push.message_type.add(name=name)
+    for fname, num, ftype, label, tname in fields:
+        f = m.field.add(name=fname, number=num, type=ftype, label=label)
+        if tname:
+            f.type_name = tname
+message("PushRequest", [("streams", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.StreamAdapter")])
+message("StreamAdapter", [("labels", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
+                          ("entries", 2, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.EntryAdapter"),
+                          ("hash", 3, F.TYPE_UINT64, F.LABEL_OPTIONAL, None)])
+message("LabelPairAdapter", [("name", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
+                             ("value", 2, F.TYPE_STRING, F.LABEL_OPTIONAL, None)])
+message("EntryAdapter", [("timestamp", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".google.protobuf.Timestamp"),
+                         ("line", 2, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
+                         ("structuredMetadata", 3, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".logproto.LabelPairAdapter")])
+pool = descriptor_pool.DescriptorPool()
+pool.Add(ts_file)
+pool.Add(push)
+PushRequest = message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
+"#;
