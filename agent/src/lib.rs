@@ -73,11 +73,6 @@ pub async fn run(
         &settings.sink,
         &metrics.endpoints,
     )?));
-    if let Some(addr) = settings.metrics_listen {
-        metrics::serve(addr, metrics.clone(), sink.clone())
-            .await
-            .with_context(|| format!("binding metrics_listen {addr}"))?;
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (sources_tx, sources_rx) = watch::channel(Arc::new(settings.sources.clone()));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -113,6 +108,13 @@ pub async fn run(
         sources_tx,
         reload_config,
     );
+    // Only now, with SIGHUP handled, does the agent answer on its metrics address: a reload
+    // sent as soon as it answers must not meet SIGHUP's default action (terminate).
+    if let Some(addr) = settings.metrics_listen {
+        metrics::serve(addr, metrics.clone(), sink.clone())
+            .await
+            .with_context(|| format!("binding metrics_listen {addr}"))?;
+    }
 
     let saver = {
         let (cps, m, every, dir) = (
