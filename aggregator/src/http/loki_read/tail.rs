@@ -2,12 +2,12 @@
 //! arrive, each message `{"streams":[{"stream":{…},"values":[["<ns>","line"]]}]}`, as Loki
 //! sends them. A tail counts against `max_followers`. It places a cursor at each selected
 //! stream's end, first sends the newest `limit` matching lines since `start` (default an
-//! hour ago) that lie before those cursors, then wakes on ingest events (and polls every
-//! second, which also finds streams that appear later), reads each stream onward as a
-//! follow does, applies the line filters, and ends when the client closes, the server
+//! hour ago) that lie before those cursors, then wakes on ingest events of its streams
+//! (and polls them every second; streams that appear later are found every 5 s), reads
+//! each stream onward as a follow does, applies the line filters, and ends when the client closes, the server
 //! stops, or the client stops reading for 60 s. `delay_for` is accepted and not used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -27,6 +27,8 @@ use crate::App;
 
 /// Bytes read from one stream per turn.
 const READ_BYTES: usize = 256 * 1024;
+/// The store is walked for streams that appeared since, every this many seconds.
+const REFRESH_TICKS: u32 = 5;
 /// A client that takes nothing for this long is let go.
 const SEND_WAIT: Duration = Duration::from_secs(60);
 
@@ -159,12 +161,28 @@ impl Tail {
                 return;
             }
         }
-        let mut dirty = false;
+        // What to read next: the streams an ingest event named, or — every second, and
+        // after missed events — all of them. The whole store is walked for streams that
+        // appeared only every REFRESH_TICKS seconds: a busy fleet's events must not make
+        // every tail list the store once per write.
+        let mut dirty: HashSet<u64> = HashSet::new();
+        let mut all = false;
+        let mut ticks = 0u32;
         loop {
+            let mut refresh = false;
             tokio::select! {
-                _ = tick.tick() => dirty = true,
+                _ = tick.tick() => {
+                    all = true;
+                    ticks += 1;
+                    refresh = ticks.is_multiple_of(REFRESH_TICKS);
+                }
                 ev = written.recv() => match ev {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                    Ok(hash) => {
+                        if self.cursors.keys().any(|(h, f)| crate::file_hash(h, f) == hash) {
+                            dirty.insert(hash);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => all = true,
                     Err(_) => return,
                 },
                 msg = ws.next() => match msg {
@@ -176,11 +194,17 @@ impl Tail {
                     return;
                 }
             }
-            if !dirty {
+            if !all && dirty.is_empty() {
                 continue;
             }
-            dirty = false;
-            let Ok(batch) = self.collect(app).await else {
+            if refresh && self.refresh(app, false).await.is_err() {
+                let _ = ws.close(None).await;
+                return;
+            }
+            let only = (!all).then(|| std::mem::take(&mut dirty));
+            all = false;
+            dirty.clear();
+            let Ok(batch) = self.collect(app, only.as_ref()).await else {
                 let _ = ws.close(None).await;
                 return;
             };
@@ -259,13 +283,20 @@ impl Tail {
         Ok(vec![message(super::range::streams_of(before))])
     }
 
-    /// Reads every stream onward from its cursor; the messages to send.
-    async fn collect(&mut self, app: &App) -> Result<Vec<String>, ApiError> {
-        self.refresh(app, false).await?;
+    /// Reads the streams onward from their cursors (those whose file hash is in `only`, or
+    /// all); the messages to send.
+    async fn collect(
+        &mut self,
+        app: &App,
+        only: Option<&HashSet<u64>>,
+    ) -> Result<Vec<String>, ApiError> {
         let mut messages = Vec::new();
         let mut streams = Vec::new();
         let mut count = 0usize;
         for ((host, file), cursor) in self.cursors.iter_mut() {
+            if only.is_some_and(|o| !o.contains(&crate::file_hash(host, file))) {
+                continue;
+            }
             // A rotated file: a newer generation is read from its beginning.
             let gens = app.store.generations(host, file).await?;
             if let Some(g) = gens.last().filter(|g| g.id != cursor.generation) {
