@@ -225,7 +225,7 @@ fn long_lines_are_capped_and_stalled_downloads_hold_little(backend: Backend) {
 #[test]
 fn concurrent_json_requests_share_the_ingest_memory_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::with_config(dir.path(), "[limits]\ningest_memory = \"24MiB\"\n");
+    let agg = Aggregator::with_config(dir.path(), BUDGET_24MIB);
     let bodies: Vec<Vec<u8>> = (0..8)
         .map(|f| {
             zstd_json(
@@ -235,13 +235,8 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
         .collect();
     let quiet = agg.proc.rss();
     let retried = std::sync::atomic::AtomicU32::new(0);
-    std::thread::scope(|s| {
-        for body in &bodies {
-            let (agg, retried) = (&agg, &retried);
-            s.spawn(move || {
-                send_until_taken(retried, 200, || post_zstd(agg, body, "application/json"))
-            });
-        }
+    send_all_at_once(&bodies, &retried, 200, |body| {
+        post_zstd(&agg, body, "application/json")
     });
     for f in 0..8 {
         let want: String = (0..100_000).map(|i| format!("{f} {i}\n")).collect();
@@ -273,6 +268,31 @@ fn concurrent_json_requests_share_the_ingest_memory_budget() {
     assert_workers_stay_free(&agg);
 }
 
+/// A 24 MiB ingest budget that a request waits for at most 20 ms: with the default 2 s wait
+/// a fast machine lets every request queue for its share and none is ever refused, so the
+/// tests could not tell whether the budget engaged (CI saw 0 retries once).
+const BUDGET_24MIB: &str = "[limits]\ningest_memory = \"24MiB\"\ningest_memory_wait = \"20ms\"\n";
+
+/// Sends every body from its own thread, all released together by a barrier so the requests
+/// overlap, each until it is taken (see `send_until_taken`).
+fn send_all_at_once(
+    bodies: &[Vec<u8>],
+    retried: &std::sync::atomic::AtomicU32,
+    ok: u16,
+    send: impl Fn(&[u8]) -> Answer + Sync,
+) {
+    let start = std::sync::Barrier::new(bodies.len());
+    std::thread::scope(|s| {
+        for body in bodies {
+            let (start, send) = (&start, &send);
+            s.spawn(move || {
+                start.wait();
+                send_until_taken(retried, ok, || send(body))
+            });
+        }
+    });
+}
+
 /// Sends until the answer is `ok`, counting each 503 (with Retry-After: the ingest memory
 /// budget is spent) in `retried` and waiting as a client would; 60 s at most.
 fn send_until_taken(retried: &std::sync::atomic::AtomicU32, ok: u16, send: impl Fn() -> Answer) {
@@ -299,7 +319,7 @@ fn concurrent_loki_pushes_share_the_ingest_memory_budget() {
     use logship_wire::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp};
     use prost::Message;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agg = Aggregator::with_config(dir.path(), "[limits]\ningest_memory = \"24MiB\"\n");
+    let agg = Aggregator::with_config(dir.path(), BUDGET_24MIB);
     let bodies: Vec<Vec<u8>> = (0..8)
         .map(|f| {
             let req = PushRequest {
@@ -325,19 +345,12 @@ fn concurrent_loki_pushes_share_the_ingest_memory_budget() {
         .collect();
     let quiet = agg.proc.rss();
     let retried = std::sync::atomic::AtomicU32::new(0);
-    std::thread::scope(|s| {
-        for body in &bodies {
-            let (agg, retried) = (&agg, &retried);
-            s.spawn(move || {
-                send_until_taken(retried, 204, || {
-                    post(
-                        &agg.url("/loki/api/v1/push"),
-                        body,
-                        &[("Content-Type", "application/x-protobuf")],
-                    )
-                })
-            });
-        }
+    send_all_at_once(&bodies, &retried, 204, |body| {
+        post(
+            &agg.url("/loki/api/v1/push"),
+            body,
+            &[("Content-Type", "application/x-protobuf")],
+        )
     });
     for f in 0..8 {
         let want: String = (0..100_000).map(|i| format!("{f} {i}\n")).collect();
