@@ -170,7 +170,7 @@ fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
     a
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -178,13 +178,22 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
             .checked_add(n)
@@ -195,7 +204,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated(what))?;
@@ -208,7 +217,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::Truncated("varint longer than 10 bytes"))
     }
 
-    fn string(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+    pub(crate) fn string(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let len = self.varint(field)?;
         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated(field))?;
         let bytes = self.take(len, field)?;

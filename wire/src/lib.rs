@@ -10,6 +10,7 @@
 
 pub mod compact;
 pub mod loki;
+pub mod multi;
 pub mod otlp;
 pub mod prototype;
 pub mod push;
@@ -175,10 +176,36 @@ pub fn decode_limited<'a>(
         Some("application/json") => false,
         _ => body.starts_with(compact::MAGIC),
     };
-    if compact {
+    if compact && multi::is_multi(body) {
+        // Tools and tests take a body whole: any refused section refuses it (the
+        // aggregator's ingest answers per section instead).
+        multi::decode_limited(body, limits)?
+            .sections
+            .into_iter()
+            .collect()
+    } else if compact {
         Ok(vec![compact::decode_limited(body, limits)?])
     } else {
         prototype::decode_limited(body, limits)
+    }
+}
+
+/// One file batch of the agent's own making, in either compact form (`LSB1`, or `LSB2` of
+/// one section): what the agent's sinks, dead letters and tools read.
+pub fn decode_file(body: &[u8]) -> Result<FileBatch<'_>, DecodeError> {
+    if multi::is_multi(body) {
+        multi::decode_one(body)
+    } else {
+        compact::decode(body)
+    }
+}
+
+/// Splits a batch of either compact form in two halves (see [`compact::split`]).
+pub fn split_file(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    if multi::is_multi(body) {
+        multi::split(body)
+    } else {
+        compact::split(body)
     }
 }
 
