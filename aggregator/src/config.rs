@@ -59,6 +59,10 @@ pub struct Config {
     /// Threads serving connections (async workers); absent = half the cores, at least one.
     /// Merges, decoding and commits run on threads of their own beside them.
     pub worker_threads: Option<usize>,
+    /// Whether `POST /store/batch` takes the multi-file form (`LSB2`) and says so
+    /// (`X-Logship-Accept`); off, the aggregator answers as one older than that form does,
+    /// and agents fall back to one file per request.
+    pub multi_file_bodies: bool,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
@@ -236,6 +240,7 @@ impl Default for Config {
             min_body_bytes_per_sec: "16KiB".into(),
             body_grace: "5s".into(),
             worker_threads: None,
+            multi_file_bodies: true,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             search: SearchConfig::default(),
@@ -276,6 +281,7 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_followers: usize,
+    pub multi_file_bodies: bool,
     pub log_format: logship_common::LogFormat,
     pub log_level: Option<String>,
     pub max_downloads: usize,
@@ -413,6 +419,7 @@ impl Config {
             body_read_timeout: dur("body_read_timeout", &self.body_read_timeout)?,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
             max_followers: self.max_followers,
+            multi_file_bodies: self.multi_file_bodies,
             log_format: logship_common::LogFormat::parse("log_format", &self.log_format)?,
             log_level: self.log_level.clone(),
             max_downloads: self.max_downloads,

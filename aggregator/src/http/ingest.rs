@@ -40,6 +40,12 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let limits = &app.settings().decode_limits;
     let lines = (limits.max_lines as u64).min(decoded.len() as u64);
     budget.reserve(lines.saturating_mul(48)).await?;
+    let json = content_type
+        .as_deref()
+        .is_some_and(|c| c.trim_start().starts_with("application/json"));
+    if app.settings().multi_file_bodies && !json && logship_wire::multi::is_multi(&decoded) {
+        return super::ingest_multi::ingest(app, &decoded).await;
+    }
     let batches = crate::busy::offload_if(decoded.len() > crate::busy::INLINE_BYTES, || {
         decode(app, &decoded, content_type.as_deref())
     })?;
@@ -200,6 +206,14 @@ async fn read_body(
     }
 }
 
+/// The answer a body that does not decode gets: 413 for one over a limit, else 400.
+pub(super) fn refusal(e: logship_wire::DecodeError) -> ApiError {
+    match e {
+        logship_wire::DecodeError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+        e => ApiError::bad_request(e.to_string()),
+    }
+}
+
 /// Decodes either wire form within the request limits, and checks how many buckets the
 /// lines touch (sparse line numbers cost the store far more than their count says).
 fn decode<'a>(
@@ -208,12 +222,18 @@ fn decode<'a>(
     content_type: Option<&str>,
 ) -> Result<Vec<logship_wire::FileBatch<'a>>, ApiError> {
     let batches = logship_wire::decode_limited(body, content_type, &app.settings().decode_limits)
-        .map_err(|e| match e {
-        logship_wire::DecodeError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-        e => ApiError::bad_request(e.to_string()),
-    })?;
+        .map_err(refusal)?;
+    check_buckets(app, &batches)?;
+    Ok(batches)
+}
+
+/// Refuses a request whose lines fall in more buckets than `max_buckets_per_request`.
+pub(super) fn check_buckets(
+    app: &App,
+    batches: &[logship_wire::FileBatch<'_>],
+) -> Result<(), ApiError> {
     let max = app.settings().max_buckets_per_request;
-    let buckets = crate::store::distinct_buckets(&batches);
+    let buckets = crate::store::distinct_buckets(batches);
     if buckets > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -223,7 +243,7 @@ fn decode<'a>(
             ),
         ));
     }
-    Ok(batches)
+    Ok(())
 }
 
 /// This request's share of the global ingest memory budget, returned when it drops.

@@ -4,6 +4,7 @@ pub mod body;
 pub mod download;
 pub mod error;
 pub mod ingest;
+pub mod ingest_multi;
 pub mod line_json;
 pub mod listing;
 pub mod loki_read;

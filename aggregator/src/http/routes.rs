@@ -25,7 +25,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let (route, result) = route(&app, req, peer).await;
-    let resp = result.unwrap_or_else(|e| {
+    let mut resp = result.unwrap_or_else(|e| {
         app.metrics
             .http
             .errors
@@ -44,6 +44,14 @@ pub async fn handle(
         }
         e.into_response()
     });
+    // Agents learn here that they may send several files per request (and fall back when
+    // an aggregator does not say so).
+    if matches!(route, "batch" | "ruok" | "readyz") && app.settings().multi_file_bodies {
+        resp.headers_mut().insert(
+            super::ingest_multi::ACCEPT_HEADER,
+            HeaderValue::from_static(super::ingest_multi::FORMS),
+        );
+    }
     app.metrics
         .http
         .requests
