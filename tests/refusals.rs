@@ -169,7 +169,8 @@ fn a_200_that_is_not_an_acknowledgement_moves_no_checkpoint() {
         parked(&metrics, 3.0),
         "files did not park on a 200 that acknowledges nothing"
     );
-    assert!(seen.load(Ordering::SeqCst) >= 3);
+    // The three files' batches may share a request (the multi-file form).
+    assert!(seen.load(Ordering::SeqCst) >= 1);
     agent.proc.signal("TERM");
     assert!(
         agent.proc.wait_exit(Duration::from_secs(40)).is_some(),

@@ -1,7 +1,8 @@
 //! The batcher: turns the tailer's chunks into request bodies. A batch closes at
 //! `batch_lines`, `batch_bytes`, or `linger` after its first line, whichever comes first,
 //! and when the generation changes. Lines are appended straight into the compact wire
-//! encoding, so the body is ready to send when the batch closes.
+//! encoding (the multi-file form, one section, each line with the time it was read), so the
+//! body is ready to send when the batch closes.
 //!
 //! Each sealed batch holds permits from the agent-wide buffer budget until it is
 //! acknowledged: the memory of everything waiting or in flight is bounded whatever the
@@ -13,7 +14,7 @@
 
 use std::sync::Arc;
 
-use logship_wire::compact::Writer;
+use logship_wire::multi::Writer;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -211,6 +212,7 @@ impl Batcher {
         content: &[u8],
         partial: bool,
         end: (u64, u64),
+        ms: u64,
     ) -> Result<(), Gone> {
         if let Some(o) = &self.open {
             // A new generation (after truncation) or a gap never shares a batch.
@@ -226,12 +228,12 @@ impl Batcher {
             if self.open.is_none() {
                 // The wait for budget here is the back-pressure up to the tailer.
                 let header = 64 + self.host.len() + self.file.len() + generation.len();
-                let first = GROW.max(header + content.len() + 16);
+                let first = GROW.max(header + content.len() + 24);
                 let permit = match self.take_reserved(first) {
                     Some(p) => Some(p),
                     None => self.budget.acquire(first).await,
                 };
-                let mut writer = Writer::new(&self.host, &self.file, generation, line);
+                let mut writer = Writer::new(&self.host, &self.file, generation, line, ms);
                 let held = permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
                 writer.reserve_exact(held.saturating_sub(writer.encoded_len()));
                 self.open = Some(Open {
@@ -243,13 +245,13 @@ impl Batcher {
                     end_line: 0,
                     deadline: Instant::now() + self.options.linger,
                     started: Instant::now(),
-                    started_ms: wall_ms(),
+                    started_ms: ms,
                 });
             }
             let Some(o) = self.open.as_mut() else {
                 return Ok(());
             };
-            let need = o.writer.encoded_len() + content.len() + 16;
+            let need = o.writer.encoded_len() + content.len() + 24;
             let held = o.permit.as_ref().map_or(0, |p| p.num_permits() * 1024);
             if need <= held {
                 break;
@@ -292,7 +294,7 @@ impl Batcher {
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
-        o.writer.push(content, partial);
+        o.writer.push(content, partial, ms);
         o.bytes += content.len() as u64;
         (o.end_offset, o.end_line) = end;
         // A partial line always ends its batch: it is the last line read so far.
@@ -342,6 +344,8 @@ impl Batcher {
     }
 
     pub async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
+        // The chunk was read just now: its lines' time (ms on the wall clock).
+        let ms = wall_ms();
         let mut line = chunk.first_line;
         let mut pos = 0usize;
         for &end in &chunk.ends {
@@ -353,6 +357,7 @@ impl Batcher {
                 &chunk.data[pos..nl],
                 false,
                 (end, line + 1),
+                ms,
             )
             .await?;
             pos = (nl + 1).min(chunk.data.len());
@@ -365,6 +370,7 @@ impl Batcher {
                 &chunk.data[pos..],
                 true,
                 (start, line),
+                ms,
             )
             .await?;
         }
@@ -455,7 +461,7 @@ mod tests {
     }
 
     fn contents(b: &Batch) -> (u64, Vec<String>) {
-        let d = logship_wire::compact::decode(&b.body).expect("decodes");
+        let d = logship_wire::decode_file(&b.body).expect("decodes");
         (
             d.lines[0].number,
             d.lines
@@ -493,7 +499,7 @@ mod tests {
         b.add(chunk("g", 0, 3, 0, true)).await.expect("add");
         let batch = rx.recv().await.expect("sealed at the partial line");
         assert_eq!((batch.lines, batch.end_line, batch.end_offset), (3, 2, 6));
-        let d = logship_wire::compact::decode(&batch.body).expect("decodes");
+        let d = logship_wire::decode_file(&batch.body).expect("decodes");
         assert!(d.lines[2].partial && !d.lines[1].partial);
     }
 

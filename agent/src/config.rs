@@ -105,6 +105,9 @@ pub struct SinkConfig {
     /// while that endpoint answered nothing else either, is sent to the next one too
     /// ("0s": never). Resends are idempotent; the first acknowledgement wins.
     pub hedge_after: String,
+    /// aggregator: the largest request that joins several files' batches (a batch larger
+    /// than this goes alone).
+    pub max_request_bytes: String,
     /// loki: labels every stream carries beside `host` and `filename`, e.g.
     /// `{ job = "nginx" }`.
     #[serde(default)]
@@ -133,6 +136,7 @@ impl Default for SinkConfig {
             compression_level: 1,
             timeout: "30s".into(),
             hedge_after: "1s".into(),
+            max_request_bytes: "1MiB".into(),
             labels: Default::default(),
             attributes: Default::default(),
             tenant: None,
@@ -262,6 +266,8 @@ pub struct SinkSettings {
     pub timeout: Duration,
     /// When to send a request that has no answer to another endpoint too (zero: never).
     pub hedge_after: Duration,
+    /// The largest multi-file request (bytes, uncompressed).
+    pub max_request_bytes: usize,
     /// TLS for an `https://` URL; `None` for `http://`.
     pub tls: Option<crate::client_tls::ClientTls>,
     /// loki: extra stream labels; otlp: extra resource attributes (sorted by name).
@@ -586,6 +592,14 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
                 strip_key("sink.hedge_after", m),
             )
         })?,
+        max_request_bytes: units::size("sink.max_request_bytes", &s.max_request_bytes)
+            .map_err(|m| {
+                (
+                    "sink.max_request_bytes".to_owned(),
+                    strip_key("sink.max_request_bytes", m),
+                )
+            })?
+            .clamp(1024, 256 << 20) as usize,
     })
 }
 

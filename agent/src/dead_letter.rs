@@ -138,7 +138,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<Letter>> {
     let mut out = Vec::new();
     for path in paths {
         let body = std::fs::read(&path)?;
-        let summary = match logship_wire::compact::decode(&body) {
+        let summary = match logship_wire::decode_file(&body) {
             Ok(b) => match (b.lines.first(), b.lines.last()) {
                 (Some(first), Some(last)) => format!(
                     "host={} file={} generation={} lines {}..={} ({} lines)",

@@ -1,5 +1,5 @@
 //! Delivering one body to a sink piece by piece: a piece the sink finds too large (413) is
-//! split in two halves (`logship_wire::compact::split`), each delivered in order, down to
+//! split in two halves (`logship_wire::split_file`), each delivered in order, down to
 //! single lines. The sender (retrying until answered, dead-lettering what is refused) and
 //! the dead-letter replay (a few tries, then report) share this loop; each says in its
 //! [`Deliver`] what an attempt is and what a line too large for the sink becomes.
@@ -36,7 +36,7 @@ pub(crate) async fn split_on_too_large<D: Deliver>(
         match d.attempt(&piece).await {
             Step::Done => {}
             Step::Failed(e) => return Err(e),
-            Step::TooLarge => match logship_wire::compact::split(&piece) {
+            Step::TooLarge => match logship_wire::split_file(&piece) {
                 Some((first, second)) => {
                     stack.push(Arc::new(second));
                     stack.push(Arc::new(first));

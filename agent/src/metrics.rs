@@ -140,6 +140,16 @@ impl Metrics {
             m.endpoints.last_ack.clone(),
         );
         r.register(
+            "joined_requests",
+            "Multi-file requests sent to the aggregator (each carries several files' batches)",
+            m.endpoints.joined_requests.clone(),
+        );
+        r.register(
+            "joined_batches",
+            "File batches sent inside multi-file requests (÷ agent_joined_requests_total: files per request)",
+            m.endpoints.joined_batches.clone(),
+        );
+        r.register(
             "endpoint_up",
             "Whether each aggregator endpoint is taking batches (0 while skipped after a failure)",
             m.endpoints.up.clone(),

@@ -249,7 +249,7 @@ impl Sender {
 
     async fn attempt_until_answered(
         &self,
-        body: &[u8],
+        body: &Arc<Vec<u8>>,
         read_at_ms: u64,
         backoff: &mut Backoff,
     ) -> Delivery {
@@ -257,10 +257,11 @@ impl Sender {
         // A reload that swaps the sink ends the wait below: the fix is tried at once.
         let mut swaps = self.env.sink.watch();
         loop {
-            let outcome = {
-                let _permit = self.env.in_flight.acquire().await;
-                self.env.sink().send_at(body, read_at_ms).await
-            };
+            let outcome = self
+                .env
+                .sink()
+                .deliver(body, read_at_ms, &self.env.in_flight)
+                .await;
             match outcome {
                 Outcome::Ok => {
                     if backoff.attempts() > 0 {

@@ -769,7 +769,7 @@ mod tests {
             let Ok(Some(b)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 break;
             };
-            let d = logship_wire::compact::decode(&b.body).expect("decodes");
+            let d = logship_wire::decode_file(&b.body).expect("decodes");
             for l in &d.lines {
                 out.push((
                     d.generation.to_string(),

@@ -200,6 +200,16 @@ pub fn decode_file(body: &[u8]) -> Result<FileBatch<'_>, DecodeError> {
     }
 }
 
+/// The line count of a batch of either compact form, read from its header (for `LSB2`, its
+/// first section's); `None` if it is neither.
+pub fn line_count_file(body: &[u8]) -> Option<u32> {
+    if multi::is_multi(body) {
+        multi::line_count(body)
+    } else {
+        compact::line_count(body)
+    }
+}
+
 /// Splits a batch of either compact form in two halves (see [`compact::split`]).
 pub fn split_file(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     if multi::is_multi(body) {

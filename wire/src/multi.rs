@@ -146,6 +146,16 @@ pub fn join<'a>(host: &str, bodies: impl IntoIterator<Item = &'a [u8]>) -> Vec<u
     out
 }
 
+/// The line count of a body's first section, read from its header.
+pub fn line_count(body: &[u8]) -> Option<u32> {
+    let (_, sections) = section(body)?;
+    let mut r = Reader::new(sections);
+    r.string("file").ok()?;
+    r.string("generation").ok()?;
+    r.take(8, "start line").ok()?;
+    Some(u32::from_le_bytes(fixed(r.take(4, "line count").ok()?)))
+}
+
 /// A decoded body: its host and each section, decoded or refused on its own.
 #[derive(Debug)]
 pub struct Multi<'a> {
@@ -307,6 +317,7 @@ mod tests {
     fn round_trips_any_bytes_with_each_lines_time() {
         let body = sample("/var/log/a.log", 100);
         let b = decode_one(&body).expect("decodes");
+        assert_eq!(line_count(&body), Some(4));
         assert_eq!((&*b.host, &*b.file), ("web-1", "/var/log/a.log"));
         assert_eq!(
             shape(&b),

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use tokio::sync::Semaphore;
+
+use super::coalesce::{self, Member};
 use super::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 use super::protocol::Protocol;
 use super::{BoxFuture, Outcome, Sink};
@@ -38,6 +41,34 @@ use crate::config::{Compression, SinkSettings};
 
 /// One request to one endpoint, under way: the endpoint's index and how it ended.
 type Attempt<'a> = Pin<Box<dyn Future<Output = (usize, (Outcome, Fault))> + Send + 'a>>;
+
+/// Whether a 2xx answer acknowledges what was sent; if not, why.
+type Ack<'a> = dyn Fn(&[u8]) -> Result<(), String> + Sync + 'a;
+
+/// How a request's body is typed and encoded.
+#[derive(Debug, Clone, Copy)]
+struct Types {
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    /// In the multi-file form.
+    multi: bool,
+}
+
+/// The header an aggregator names the compact forms it takes in.
+const ACCEPT_FORMS: &str = "x-logship-accept";
+/// What an endpoint takes: not known yet (tried in the multi-file form first), one file per
+/// request (an older aggregator), several.
+const FORMS_UNKNOWN: u8 = 0;
+const FORMS_SINGLE: u8 = 1;
+const FORMS_MULTI: u8 = 2;
+
+/// What [`AggregatorSink::send_encoded`] says when the request could not go in its form.
+fn gone_old() -> Outcome {
+    Outcome::Retry {
+        reason: "the endpoint takes one file per request".into(),
+        after: None,
+    }
+}
 
 /// Whose a failed attempt is: this host's (429, or a request that could not be built:
 /// another endpoint would say the same), the endpoint's (unreachable, 5xx), or the endpoint's
@@ -48,6 +79,9 @@ enum Fault {
     Host,
     Endpoint,
     Silent,
+    /// A multi-file request met an aggregator that takes one file per request: not a
+    /// failure, the batch goes again in the single-file form.
+    Form,
 }
 
 #[derive(Debug)]
@@ -64,6 +98,8 @@ pub struct AggregatorSink {
     timeout: Duration,
     hedge_after: Duration,
     protocol: Protocol,
+    /// Batches of many files waiting to go out as one request.
+    joiner: coalesce::Joiner,
 }
 
 /// One aggregator URL and whether it is taking batches.
@@ -72,6 +108,8 @@ struct Endpoint {
     url: Uri,
     label: String,
     health: Mutex<Health>,
+    /// Which compact forms it takes (`FORMS_*`), as its last answer said.
+    forms: AtomicU8,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +147,7 @@ impl AggregatorSink {
                     url: u.parse()?,
                     label: u.clone(),
                     health: Mutex::default(),
+                    forms: AtomicU8::new(FORMS_UNKNOWN),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -178,16 +217,27 @@ impl AggregatorSink {
             timeout: s.timeout,
             hedge_after: s.hedge_after,
             protocol: Protocol::from_settings(s)?,
+            joiner: coalesce::Joiner::new(s.max_request_bytes),
         })
     }
 
-    fn encode(&self, body: &[u8]) -> std::io::Result<(Bytes, Option<&'static str>)> {
+    /// The request body of `pieces` (one body, or a joined request's header and sections),
+    /// compressed as configured, without first copying the pieces together.
+    fn encode(&self, pieces: &[&[u8]]) -> std::io::Result<(Bytes, Option<&'static str>)> {
         Ok(match self.compression {
-            Compression::None => (Bytes::copy_from_slice(body), None),
-            Compression::Zstd => (Bytes::from(zstd_compress(body, self.level)?), Some("zstd")),
+            Compression::None => (Bytes::from(pieces.concat()), None),
+            Compression::Zstd => match pieces {
+                [one] => (Bytes::from(zstd_compress(one, self.level)?), Some("zstd")),
+                _ => (
+                    Bytes::from(coalesce::zstd_pieces(pieces, self.level)?),
+                    Some("zstd"),
+                ),
+            },
             Compression::Gzip => {
                 let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                g.write_all(body)?;
+                for p in pieces {
+                    g.write_all(p)?;
+                }
                 (Bytes::from(g.finish()?), Some("gzip"))
             }
         })
@@ -195,13 +245,17 @@ impl AggregatorSink {
 
     /// Endpoints to try, in order: the healthy ones round-robin, then the skipped ones,
     /// soonest due first.
-    fn order(&self) -> Vec<usize> {
+    /// A multi-file request (`multi`) goes only to endpoints not known to refuse that form.
+    fn order(&self, multi: bool) -> Vec<usize> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = Instant::now();
         let mut up = Vec::with_capacity(n);
         let mut down = Vec::new();
         for i in (0..n).map(|k| (start + k) % n) {
+            if multi && self.endpoints[i].forms.load(Ordering::Relaxed) == FORMS_SINGLE {
+                continue;
+            }
             match self.endpoints[i].health().down_until {
                 Some(t) if t > now => down.push((t, i)),
                 _ => up.push(i),
@@ -265,7 +319,9 @@ impl AggregatorSink {
             .set(i64::from(ok));
     }
 
-    /// Sends `body` to the first endpoint that takes it.
+    /// Sends one batch `body` (or, for Loki and OTLP, its translation) to the first
+    /// endpoint that takes it. A multi-file body goes as it is where an endpoint takes that
+    /// form, else converted to the single-file form.
     async fn attempt(&self, body: &[u8], read_at_ms: u64) -> Outcome {
         let translated = match self.protocol.translate(body, read_at_ms) {
             Ok(t) => t,
@@ -275,25 +331,204 @@ impl AggregatorSink {
                 }
             }
         };
-        let content_type = translated
-            .as_ref()
-            .map_or(logship_wire::COMPACT_CONTENT_TYPE, |t| t.content_type);
-        let encoded = match &translated {
-            None => self.encode(body),
-            Some(t) if t.compressible => self.encode(&t.payload),
-            Some(t) => Ok((Bytes::copy_from_slice(&t.payload), None)),
+        if let Some(t) = translated {
+            let encoded = if t.compressible {
+                self.encode(&[&t.payload])
+            } else {
+                Ok((Bytes::copy_from_slice(&t.payload), None))
+            };
+            let ack = |answer: &[u8]| self.protocol.acknowledged(answer, body);
+            return self
+                .send_encoded(encoded, t.content_type, false, &ack)
+                .await
+                .unwrap_or_else(gone_old);
+        }
+        if logship_wire::multi::is_multi(body) {
+            if self.may_take_multi() {
+                let ack = |answer: &[u8]| self.protocol.acknowledged(answer, body);
+                let encoded = self.encode(&[body]);
+                let sent = self
+                    .send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, true, &ack)
+                    .await;
+                if let Some(outcome) = sent {
+                    return outcome;
+                }
+            }
+            let old = match logship_wire::multi::to_compact(body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Outcome::Reject {
+                        reason: format!("cannot convert the batch to the single-file form: {e}"),
+                    }
+                }
+            };
+            let ack = |answer: &[u8]| self.protocol.acknowledged(answer, &old);
+            let encoded = self.encode(&[&old]);
+            return self
+                .send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, false, &ack)
+                .await
+                .unwrap_or_else(gone_old);
+        }
+        let ack = |answer: &[u8]| self.protocol.acknowledged(answer, body);
+        let encoded = self.encode(&[body]);
+        self.send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, false, &ack)
+            .await
+            .unwrap_or_else(gone_old)
+    }
+
+    /// Whether any endpoint may take the multi-file form (not known to refuse it).
+    fn may_take_multi(&self) -> bool {
+        matches!(self.protocol, Protocol::Aggregator)
+            && self
+                .endpoints
+                .iter()
+                .any(|e| e.forms.load(Ordering::Relaxed) != FORMS_SINGLE)
+    }
+
+    /// Delivers one batch in a request joined with other files' batches (see
+    /// [`coalesce`]); `in_flight` bounds the requests, not the batches.
+    async fn joined(
+        &self,
+        body: &Arc<Vec<u8>>,
+        read_at_ms: u64,
+        in_flight: &Arc<Semaphore>,
+    ) -> Outcome {
+        let mut rx = self.joiner.enqueue(body.clone());
+        let mut lead = true;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                answer = &mut rx => match answer {
+                    Ok(Some(outcome)) => return outcome,
+                    Ok(None) if self.may_take_multi() => {
+                        rx = self.joiner.enqueue(body.clone());
+                        lead = true;
+                        continue;
+                    }
+                    Ok(None) => {
+                        let _permit = in_flight.acquire().await;
+                        return self.attempt(body, read_at_ms).await;
+                    }
+                    Err(_) => {
+                        return Outcome::Retry {
+                            reason: "the request carrying the batch was abandoned".into(),
+                            after: None,
+                        }
+                    }
+                },
+                permit = in_flight.clone().acquire_owned(), if lead => permit,
+            };
+            if self.joiner.small() {
+                tokio::time::sleep(coalesce::GATHER).await;
+            }
+            let members = self.joiner.take();
+            if members.is_empty() {
+                // Another sender took this batch along: wait for its answer.
+                lead = false;
+            } else {
+                self.send_joined(members).await;
+            }
+            drop(permit);
+        }
+    }
+
+    /// Sends `members` as one multi-file request and answers each.
+    async fn send_joined(&self, members: Vec<Member>) {
+        let Some((host, _)) = logship_wire::multi::section(&members[0].body) else {
+            for m in members {
+                m.answer(Some(Outcome::Reject {
+                    reason: "not a multi-file batch".into(),
+                }));
+            }
+            return;
         };
+        let header = logship_wire::multi::header(host);
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(members.len() + 1);
+        pieces.push(&header);
+        for m in &members {
+            match logship_wire::multi::section(&m.body) {
+                Some((h, s)) if h == host => pieces.push(s),
+                // Batches of another host (never from one agent): a request of their own.
+                _ => {}
+            }
+        }
+        if pieces.len() != members.len() + 1 {
+            for m in members {
+                m.answer(None);
+            }
+            return;
+        }
+        let acks: Mutex<Option<Vec<coalesce::SectionAck>>> = Mutex::new(None);
+        let ack = |answer: &[u8]| match coalesce::section_acks(answer) {
+            Some(a) if a.len() == members.len() => {
+                *acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
+                Ok(())
+            }
+            _ => Err("without an answer for each file of the request; is the URL an aggregator's /store/batch?".into()),
+        };
+        let encoded = self.encode(&pieces);
+        let sent = self
+            .send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, true, &ack)
+            .await;
+        let acks = acks
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.metrics.joined_requests.inc();
+        self.metrics.joined_batches.inc_by(members.len() as u64);
+        match sent {
+            Some(Outcome::Ok) => {
+                let endpoint = self.endpoints.first().map_or("", |e| e.label.as_str());
+                for (m, a) in members.into_iter().zip(acks.unwrap_or_default()) {
+                    let lines = logship_wire::line_count_file(&m.body);
+                    let outcome = coalesce::section_outcome(&a, lines, endpoint);
+                    m.answer(Some(outcome));
+                }
+            }
+            Some(Outcome::TooLarge) if members.len() > 1 => {
+                self.joiner.shrink();
+                for m in members {
+                    m.answer(None);
+                }
+            }
+            Some(other) => {
+                for m in members {
+                    m.answer(Some(other.clone()));
+                }
+            }
+            // The endpoint takes one file per request: each batch goes again on its own.
+            None => {
+                for m in members {
+                    m.answer(None);
+                }
+            }
+        }
+    }
+
+    /// Sends an encoded request to the first endpoint that takes it; `None` when a
+    /// multi-file request (`multi`) met an endpoint that takes one file per request.
+    async fn send_encoded(
+        &self,
+        encoded: std::io::Result<(Bytes, Option<&'static str>)>,
+        content_type: &'static str,
+        multi: bool,
+        ack: &Ack<'_>,
+    ) -> Option<Outcome> {
         let (payload, encoding) = match encoded {
             Ok(p) => p,
             Err(e) => {
-                return Outcome::Reject {
+                return Some(Outcome::Reject {
                     reason: format!("compression failed: {e}"),
-                }
+                })
             }
+        };
+        let types = Types {
+            content_type,
+            encoding,
+            multi,
         };
         let mut retry = None;
         let mut park = None;
-        let order = self.order();
+        let order = self.order(multi);
         let mut next = order.iter().copied().peekable();
         // Requests under way: at most one per endpoint, the oldest first in `started`.
         let mut inflight: FuturesUnordered<Attempt<'_>> = FuturesUnordered::new();
@@ -301,12 +536,7 @@ impl AggregatorSink {
         loop {
             if inflight.is_empty() {
                 let Some(i) = next.next() else { break };
-                inflight.push(self.attempt_boxed(
-                    i,
-                    body,
-                    payload.clone(),
-                    (content_type, encoding),
-                ));
+                inflight.push(self.attempt_boxed(i, ack, payload.clone(), types));
                 started.push((i, Instant::now()));
             }
             let hedge_at = started
@@ -341,7 +571,7 @@ impl AggregatorSink {
                         ep,
                         &format!("{}: no answer within {:?}", ep.label, self.hedge_after),
                     );
-                    inflight.push(self.attempt_boxed(j, body, payload.clone(), (content_type, encoding)));
+                    inflight.push(self.attempt_boxed(j, ack, payload.clone(), types));
                     started.push((j, Instant::now()));
                     continue;
                 }
@@ -349,6 +579,10 @@ impl AggregatorSink {
             let ep = &self.endpoints[i];
             started.retain(|&(k, _)| k != i);
             match outcome {
+                _ if fault == Fault::Form => {
+                    tracing::info!(endpoint = %ep.label, "the aggregator takes one file per request (an older version); sending in the single-file form");
+                    return None;
+                }
                 Outcome::Ok => {
                     self.count(ep, "ok");
                     self.metrics
@@ -358,7 +592,7 @@ impl AggregatorSink {
                         })
                         .set(unix_now_secs());
                     self.mark(ep, true, "");
-                    return Outcome::Ok;
+                    return Some(Outcome::Ok);
                 }
                 Outcome::Retry { ref reason, .. } if fault != Fault::Host => {
                     self.count(ep, "retry");
@@ -377,35 +611,35 @@ impl AggregatorSink {
                 Outcome::Retry { .. } => {
                     // 429: this host's own limit, which another endpoint would apply too.
                     self.count(ep, "retry");
-                    return outcome;
+                    return Some(outcome);
                 }
                 Outcome::TooLarge => {
                     self.count(ep, "too_large");
-                    return outcome;
+                    return Some(outcome);
                 }
                 Outcome::Reject { .. } => {
                     self.count(ep, "reject");
-                    return outcome;
+                    return Some(outcome);
                 }
             }
         }
         // Every endpoint failed: a retry if any may come back by itself, else the park.
-        retry.or(park).unwrap_or(Outcome::Retry {
+        Some(retry.or(park).unwrap_or(Outcome::Retry {
             reason: "no endpoint".into(),
             after: None,
-        })
+        }))
     }
 
     fn attempt_boxed<'a>(
         &'a self,
         i: usize,
-        body: &'a [u8],
+        ack: &'a Ack<'a>,
         payload: Bytes,
-        types: (&'static str, Option<&'static str>),
+        types: Types,
     ) -> Attempt<'a> {
         Box::pin(async move {
             let r = self
-                .attempt_at(&self.endpoints[i], body, payload, types)
+                .attempt_at(&self.endpoints[i], ack, payload, types)
                 .await;
             (i, r)
         })
@@ -416,9 +650,13 @@ impl AggregatorSink {
     async fn attempt_at(
         &self,
         ep: &Endpoint,
-        body: &[u8],
+        ack: &Ack<'_>,
         payload: Bytes,
-        (content_type, encoding): (&'static str, Option<&'static str>),
+        Types {
+            content_type,
+            encoding,
+            multi,
+        }: Types,
     ) -> (Outcome, Fault) {
         let mut req = Request::post(ep.url.clone())
             .header(CONTENT_TYPE, content_type)
@@ -481,6 +719,27 @@ impl AggregatorSink {
         };
         ep.health().last_answer = Some(Instant::now());
         let status = resp.status();
+        if matches!(self.protocol, Protocol::Aggregator) {
+            // Every answer of an aggregator that takes the multi-file form says so; one
+            // that does not is an older aggregator (or a proxy's own answer, corrected by
+            // the next answer that comes through).
+            let takes = resp
+                .headers()
+                .get(ACCEPT_FORMS)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|f| f.trim() == "LSB2"));
+            let forms = if takes { FORMS_MULTI } else { FORMS_SINGLE };
+            ep.forms.store(forms, Ordering::Relaxed);
+            if multi && !takes && matches!(status.as_u16(), 400 | 415) {
+                return (
+                    Outcome::Retry {
+                        reason: format!("{}: takes one file per request", ep.label),
+                        after: None,
+                    },
+                    Fault::Form,
+                );
+            }
+        }
         let after = resp
             .headers()
             .get(RETRY_AFTER)
@@ -500,7 +759,7 @@ impl AggregatorSink {
             Fault::Endpoint
         };
         let outcome = match classify(status, after, &answer) {
-            Verdict::Ok => match self.protocol.acknowledged(&answer, body) {
+            Verdict::Ok => match ack(&answer) {
                 Ok(()) => Outcome::Ok,
                 Err(why) => Outcome::Park {
                     endpoint: endpoint(),
@@ -576,6 +835,22 @@ impl Sink for AggregatorSink {
 
     fn send_at<'a>(&'a self, body: &'a [u8], read_at_ms: u64) -> BoxFuture<'a, Outcome> {
         Box::pin(self.attempt(body, read_at_ms))
+    }
+
+    /// Batches in the multi-file form ride in requests joined with other files' batches.
+    fn deliver<'a>(
+        &'a self,
+        body: &'a Arc<Vec<u8>>,
+        read_at_ms: u64,
+        in_flight: &'a Arc<Semaphore>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            if logship_wire::multi::is_multi(body) && self.may_take_multi() {
+                return self.joined(body, read_at_ms, in_flight).await;
+            }
+            let _permit = in_flight.acquire().await;
+            self.attempt(body, read_at_ms).await
+        })
     }
 
     fn places_by_number(&self) -> bool {
@@ -666,6 +941,7 @@ mod tests {
             compression_level: 0,
             timeout: Duration::from_millis(100),
             hedge_after: Duration::ZERO,
+            max_request_bytes: 1 << 20,
             tls: None,
             labels: Vec::new(),
             tenant: None,

@@ -28,6 +28,10 @@ pub struct EndpointMetrics {
     pub up: Family<EndpointLabel, Gauge>,
     /// When the endpoint last acknowledged a batch (Unix time, s).
     pub last_ack: Family<EndpointLabel, Gauge<f64, AtomicU64>>,
+    /// Multi-file requests sent, and the file batches they carried: the ratio is how many
+    /// files share a request.
+    pub joined_requests: Counter,
+    pub joined_batches: Counter,
 }
 
 /// Every `outcome` label [`EndpointMetrics::requests`] takes.

@@ -5,6 +5,7 @@
 //! [`crate::config::SINK_KINDS`].
 
 mod aggregator;
+mod coalesce;
 mod current;
 pub mod endpoint_metrics;
 mod protocol;
@@ -14,6 +15,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use crate::config::SinkSettings;
 
@@ -54,6 +57,21 @@ pub trait Sink: Send + Sync + 'static {
     fn send_at<'a>(&'a self, body: &'a [u8], read_at_ms: u64) -> BoxFuture<'a, Outcome> {
         let _ = read_at_ms;
         self.send(body)
+    }
+
+    /// Delivers one batch once, taking one of `in_flight` (the agent's cap on requests in
+    /// flight) for its request. A sink that joins many files' batches into one request
+    /// takes a slot per request instead, so the slots bound requests, not batches.
+    fn deliver<'a>(
+        &'a self,
+        body: &'a Arc<Vec<u8>>,
+        read_at_ms: u64,
+        in_flight: &'a Arc<Semaphore>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let _permit = in_flight.acquire().await;
+            self.send_at(body, read_at_ms).await
+        })
     }
 
     /// Whether the destination places lines by their number, so that batches of one file

@@ -3,10 +3,10 @@
 //! The batch arrives as a compact body whatever the protocol; Loki and OTLP get it
 //! translated, each line with a time.
 //!
-//! Times: a line's time is when its batch's first line was read (ms), plus its place in
-//! the batch in ns, so lines keep their order and a retry of the batch carries the very same
-//! times (a receiver that drops an entry identical in stream, time and line — Loki, our own
-//! aggregator — stores a resent batch once). A batch read again after an agent restart gets
+//! Times: a line's time is when the agent read it (ms, carried in the batch), made strictly
+//! increasing through the batch in ns, so lines keep their order and a retry of the batch
+//! carries the very same times (a receiver that drops an entry identical in stream, time
+//! and line — Loki, our own aggregator — stores a resent batch once). A batch read again after an agent restart gets
 //! new times. A partial last line is not sent to these sinks (they have no partial lines):
 //! it goes once complete, in a later batch, as the checkpoint already waits for it.
 
@@ -66,9 +66,21 @@ impl Protocol {
             Protocol::Loki { labels, .. } => (Some(labels), None),
             Protocol::Otlp { attributes } => (None, Some(attributes)),
         };
-        let batch = logship_wire::compact::decode(body).map_err(|e| e.to_string())?;
+        let batch = logship_wire::decode_file(body).map_err(|e| e.to_string())?;
         let first = batch.lines.first().map_or(0, |l| l.number);
-        let time = |n: u64| read_at_ms.saturating_mul(1_000_000) + (n - first).min(999_999);
+        // Each line's read time in ns, strictly increasing through the batch: lines read in
+        // the same millisecond (or across a clock stepped back) keep their order.
+        let mut last = 0u64;
+        let times: Vec<u64> = batch
+            .lines
+            .iter()
+            .map(|l| {
+                let ns = l.ts.unwrap_or(read_at_ms).saturating_mul(1_000_000);
+                last = ns.max(last.saturating_add(1));
+                last
+            })
+            .collect();
+        let time = |n: u64| times[(n - first) as usize];
         let lines = batch.lines.iter().filter(|l| !l.partial);
         if let Some(extra) = labels {
             let mut set: Vec<(String, String)> = vec![
@@ -167,7 +179,7 @@ impl Protocol {
     pub fn acknowledged(&self, answer: &[u8], body: &[u8]) -> Result<(), String> {
         match self {
             Protocol::Aggregator => match acknowledged_lines(answer) {
-                Some(n) if Some(n) == logship_wire::compact::line_count(body) => Ok(()),
+                Some(n) if Some(n) == logship_wire::line_count_file(body) => Ok(()),
                 _ => Err("without acknowledging the batch's lines; is the URL an aggregator's /store/batch?".into()),
             },
             Protocol::Loki { .. } => Ok(()),
@@ -255,6 +267,30 @@ mod tests {
             .expect("ok")
             .expect("some");
         assert_eq!(again.payload, t.payload);
+    }
+
+    /// A batch carries each line's read time: Loki entries get them, in ns, still strictly
+    /// increasing where lines share a millisecond or the clock stepped back.
+    #[test]
+    fn each_line_goes_with_the_time_it_was_read() {
+        let mut w = logship_wire::multi::Writer::new("h", "/f", "g", 0, 5_000);
+        for (line, ms) in [(&b"a"[..], 5_000), (b"b", 5_000), (b"c", 5_007), (b"d", 4_000)] {
+            w.push(line, false, ms);
+        }
+        let p = Protocol::Loki {
+            labels: Vec::new(),
+            tenant: None,
+        };
+        let t = p.translate(&w.finish(), 1).expect("ok").expect("some");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&t.payload)
+            .expect("snappy");
+        let streams =
+            logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE)
+                .expect("decode");
+        let got: Vec<u64> = streams[0].entries.iter().map(|e| e.ts_ns).collect();
+        let ms = 1_000_000;
+        assert_eq!(got, [5_000 * ms, 5_000 * ms + 1, 5_007 * ms, 5_007 * ms + 1]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub struct StdoutSink;
 impl Sink for StdoutSink {
     fn send<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let batch = match logship_wire::compact::decode(body) {
+            let batch = match logship_wire::decode_file(body) {
                 Ok(b) => b,
                 Err(e) => {
                     return Outcome::Reject {
