@@ -20,6 +20,7 @@ mod live;
 mod loki_read;
 mod model;
 mod msrv;
+mod multi_file;
 mod operator;
 mod overload;
 mod power_cut;

@@ -323,7 +323,12 @@ mod tests {
             shape(&b),
             vec![
                 (100, b"plain".to_vec(), false, Some(1_790_000_000_000)),
-                (101, b"\xff\xfe\0\r\tbytes".to_vec(), false, Some(1_790_000_000_003)),
+                (
+                    101,
+                    b"\xff\xfe\0\r\tbytes".to_vec(),
+                    false,
+                    Some(1_790_000_000_003)
+                ),
                 (102, b"".to_vec(), false, Some(1_789_999_999_000)),
                 (103, b"partial".to_vec(), true, Some(1_790_000_000_001)),
             ]

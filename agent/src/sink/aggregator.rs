@@ -459,12 +459,14 @@ impl AggregatorSink {
             return;
         }
         let acks: Mutex<Option<Vec<coalesce::SectionAck>>> = Mutex::new(None);
-        let ack = |answer: &[u8]| match coalesce::section_acks(answer) {
+        let ack = |answer: &[u8]| {
+            match coalesce::section_acks(answer) {
             Some(a) if a.len() == members.len() => {
                 *acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
                 Ok(())
             }
             _ => Err("without an answer for each file of the request; is the URL an aggregator's /store/batch?".into()),
+        }
         };
         let encoded = self.encode(&pieces);
         let sent = self

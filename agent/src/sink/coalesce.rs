@@ -127,7 +127,9 @@ pub fn section_acks(answer: &[u8]) -> Option<Vec<SectionAck>> {
     struct Ack {
         sections: Vec<SectionAck>,
     }
-    serde_json::from_slice::<Ack>(answer).ok().map(|a| a.sections)
+    serde_json::from_slice::<Ack>(answer)
+        .ok()
+        .map(|a| a.sections)
 }
 
 /// What one section's answer means for its batch of `lines` lines, as a whole answer with
@@ -194,11 +196,10 @@ pub fn zstd_pieces(pieces: &[&[u8]], level: i32) -> std::io::Result<Vec<u8>> {
                     out.reserve(64 * 1024);
                 }
                 let pos = out.len();
-                let mut output = OutBuffer::around_pos(&mut out, pos);
+                // Writing sets the vector's length to what was written.
                 let left = cctx
-                    .compress_stream2(&mut output, &mut input, end)
+                    .compress_stream2(&mut OutBuffer::around_pos(&mut out, pos), &mut input, end)
                     .map_err(fail)?;
-                drop(output);
                 let consumed = input.pos() == piece.len();
                 if consumed && (i != last || left == 0) {
                     break;
@@ -259,7 +260,10 @@ mod tests {
             status,
             error: Some("why".into()),
         };
-        assert_eq!(section_outcome(&ack(Some(3), None), Some(3), "e"), Outcome::Ok);
+        assert_eq!(
+            section_outcome(&ack(Some(3), None), Some(3), "e"),
+            Outcome::Ok
+        );
         assert!(matches!(
             section_outcome(&ack(Some(2), None), Some(3), "e"),
             Outcome::Park { .. }
@@ -276,8 +280,10 @@ mod tests {
             section_outcome(&ack(None, Some(503)), Some(3), "e"),
             Outcome::Retry { .. }
         ));
-        let parsed = section_acks(br#"{"stored":3,"new":3,"sections":[{"stored":3},{"status":400,"error":"bad"}]}"#)
-            .expect("parses");
+        let parsed = section_acks(
+            br#"{"stored":3,"new":3,"sections":[{"stored":3},{"status":400,"error":"bad"}]}"#,
+        )
+        .expect("parses");
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[1].status, Some(400));
         assert!(section_acks(br#"{"stored":3,"new":3}"#).is_none());

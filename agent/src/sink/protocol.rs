@@ -274,7 +274,12 @@ mod tests {
     #[test]
     fn each_line_goes_with_the_time_it_was_read() {
         let mut w = logship_wire::multi::Writer::new("h", "/f", "g", 0, 5_000);
-        for (line, ms) in [(&b"a"[..], 5_000), (b"b", 5_000), (b"c", 5_007), (b"d", 4_000)] {
+        for (line, ms) in [
+            (&b"a"[..], 5_000),
+            (b"b", 5_000),
+            (b"c", 5_007),
+            (b"d", 4_000),
+        ] {
             w.push(line, false, ms);
         }
         let p = Protocol::Loki {
@@ -290,7 +295,10 @@ mod tests {
                 .expect("decode");
         let got: Vec<u64> = streams[0].entries.iter().map(|e| e.ts_ns).collect();
         let ms = 1_000_000;
-        assert_eq!(got, [5_000 * ms, 5_000 * ms + 1, 5_007 * ms, 5_007 * ms + 1]);
+        assert_eq!(
+            got,
+            [5_000 * ms, 5_000 * ms + 1, 5_007 * ms, 5_007 * ms + 1]
+        );
     }
 
     #[test]

@@ -43,7 +43,13 @@ pub async fn ingest(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let json = content_type
         .as_deref()
         .is_some_and(|c| c.trim_start().starts_with("application/json"));
-    if app.settings().multi_file_bodies && !json && logship_wire::multi::is_multi(&decoded) {
+    if !json && logship_wire::multi::is_multi(&decoded) {
+        if !app.settings().multi_file_bodies {
+            // As an aggregator before the multi-file form answers it.
+            return Err(ApiError::bad_request(
+                logship_wire::DecodeError::BadMagic.to_string(),
+            ));
+        }
         return super::ingest_multi::ingest(app, &decoded).await;
     }
     let batches = crate::busy::offload_if(decoded.len() > crate::busy::INLINE_BYTES, || {
