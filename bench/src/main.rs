@@ -67,6 +67,10 @@ pub struct Args {
     /// the default is the target's shape; larger ones show what a longer `linger` saves.
     #[arg(long, default_value = "20-50", value_parser = parse_batch_range)]
     pub fleet_batch: std::ops::RangeInclusive<u32>,
+    /// Files each fleet agent ships: a third load sends that many files' batches (each of
+    /// `--fleet-batch` lines) joined in one multi-file request, as the agent joins them.
+    #[arg(long, default_value_t = 4)]
+    pub fleet_files: usize,
     /// MiB stored (across 100 files) for the search scenario.
     #[arg(long, default_value_t = 1024)]
     pub search_mib: usize,

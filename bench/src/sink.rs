@@ -123,6 +123,36 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
                                 hyper::StatusCode::from_u16(status).unwrap_or_default();
                             return Ok::<_, std::convert::Infallible>(r);
                         }
+                        if logship_wire::multi::is_multi(&raw) {
+                            let (status, text) = match multi_lines(&raw) {
+                                Some((sections, total)) => {
+                                    let mut g = seen
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    let mut acks = Vec::with_capacity(sections.len());
+                                    for (file, count, lines) in sections {
+                                        acks.push(format!("{{\"stored\":{count}}}"));
+                                        for (number, bytes) in lines {
+                                            g.add(&file, number, bytes);
+                                        }
+                                    }
+                                    let text = format!(
+                                        "{{\"stored\":{total},\"new\":0,\"sections\":[{}]}}",
+                                        acks.join(",")
+                                    );
+                                    (200, text)
+                                }
+                                None => (400, "{\"error\":\"bad batch\"}".to_owned()),
+                            };
+                            let mut r = Response::new(Full::new(Bytes::from(text)));
+                            *r.status_mut() =
+                                hyper::StatusCode::from_u16(status).unwrap_or_default();
+                            r.headers_mut().insert(
+                                "x-logship-accept",
+                                hyper::header::HeaderValue::from_static("LSB1, LSB2"),
+                            );
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
                         let (status, text) = match logship_wire::compact::decode(&raw) {
                             Ok(b) => {
                                 let mut g = seen
@@ -140,6 +170,11 @@ pub async fn start() -> anyhow::Result<(SocketAddr, Arc<Mutex<Seen>>)> {
                         };
                         let mut r = Response::new(Full::new(Bytes::from(text)));
                         *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                        // Answers as an aggregator that takes the multi-file form.
+                        r.headers_mut().insert(
+                            "x-logship-accept",
+                            hyper::header::HeaderValue::from_static("LSB1, LSB2"),
+                        );
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
@@ -171,4 +206,26 @@ fn loki_lines(body: &[u8]) -> Option<Vec<(String, u64)>> {
         );
     }
     Some(out)
+}
+
+/// Each section of a multi-file body: its file, its line count (the acknowledgement the agent
+/// checks) and its complete lines (number, content bytes); and how many lines the body holds
+/// in all. `None` if it does not decode.
+#[allow(clippy::type_complexity)]
+fn multi_lines(raw: &[u8]) -> Option<(Vec<(String, usize, Vec<(u64, u64)>)>, usize)> {
+    let m = logship_wire::multi::decode_limited(raw, &logship_wire::Limits::NONE).ok()?;
+    let mut total = 0;
+    let mut out = Vec::with_capacity(m.sections.len());
+    for s in m.sections {
+        let b = s.ok()?;
+        total += b.lines.len();
+        let lines = b
+            .lines
+            .iter()
+            .filter(|l| !l.partial)
+            .map(|l| (l.number, l.content.len() as u64))
+            .collect();
+        out.push((b.file.into_owned(), b.lines.len(), lines));
+    }
+    Some((out, total))
 }

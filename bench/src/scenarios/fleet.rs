@@ -5,6 +5,8 @@
 //! same rate in batches of 1,000 lines from four clients: the aggregator's CPU per line should
 //! stay within 2× of that, acknowledgements fast (group commit must share each
 //! fsync between connections), and no connection refused. Every line is checked stored.
+//! Then the same fleet with each agent shipping `--fleet-files` files whose batches it joins
+//! into one multi-file request (issue 35: the agents coalesce), each line with its time.
 //! Last, the same fleet against a bare hyper server (the discarding sink in a process of its
 //! own): the transport's share of the fleet's cost, which no store design removes.
 
@@ -52,16 +54,30 @@ pub(super) async fn fleet(
         .context("aggregator address")?;
     let rate = args.fleet_rate;
     let secs = args.fleet_seconds;
-    let reference = load(addr, 4, rate, 1000..=1000, secs, &agg, "ref").await?;
+    let reference = load(addr, 4, rate, 1000..=1000, 1, secs, &agg, "ref").await?;
     let sizes = args.fleet_batch.clone();
     let fleet = load(
         addr,
         args.fleet_agents,
         rate,
         sizes.clone(),
+        1,
         secs,
         &agg,
         "fleet",
+    )
+    .await?;
+    // Each agent ships several files and joins their batches into one request.
+    let files = args.fleet_files.max(1);
+    let joined = load(
+        addr,
+        args.fleet_agents,
+        rate,
+        sizes.clone(),
+        files,
+        secs,
+        &agg,
+        "joined",
     )
     .await?;
     // The same fleet against a bare hyper server that only decodes and answers: what the
@@ -78,13 +94,18 @@ pub(super) async fn fleet(
             args.fleet_agents,
             rate,
             sizes.clone(),
+            1,
             secs,
             &sink,
             "bare",
         )
         .await?
     };
-    for (what, l) in [("fleet", &fleet), ("reference", &reference)] {
+    for (what, l) in [
+        ("fleet", &fleet),
+        ("joined", &joined),
+        ("reference", &reference),
+    ] {
         r.add(
             "fleet",
             format!("{what}: group commits per second"),
@@ -100,19 +121,18 @@ pub(super) async fn fleet(
         );
     }
     let stored = crate::http::total_lines(&crate::http::client(), &base, None).await?;
-    if stored != reference.lines + fleet.lines {
-        bail!(
-            "fleet stored {stored} lines of {}",
-            reference.lines + fleet.lines
-        );
+    let sent = reference.lines + fleet.lines + joined.lines;
+    if stored != sent {
+        bail!("fleet stored {stored} lines of {sent}");
     }
     let per_line = |l: &Load| l.cpu_secs / l.lines.max(1) as f64 * 1e6;
-    let mut lat = fleet.latencies.clone();
-    lat.sort_unstable();
-    let pct = |p: f64| {
+    let pct_of = |l: &Load, p: f64| {
+        let mut lat = l.latencies.clone();
+        lat.sort_unstable();
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
+    let pct = |p: f64| pct_of(&fleet, p);
     let n = args.fleet_agents;
     let shape = format!("{}-{}", sizes.start(), sizes.end());
     r.add(
@@ -163,13 +183,34 @@ pub(super) async fn fleet(
             "x",
         );
     }
+    let joined_shape = format!("{n} agents × {files} files joined, batches of {shape}");
+    r.add(
+        "fleet",
+        format!("{joined_shape}: aggregator CPU per line"),
+        per_line(&joined),
+        "µs",
+    );
+    if reference.cpu_secs >= MEASURABLE_CPU_SECS {
+        r.add(
+            "fleet",
+            format!("{joined_shape}: ratio to the reference (target ≤ 2)"),
+            per_line(&joined) / per_line(&reference).max(1e-9),
+            "x",
+        );
+    }
+    r.add(
+        "fleet",
+        format!("{joined_shape}: ack latency p99 (target ≤ 50)"),
+        pct_of(&joined, 0.99),
+        "ms",
+    );
     r.add("fleet", "ack latency p50", pct(0.50), "ms");
     r.add("fleet", "ack latency p99 (target ≤ 50)", pct(0.99), "ms");
     r.add("fleet", "ack latency max", pct(1.0), "ms");
     r.add(
         "fleet",
         "requests refused or failed",
-        (fleet.refused + reference.refused + transport.refused) as f64,
+        (fleet.refused + joined.refused + reference.refused + transport.refused) as f64,
         "",
     );
     r.add(
@@ -200,12 +241,15 @@ async fn connect(i: usize, to: SocketAddr) -> anyhow::Result<Sender> {
 }
 
 /// `clients` connections sending `rate` lines/s in all, in batches of `sizes` lines, for
-/// `secs` seconds; each client is its own host.
+/// `secs` seconds; each client is its own host. With `files` > 1 each request joins a batch
+/// of each of the client's files (the multi-file form, each line with its time).
+#[allow(clippy::too_many_arguments)]
 async fn load(
     to: SocketAddr,
     clients: usize,
     rate: u64,
     sizes: RangeInclusive<u32>,
+    files: usize,
     secs: u64,
     agg: &Measured,
     tag: &'static str,
@@ -229,22 +273,51 @@ async fn load(
             let mut rng = fastrand::Rng::with_seed(i as u64);
             let host = format!("{tag}-{i}");
             let (mut lines, mut refused, mut latencies) = (0u64, 0u64, Vec::new());
+            // Lines of each file sent so far (each file's next line number).
+            let mut next = vec![0u64; files];
             let mut sender = connect(i, to).await?;
             // Spread the clients' first batches over the first second.
             let mut due = start + Duration::from_secs_f64(rng.f64());
             while due < end {
                 tokio::time::sleep_until(due).await;
-                let n = rng.u32(sizes.clone());
-                let mut w = logship_wire::compact::Writer::new(&host, "/f", "g", lines);
-                for k in 0..n {
-                    let line =
-                        format!("{tag} {i} line {} {}", lines + u64::from(k), "x".repeat(60));
-                    w.push(line.as_bytes(), false);
-                }
+                let counts: Vec<u32> = (0..files).map(|_| rng.u32(sizes.clone())).collect();
+                let n: u32 = counts.iter().sum();
+                let body = if files == 1 {
+                    let mut w = logship_wire::compact::Writer::new(&host, "/f", "g", lines);
+                    for k in 0..n {
+                        let line =
+                            format!("{tag} {i} line {} {}", lines + u64::from(k), "x".repeat(60));
+                        w.push(line.as_bytes(), false);
+                    }
+                    w.finish()
+                } else {
+                    let ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let sections: Vec<Vec<u8>> = counts
+                        .iter()
+                        .enumerate()
+                        .map(|(f, &c)| {
+                            let file = format!("/f{f}");
+                            let mut w =
+                                logship_wire::multi::Writer::new(&host, &file, "g", next[f], ms);
+                            for k in 0..u64::from(c) {
+                                let line = format!(
+                                    "{tag} {i} {file} line {} {}",
+                                    next[f] + k,
+                                    "x".repeat(60)
+                                );
+                                w.push(line.as_bytes(), false, ms);
+                            }
+                            w.finish()
+                        })
+                        .collect();
+                    logship_wire::multi::join(&host, sections.iter().map(|s| &s[..]))
+                };
                 let req = hyper::Request::post("/store/batch")
                     .header("host", "bench")
                     .header("content-type", logship_wire::COMPACT_CONTENT_TYPE)
-                    .body(Full::new(Bytes::from(w.finish())))?;
+                    .body(Full::new(Bytes::from(body)))?;
                 let sent = Instant::now();
                 let ok = match sender.send_request(req).await {
                     Ok(resp) => {
@@ -257,6 +330,9 @@ async fn load(
                 if ok {
                     latencies.push(sent.elapsed());
                     lines += u64::from(n);
+                    for (f, c) in counts.iter().enumerate() {
+                        next[f] += u64::from(*c);
+                    }
                 } else {
                     refused += 1;
                     sender = connect(i, to).await?;
