@@ -72,6 +72,9 @@ pub struct Batch {
     /// The same moment on the wall clock (ms since the epoch): the time sinks that carry one
     /// per line (Loki, OTLP) give the batch's lines, the same at every retry.
     pub read_at_ms: u64,
+    /// Its last line is partial: the next batch sends that line again, complete, and must
+    /// not be stored before it (see the sender's window).
+    pub partial_last: bool,
 }
 
 /// The agent-wide budget of buffered batch bytes, counted in KiB permits.
@@ -141,6 +144,8 @@ struct Open {
     started: Instant,
     /// The same, on the wall clock (ms since the epoch).
     started_ms: u64,
+    /// The last line added is partial.
+    partial_last: bool,
 }
 
 /// Now on the wall clock, ms since the epoch.
@@ -246,6 +251,7 @@ impl Batcher {
                     deadline: Instant::now() + self.options.linger,
                     started: Instant::now(),
                     started_ms: ms,
+                    partial_last: false,
                 });
             }
             let Some(o) = self.open.as_mut() else {
@@ -295,6 +301,7 @@ impl Batcher {
             return Ok(());
         };
         o.writer.push(content, partial, ms);
+        o.partial_last = partial;
         o.bytes += content.len() as u64;
         (o.end_offset, o.end_line) = end;
         // A partial line always ends its batch: it is the last line read so far.
@@ -401,6 +408,7 @@ impl Batcher {
                 permit,
                 read_at: o.started.into_std(),
                 read_at_ms: o.started_ms,
+                partial_last: o.partial_last,
             }))
             .await
             .map_err(|_| Gone)

@@ -133,7 +133,12 @@ impl Sender {
             VecDeque::new();
         let mut open = true;
         while open || !in_flight.is_empty() {
-            let window = if this.env.sink().places_by_number() {
+            // A batch ending in a partial line goes alone: the next batch sends that line
+            // again, complete, under the same number, and were both in flight the partial
+            // one could be stored last (a retry landing late, or both in one request) and
+            // replace the complete line for good.
+            let after_partial = in_flight.back().is_some_and(|(_, b, _)| b.partial_last);
+            let window = if this.env.sink().places_by_number() && !after_partial {
                 WINDOW
             } else {
                 1
@@ -486,6 +491,7 @@ mod tests {
             permit: None,
             read_at: std::time::Instant::now(),
             read_at_ms: 0,
+            partial_last: false,
         };
         let (tx, rx) = mpsc::channel(1);
         tx.send(Box::new(batch)).await.expect("send");
@@ -514,6 +520,75 @@ mod tests {
             .get(FileId { dev: 1, ino: 2 })
             .expect("checkpoint after the acknowledgement");
         assert_eq!((cp.offset, cp.line), (7, 1));
+    }
+
+    /// A sink whose first attempt fails (slowly) and that records, in order, the bodies it
+    /// acknowledged.
+    #[derive(Default)]
+    struct FirstFails {
+        attempts: std::sync::atomic::AtomicU32,
+        stored: std::sync::Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Sink for FirstFails {
+        fn send<'a>(&'a self, body: &'a [u8]) -> crate::sink::BoxFuture<'a, Outcome> {
+            let n = self.attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    return Outcome::Retry {
+                        reason: "503".into(),
+                        after: None,
+                    };
+                }
+                self.stored.lock().expect("lock").push(body.to_vec());
+                Outcome::Ok
+            })
+        }
+    }
+
+    /// A batch ending in a partial line, then the batch completing that line: the complete
+    /// line must be stored last, even when the first batch needs a retry (with both in
+    /// flight, the retry of the partial line landed after its completion and replaced it).
+    #[tokio::test]
+    async fn a_partial_line_is_never_stored_after_its_completion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Arc::new(FirstFails::default());
+        let sender = sender_to(sink.clone(), dir.path(), u64::MAX);
+        let batch = |content: &[u8], partial: bool, end_offset: u64, end_line: u64| {
+            let mut w = logship_wire::compact::Writer::new("h", "/f", "g", 0);
+            w.push(content, partial);
+            Box::new(Batch {
+                body: w.finish(),
+                generation: Arc::from("g"),
+                first_line: 0,
+                lines: 1,
+                bytes: content.len() as u64,
+                end_offset,
+                end_line,
+                permit: None,
+                read_at: std::time::Instant::now(),
+                read_at_ms: 0,
+                partial_last: partial,
+            })
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(batch(b"half", true, 0, 0)).await.expect("send");
+        tx.send(batch(b"half and whole", false, 15, 1))
+            .await
+            .expect("send");
+        drop(tx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), sender.run(rx))
+            .await
+            .expect("the sender finishes");
+        let stored = sink.stored.lock().expect("lock").clone();
+        let last = stored.last().expect("stored");
+        let line = logship_wire::decode_file(last).expect("decodes");
+        assert_eq!(
+            (&line.lines[0].content[..], line.lines[0].partial),
+            (&b"half and whole"[..], false),
+            "the complete line was stored last"
+        );
     }
 
     /// A sink that refuses every batch as malformed (400).

@@ -85,6 +85,17 @@ pub(super) async fn system(
         "lines/s",
     );
     r.add(name, "MB/s", bytes as f64 / secs / 1e6, "MB/s");
+    // How many lines a request carried: what joining many files' batches buys.
+    let text = super::metrics_text(&c, &base).await?;
+    let requests: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("aggregator_http_requests_total{"))
+        .filter(|l| l.contains("route=\"batch\"") && l.contains("code=\"200\""))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    if requests > 0.0 {
+        r.add(name, "lines per request", want as f64 / requests, "lines");
+    }
     r.add(name, "agent CPU per GB", agent_cpu / gb, "s/GB");
     r.add(name, "aggregator CPU per GB", agg_cpu / gb, "s/GB");
     r.add(
