@@ -35,6 +35,7 @@ mod sealing;
 mod search;
 mod search_clients;
 mod service;
+mod stdin_source;
 mod structure;
 mod timestamps;
 mod tls;

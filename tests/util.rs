@@ -433,7 +433,14 @@ pub struct Agent {
 impl Agent {
     /// Starts `agent --config CONFIG`.
     pub fn start(config: &Path) -> Agent {
+        Self::start_with_stdin(config, Stdio::null())
+    }
+
+    /// Starts `agent --config CONFIG` with `stdin` as its standard input (a file, or
+    /// `Stdio::piped()` to write to `proc.child.stdin`).
+    pub fn start_with_stdin(config: &Path, stdin: Stdio) -> Agent {
         let child = Command::new(bin("agent"))
+            .stdin(stdin)
             .arg("--config")
             .arg(config)
             .env(

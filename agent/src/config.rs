@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// list, so it needs neither the sink nor the source modules).
 pub const SINK_KINDS: &[&str] = &["aggregator", "loki", "otlp", "stdout"];
 /// The source types `[[sources]] type` may name; `source::build` makes each.
-pub const SOURCE_KINDS: &[&str] = &["file"];
+pub const SOURCE_KINDS: &[&str] = &["file", "stdin"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -150,9 +150,11 @@ impl Default for SinkConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `"file"`.
+    /// `"file"` (the default) or `"stdin"`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// stdin: the file name its lines are stored under (default `"stdin"`).
+    pub name: Option<String>,
     /// Paths and globs (`*`, `?`, `[..]`, `**`); absolute, or relative to the config file.
     pub paths: Option<Vec<String>>,
     /// Globs of paths never to ship.
@@ -252,6 +254,8 @@ pub struct SourceSettings {
     pub options: std::sync::Arc<PipelineOptions>,
     /// Whether symlinks to targets outside `roots` are shipped.
     pub follow_symlinks: bool,
+    /// stdin: the file name its lines are stored under.
+    pub name: Option<String>,
 }
 
 /// Validated sink settings.
@@ -380,15 +384,26 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
             "at least one [[sources]] entry is required".into(),
         ));
     }
-    if c.defaults.paths.is_some() || c.defaults.kind.is_some() {
+    if c.defaults.paths.is_some() || c.defaults.kind.is_some() || c.defaults.name.is_some() {
         return Err((
             "defaults".into(),
-            "`type` and `paths` belong in [[sources]], not [defaults]".into(),
+            "`type`, `paths` and `name` belong in [[sources]], not [defaults]".into(),
         ));
     }
     let mut sources = Vec::new();
     for (i, s) in c.sources.iter().enumerate() {
-        sources.push(validate_source(i, s, &c.defaults, &base)?);
+        let v = validate_source(i, s, &c.defaults, &base)?;
+        if v.kind == "stdin" && sources.iter().any(|o: &SourceSettings| o.kind == "stdin") {
+            return Err((
+                format!("sources[{i}].type"),
+                "there is one standard input: one stdin source at most".into(),
+            ));
+        }
+        if let Some(name) = &v.name {
+            logship_wire::validate_names(&host, name, "g")
+                .map_err(|e| (format!("sources[{i}].name"), e.to_string()))?;
+        }
+        sources.push(v);
     }
     let open_default = (nofile_limit() / 4).clamp(16, 16_384) as usize;
     // Both become semaphores, which panic past a few quintillion permits.
@@ -669,7 +684,17 @@ fn validate_source(
         ));
     }
     let paths = s.paths.clone().unwrap_or_default();
-    if paths.is_empty() {
+    let stdin = kind == "stdin";
+    if stdin && !paths.is_empty() {
+        return Err((
+            key("paths"),
+            "a stdin source reads standard input; it has no paths".into(),
+        ));
+    }
+    if !stdin && s.name.is_some() {
+        return Err((key("name"), "only used by a stdin source".into()));
+    }
+    if !stdin && paths.is_empty() {
         return Err((key("paths"), "at least one path or glob is required".into()));
     }
     let mut include = GlobSetBuilder::new();
@@ -747,6 +772,7 @@ fn validate_source(
         roots,
         options: std::sync::Arc::new(options),
         follow_symlinks: pick!(follow_symlinks).0.unwrap_or(false),
+        name: stdin.then(|| s.name.clone().unwrap_or_else(|| "stdin".into())),
     })
 }
 

@@ -163,10 +163,23 @@ pub async fn run(
     }
     tracing::info!(host = %settings.host, files = source::expand(&settings.sources).len(), "agent running");
 
-    shutdown.await;
+    // With only finite sources (stdin), the agent stops once they are done: at the end of
+    // their input, everything acknowledged.
+    let finite = settings.sources.iter().all(|s| s.kind == "stdin");
+    let mut ended = false;
+    if finite {
+        tokio::select! {
+            () = shutdown => {}
+            _ = futures_util::future::join_all(sources.iter_mut()) => ended = true,
+        }
+    } else {
+        shutdown.await;
+    }
     let _ = stop_tx.send(true);
-    for s in sources {
-        let _ = s.await;
+    if !ended {
+        for s in sources {
+            let _ = s.await;
+        }
     }
     drop(pipes);
     tracing::info!(timeout = ?settings.shutdown_timeout, "draining: waiting for acknowledgements");
@@ -181,5 +194,16 @@ pub async fn run(
         .save()
         .context("saving checkpoints at shutdown")?;
     tracing::info!("checkpoints saved; bye");
+    if finite {
+        // Standard input cannot be read again: say (exit code 1) whether all of it was
+        // delivered.
+        let refused = metrics.dead_letters.get();
+        if !ended {
+            anyhow::bail!("stopped before the end of standard input was delivered");
+        }
+        if refused > 0 {
+            anyhow::bail!("{refused} batch(es) of standard input were refused (kept as dead letters; `agent dead-letters list`)");
+        }
+    }
     Ok(())
 }

@@ -117,7 +117,7 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
     );
     let configured = &settings.sink;
     let what = match configured.kind.as_str() {
-        "aggregator" => "our compact form; lines placed by number, 2 batches of a file in flight".to_string(),
+        "aggregator" => format!("the multi-file compact form (each line with its read time; one file per request in the older form to an aggregator that does not announce it), up to {} bytes per request; lines placed by number, 2 batches of a file in flight", configured.max_request_bytes),
         "loki" => format!(
             "Loki push (protobuf + snappy), labels host, filename{}{}; one batch of a file in flight; partial lines wait until complete",
             configured.labels.iter().map(|(k, v)| format!(", {k}={v:?}")).collect::<String>(),
@@ -137,6 +137,12 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
     let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
     for (i, s) in settings.sources.iter().enumerate() {
         let o = &s.options;
+        if let Some(name) = &s.name {
+            out!(
+                "# sources[{i}] stdin: standard input as one stream, stored as {:?} (a new generation each run, no checkpoint); the agent exits once it is read and acknowledged, 1 if any of it was refused",
+                name
+            );
+        }
         out!(
             "# sources[{i}] {:?}: batch_lines = {}, batch_bytes = {}, linger = {}, read_from = {:?}, max_line_bytes = {}, partial_line_timeout = {}, close_inactive = {}, rotate_wait = {}, retry = {{ initial = {}, max = {} }}, lines_per_sec = {}, bytes_per_sec = {}",
             s.patterns,

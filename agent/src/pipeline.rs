@@ -85,7 +85,7 @@ impl Pipelines {
         let sender = Sender {
             env: self.send.clone(),
             file,
-            id,
+            id: Some(id),
             options: options.clone(),
             ctl: ctl.clone(),
         };

@@ -107,7 +107,9 @@ impl std::fmt::Debug for dyn Sink {
 pub struct Sender {
     pub env: Arc<SendEnv>,
     pub file: Arc<str>,
-    pub id: FileId,
+    /// The file's identity, whose checkpoint moves with each acknowledgement; `None` for a
+    /// stream that cannot be read again (stdin), which has no checkpoint.
+    pub id: Option<FileId>,
     pub options: Arc<PipelineOptions>,
     pub ctl: Arc<Control>,
 }
@@ -188,7 +190,9 @@ impl Sender {
         // it resumes where it stopped.
         if this.ctl.finished.load(Ordering::SeqCst) && !this.ctl.unwatched.load(Ordering::SeqCst) {
             tracing::info!(file = %this.file, "rotated file drained and acknowledged");
-            this.env.checkpoints.remove(this.id);
+            if let Some(id) = this.id {
+                this.env.checkpoints.remove(id);
+            }
         }
     }
 
@@ -215,13 +219,15 @@ impl Sender {
         self.env
             .metrics
             .acked_to(&self.file, batch.end_offset, next);
-        self.env.checkpoints.ack(Checkpoint {
-            file: self.file.to_string(),
-            id: self.id,
-            generation: batch.generation.to_string(),
-            offset: batch.end_offset,
-            line: batch.end_line,
-        });
+        if let Some(id) = self.id {
+            self.env.checkpoints.ack(Checkpoint {
+                file: self.file.to_string(),
+                id,
+                generation: batch.generation.to_string(),
+                offset: batch.end_offset,
+                line: batch.end_line,
+            });
+        }
         self.env
             .metrics
             .acked(&self.file, u64::from(batch.lines), batch.bytes);
@@ -470,7 +476,7 @@ mod tests {
         Sender {
             env,
             file: Arc::from("/f"),
-            id: FileId { dev: 1, ino: 2 },
+            id: Some(FileId { dev: 1, ino: 2 }),
             options: Arc::new(options),
             ctl: Arc::new(Control::default()),
         }

@@ -5,6 +5,7 @@
 //! [`crate::config::SOURCE_KINDS`].
 
 mod file;
+mod stdin;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ pub fn build(
                 forget_after: settings.forget_after,
             },
         )),
+        "stdin" => Box::new(stdin::StdinSource::new(sources)?),
         other => anyhow::bail!("unknown source type {other:?}"),
     })
 }
