@@ -350,6 +350,19 @@ impl Batcher {
         }
     }
 
+    /// Adds one complete line whose content may hold any bytes, `\n` included (a journal
+    /// entry's message), read at `ms`; `line` must follow the lines added before.
+    pub async fn add_line(
+        &mut self,
+        generation: &Arc<str>,
+        line: u64,
+        content: &[u8],
+        ms: u64,
+    ) -> Result<(), Gone> {
+        self.push(generation, line, content, false, (line + 1, line + 1), ms)
+            .await
+    }
+
     pub async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
         // The chunk was read just now: its lines' time (ms on the wall clock).
         let ms = wall_ms();

@@ -198,7 +198,9 @@ impl Checkpoints {
     }
 }
 
-fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
+/// Writes `state` as JSON to `path` so that a crash leaves the old file or the new one,
+/// never a mix: a temporary file fsynced, renamed over, and the directory fsynced.
+pub(crate) fn write_atomically<T: serde::Serialize>(path: &Path, state: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
     serde_json::to_writer(&mut f, state)?;

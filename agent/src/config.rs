@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// list, so it needs neither the sink nor the source modules).
 pub const SINK_KINDS: &[&str] = &["aggregator", "loki", "otlp", "stdout"];
 /// The source types `[[sources]] type` may name; `source::build` makes each.
-pub const SOURCE_KINDS: &[&str] = &["file", "stdin"];
+pub const SOURCE_KINDS: &[&str] = &["file", "stdin", "journald"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -153,8 +153,14 @@ pub struct SourceConfig {
     /// `"file"` (the default) or `"stdin"`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    /// stdin: the file name its lines are stored under (default `"stdin"`).
+    /// stdin: the file name its lines are stored under (default `"stdin"`); journald: the
+    /// file name of each unit's stream, `{unit}` replaced (default `"journal/{unit}"`).
     pub name: Option<String>,
+    /// journald: read journal files from this directory instead of the system journal.
+    pub directory: Option<String>,
+    /// journald: only entries matching these `FIELD=value` pairs (as `journalctl` takes
+    /// them: the same field ORs, different fields AND).
+    pub matches: Option<Vec<String>>,
     /// Paths and globs (`*`, `?`, `[..]`, `**`); absolute, or relative to the config file.
     pub paths: Option<Vec<String>>,
     /// Globs of paths never to ship.
@@ -254,8 +260,13 @@ pub struct SourceSettings {
     pub options: std::sync::Arc<PipelineOptions>,
     /// Whether symlinks to targets outside `roots` are shipped.
     pub follow_symlinks: bool,
-    /// stdin: the file name its lines are stored under.
+    /// stdin: the file name its lines are stored under; journald: each unit's, `{unit}`
+    /// replaced.
     pub name: Option<String>,
+    /// journald: the journal directory (`None`: the system journal).
+    pub directory: Option<PathBuf>,
+    /// journald: `FIELD=value` matches.
+    pub matches: Vec<String>,
 }
 
 /// Validated sink settings.
@@ -384,10 +395,15 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
             "at least one [[sources]] entry is required".into(),
         ));
     }
-    if c.defaults.paths.is_some() || c.defaults.kind.is_some() || c.defaults.name.is_some() {
+    if c.defaults.paths.is_some()
+        || c.defaults.kind.is_some()
+        || c.defaults.name.is_some()
+        || c.defaults.directory.is_some()
+        || c.defaults.matches.is_some()
+    {
         return Err((
             "defaults".into(),
-            "`type`, `paths` and `name` belong in [[sources]], not [defaults]".into(),
+            "`type`, `paths`, `name`, `directory` and `matches` belong in [[sources]], not [defaults]".into(),
         ));
     }
     let mut sources = Vec::new();
@@ -399,8 +415,16 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
                 "there is one standard input: one stdin source at most".into(),
             ));
         }
+        if v.kind == "journald" && sources.iter().any(|o: &SourceSettings| o.kind == "journald")
+        {
+            return Err((
+                format!("sources[{i}].type"),
+                "one journald source at most (its `matches` can select several units)".into(),
+            ));
+        }
         if let Some(name) = &v.name {
-            logship_wire::validate_names(&host, name, "g")
+            let name = name.replace("{unit}", "u");
+            logship_wire::validate_names(&host, &name, "g")
                 .map_err(|e| (format!("sources[{i}].name"), e.to_string()))?;
         }
         sources.push(v);
@@ -685,16 +709,44 @@ fn validate_source(
     }
     let paths = s.paths.clone().unwrap_or_default();
     let stdin = kind == "stdin";
-    if stdin && !paths.is_empty() {
+    let journald = kind == "journald";
+    if (stdin || journald) && !paths.is_empty() {
         return Err((
             key("paths"),
-            "a stdin source reads standard input; it has no paths".into(),
+            format!("a {kind} source reads no files; it has no paths"),
         ));
     }
-    if !stdin && s.name.is_some() {
-        return Err((key("name"), "only used by a stdin source".into()));
+    if !(stdin || journald) && s.name.is_some() {
+        return Err((key("name"), "only used by stdin and journald sources".into()));
     }
-    if !stdin && paths.is_empty() {
+    if !journald && s.directory.is_some() {
+        return Err((key("directory"), "only used by a journald source".into()));
+    }
+    if !journald && s.matches.is_some() {
+        return Err((key("matches"), "only used by a journald source".into()));
+    }
+    let matches = s.matches.clone().unwrap_or_default();
+    for m in &matches {
+        let ok = m.split_once('=').is_some_and(|(field, _)| {
+            !field.is_empty()
+                && field
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        });
+        if !ok {
+            return Err((
+                key("matches"),
+                format!("{m:?} is not FIELD=value (a journal field name is upper case letters, digits and _)"),
+            ));
+        }
+    }
+    if journald && s.name.as_deref().is_some_and(|n| !n.contains("{unit}")) {
+        return Err((
+            key("name"),
+            "a journald source stores each unit as its own stream: the name needs {unit}".into(),
+        ));
+    }
+    if !(stdin || journald) && paths.is_empty() {
         return Err((key("paths"), "at least one path or glob is required".into()));
     }
     let mut include = GlobSetBuilder::new();
@@ -772,7 +824,18 @@ fn validate_source(
         roots,
         options: std::sync::Arc::new(options),
         follow_symlinks: pick!(follow_symlinks).0.unwrap_or(false),
-        name: stdin.then(|| s.name.clone().unwrap_or_else(|| "stdin".into())),
+        name: if stdin {
+            Some(s.name.clone().unwrap_or_else(|| "stdin".into()))
+        } else if journald {
+            Some(s.name.clone().unwrap_or_else(|| "journal/{unit}".into()))
+        } else {
+            None
+        },
+        directory: s
+            .directory
+            .as_ref()
+            .map(|d| PathBuf::from(absolute_pattern(base, d))),
+        matches,
     })
 }
 

@@ -137,9 +137,17 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
     let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
     for (i, s) in settings.sources.iter().enumerate() {
         let o = &s.options;
-        if let Some(name) = &s.name {
+        if let (Some(name), "stdin") = (&s.name, s.kind.as_str()) {
             out!(
                 "# sources[{i}] stdin: standard input as one stream, stored as {:?} (a new generation each run, no checkpoint); the agent exits once it is read and acknowledged, 1 if any of it was refused",
+                name
+            );
+        }
+        if let (Some(name), "journald") = (&s.name, s.kind.as_str()) {
+            out!(
+                "# sources[{i}] journald: {}{}, one stream per unit stored as {:?}; the journal cursor is the checkpoint",
+                s.directory.as_ref().map_or("the system journal".to_string(), |d| format!("the journal files in {}", d.display())),
+                if s.matches.is_empty() { String::new() } else { format!(", entries matching {}", s.matches.join(" ")) },
                 name
             );
         }

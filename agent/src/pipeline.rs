@@ -86,6 +86,7 @@ impl Pipelines {
             env: self.send.clone(),
             file,
             id: Some(id),
+            on_ack: None,
             options: options.clone(),
             ctl: ctl.clone(),
         };

@@ -103,6 +103,9 @@ impl std::fmt::Debug for dyn Sink {
     }
 }
 
+/// See [`Sender::on_ack`].
+pub type OnAck = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// One file's sender.
 pub struct Sender {
     pub env: Arc<SendEnv>,
@@ -110,6 +113,9 @@ pub struct Sender {
     /// The file's identity, whose checkpoint moves with each acknowledgement; `None` for a
     /// stream that cannot be read again (stdin), which has no checkpoint.
     pub id: Option<FileId>,
+    /// Told the next line number after each acknowledged batch, in order (a source that
+    /// keeps its own checkpoint: journald's cursor).
+    pub on_ack: Option<OnAck>,
     pub options: Arc<PipelineOptions>,
     pub ctl: Arc<Control>,
 }
@@ -219,6 +225,9 @@ impl Sender {
         self.env
             .metrics
             .acked_to(&self.file, batch.end_offset, next);
+        if let Some(f) = &self.on_ack {
+            f(batch.end_line);
+        }
         if let Some(id) = self.id {
             self.env.checkpoints.ack(Checkpoint {
                 file: self.file.to_string(),
@@ -477,6 +486,7 @@ mod tests {
             env,
             file: Arc::from("/f"),
             id: Some(FileId { dev: 1, ino: 2 }),
+            on_ack: None,
             options: Arc::new(options),
             ctl: Arc::new(Control::default()),
         }

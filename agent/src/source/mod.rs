@@ -5,6 +5,7 @@
 //! [`crate::config::SOURCE_KINDS`].
 
 mod file;
+mod journald;
 mod stdin;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ pub fn build(
             },
         )),
         "stdin" => Box::new(stdin::StdinSource::new(sources)?),
+        "journald" => Box::new(journald::JournaldSource::new(sources, settings)?),
         other => anyhow::bail!("unknown source type {other:?}"),
     })
 }

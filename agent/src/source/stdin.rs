@@ -63,6 +63,7 @@ impl StdinSource {
             env: pipes.send.clone(),
             file: name.clone(),
             id: None,
+            on_ack: None,
             options: options.clone(),
             ctl: Arc::new(Control::default()),
         };
