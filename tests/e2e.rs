@@ -15,6 +15,7 @@ mod endpoints;
 mod hardening;
 mod hostile;
 mod hung_reads;
+mod journald_source;
 mod lifecycle;
 mod live;
 mod loki_read;

@@ -415,7 +415,10 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
                 "there is one standard input: one stdin source at most".into(),
             ));
         }
-        if v.kind == "journald" && sources.iter().any(|o: &SourceSettings| o.kind == "journald")
+        if v.kind == "journald"
+            && sources
+                .iter()
+                .any(|o: &SourceSettings| o.kind == "journald")
         {
             return Err((
                 format!("sources[{i}].type"),
@@ -717,7 +720,10 @@ fn validate_source(
         ));
     }
     if !(stdin || journald) && s.name.is_some() {
-        return Err((key("name"), "only used by stdin and journald sources".into()));
+        return Err((
+            key("name"),
+            "only used by stdin and journald sources".into(),
+        ));
     }
     if !journald && s.directory.is_some() {
         return Err((key("directory"), "only used by a journald source".into()));

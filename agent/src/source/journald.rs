@@ -225,10 +225,7 @@ impl JournaldSource {
         let (Some(message), Some(cursor)) = (e.message, e.cursor) else {
             return Ok(()); // nothing to ship (the cursor moves with the next entry shipped)
         };
-        let unit = e
-            .unit
-            .or(e.identifier)
-            .unwrap_or_else(|| "unknown".into());
+        let unit = e.unit.or(e.identifier).unwrap_or_else(|| "unknown".into());
         let unit: String = unit
             .chars()
             .map(|c| if c.is_control() { '_' } else { c })
@@ -370,7 +367,8 @@ async fn read_journal(
     tx: mpsc::Sender<Entry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let mut cmd = tokio::process::Command::new("journalctl");
         cmd.args(&args)
@@ -417,7 +415,10 @@ async fn read_journal(
                     }
                 }
                 let status = child.wait().await;
-                tracing::warn!(?status, "journalctl exited; starting it again after the last entry read");
+                tracing::warn!(
+                    ?status,
+                    "journalctl exited; starting it again after the last entry read"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start journalctl (is systemd's journalctl installed?)");
