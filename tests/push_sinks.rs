@@ -47,19 +47,32 @@ fn write_logs(dir: &Path, files: usize, lines: usize) -> Vec<std::path::PathBuf>
 fn files_shipped_through_the_loki_and_otlp_sinks_download_byte_identical() {
     let dir = tempfile::tempdir().expect("tempdir");
     let agg = Aggregator::with_config(dir.path(), "");
-    for (kind, path, extra) in [
-        ("loki", "/loki/api/v1/push", "labels = { job = \"app\" }\n"),
-        ("otlp", "/v1/logs", "compression = \"gzip\"\n"),
+    // Loki's JSON form (gzip) goes through the aggregator's JSON push path.
+    for (label, kind, path, extra) in [
+        (
+            "loki",
+            "loki",
+            "/loki/api/v1/push",
+            "labels = { job = \"app\" }\n",
+        ),
+        (
+            "loki-json",
+            "loki",
+            "/loki/api/v1/push",
+            "format = \"json\"\nlabels = { job = \"app\" }\n",
+        ),
+        ("otlp", "otlp", "/v1/logs", "compression = \"gzip\"\n"),
     ] {
-        let d = dir.path().join(kind);
+        let d = dir.path().join(label);
         let files = write_logs(&d, 2, 3_000);
-        let cfg = sink_config(&d, &format!("{kind}-host"), kind, &agg.url(path), extra);
+        let cfg = sink_config(&d, &format!("{label}-host"), kind, &agg.url(path), extra);
         let _agent = Agent::start(&cfg);
         // The Loki stream keeps its job label in the stored name; OTLP's file is the path.
         let name = |p: &Path| match kind {
             "loki" => format!("{}{{job=\"app\"}}", p.display()),
             _ => p.display().to_string(),
         };
+        let kind = label;
         let exact =
             |p: &Path| agg.log(&format!("{kind}-host"), &name(p), "").ok() == std::fs::read(p).ok();
         assert!(

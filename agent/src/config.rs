@@ -117,6 +117,10 @@ pub struct SinkConfig {
     pub attributes: std::collections::BTreeMap<String, String>,
     /// loki: the tenant (`X-Scope-OrgID`) of a multi-tenant Loki.
     pub tenant: Option<String>,
+    /// loki: `"protobuf"` (protobuf + snappy, what Promtail and Alloy send) or `"json"`
+    /// (Loki's JSON form, gzip-compressed unless `compression = "none"`; lines that are not
+    /// UTF-8 get replacement characters, as JSON strings must be text).
+    pub format: Option<String>,
     /// loki, otlp: basic auth's user; the token (`token`/`token_file`) is its password.
     /// Without it the token goes as a bearer token.
     pub username: Option<String>,
@@ -140,6 +144,7 @@ impl Default for SinkConfig {
             labels: Default::default(),
             attributes: Default::default(),
             tenant: None,
+            format: None,
             username: None,
         }
     }
@@ -289,6 +294,8 @@ pub struct SinkSettings {
     pub labels: Vec<(String, String)>,
     /// loki: `X-Scope-OrgID`.
     pub tenant: Option<String>,
+    /// loki: Loki's JSON form instead of protobuf + snappy.
+    pub loki_json: bool,
     /// Basic auth's user (the token is the password).
     pub username: Option<String>,
 }
@@ -613,6 +620,17 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
             "basic auth needs a password: set sink.token or sink.token_file".into(),
         ));
     }
+    let loki_json = match (s.kind.as_str(), s.format.as_deref()) {
+        (_, None) | ("loki", Some("protobuf")) => false,
+        ("loki", Some("json")) => true,
+        ("loki", Some(other)) => {
+            return Err((
+                "sink.format".into(),
+                format!("{other:?} is not \"protobuf\" or \"json\""),
+            ))
+        }
+        (_, Some(_)) => return Err(("sink.format".into(), "only used by the loki sink".into())),
+    };
     if s.tenant.is_some() && s.kind != "loki" {
         return Err(("sink.tenant".into(), "only used by the loki sink".into()));
     }
@@ -623,6 +641,7 @@ fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> 
         tls,
         labels,
         tenant: s.tenant.clone(),
+        loki_json,
         username: s.username.clone(),
         compression,
         compression_level: s.compression_level.clamp(-7, 19),

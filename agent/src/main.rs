@@ -119,7 +119,8 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
     let what = match configured.kind.as_str() {
         "aggregator" => format!("the multi-file compact form (each line with its read time; one file per request in the older form to an aggregator that does not announce it), up to {} bytes per request; lines placed by number, 2 batches of a file in flight", configured.max_request_bytes),
         "loki" => format!(
-            "Loki push (protobuf + snappy), labels host, filename{}{}; one batch of a file in flight; partial lines wait until complete",
+            "Loki push ({}), labels host, filename{}{}; one batch of a file in flight; partial lines wait until complete",
+            if configured.loki_json { "JSON" } else { "protobuf + snappy" },
             configured.labels.iter().map(|(k, v)| format!(", {k}={v:?}")).collect::<String>(),
             configured.tenant.as_deref().map(|t| format!(", tenant {t:?}")).unwrap_or_default()
         ),

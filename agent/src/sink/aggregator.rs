@@ -335,7 +335,7 @@ impl AggregatorSink {
             let encoded = if t.compressible {
                 self.encode(&[&t.payload])
             } else {
-                Ok((Bytes::copy_from_slice(&t.payload), None))
+                Ok((Bytes::from(t.payload), t.encoding))
             };
             let ack = |answer: &[u8]| self.protocol.acknowledged(answer, body);
             return self
@@ -947,6 +947,7 @@ mod tests {
             tls: None,
             labels: Vec::new(),
             tenant: None,
+            loki_json: false,
             username: None,
         };
         let sink = AggregatorSink::new(&settings, EndpointMetrics::default()).expect("sink");

@@ -26,9 +26,17 @@ pub enum Protocol {
     Loki {
         labels: Vec<(String, String)>,
         tenant: Option<HeaderValue>,
+        /// Loki's JSON form, gzip-compressed when `gzip`; protobuf + snappy when `None`.
+        json: Option<JsonForm>,
     },
     /// OTLP/HTTP logs; `attributes` beside `host.name`, `log.file.path`, `log.file.name`.
     Otlp { attributes: Vec<(String, String)> },
+}
+
+/// How the Loki JSON form is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonForm {
+    pub gzip: bool,
 }
 
 /// A translated request body and its content type.
@@ -37,6 +45,8 @@ pub struct Translated {
     pub content_type: &'static str,
     /// Whether the sink's own compression applies (Loki's body is snappy already).
     pub compressible: bool,
+    /// The `Content-Encoding` the payload already has (Loki's JSON form: gzip).
+    pub encoding: Option<&'static str>,
 }
 
 impl Protocol {
@@ -50,6 +60,9 @@ impl Protocol {
                     .map(HeaderValue::from_str)
                     .transpose()
                     .map_err(|_| anyhow::anyhow!("sink.tenant: not a valid header value"))?,
+                json: s.loki_json.then_some(JsonForm {
+                    gzip: s.compression != crate::config::Compression::None,
+                }),
             },
             "otlp" => Protocol::Otlp {
                 attributes: s.labels.clone(),
@@ -61,10 +74,10 @@ impl Protocol {
     /// The request body for a compact `body` whose first line was read at `read_at_ms`;
     /// `None` for the aggregator, which takes the compact body as it is.
     pub fn translate(&self, body: &[u8], read_at_ms: u64) -> Result<Option<Translated>, String> {
-        let (labels, attributes) = match self {
+        let (labels, attributes, json) = match self {
             Protocol::Aggregator => return Ok(None),
-            Protocol::Loki { labels, .. } => (Some(labels), None),
-            Protocol::Otlp { attributes } => (None, Some(attributes)),
+            Protocol::Loki { labels, json, .. } => (Some(labels), None, *json),
+            Protocol::Otlp { attributes } => (None, Some(attributes), None),
         };
         let batch = logship_wire::decode_file(body).map_err(|e| e.to_string())?;
         let first = batch.lines.first().map_or(0, |l| l.number);
@@ -89,6 +102,10 @@ impl Protocol {
             ];
             set.extend(extra.iter().cloned());
             set.sort();
+            if let Some(form) = json {
+                return loki_json(&set, lines.map(|l| (time(l.number), &l.content[..])), form)
+                    .map(Some);
+            }
             let req = loki::PushRequest {
                 streams: vec![loki::StreamAdapter {
                     labels: logship_wire::push::render_labels(&set),
@@ -115,6 +132,7 @@ impl Protocol {
                 payload,
                 content_type: "application/x-protobuf",
                 compressible: false,
+                encoding: None,
             }));
         }
         let string = |k: &str, v: &str| otlp::KeyValue {
@@ -161,6 +179,7 @@ impl Protocol {
             payload: req.encode_to_vec(),
             content_type: "application/x-protobuf",
             compressible: true,
+            encoding: None,
         }))
     }
 
@@ -202,6 +221,46 @@ impl Protocol {
     }
 }
 
+/// Loki's JSON push body, `{"streams":[{"stream":{labels},"values":[["<ns>","line"],…]}]}`,
+/// gzip-compressed per `form`. JSON strings are text: bytes that are not UTF-8 become
+/// replacement characters (the protobuf form carries any bytes).
+fn loki_json<'a>(
+    labels: &[(String, String)],
+    lines: impl Iterator<Item = (u64, &'a [u8])>,
+    form: JsonForm,
+) -> Result<Translated, String> {
+    let stream: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+        .collect();
+    let values: Vec<serde_json::Value> = lines
+        .map(|(ns, line)| serde_json::json!([ns.to_string(), String::from_utf8_lossy(line)]))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "streams": [{ "stream": stream, "values": values }]
+    }))
+    .map_err(|e| e.to_string())?;
+    if !form.gzip {
+        return Ok(Translated {
+            payload: body,
+            content_type: "application/json",
+            compressible: false,
+            encoding: None,
+        });
+    }
+    use std::io::Write as _;
+    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    g.write_all(&body)
+        .and_then(|()| g.finish())
+        .map(|payload| Translated {
+            payload,
+            content_type: "application/json",
+            compressible: false,
+            encoding: Some("gzip"),
+        })
+        .map_err(|e| format!("gzip: {e}"))
+}
+
 /// The `stored` count of an aggregator's acknowledgement `{"stored": N, "new": M}`.
 fn acknowledged_lines(body: &[u8]) -> Option<u32> {
     #[derive(serde::Deserialize)]
@@ -229,6 +288,7 @@ mod tests {
         let p = Protocol::Loki {
             labels: vec![("job".into(), "app".into())],
             tenant: None,
+            json: None,
         };
         let t = p
             .translate(&compact(), 1_790_000_000_000)
@@ -285,6 +345,7 @@ mod tests {
         let p = Protocol::Loki {
             labels: Vec::new(),
             tenant: None,
+            json: None,
         };
         let t = p.translate(&w.finish(), 1).expect("ok").expect("some");
         let raw = snap::raw::Decoder::new()
@@ -298,6 +359,39 @@ mod tests {
         assert_eq!(
             got,
             [5_000 * ms, 5_000 * ms + 1, 5_007 * ms, 5_007 * ms + 1]
+        );
+    }
+
+    /// Loki's JSON form: the same stream, times as strings of ns, gzip-compressed.
+    #[test]
+    fn loki_json_bodies_are_lokis_json_push_form() {
+        let p = Protocol::Loki {
+            labels: vec![("job".into(), "app".into())],
+            tenant: None,
+            json: Some(JsonForm { gzip: true }),
+        };
+        let t = p
+            .translate(&compact(), 1_790_000_000_000)
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            (t.content_type, t.encoding),
+            ("application/json", Some("gzip"))
+        );
+        let mut raw = Vec::new();
+        use std::io::Read as _;
+        flate2::read::GzDecoder::new(&t.payload[..])
+            .read_to_end(&mut raw)
+            .expect("gzip");
+        let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
+        assert_eq!(v["streams"][0]["stream"]["job"], "app");
+        assert_eq!(v["streams"][0]["stream"]["host"], "web-1");
+        assert_eq!(
+            v["streams"][0]["values"],
+            serde_json::json!([
+                ["1790000000000000000", "first"],
+                ["1790000000000000001", "\u{fffd}second"]
+            ])
         );
     }
 
