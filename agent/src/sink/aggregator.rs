@@ -33,7 +33,7 @@ use hyper_util::rt::TokioExecutor;
 
 use tokio::sync::Semaphore;
 
-use super::coalesce::{self, Member};
+use super::coalesce;
 use super::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
 use super::protocol::Protocol;
 use super::{BoxFuture, Outcome, Sink};
@@ -87,10 +87,10 @@ enum Fault {
 #[derive(Debug)]
 pub struct AggregatorSink {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    endpoints: Vec<Endpoint>,
+    pub(super) endpoints: Vec<Endpoint>,
     /// Round-robin position.
     next: AtomicUsize,
-    metrics: EndpointMetrics,
+    pub(super) metrics: EndpointMetrics,
     auth: Option<HeaderValue>,
     compression: Compression,
     /// zstd level (negative levels trade ratio for speed).
@@ -99,14 +99,14 @@ pub struct AggregatorSink {
     hedge_after: Duration,
     protocol: Protocol,
     /// Batches of many files waiting to go out as one request.
-    joiner: coalesce::Joiner,
+    pub(super) joiner: coalesce::Joiner,
 }
 
 /// One aggregator URL and whether it is taking batches.
 #[derive(Debug)]
-struct Endpoint {
+pub(super) struct Endpoint {
     url: Uri,
-    label: String,
+    pub(super) label: String,
     health: Mutex<Health>,
     /// Which compact forms it takes (`FORMS_*`), as its last answer said.
     forms: AtomicU8,
@@ -223,7 +223,10 @@ impl AggregatorSink {
 
     /// The request body of `pieces` (one body, or a joined request's header and sections),
     /// compressed as configured, without first copying the pieces together.
-    fn encode(&self, pieces: &[&[u8]]) -> std::io::Result<(Bytes, Option<&'static str>)> {
+    pub(super) fn encode(
+        &self,
+        pieces: &[&[u8]],
+    ) -> std::io::Result<(Bytes, Option<&'static str>)> {
         Ok(match self.compression {
             Compression::None => (Bytes::from(pieces.concat()), None),
             Compression::Zstd => match pieces {
@@ -322,7 +325,7 @@ impl AggregatorSink {
     /// Sends one batch `body` (or, for Loki and OTLP, its translation) to the first
     /// endpoint that takes it. A multi-file body goes as it is where an endpoint takes that
     /// form, else converted to the single-file form.
-    async fn attempt(&self, body: &[u8], read_at_ms: u64) -> Outcome {
+    pub(super) async fn attempt(&self, body: &[u8], read_at_ms: u64) -> Outcome {
         let translated = match self.protocol.translate(body, read_at_ms) {
             Ok(t) => t,
             Err(reason) => {
@@ -377,7 +380,7 @@ impl AggregatorSink {
     }
 
     /// Whether any endpoint may take the multi-file form (not known to refuse it).
-    fn may_take_multi(&self) -> bool {
+    pub(super) fn may_take_multi(&self) -> bool {
         matches!(self.protocol, Protocol::Aggregator)
             && self
                 .endpoints
@@ -385,130 +388,9 @@ impl AggregatorSink {
                 .any(|e| e.forms.load(Ordering::Relaxed) != FORMS_SINGLE)
     }
 
-    /// Delivers one batch in a request joined with other files' batches (see
-    /// [`coalesce`]); `in_flight` bounds the requests, not the batches.
-    async fn joined(
-        &self,
-        body: &Arc<Vec<u8>>,
-        read_at_ms: u64,
-        in_flight: &Arc<Semaphore>,
-    ) -> Outcome {
-        let mut rx = self.joiner.enqueue(body.clone());
-        let mut lead = true;
-        loop {
-            let permit = tokio::select! {
-                biased;
-                answer = &mut rx => match answer {
-                    Ok(Some(outcome)) => return outcome,
-                    Ok(None) if self.may_take_multi() => {
-                        rx = self.joiner.enqueue(body.clone());
-                        lead = true;
-                        continue;
-                    }
-                    Ok(None) => {
-                        let _permit = in_flight.acquire().await;
-                        return self.attempt(body, read_at_ms).await;
-                    }
-                    Err(_) => {
-                        return Outcome::Retry {
-                            reason: "the request carrying the batch was abandoned".into(),
-                            after: None,
-                        }
-                    }
-                },
-                permit = in_flight.clone().acquire_owned(), if lead => permit,
-            };
-            if self.joiner.small() {
-                tokio::time::sleep(coalesce::GATHER).await;
-            }
-            let members = self.joiner.take();
-            if members.is_empty() {
-                // Another sender took this batch along: wait for its answer.
-                lead = false;
-            } else {
-                self.send_joined(members).await;
-            }
-            drop(permit);
-        }
-    }
-
-    /// Sends `members` as one multi-file request and answers each.
-    async fn send_joined(&self, members: Vec<Member>) {
-        let Some((host, _)) = logship_wire::multi::section(&members[0].body) else {
-            for m in members {
-                m.answer(Some(Outcome::Reject {
-                    reason: "not a multi-file batch".into(),
-                }));
-            }
-            return;
-        };
-        let header = logship_wire::multi::header(host);
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(members.len() + 1);
-        pieces.push(&header);
-        for m in &members {
-            match logship_wire::multi::section(&m.body) {
-                Some((h, s)) if h == host => pieces.push(s),
-                // Batches of another host (never from one agent): a request of their own.
-                _ => {}
-            }
-        }
-        if pieces.len() != members.len() + 1 {
-            for m in members {
-                m.answer(None);
-            }
-            return;
-        }
-        let acks: Mutex<Option<Vec<coalesce::SectionAck>>> = Mutex::new(None);
-        let ack = |answer: &[u8]| {
-            match coalesce::section_acks(answer) {
-            Some(a) if a.len() == members.len() => {
-                *acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
-                Ok(())
-            }
-            _ => Err("without an answer for each file of the request; is the URL an aggregator's /store/batch?".into()),
-        }
-        };
-        let encoded = self.encode(&pieces);
-        let sent = self
-            .send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, true, &ack)
-            .await;
-        let acks = acks
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.metrics.joined_requests.inc();
-        self.metrics.joined_batches.inc_by(members.len() as u64);
-        match sent {
-            Some(Outcome::Ok) => {
-                let endpoint = self.endpoints.first().map_or("", |e| e.label.as_str());
-                for (m, a) in members.into_iter().zip(acks.unwrap_or_default()) {
-                    let lines = logship_wire::line_count_file(&m.body);
-                    let outcome = coalesce::section_outcome(&a, lines, endpoint);
-                    m.answer(Some(outcome));
-                }
-            }
-            Some(Outcome::TooLarge) if members.len() > 1 => {
-                self.joiner.shrink();
-                for m in members {
-                    m.answer(None);
-                }
-            }
-            Some(other) => {
-                for m in members {
-                    m.answer(Some(other.clone()));
-                }
-            }
-            // The endpoint takes one file per request: each batch goes again on its own.
-            None => {
-                for m in members {
-                    m.answer(None);
-                }
-            }
-        }
-    }
-
     /// Sends an encoded request to the first endpoint that takes it; `None` when a
     /// multi-file request (`multi`) met an endpoint that takes one file per request.
-    async fn send_encoded(
+    pub(super) async fn send_encoded(
         &self,
         encoded: std::io::Result<(Bytes, Option<&'static str>)>,
         content_type: &'static str,

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use super::Outcome;
 
@@ -215,6 +215,131 @@ pub fn zstd_pieces(pieces: &[&[u8]], level: i32) -> std::io::Result<Vec<u8>> {
         }
         Ok(out)
     })
+}
+
+/// The joining side of the aggregator sink: queueing a batch, leading a request, and
+/// answering each batch from its section.
+impl super::aggregator::AggregatorSink {
+    /// Delivers one batch in a request joined with other files' batches (see the module
+    /// doc); `in_flight` bounds the requests, not the batches.
+    pub(super) async fn joined(
+        &self,
+        body: &Arc<Vec<u8>>,
+        read_at_ms: u64,
+        in_flight: &Arc<Semaphore>,
+    ) -> Outcome {
+        let mut rx = self.joiner.enqueue(body.clone());
+        let mut lead = true;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                answer = &mut rx => match answer {
+                    Ok(Some(outcome)) => return outcome,
+                    Ok(None) if self.may_take_multi() => {
+                        rx = self.joiner.enqueue(body.clone());
+                        lead = true;
+                        continue;
+                    }
+                    Ok(None) => {
+                        let _permit = in_flight.acquire().await;
+                        return self.attempt(body, read_at_ms).await;
+                    }
+                    Err(_) => {
+                        return Outcome::Retry {
+                            reason: "the request carrying the batch was abandoned".into(),
+                            after: None,
+                        }
+                    }
+                },
+                permit = in_flight.clone().acquire_owned(), if lead => permit,
+            };
+            if self.joiner.small() {
+                tokio::time::sleep(GATHER).await;
+            }
+            let members = self.joiner.take();
+            if members.is_empty() {
+                // Another sender took this batch along: wait for its answer.
+                lead = false;
+            } else {
+                self.send_joined(members).await;
+            }
+            drop(permit);
+        }
+    }
+
+    /// Sends `members` as one multi-file request and answers each.
+    async fn send_joined(&self, members: Vec<Member>) {
+        let Some((host, _)) = logship_wire::multi::section(&members[0].body) else {
+            for m in members {
+                m.answer(Some(Outcome::Reject {
+                    reason: "not a multi-file batch".into(),
+                }));
+            }
+            return;
+        };
+        let header = logship_wire::multi::header(host);
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(members.len() + 1);
+        pieces.push(&header);
+        for m in &members {
+            match logship_wire::multi::section(&m.body) {
+                Some((h, s)) if h == host => pieces.push(s),
+                // Batches of another host (never from one agent): a request of their own.
+                _ => {}
+            }
+        }
+        if pieces.len() != members.len() + 1 {
+            for m in members {
+                m.answer(None);
+            }
+            return;
+        }
+        let acks: Mutex<Option<Vec<SectionAck>>> = Mutex::new(None);
+        let ack = |answer: &[u8]| {
+            match section_acks(answer) {
+            Some(a) if a.len() == members.len() => {
+                *acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
+                Ok(())
+            }
+            _ => Err("without an answer for each file of the request; is the URL an aggregator's /store/batch?".into()),
+        }
+        };
+        let encoded = self.encode(&pieces);
+        let sent = self
+            .send_encoded(encoded, logship_wire::COMPACT_CONTENT_TYPE, true, &ack)
+            .await;
+        let acks = acks
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.metrics.joined_requests.inc();
+        self.metrics.joined_batches.inc_by(members.len() as u64);
+        match sent {
+            Some(Outcome::Ok) => {
+                let endpoint = self.endpoints.first().map_or("", |e| e.label.as_str());
+                for (m, a) in members.into_iter().zip(acks.unwrap_or_default()) {
+                    let lines = logship_wire::line_count_file(&m.body);
+                    let outcome = section_outcome(&a, lines, endpoint);
+                    m.answer(Some(outcome));
+                }
+            }
+            Some(Outcome::TooLarge) if members.len() > 1 => {
+                self.joiner.shrink();
+                for m in members {
+                    m.answer(None);
+                }
+            }
+            Some(other) => {
+                for m in members {
+                    m.answer(Some(other.clone()));
+                }
+            }
+            // The endpoint takes one file per request: each batch goes again on its own.
+            None => {
+                for m in members {
+                    m.answer(None);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
