@@ -22,6 +22,26 @@ fn stdin_config(dir: &Path, agg: &Aggregator, name: &str) -> std::path::PathBuf 
     p
 }
 
+/// Runs an agent whose standard input is `input` (a file) as stream `name`, until it exits.
+fn ship_to_exit(
+    dir: &Path,
+    agg: &Aggregator,
+    name: &str,
+    input: &[u8],
+) -> std::process::ExitStatus {
+    let file = dir.join("input");
+    std::fs::write(&file, input).expect("write input");
+    let cfg = stdin_config(dir, agg, name);
+    let mut agent = Agent::start_with_stdin(
+        &cfg,
+        Stdio::from(std::fs::File::open(&file).expect("open input")),
+    );
+    agent
+        .proc
+        .wait_exit(Duration::from_secs(60))
+        .expect("the agent exits after the end of input")
+}
+
 #[test]
 fn standard_input_is_stored_byte_exact_and_the_agent_exits_0_once_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -40,17 +60,7 @@ fn standard_input_is_stored_byte_exact_and_the_agent_exits_0_once_acknowledged()
         }
     }
     input.extend_from_slice(b"no newline at the end");
-    let file = dir.path().join("input");
-    std::fs::write(&file, &input).expect("write input");
-    let cfg = stdin_config(dir.path(), &agg, "/pipes/app");
-    let mut agent = Agent::start_with_stdin(
-        &cfg,
-        Stdio::from(std::fs::File::open(&file).expect("open input")),
-    );
-    let status = agent
-        .proc
-        .wait_exit(Duration::from_secs(60))
-        .expect("the agent exits after the end of input");
+    let status = ship_to_exit(dir.path(), &agg, "/pipes/app", &input);
     assert_eq!(status.code(), Some(0));
     // Acknowledged before it exited: stored now, byte for byte.
     assert_eq!(agg.log("h", "/pipes/app", "").expect("stored"), input);
@@ -103,17 +113,7 @@ fn standard_input_that_is_refused_in_part_exits_non_zero() {
     let mut input = b"short one\n".to_vec();
     input.extend_from_slice(&vec![b'x'; 4096]);
     input.extend_from_slice(b"\nshort two\n");
-    let file = dir.path().join("input");
-    std::fs::write(&file, &input).expect("write input");
-    let cfg = stdin_config(dir.path(), &agg, "refused");
-    let mut agent = Agent::start_with_stdin(
-        &cfg,
-        Stdio::from(std::fs::File::open(&file).expect("open input")),
-    );
-    let status = agent
-        .proc
-        .wait_exit(Duration::from_secs(60))
-        .expect("the agent exits after the end of input");
+    let status = ship_to_exit(dir.path(), &agg, "refused", &input);
     assert_eq!(
         status.code(),
         Some(1),

@@ -283,6 +283,15 @@ mod tests {
         w.finish()
     }
 
+    /// The streams of a translated Loki push (protobuf + snappy).
+    fn loki_streams(t: &Translated) -> Vec<logship_wire::push::Stream> {
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&t.payload)
+            .expect("snappy");
+        logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE)
+            .expect("decode")
+    }
+
     #[test]
     fn loki_bodies_carry_labels_times_and_complete_lines() {
         let p = Protocol::Loki {
@@ -294,12 +303,7 @@ mod tests {
             .translate(&compact(), 1_790_000_000_000)
             .expect("ok")
             .expect("some");
-        let raw = snap::raw::Decoder::new()
-            .decompress_vec(&t.payload)
-            .expect("snappy");
-        let streams =
-            logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE)
-                .expect("decode");
+        let streams = loki_streams(&t);
         assert_eq!(
             streams[0].labels,
             [
@@ -348,12 +352,7 @@ mod tests {
             json: None,
         };
         let t = p.translate(&w.finish(), 1).expect("ok").expect("some");
-        let raw = snap::raw::Decoder::new()
-            .decompress_vec(&t.payload)
-            .expect("snappy");
-        let streams =
-            logship_wire::loki::decode_protobuf(Bytes::from(raw), &logship_wire::Limits::NONE)
-                .expect("decode");
+        let streams = loki_streams(&t);
         let got: Vec<u64> = streams[0].entries.iter().map(|e| e.ts_ns).collect();
         let ms = 1_000_000;
         assert_eq!(
