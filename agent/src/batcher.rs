@@ -170,6 +170,26 @@ pub struct Batcher {
     /// Budget taken before a chunk was read ([`Batcher::reserve`]), spent first by the lines
     /// of that chunk; what is left returns when the chunk is in.
     reserved: Option<OwnedSemaphorePermit>,
+    /// With a `multiline` rule: the lines of the event being gathered, outside any batch
+    /// (so the checkpoint stays before them) until the event is known complete — the next
+    /// event starts, `max_lines`, or `timeout` after its last line.
+    held: Vec<HeldLine>,
+    /// When the last held line came.
+    held_at: Option<Instant>,
+    /// Content bytes held: an event is closed before it outgrows a batch (`batch_bytes`),
+    /// which also bounds the memory a file's held lines take outside the budget.
+    held_bytes: usize,
+}
+
+/// A line of the event being gathered.
+#[derive(Debug)]
+struct HeldLine {
+    generation: Arc<str>,
+    line: u64,
+    content: Vec<u8>,
+    partial: bool,
+    end: (u64, u64),
+    ms: u64,
 }
 
 /// The sender went away.
@@ -192,25 +212,44 @@ impl Batcher {
             output,
             open: None,
             reserved: None,
+            held: Vec::new(),
+            held_at: None,
+            held_bytes: 0,
         }
     }
 
-    /// When the open batch's `linger` runs out, if one is open.
+    /// When the open batch's `linger` runs out, or a gathered event's `timeout`, whichever
+    /// comes first.
     pub fn deadline(&self) -> Option<Instant> {
-        self.open.as_ref().map(|o| o.deadline)
+        let open = self.open.as_ref().map(|o| o.deadline);
+        let held = self.held_deadline();
+        match (open, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Seals the open batch if its `linger` ran out by `now`.
+    fn held_deadline(&self) -> Option<Instant> {
+        let m = self.options.multiline.as_ref()?;
+        self.held_at
+            .filter(|_| !self.held.is_empty())
+            .map(|t| t + m.timeout)
+    }
+
+    /// Closes a gathered event whose `timeout` ran out, and seals the open batch if its
+    /// `linger` ran out, by `now`.
     pub async fn seal_if_due(&mut self, now: Instant) -> Result<(), Gone> {
-        if self.deadline().is_some_and(|d| d <= now) {
-            self.seal().await?;
+        if self.held_deadline().is_some_and(|d| d <= now) {
+            self.release_held().await?;
+        }
+        if self.open.as_ref().is_some_and(|o| o.deadline <= now) {
+            self.seal_open().await?;
         }
         Ok(())
     }
 
-    /// Appends one line; seals first when it cannot join the open batch, and after it
-    /// when the batch is full.
-    async fn push(
+    /// Adds a line to the event being gathered, or closes that event and starts the next.
+    async fn gather(
         &mut self,
         generation: &Arc<str>,
         line: u64,
@@ -219,11 +258,86 @@ impl Batcher {
         end: (u64, u64),
         ms: u64,
     ) -> Result<(), Gone> {
+        let Some(m) = self.options.multiline.clone() else {
+            return self
+                .push(generation, line, content, partial, end, ms, false)
+                .await;
+        };
+        let joins = self.held.last().is_some_and(|last| {
+            &last.generation == generation && last.line + 1 == line && !last.partial
+        }) && self.held.len() < m.max_lines
+            && self.held_bytes + content.len() <= self.options.batch_bytes
+            && m.continues(content);
+        if !joins {
+            self.release_held().await?;
+        }
+        self.held_bytes += content.len();
+        self.held.push(HeldLine {
+            generation: generation.clone(),
+            line,
+            content: content.to_vec(),
+            partial,
+            end,
+            ms,
+        });
+        self.held_at = Some(Instant::now());
+        if partial {
+            // The last line read so far, shipped as the tailer asks: the event goes with it.
+            self.release_held().await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the gathered event into the open batch, whole: the batch is sealed first when
+    /// the event would not fit in it.
+    async fn release_held(&mut self) -> Result<(), Gone> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let lines = std::mem::take(&mut self.held);
+        self.held_at = None;
+        self.held_bytes = 0;
+        let bytes: usize = lines.iter().map(|l| l.content.len() + 24).sum();
+        if let Some(o) = &self.open {
+            let full = o.writer.count() as usize + lines.len() > self.options.batch_lines
+                || o.writer.encoded_len() + bytes > self.options.batch_bytes;
+            if o.writer.count() > 0 && full {
+                self.seal_open().await?;
+            }
+        }
+        for (i, l) in lines.iter().enumerate() {
+            self.push(
+                &l.generation,
+                l.line,
+                &l.content,
+                l.partial,
+                l.end,
+                l.ms,
+                i > 0,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Appends one line; seals first when it cannot join the open batch, and after it
+    /// when the batch is full.
+    #[allow(clippy::too_many_arguments)]
+    async fn push(
+        &mut self,
+        generation: &Arc<str>,
+        line: u64,
+        content: &[u8],
+        partial: bool,
+        end: (u64, u64),
+        ms: u64,
+        continues: bool,
+    ) -> Result<(), Gone> {
         if let Some(o) = &self.open {
             // A new generation (after truncation) or a gap never shares a batch.
             if &o.generation != generation || o.writer.start() + u64::from(o.writer.count()) != line
             {
-                self.seal().await?;
+                self.seal_open().await?;
             }
         }
         // Room for the line, within the budget: the body's memory is exactly what the batch
@@ -295,12 +409,12 @@ impl Batcher {
                 break;
             }
             // No budget to grow: send what the batch holds rather than wait with it open.
-            self.seal().await?;
+            self.seal_open().await?;
         }
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
-        o.writer.push(content, partial, ms);
+        o.writer.push_in_event(content, partial, continues, ms);
         o.partial_last = partial;
         o.bytes += content.len() as u64;
         (o.end_offset, o.end_line) = end;
@@ -309,7 +423,7 @@ impl Batcher {
             || o.writer.count() as usize >= self.options.batch_lines
             || o.writer.encoded_len() >= self.options.batch_bytes
         {
-            self.seal().await?;
+            self.seal_open().await?;
         }
         Ok(())
     }
@@ -323,7 +437,7 @@ impl Batcher {
         if self.try_reserve(bytes) {
             return Ok(());
         }
-        self.seal().await?;
+        self.seal_open().await?;
         self.reserved = self.budget.acquire(bytes).await;
         Ok(())
     }
@@ -359,8 +473,16 @@ impl Batcher {
         content: &[u8],
         ms: u64,
     ) -> Result<(), Gone> {
-        self.push(generation, line, content, false, (line + 1, line + 1), ms)
-            .await
+        self.push(
+            generation,
+            line,
+            content,
+            false,
+            (line + 1, line + 1),
+            ms,
+            false,
+        )
+        .await
     }
 
     pub async fn add(&mut self, chunk: Chunk) -> Result<(), Gone> {
@@ -371,7 +493,7 @@ impl Batcher {
         for &end in &chunk.ends {
             let nl =
                 memchr::memchr(b'\n', &chunk.data[pos..]).map_or(chunk.data.len(), |i| pos + i);
-            self.push(
+            self.gather(
                 &chunk.generation,
                 line,
                 &chunk.data[pos..nl],
@@ -384,7 +506,7 @@ impl Batcher {
             line += 1;
         }
         if let Some(start) = chunk.partial {
-            self.push(
+            self.gather(
                 &chunk.generation,
                 line,
                 &chunk.data[pos..],
@@ -399,8 +521,15 @@ impl Batcher {
         Ok(())
     }
 
-    /// Closes the open batch: takes its budget, hands it to the sender.
+    /// Closes the open batch, with a gathered event in it: takes its budget, hands it to
+    /// the sender (the end of a file, a rotation, shutdown).
     pub async fn seal(&mut self) -> Result<(), Gone> {
+        self.release_held().await?;
+        self.seal_open().await
+    }
+
+    /// Closes the open batch as it is (a gathered event stays gathered).
+    async fn seal_open(&mut self) -> Result<(), Gone> {
         let Some(o) = self.open.take() else {
             return Ok(());
         };
@@ -447,6 +576,7 @@ mod tests {
             bytes_per_sec: 0,
             retry_initial: Duration::from_millis(1),
             retry_max: Duration::from_millis(5),
+            multiline: None,
         })
     }
 
@@ -490,6 +620,61 @@ mod tests {
                 .map(|l| String::from_utf8_lossy(&l.content).into_owned())
                 .collect(),
         )
+    }
+
+    /// A Java stack trace, gathered under a `start` rule: its lines go into one batch,
+    /// marked as continuing the event; an event that would not fit the open batch starts
+    /// the next one; the last event waits (outside any batch, the checkpoint before it)
+    /// until its timeout.
+    #[tokio::test]
+    async fn events_are_gathered_whole_and_never_split_across_batches() {
+        let regex = regex::bytes::Regex::new(r"^\d{4}-").expect("regex");
+        let mut o = (*options(4)).clone();
+        o.multiline = Some(crate::config::Multiline {
+            pattern: regex.as_str().to_owned(),
+            regex,
+            matches_continuation: false,
+            max_lines: 4,
+            timeout: Duration::from_millis(50),
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut b = Batcher::new(
+            Arc::from("h"),
+            Arc::from("/f"),
+            Arc::new(o),
+            Budget::new(1 << 20),
+            tx,
+        );
+        let text = "2026-12-08 one\n2026-12-08 boom\n\tat a.B(B.java:1)\n\tat a.C(C.java:2)\nCaused by: x\n2026-12-08 after\n";
+        let mut c = Chunk::new(Arc::from("g"), 0);
+        let mut at = 0;
+        for l in text.lines() {
+            c.data.extend_from_slice(l.as_bytes());
+            c.data.push(b'\n');
+            at += l.len() as u64 + 1;
+            c.ends.push(at);
+        }
+        b.add(c).await.expect("add");
+        // "one" went into a batch; the 4-line event did not fit beside it (batch_lines 4
+        // would have split it): "one" was sealed alone, the event fills the next batch.
+        let first = rx.recv().await.expect("first batch");
+        assert_eq!((first.first_line, first.lines), (0, 1));
+        let second = rx.recv().await.expect("second batch");
+        assert_eq!((second.first_line, second.lines), (1, 4));
+        assert_eq!(
+            logship_wire::multi::continues(&second.body),
+            Some(vec![false, true, true, true])
+        );
+        // "after" waits as the start of an event; its timeout puts it in a batch.
+        assert!(rx.try_recv().is_err());
+        let due = b.deadline().expect("a deadline");
+        tokio::time::sleep_until(due).await;
+        b.seal_if_due(tokio::time::Instant::now())
+            .await
+            .expect("due");
+        b.seal().await.expect("seal");
+        let third = rx.recv().await.expect("third batch");
+        assert_eq!((third.first_line, third.lines, third.end_line), (5, 1, 6));
     }
 
     #[tokio::test]

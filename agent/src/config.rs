@@ -184,6 +184,9 @@ pub struct SourceConfig {
     pub rotate_wait: Option<String>,
     pub rate_limit: Option<RateLimitConfig>,
     pub retry: Option<RetryConfig>,
+    /// Lines that continue an event (a stack trace's frames) join the line before them,
+    /// for the sinks that carry events (loki, otlp: one entry an event).
+    pub multiline: Option<MultilineConfig>,
     /// Ship files reached through a symlink whose target lies outside the source's
     /// directories. Default false: a link dropped into a watched directory must not ship
     /// whatever the agent can read (say, a root-only file).
@@ -195,6 +198,52 @@ pub struct SourceConfig {
 pub struct RateLimitConfig {
     pub lines_per_sec: Option<u32>,
     pub bytes_per_sec: Option<String>,
+}
+
+/// `multiline = { start = "…" }` or `{ continue = "…" }`, with `max_lines` and `timeout`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A line matching this starts an event; the lines that do not continue it.
+    pub start: Option<String>,
+    /// A line matching this continues the event before it (the other way round).
+    #[serde(rename = "continue")]
+    pub continues: Option<String>,
+    /// An event is closed at this many lines (default 500).
+    pub max_lines: Option<usize>,
+    /// An event is closed this long after its last line when no other comes (default 1s).
+    pub timeout: Option<String>,
+}
+
+/// The validated rule of [`MultilineConfig`].
+#[derive(Debug, Clone)]
+pub struct Multiline {
+    /// The pattern, as written (what `PartialEq` compares).
+    pub pattern: String,
+    pub regex: regex::bytes::Regex,
+    /// `true`: the pattern marks continuation lines; `false`: it marks the first line of
+    /// an event.
+    pub matches_continuation: bool,
+    pub max_lines: usize,
+    pub timeout: Duration,
+}
+
+impl PartialEq for Multiline {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.pattern,
+            self.matches_continuation,
+            self.max_lines,
+            self.timeout,
+        ) == (&o.pattern, o.matches_continuation, o.max_lines, o.timeout)
+    }
+}
+
+impl Multiline {
+    /// Whether `line` continues the event of the line before it.
+    pub fn continues(&self, line: &[u8]) -> bool {
+        self.regex.is_match(line) == self.matches_continuation
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -249,6 +298,7 @@ pub struct PipelineOptions {
     pub bytes_per_sec: u64,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    pub multiline: Option<Multiline>,
 }
 
 /// One validated `[[sources]]` entry.
@@ -835,6 +885,10 @@ fn validate_source(
         )?
         .max(Duration::from_millis(1)),
         retry_max: dur("retry.max", own_or(retry.max, dretry.max), "30s")?,
+        multiline: match pick!(multiline) {
+            (Some(m), own) => Some(multiline(&m, &origin("multiline", own), batch_lines)?),
+            (None, _) => None,
+        },
     };
     if options.retry_max < options.retry_initial {
         return Err((key("retry.max"), "must not be below retry.initial".into()));
@@ -861,6 +915,50 @@ fn validate_source(
             .as_ref()
             .map(|d| PathBuf::from(absolute_pattern(base, d))),
         matches,
+    })
+}
+
+/// Validates a `multiline` table whose key is `at`.
+fn multiline(m: &MultilineConfig, at: &str, batch_lines: usize) -> Result<Multiline, KeyError> {
+    let (pattern, matches_continuation) = match (&m.start, &m.continues) {
+        (Some(p), None) => (p.clone(), false),
+        (None, Some(p)) => (p.clone(), true),
+        _ => {
+            return Err((
+                at.to_owned(),
+                "give one of `start` (a line that begins an event) or `continue` (a line that continues one)".into(),
+            ))
+        }
+    };
+    let which = if matches_continuation {
+        "continue"
+    } else {
+        "start"
+    };
+    let regex = regex::bytes::RegexBuilder::new(&pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| (format!("{at}.{which}"), e.to_string()))?;
+    let max_lines = m.max_lines.unwrap_or(500);
+    if max_lines == 0 || max_lines > batch_lines {
+        return Err((
+            format!("{at}.max_lines"),
+            format!(
+                "{max_lines} is outside 1..=batch_lines ({batch_lines}): an event must fit a batch"
+            ),
+        ));
+    }
+    let timeout = units::duration(
+        &format!("{at}.timeout"),
+        m.timeout.as_deref().unwrap_or("1s"),
+    )
+    .map_err(|e| (format!("{at}.timeout"), e))?;
+    Ok(Multiline {
+        pattern,
+        regex,
+        matches_continuation,
+        max_lines,
+        timeout,
     })
 }
 

@@ -481,6 +481,7 @@ mod tests {
             bytes_per_sec: 0,
             retry_initial: std::time::Duration::from_millis(1),
             retry_max: std::time::Duration::from_millis(5),
+            multiline: None,
         };
         Sender {
             env,

@@ -723,6 +723,7 @@ mod tests {
             bytes_per_sec: 0,
             retry_initial: Duration::from_millis(1),
             retry_max: Duration::from_millis(5),
+            multiline: None,
         });
         let (stop, shutdown) = watch::channel(false);
         let open_files = Arc::new(Semaphore::new(4));

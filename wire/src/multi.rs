@@ -12,9 +12,13 @@
 //!   u64 LE  start line           number of the first line
 //!   u32 LE  count                patched in by `Writer::finish`
 //!   u64 LE  time of the section  ms since the epoch; 0: none (stamped on receipt)
-//!   count × (varint (len << 1 | partial), bytes, varint zigzag(time − previous time))
+//!   count × (varint (len << 2 | continues << 1 | partial), bytes,
+//!            varint zigzag(time − previous time))
 //! ```
 //! A time costs one byte a line while lines share a millisecond (or a few ms apart).
+//! `continues` marks a line that belongs to the event of the line before it (a stack
+//! trace's frames: the source's `multiline` rule); sinks that carry events (Loki, OTLP) join
+//! such lines into one entry, and the aggregator stores lines as they are.
 //! Sections are self-delimiting, so a sender joins batches of many files by concatenating
 //! their sections behind one header ([`section`], [`join`]); a receiver decodes each
 //! section on its own, so one that cannot be stored (a bad name, a line over the limit) is
@@ -69,9 +73,14 @@ impl Writer {
 
     /// Appends the next line (without its `\n`), read at `ms`.
     pub fn push(&mut self, line: &[u8], partial: bool, ms: u64) {
+        self.push_in_event(line, partial, false, ms);
+    }
+
+    /// Appends the next line, `continues` when it belongs to the event of the line before.
+    pub fn push_in_event(&mut self, line: &[u8], partial: bool, continues: bool, ms: u64) {
         put_varint(
             &mut self.buf,
-            ((line.len() as u64) << 1) | u64::from(partial),
+            ((line.len() as u64) << 2) | (u64::from(continues) << 1) | u64::from(partial),
         );
         self.buf.extend_from_slice(line);
         let delta = ms.wrapping_sub(self.last_ms) as i64;
@@ -211,7 +220,7 @@ pub fn decode_limited<'a>(body: &'a [u8], limits: &Limits) -> Result<Multi<'a>, 
         let mut ms = base_ms;
         for i in 0..count {
             let head = r.varint("line length")?;
-            let len = usize::try_from(head >> 1)
+            let len = usize::try_from(head >> 2)
                 .map_err(|_| DecodeError::Truncated("line length out of range"))?;
             let content = r.take(len, "line content")?;
             ms = ms.wrapping_add(unzigzag(r.varint("line time")?) as u64);
@@ -267,23 +276,48 @@ pub fn to_compact(body: &[u8]) -> Result<Vec<u8>, DecodeError> {
     Ok(w.finish())
 }
 
-/// Splits a one-section body into two halves, every line keeping its number and time;
-/// `None` for a single line or a body that does not decode.
+/// Which lines of a one-section body continue the event of the line before (see the
+/// module doc); `None` if it does not decode.
+pub fn continues(body: &[u8]) -> Option<Vec<bool>> {
+    let (_, sections) = section(body)?;
+    let mut r = Reader::new(sections);
+    r.string("file").ok()?;
+    r.string("generation").ok()?;
+    r.take(8, "start line").ok()?;
+    let count = u32::from_le_bytes(fixed(r.take(4, "line count").ok()?));
+    r.take(8, "section time").ok()?;
+    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
+        let head = r.varint("line length").ok()?;
+        r.take(usize::try_from(head >> 2).ok()?, "line content")
+            .ok()?;
+        r.varint("line time").ok()?;
+        out.push(head & 2 == 2);
+    }
+    Some(out)
+}
+
+/// Splits a one-section body into two halves, every line keeping its number, time and
+/// event flag; `None` for a single line or a body that does not decode.
 pub fn split(body: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let b = decode_one(body).ok()?;
+    let cont = continues(body)?;
     if b.lines.len() < 2 {
         return None;
     }
-    let (a, c) = b.lines.split_at(b.lines.len() / 2);
-    let enc = |lines: &[Line<'_>]| {
+    let half = b.lines.len() / 2;
+    let enc = |lines: &[Line<'_>], cont: &[bool]| {
         let first = lines[0].ts.unwrap_or(0);
         let mut w = Writer::new(&b.host, &b.file, &b.generation, lines[0].number, first);
-        for l in lines {
-            w.push(&l.content, l.partial, l.ts.unwrap_or(0));
+        for (l, &c) in lines.iter().zip(cont) {
+            w.push_in_event(&l.content, l.partial, c, l.ts.unwrap_or(0));
         }
         w.finish()
     };
-    Some((enc(a), enc(c)))
+    Some((
+        enc(&b.lines[..half], &cont[..half]),
+        enc(&b.lines[half..], &cont[half..]),
+    ))
 }
 
 fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
@@ -372,6 +406,23 @@ mod tests {
         let m = decode_limited(&body, &limits).expect("framing is fine");
         assert!(m.sections[0].is_ok());
         assert!(matches!(m.sections[1], Err(DecodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn event_flags_survive_a_split_and_are_ignored_by_the_decoder() {
+        let mut w = Writer::new("h", "/f", "g", 0, 1);
+        w.push_in_event(b"Exception in thread main", false, false, 1);
+        w.push_in_event(b"\tat a.B(B.java:1)", false, true, 1);
+        w.push_in_event(b"next", false, false, 2);
+        w.push_in_event(b"  more", false, true, 2);
+        let body = w.finish();
+        assert_eq!(continues(&body), Some(vec![false, true, false, true]));
+        let b = decode_one(&body).expect("decodes");
+        assert_eq!(&b.lines[1].content[..], b"\tat a.B(B.java:1)");
+        assert!(!b.lines[1].partial);
+        let (x, y) = split(&body).expect("splits");
+        assert_eq!(continues(&x), Some(vec![false, true]));
+        assert_eq!(continues(&y), Some(vec![false, true]));
     }
 
     #[test]

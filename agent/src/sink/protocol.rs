@@ -9,6 +9,9 @@
 //! and line — Loki, our own aggregator — stores a resent batch once). A batch read again after an agent restart gets
 //! new times. A partial last line is not sent to these sinks (they have no partial lines):
 //! it goes once complete, in a later batch, as the checkpoint already waits for it.
+//!
+//! Events: lines the batch marks as continuing the event before them (the source's
+//! `multiline` rule: a stack trace's frames) join that event's entry after a `\n`.
 
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue};
@@ -94,7 +97,27 @@ impl Protocol {
             })
             .collect();
         let time = |n: u64| times[(n - first) as usize];
-        let lines = batch.lines.iter().filter(|l| !l.partial);
+        // One entry an event: a line that continues the event before it (the source's
+        // `multiline` rule) joins it, after a `\n`, at the event's first time.
+        let cont = logship_wire::multi::continues(body).unwrap_or_default();
+        let mut events: Vec<(u64, std::borrow::Cow<'_, [u8]>)> = Vec::new();
+        let mut previous_sent = false;
+        for (i, l) in batch.lines.iter().enumerate() {
+            if l.partial {
+                previous_sent = false;
+                continue;
+            }
+            match events.last_mut() {
+                Some((_, text)) if previous_sent && cont.get(i) == Some(&true) => {
+                    let t = text.to_mut();
+                    t.push(b'\n');
+                    t.extend_from_slice(&l.content);
+                }
+                _ => events.push((time(l.number), std::borrow::Cow::Borrowed(&l.content[..]))),
+            }
+            previous_sent = true;
+        }
+        let lines = events.iter();
         if let Some(extra) = labels {
             let mut set: Vec<(String, String)> = vec![
                 ("filename".into(), batch.file.to_string()),
@@ -103,21 +126,20 @@ impl Protocol {
             set.extend(extra.iter().cloned());
             set.sort();
             if let Some(form) = json {
-                return loki_json(&set, lines.map(|l| (time(l.number), &l.content[..])), form)
-                    .map(Some);
+                return loki_json(&set, lines.map(|(ns, text)| (*ns, &text[..])), form).map(Some);
             }
             let req = loki::PushRequest {
                 streams: vec![loki::StreamAdapter {
                     labels: logship_wire::push::render_labels(&set),
                     entries: lines
-                        .map(|l| {
-                            let ns = time(l.number);
+                        .map(|(ns, text)| {
+                            let ns = *ns;
                             loki::EntryAdapter {
                                 timestamp: Some(loki::Timestamp {
                                     seconds: (ns / 1_000_000_000) as i64,
                                     nanos: (ns % 1_000_000_000) as i32,
                                 }),
-                                line: Bytes::copy_from_slice(&l.content),
+                                line: Bytes::copy_from_slice(text),
                                 structured_metadata: Vec::new(),
                             }
                         })
@@ -155,11 +177,11 @@ impl Protocol {
                 }),
                 scope_logs: vec![otlp::ScopeLogs {
                     log_records: lines
-                        .map(|l| {
-                            let ns = time(l.number);
+                        .map(|(ns, text)| {
+                            let ns = *ns;
                             // A string body must be UTF-8; other bytes go as bytes.
-                            let content = Bytes::copy_from_slice(&l.content);
-                            let value = if std::str::from_utf8(&l.content).is_ok() {
+                            let content = Bytes::copy_from_slice(text);
+                            let value = if std::str::from_utf8(text).is_ok() {
                                 otlp::Value::String(content)
                             } else {
                                 otlp::Value::Bytes(content)
@@ -391,6 +413,44 @@ mod tests {
                 ["1790000000000000000", "first"],
                 ["1790000000000000001", "\u{fffd}second"]
             ])
+        );
+    }
+
+    /// Lines marked as continuing an event (the source's `multiline` rule) go as one
+    /// entry, at the event's first time; the partial last line is left out.
+    #[test]
+    fn an_event_of_several_lines_is_one_entry() {
+        let mut w = logship_wire::multi::Writer::new("h", "/f", "g", 0, 7);
+        w.push_in_event(
+            b"Exception in thread \"main\" java.lang.Error",
+            false,
+            false,
+            7,
+        );
+        w.push_in_event(b"\tat a.B.c(B.java:10)", false, true, 7);
+        w.push_in_event(b"\tat a.B.main(B.java:3)", false, true, 8);
+        w.push_in_event(b"INFO next", false, false, 9);
+        w.push_in_event(b"INFO part", true, false, 9);
+        let p = Protocol::Loki {
+            labels: Vec::new(),
+            tenant: None,
+            json: None,
+        };
+        let t = p.translate(&w.finish(), 1).expect("ok").expect("some");
+        let got: Vec<(u64, Vec<u8>)> = loki_streams(&t)[0]
+            .entries
+            .iter()
+            .map(|e| (e.ts_ns, e.line.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    7_000_000,
+                    b"Exception in thread \"main\" java.lang.Error\n\tat a.B.c(B.java:10)\n\tat a.B.main(B.java:3)".to_vec()
+                ),
+                (9_000_000, b"INFO next".to_vec()),
+            ]
         );
     }
 
