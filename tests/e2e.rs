@@ -22,6 +22,7 @@ mod loki_read;
 mod model;
 mod msrv;
 mod multi_file;
+mod multiline;
 mod operator;
 mod overload;
 mod power_cut;

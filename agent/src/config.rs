@@ -1043,6 +1043,10 @@ mod tests {
             (format!("{SINK}[defaults]\nretry = {{ initial = \"1s\", max = \"x\" }}\n[[sources]]\npaths = [\"/a\"]\n"), "agent.toml", "retry.max"),
             (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nbatch_lines = \"many\"\n"), "agent.toml:5:", "invalid type"),
             (format!("{SINK}compression = \"lz4\"\n[[sources]]\npaths = [\"/a\"]\n"), "agent.toml:3:", "sink.compression"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nmultiline = {{ start = \"(\" }}\n"), "agent.toml:5:", "sources[0].multiline.start"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nmultiline = {{ start = \"a\", continue = \"b\" }}\n"), "agent.toml:5:", "sources[0].multiline"),
+            (format!("{SINK}[[sources]]\npaths = [\"/a\"]\nbatch_lines = 10\nmultiline = {{ continue = \"^ \", max_lines = 11 }}\n"), "agent.toml:6:", "sources[0].multiline.max_lines"),
+            (format!("{SINK}[[sources]]\ntype = \"journald\"\nmatches = [\"unit=x\"]\n"), "agent.toml:5:", "sources[0].matches"),
         ];
         for (text, at, key) in cases {
             let e = load(&text).expect_err(&text);
