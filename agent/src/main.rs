@@ -152,6 +152,16 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
                 name
             );
         }
+        if let Some(m) = &o.multiline {
+            out!(
+                "# sources[{i}] multiline: a line {} {:?} {} (at most {} lines, closed {} after its last line); loki and otlp sinks get one entry an event",
+                if m.matches_continuation { "matching" } else { "not matching" },
+                m.pattern,
+                "continues the event before it",
+                m.max_lines,
+                d(m.timeout)
+            );
+        }
         out!(
             "# sources[{i}] {:?}: batch_lines = {}, batch_bytes = {}, linger = {}, read_from = {:?}, max_line_bytes = {}, partial_line_timeout = {}, close_inactive = {}, rotate_wait = {}, retry = {{ initial = {}, max = {} }}, lines_per_sec = {}, bytes_per_sec = {}",
             s.patterns,
