@@ -28,6 +28,11 @@ pub const GATHER: Duration = Duration::from_millis(2);
 /// The smallest request cap a 413 can bring it down to.
 const MIN_CAP: usize = 64 * 1024;
 
+/// The most batches in one request: half the aggregator's default
+/// `limits.max_files_per_request` (1,000), so a request of many tiny batches is not refused
+/// as too many files.
+const MAX_SECTIONS: usize = 500;
+
 /// What a queued batch is told: its own outcome, or `None` to be sent again (the request
 /// was too large as a whole, or the aggregator turned out to take one file per request).
 pub type Answer = Option<Outcome>;
@@ -87,14 +92,15 @@ impl Joiner {
         self.queue().bytes < self.cap.load(Ordering::Relaxed) / 2
     }
 
-    /// Takes the oldest batches, up to the request cap (always at least one).
+    /// Takes the oldest batches, up to the request cap and [`MAX_SECTIONS`] (always at
+    /// least one).
     pub fn take(&self) -> Vec<Member> {
         let cap = self.cap.load(Ordering::Relaxed);
         let mut q = self.queue();
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(m) = q.members.front() {
-            if !out.is_empty() && bytes + m.body.len() > cap {
+            if !out.is_empty() && (bytes + m.body.len() > cap || out.len() >= MAX_SECTIONS) {
                 break;
             }
             bytes += m.body.len();
@@ -376,6 +382,11 @@ mod tests {
         assert_eq!(sizes(j.take()), [400], "larger than the cap: alone");
         assert!(j.take().is_empty());
         assert!(j.small());
+        // Many tiny batches: at most MAX_SECTIONS a request.
+        let j = Joiner::new(1 << 20);
+        let _rx: Vec<_> = (0..600).map(|_| j.enqueue(Arc::new(vec![0; 10]))).collect();
+        assert_eq!(j.take().len(), MAX_SECTIONS);
+        assert_eq!(j.take().len(), 100);
     }
 
     #[test]
