@@ -182,3 +182,42 @@ fn matches_select_the_units_shipped() {
         "only the matching unit is shipped: {files}"
     );
 }
+
+#[test]
+fn a_journald_source_is_checked_before_it_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |toml: &str| {
+        let p = dir.path().join("check.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "host = \"h\"\nstate_dir = {:?}\n[sink]\nurl = \"http://127.0.0.1:9/store/batch\"\n[[sources]]\ntype = \"journald\"\n{toml}",
+                dir.path().join("state").to_string_lossy()
+            ),
+        )
+        .expect("write");
+        let out = std::process::Command::new(bin("agent"))
+            .args(["--config", &p.to_string_lossy(), "--check-config"])
+            .output()
+            .expect("run agent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run("paths = [\"/var/log/*.log\"]\n");
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("sources[0].paths"), "{text}");
+    let (code, text) = run("name = \"journal/all\"\n");
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("{unit}"), "{text}");
+    let (code, text) =
+        run("matches = [\"_SYSTEMD_UNIT=a.service\"]\ndirectory = \"/nonexistent/journal\"\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("entries matching _SYSTEMD_UNIT=a.service")
+            && text.contains("warning: sources[0].directory"),
+        "{text}"
+    );
+}

@@ -59,6 +59,28 @@ pub fn check(settings: &Settings) -> Findings {
             )),
         }
     }
+    for (i, source) in settings.sources.iter().enumerate() {
+        if source.kind != "journald" {
+            continue;
+        }
+        let mut cmd = std::process::Command::new("journalctl");
+        cmd.arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if !cmd.status().is_ok_and(|s| s.success()) {
+            f.errors.push(format!(
+                "sources[{i}]: journald needs journalctl (systemd), which cannot be run here"
+            ));
+        }
+        if let Some(d) = &source.directory {
+            if !d.is_dir() {
+                f.warnings.push(format!(
+                    "sources[{i}].directory: {} is not a directory now (journalctl is started again until it is)",
+                    d.display()
+                ));
+            }
+        }
+    }
     f
 }
 
