@@ -86,3 +86,74 @@ fn stack_traces_travel_as_one_event_and_the_file_is_still_stored_line_by_line() 
         );
     }
 }
+
+/// `/store/search?…&events=true`: a match comes with its whole event — from the line that
+/// starts it (a timestamp, by default; `event_start=` for another rule) to the next start
+/// — so a search for the exception's cause finds the whole stack trace.
+#[test]
+fn a_search_by_event_returns_the_whole_event_around_a_match() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Aggregator::start(&dir.path().join("data"), &[]);
+    let lines: Vec<&[u8]> = LOG.lines().map(str::as_bytes).collect();
+    assert_eq!(
+        post_compact(&agg, "h", "/app.log", "g", 0, &lines).status,
+        200
+    );
+    let search = |q: &str| -> Vec<(u64, bool)> {
+        let body = get(&agg.url(&format!("/store/search?file=/app.log&{q}"))).text();
+        body.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("line").is_some())
+            .map(|v| {
+                (
+                    v["line"].as_u64().expect("line"),
+                    v["context"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    };
+    // The cause, in the middle of the Java stack trace: lines 1..=6, the match at 5.
+    assert_eq!(
+        search("q=ConnectException&events=true"),
+        [
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, false),
+            (6, true)
+        ]
+    );
+    // The Go panic, with its empty line: lines 12..=17.
+    assert_eq!(
+        search("q=out%20of%20range&events=true"),
+        [
+            (12, true),
+            (13, false),
+            (14, true),
+            (15, true),
+            (16, true),
+            (17, true)
+        ]
+    );
+    // A one-line event, and two matches in one event written once.
+    assert_eq!(search("q=service%20started&events=true"), [(0, false)]);
+    assert_eq!(
+        search("q=File%20%22%2Fapp%7Crun%5C(%5C)&regex=true&events=true"),
+        [(7, true), (8, true), (9, false), (10, false), (11, true)]
+    );
+    // Another rule: events start at a line without leading whitespace.
+    assert_eq!(
+        search("q=Pool.take&event_start=%5E%5CS"),
+        [(2, true), (3, false), (4, true)]
+    );
+    // Not together with context, nor with a sorted order.
+    assert_eq!(
+        get(&agg.url("/store/search?q=x&events=true&context=1")).status,
+        400
+    );
+    assert_eq!(
+        get(&agg.url("/store/search?q=x&events=true&order=newest")).status,
+        400
+    );
+}

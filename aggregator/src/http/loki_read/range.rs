@@ -140,6 +140,7 @@ pub async fn find(app: &App, ask: Ask<'_>) -> Result<Findings, ApiError> {
         keep: ask.limit,
         ranked: Some(search::Ranked::new(order, ask.limit)),
         context: 0,
+        events: None,
         text: false,
         deadline: settings.search_timeout,
     };

@@ -1,5 +1,7 @@
 //! Matching a block of lines: the pattern over the whole block, each hit checked on its own
-//! line, with the context lines before and after.
+//! line, with the context lines before and after — or, with `events`, the whole event the
+//! match is in (from the line that starts it to the next start, at most `MAX_EVENT_LINES`
+//! each way).
 
 use super::*;
 
@@ -36,6 +38,10 @@ impl Scan<'_> {
         let whole = v.newline_separated || self.q.look_free;
         let mut i = 0usize;
         while i < n {
+            // An event owed after a match ends where the next one starts.
+            if self.after > 0 && self.starts_event(v.content(i)) {
+                self.after = 0;
+            }
             if self.after > 0 || !whole {
                 // Owed context, or line-by-line matching.
                 if self.q.matcher.is_match(v.content(i)) && self.passes(v.content(i), v.lines[i].ts)
@@ -70,9 +76,22 @@ impl Scan<'_> {
             }
             i = at + 1;
         }
-        // Keep the block's last lines for the context of a match early in the next one.
-        if self.q.context > 0 {
-            for j in n.saturating_sub(self.q.context)..n {
+        // Keep the block's last lines for the context of a match early in the next one
+        // (with events: the lines since the last event start, which a match early in the
+        // next block belongs with).
+        let keep = self.kept_before();
+        if keep > 0 {
+            let from = match &self.q.events {
+                Some(start) => match (0..n).rev().find(|&j| start.is_match(v.content(j))) {
+                    Some(s) => {
+                        self.ring.clear();
+                        s.max(n.saturating_sub(keep))
+                    }
+                    None => n.saturating_sub(keep),
+                },
+                None => n.saturating_sub(keep),
+            };
+            for j in from..n {
                 let l = v.lines[j];
                 self.ring.push_back(Kept {
                     number: l.number,
@@ -80,7 +99,7 @@ impl Scan<'_> {
                     partial: l.partial,
                     ts: l.ts,
                 });
-                if self.ring.len() > self.q.context {
+                if self.ring.len() > keep {
                     self.ring.pop_front();
                 }
             }
@@ -104,14 +123,39 @@ impl Scan<'_> {
         }
     }
 
-    /// Writes a match at line `i` of `v`, with the context before it.
+    /// Lines kept before a match: `context`, or an event's lines before its match.
+    fn kept_before(&self) -> usize {
+        if self.q.events.is_some() {
+            super::query::MAX_EVENT_LINES
+        } else {
+            self.q.context
+        }
+    }
+
+    /// Whether `line` begins an event (never, without `events`).
+    fn starts_event(&self, line: &[u8]) -> bool {
+        self.q.events.as_ref().is_some_and(|r| r.is_match(line))
+    }
+
+    /// Writes a match at line `i` of `v`, with the context before it (or the lines of its
+    /// event before it).
     pub(super) fn hit(&mut self, v: &View<'_>, i: usize, place: &Place<'_>) -> Result<(), Stop> {
-        let n = self.q.context;
+        let n = self.kept_before();
         let number = v.lines[i].number;
         if n > 0 {
-            // Up to n lines before: from this block, then from the ring.
-            let here = i.saturating_sub(n)..i;
-            let need_ring = n - here.len();
+            // Up to n lines before: from this block, then from the ring. An event's begin
+            // at its start line: in this block if it has one before the match.
+            let lowest = i.saturating_sub(n);
+            let event_start = match &self.q.events {
+                Some(start) => (lowest..=i).rev().find(|&j| start.is_match(v.content(j))),
+                None => None,
+            };
+            let here = event_start.unwrap_or(lowest)..i;
+            let need_ring = if event_start.is_some() {
+                0
+            } else {
+                n - here.len()
+            };
             let from_ring: Vec<(u64, Vec<u8>, bool, Option<u64>)> = self
                 .ring
                 .iter()

@@ -31,6 +31,10 @@ pub struct Query {
     /// `order=newest|oldest`: the best `keep` by time, kept while the scan runs.
     pub ranked: Option<super::order::Ranked>,
     pub context: usize,
+    /// `events=true` / `event_start=`: a match comes with its whole event — the lines from
+    /// the last line matching this (the event's first) up to the next one, at most
+    /// [`MAX_EVENT_LINES`] each way.
+    pub events: Option<Regex>,
     pub text: bool,
     pub deadline: Duration,
 }
@@ -91,6 +95,16 @@ impl NameFilter {
     }
 }
 
+/// The lines that begin an event when `events=true` names no rule: a line starting with a
+/// date (`2026-12-08`), a time (`10:00:01`), a syslog stamp (`Dec  8 10:00:01`) or a bracketed
+/// one (`[2026-…`, `[10:…`). The lines between (a stack trace's frames, a traceback) belong
+/// to the event before them.
+pub const DEFAULT_EVENT_START: &str =
+    r"^\[?(\d{4}-\d{2}-\d{2}|\d{2}:\d{2}:\d{2}|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2})";
+
+/// The most lines of an event shown before and after its match.
+pub const MAX_EVENT_LINES: usize = 200;
+
 const PARAMS: &[&str] = &[
     "q",
     "regex",
@@ -102,6 +116,8 @@ const PARAMS: &[&str] = &[
     "until",
     "limit",
     "context",
+    "events",
+    "event_start",
     "format",
     "order",
 ];
@@ -190,6 +206,28 @@ impl Query {
                 "parameter `context` is {context}; at most {max_context} (search.max_context)"
             )));
         }
+        let events = match (p.flag("events")?, p.optional("event_start")) {
+            (_, Some(rule)) => Some(
+                regex::bytes::RegexBuilder::new(rule)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "parameter `event_start` is not a regex: {e}"
+                        ))
+                    })?,
+            ),
+            (true, None) => Some(
+                Regex::new(DEFAULT_EVENT_START)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            (false, None) => None,
+        };
+        if events.is_some() && context > 0 {
+            return Err(ApiError::bad_request(
+                "parameters `events` and `context` do not go together: an event is its own context",
+            ));
+        }
         let text = p.one_of("format", &["ndjson", "text"])? == "text";
         let order = match p.one_of("order", &["storage", "newest", "oldest"])? {
             "newest" => super::order::Order::Newest,
@@ -198,9 +236,9 @@ impl Query {
         };
         let ranked = (order != super::order::Order::Storage)
             .then(|| super::order::Ranked::new(order, limit));
-        if ranked.is_some() && context > 0 {
+        if ranked.is_some() && (context > 0 || events.is_some()) {
             return Err(ApiError::bad_request(
-                "parameter `context` is not available with `order=newest` or `order=oldest` (results are sorted, not streamed): use order=storage",
+                "parameters `context` and `events` are not available with `order=newest` or `order=oldest` (results are sorted, not streamed): use order=storage",
             ));
         }
         Ok(Query {
@@ -221,6 +259,7 @@ impl Query {
             keep: limit,
             ranked,
             context: context as usize,
+            events,
             text,
             deadline,
         })
