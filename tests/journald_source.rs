@@ -187,23 +187,9 @@ fn matches_select_the_units_shipped() {
 fn a_journald_source_is_checked_before_it_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |toml: &str| {
-        let p = dir.path().join("check.toml");
-        std::fs::write(
-            &p,
-            format!(
-                "host = \"h\"\nstate_dir = {:?}\n[sink]\nurl = \"http://127.0.0.1:9/store/batch\"\n[[sources]]\ntype = \"journald\"\n{toml}",
-                dir.path().join("state").to_string_lossy()
-            ),
-        )
-        .expect("write");
-        let out = std::process::Command::new(bin("agent"))
-            .args(["--config", &p.to_string_lossy(), "--check-config"])
-            .output()
-            .expect("run agent");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+        check_agent_config(
+            dir.path(),
+            &format!("[[sources]]\ntype = \"journald\"\n{toml}"),
         )
     };
     let (code, text) = run("paths = [\"/var/log/*.log\"]\n");

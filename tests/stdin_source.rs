@@ -135,26 +135,7 @@ fn standard_input_that_is_refused_in_part_exits_non_zero() {
 #[test]
 fn a_stdin_source_is_checked_like_any_other() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |toml: &str| {
-        let p = dir.path().join("bad.toml");
-        std::fs::write(
-            &p,
-            format!(
-                "host = \"h\"\nstate_dir = {:?}\n[sink]\nurl = \"http://127.0.0.1:9/store/batch\"\n{toml}",
-                dir.path().join("state").to_string_lossy()
-            ),
-        )
-        .expect("write");
-        let out = std::process::Command::new(bin("agent"))
-            .args(["--config", &p.to_string_lossy(), "--check-config"])
-            .output()
-            .expect("run agent");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |toml: &str| check_agent_config(dir.path(), toml);
     let (code, text) = run("[[sources]]\ntype = \"stdin\"\npaths = [\"/var/log/*.log\"]\n");
     assert_eq!(code, Some(78), "{text}");
     assert!(text.contains("sources[0].paths"), "{text}");

@@ -1125,3 +1125,25 @@ pool.Add(ts_file)
 pool.Add(push)
 PushRequest = message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
 "#;
+
+/// Runs `agent --check-config` on a config of host `h`, a state directory in `dir`, an
+/// aggregator sink nobody listens on, and `sources_toml`; its exit code, stdout and stderr.
+pub fn check_agent_config(dir: &Path, sources_toml: &str) -> (Option<i32>, String) {
+    let p = dir.join("check.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "host = \"h\"\nstate_dir = {:?}\n[sink]\nurl = \"http://127.0.0.1:9/store/batch\"\n{sources_toml}",
+            dir.join("state").to_string_lossy()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(bin("agent"))
+        .args(["--config", &p.to_string_lossy(), "--check-config"])
+        .output()
+        .expect("run agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
