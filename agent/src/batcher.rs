@@ -258,7 +258,9 @@ impl Batcher {
         end: (u64, u64),
         ms: u64,
     ) -> Result<(), Gone> {
-        let Some(m) = self.options.multiline.clone() else {
+        // The options, not the rule, are cloned (an `Arc`): no allocation per line.
+        let options = self.options.clone();
+        let Some(m) = &options.multiline else {
             return self
                 .push(generation, line, content, partial, end, ms, false)
                 .await;

@@ -182,7 +182,7 @@ pub fn decode_limited<'a>(body: &'a [u8], limits: &Limits) -> Result<Multi<'a>, 
         return Err(DecodeError::BadMagic);
     }
     let host = r.string("host")?;
-    validate_names(host, "/", "g")?;
+    crate::check_name("host", host, crate::MAX_HOST_BYTES)?;
     let mut sections = Vec::new();
     let mut lines_total = 0u64;
     while r.pos() < body.len() {

@@ -89,18 +89,27 @@ struct Entry {
 
 /// Which entries are acknowledged, to move the saved cursor.
 struct Progress {
-    /// Entries handed to the streams, oldest first: (stream, line, cursor).
-    queue: VecDeque<(usize, u64, String)>,
+    /// Entries handed to the streams, oldest first: (stream, line, cursor). Only some carry
+    /// their cursor — every [`CURSOR_EVERY`]th, and the last before the reader waits — so
+    /// an entry in flight costs 32 bytes, not a cursor string (~150 bytes) beside a message
+    /// that may be shorter: a save resumes from the newest cursor acknowledged, and what
+    /// follows it is read again and stored under the same numbers.
+    queue: VecDeque<(usize, u64, Option<Box<str>>)>,
     /// Per stream: every line below this is acknowledged.
     acked: Vec<u64>,
+    /// Per stream: the next line after the entries taken off the queue.
+    passed: Vec<u64>,
     names: Vec<String>,
     state: State,
     dirty: bool,
 }
 
+/// One entry in this many keeps its cursor in [`Progress::queue`].
+const CURSOR_EVERY: u64 = 256;
+
 impl Progress {
-    /// A stream acknowledged every line below `end`: the cursor moves past every entry that
-    /// is now acknowledged with all before it.
+    /// A stream acknowledged every line below `end`: the saved cursor moves to the newest
+    /// one of the entries now acknowledged with all before them.
     fn acked(&mut self, stream: usize, end: u64) {
         if let Some(a) = self.acked.get_mut(stream) {
             *a = (*a).max(end);
@@ -110,9 +119,14 @@ impl Progress {
                 break;
             }
             if let Some((s, line, cursor)) = self.queue.pop_front() {
-                self.state.cursor = Some(cursor);
-                self.state.next.insert(self.names[s].clone(), line + 1);
-                self.dirty = true;
+                self.passed[s] = line + 1;
+                if let Some(c) = cursor {
+                    self.state.cursor = Some(c.into());
+                    for (name, &next) in self.names.iter().zip(&self.passed) {
+                        self.state.next.insert(name.clone(), next);
+                    }
+                    self.dirty = true;
+                }
             }
         }
     }
@@ -147,6 +161,7 @@ impl JournaldSource {
         let progress: Shared = Arc::new(Mutex::new(Progress {
             queue: VecDeque::new(),
             acked: Vec::new(),
+            passed: Vec::new(),
             names: Vec::new(),
             state: state.clone(),
             dirty: false,
@@ -165,8 +180,10 @@ impl JournaldSource {
             pipes.shutdown.clone(),
         ));
         tracing::info!(cursor = ?state.cursor, %generation, "reading the journal");
+        // By unit, as the journal names it.
         let mut streams: HashMap<String, Stream> = HashMap::new();
         let mut shutdown = pipes.shutdown.clone();
+        let mut seen = 0u64;
         loop {
             let due = streams.values().filter_map(|s| s.batcher.deadline()).min();
             let linger = async {
@@ -178,7 +195,9 @@ impl JournaldSource {
             tokio::select! {
                 e = entries.recv() => match e {
                     Some(e) => {
-                        if self.add(&pipes, &progress, &state, &generation, &template, &mut streams, e).await.is_err() {
+                        seen += 1;
+                        let mark = seen.is_multiple_of(CURSOR_EVERY) || entries.is_empty();
+                        if self.add(&pipes, &progress, &state, &generation, &template, &mut streams, e, mark).await.is_err() {
                             break;
                         }
                     }
@@ -221,25 +240,29 @@ impl JournaldSource {
         template: &str,
         streams: &mut HashMap<String, Stream>,
         e: Entry,
+        mark: bool,
     ) -> Result<(), crate::batcher::Gone> {
         let (Some(message), Some(cursor)) = (e.message, e.cursor) else {
             return Ok(()); // nothing to ship (the cursor moves with the next entry shipped)
         };
         let unit = e.unit.or(e.identifier).unwrap_or_else(|| "unknown".into());
-        let unit: String = unit
-            .chars()
-            .map(|c| if c.is_control() { '_' } else { c })
-            .collect();
-        let name = template.replace("{unit}", &unit);
-        if !streams.contains_key(&name) {
+        // Streams are found by the unit as the journal names it: the stream's name is
+        // made once, when it starts, not per entry.
+        if !streams.contains_key(&unit) {
+            let safe: String = unit
+                .chars()
+                .map(|c| if c.is_control() { '_' } else { c })
+                .collect();
+            let name = template.replace("{unit}", &safe);
             let s = self.start_stream(pipes, progress, state, &name);
-            streams.insert(name.clone(), s);
+            streams.insert(unit.clone(), s);
         }
-        let Some(stream) = streams.get_mut(&name) else {
+        let Some(stream) = streams.get_mut(&unit) else {
             return Ok(());
         };
         let line = stream.next;
         stream.next += 1;
+        let cursor = mark.then(|| cursor.into_boxed_str());
         lock(progress).queue.push_back((stream.index, line, cursor));
         let ms = e.realtime_us.map_or_else(wall_ms, |us| us / 1000);
         stream
@@ -260,6 +283,7 @@ impl JournaldSource {
             let mut p = lock(progress);
             p.names.push(name.to_owned());
             p.acked.push(next);
+            p.passed.push(next);
             p.names.len() - 1
         };
         let file: Arc<str> = Arc::from(name);
@@ -485,8 +509,10 @@ async fn next_entry<R: tokio::io::AsyncBufRead + Unpin>(
             continue;
         }
         any = true;
-        let (field, value) = match memchr::memchr(b'=', &line) {
-            Some(i) => (line[..i].to_vec(), line[i + 1..].to_vec()),
+        // A text field's value stays in the line read; only the fields kept are copied.
+        let binary;
+        let (field, value): (&[u8], &[u8]) = match memchr::memchr(b'=', &line) {
+            Some(i) => (&line[..i], &line[i + 1..]),
             None => {
                 let mut len = [0u8; 8];
                 r.read_exact(&mut len).await?;
@@ -504,20 +530,19 @@ async fn next_entry<R: tokio::io::AsyncBufRead + Unpin>(
                 }
                 let mut nl = [0u8; 1];
                 r.read_exact(&mut nl).await?;
-                (line, value)
+                binary = value;
+                (&line[..], &binary[..])
             }
         };
-        let text = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
-        match &field[..] {
+        let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        match field {
             b"__CURSOR" => e.cursor = Some(text(value)),
-            b"__REALTIME_TIMESTAMP" => e.realtime_us = text(value).parse().ok(),
+            b"__REALTIME_TIMESTAMP" => {
+                e.realtime_us = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok())
+            }
             b"_SYSTEMD_UNIT" => e.unit = Some(text(value)),
             b"SYSLOG_IDENTIFIER" => e.identifier = Some(text(value)),
-            b"MESSAGE" => {
-                let mut v = value;
-                v.truncate(max_message);
-                e.message = Some(v);
-            }
+            b"MESSAGE" => e.message = Some(value[..value.len().min(max_message)].to_vec()),
             _ => {}
         }
     }
@@ -570,12 +595,19 @@ mod tests {
         let mut p = Progress {
             queue: VecDeque::new(),
             acked: vec![0, 5],
+            passed: vec![0, 5],
             names: vec!["a".into(), "b".into()],
             state: State::default(),
             dirty: false,
         };
-        for (s, line, c) in [(0, 0, "c1"), (1, 5, "c2"), (0, 1, "c3"), (1, 6, "c4")] {
-            p.queue.push_back((s, line, c.into()));
+        // The third entry keeps no cursor (only some do): passing it moves nothing saved.
+        for (s, line, c) in [
+            (0, 0, Some("c1")),
+            (1, 5, Some("c2")),
+            (0, 1, None),
+            (1, 6, Some("c4")),
+        ] {
+            p.queue.push_back((s, line, c.map(Into::into)));
         }
         p.acked(1, 7); // b acknowledged both its lines; a none yet
         assert_eq!(p.state.cursor, None);
@@ -585,6 +617,7 @@ mod tests {
         assert_eq!(p.state.next.get("b"), Some(&6));
         p.acked(0, 2);
         assert_eq!(p.state.cursor.as_deref(), Some("c4"));
+        assert_eq!(p.state.next.get("a"), Some(&2));
         assert_eq!(p.state.next.get("b"), Some(&7));
         assert!(p.queue.is_empty() && p.dirty);
     }
