@@ -37,6 +37,7 @@ mod sealing;
 mod search;
 mod search_clients;
 mod service;
+mod several_sinks;
 mod stdin_source;
 mod structure;
 mod timestamps;

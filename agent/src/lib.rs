@@ -6,7 +6,8 @@
 //! - [`pipeline`]: one tailer → batcher → sender per file identity;
 //! - [`tailer`], [`batcher`], [`sender`]: the three stages; [`buffers`]: read buffers lent
 //!   per read turn;
-//! - [`sink`]: sinks (`aggregator` over HTTP, `stdout`);
+//! - [`sink`]: sinks (`aggregator`, `loki`, `otlp` over HTTP, `stdout`);
+//! - [`lanes`]: one lane per sink, so several sinks each ship every line at their own pace;
 //! - [`checkpoint`]: acknowledged positions, saved atomically;
 //! - [`dead_letter`]: refused batches kept, listed and replayed;
 //! - [`generation`]: generation ids derived from the file itself;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod generation;
+pub mod lanes;
 pub mod lag;
 pub mod metrics;
 pub mod open_file;
@@ -44,7 +46,6 @@ use checkpoint::Checkpoints;
 use config::Settings;
 use metrics::Metrics;
 use pipeline::Pipelines;
-use sender::{Limit, SendEnv};
 
 /// Runs the agent until `shutdown` resolves, then drains: tailers stop reading, batchers
 /// seal what was read, senders wait for acks up to `shutdown_timeout`, checkpoints are
@@ -58,77 +59,65 @@ pub async fn run(
     metrics
         .config_info
         .in_force(None, &settings.fingerprint.hash());
-    // A state directory the agent cannot write is the config's (or the host's) to fix: exit
-    // 78, which the shipped unit does not restart on, rather than 1 and a restart loop.
-    checkpoint::prepare_state_dir(&settings.state_dir).map_err(|e| {
-        config::ConfigError(format!("state_dir {}: {e}", settings.state_dir.display()))
-    })?;
-    let checkpoints = Arc::new(Checkpoints::open(&settings.state_dir).with_context(|| {
-        format!(
-            "opening the state directory {}",
-            settings.state_dir.display()
-        )
-    })?);
-    let sink = Arc::new(sink::CurrentSink::new(sink::build(
-        &settings.sink,
-        &metrics.endpoints,
-    )?));
+    let lanes = (0..settings.sinks.len())
+        .map(|i| lanes::Lane::open(&settings, i, &metrics))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (sources_tx, sources_rx) = watch::channel(Arc::new(settings.sources.clone()));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let budget = Budget::new(settings.max_buffered_bytes);
-    let pipes = Pipelines {
-        host: Arc::from(settings.host.as_str()),
-        send: Arc::new(SendEnv {
-            sink: sink.clone(),
-            checkpoints: checkpoints.clone(),
-            metrics: metrics.clone(),
-            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-            global: std::sync::RwLock::new(Arc::new((
-                Limit::per_second(u64::from(settings.lines_per_sec)),
-                Limit::per_second(settings.bytes_per_sec),
-            ))),
-            dead_letters: Arc::new(dead_letter::DeadLetters::new(
-                dead_letter::dir(&settings.state_dir),
-                settings.max_dead_letter_bytes,
-            )),
-            park_log: sender::ParkLog::default(),
-        }),
-        metrics: metrics.clone(),
-        checkpoints: checkpoints.clone(),
-        budget: budget.clone(),
-        open_files: Arc::new(Semaphore::new(settings.max_open_files)),
-        shutdown: stop_rx,
-        done: done_tx,
-        reloaded: sources_rx,
-    };
+    let pipes: Vec<Pipelines> = lanes
+        .iter()
+        .map(|lane| Pipelines {
+            host: Arc::from(settings.host.as_str()),
+            send: lane.send.clone(),
+            metrics: lane.metrics.clone(),
+            checkpoints: lane.checkpoints.clone(),
+            budget: lane.budget.clone(),
+            open_files: Arc::new(Semaphore::new(settings.max_open_files)),
+            shutdown: stop_rx.clone(),
+            done: done_tx.clone(),
+            reloaded: sources_rx.clone(),
+        })
+        .collect();
+    drop(done_tx);
     reload::on_sighup(
         settings.clone(),
-        pipes.send.clone(),
+        lanes
+            .iter()
+            .map(|l| (l.name.clone(), l.send.clone()))
+            .collect(),
         sources_tx,
         reload_config,
     );
     // Only now, with SIGHUP handled, does the agent answer on its metrics address: a reload
     // sent as soon as it answers must not meet SIGHUP's default action (terminate).
     if let Some(addr) = settings.metrics_listen {
-        metrics::serve(addr, metrics.clone(), sink.clone())
+        let sinks = lanes.iter().map(|l| (l.name.clone(), l.sink.clone())).collect();
+        metrics::serve(addr, metrics.clone(), sinks)
             .await
             .with_context(|| format!("binding metrics_listen {addr}"))?;
     }
 
+    let all_checkpoints: Vec<Arc<Checkpoints>> =
+        lanes.iter().map(|l| l.checkpoints.clone()).collect();
     let saver = {
         let (cps, m, every, dir) = (
-            checkpoints.clone(),
+            all_checkpoints.clone(),
             metrics.clone(),
             settings.checkpoint_interval,
             settings.state_dir.clone(),
         );
+        let budgets: Vec<Budget> = lanes.iter().map(|l| l.budget.clone()).collect();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let cps2 = cps.clone();
-                match tokio::task::spawn_blocking(move || cps2.save()).await {
+                let saved = tokio::task::spawn_blocking(move || {
+                    cps2.iter().try_for_each(|c| c.save())
+                })
+                .await;
+                match saved {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::error!(state_dir = %dir.display(), error = %e, "saving checkpoints failed")
@@ -137,16 +126,18 @@ pub async fn run(
                         tracing::error!(state_dir = %dir.display(), error = %e, "checkpoint task failed")
                     }
                 }
+                // The oldest save of any sink's checkpoints.
+                let age = cps.iter().map(|c| c.age_secs()).fold(0.0, f64::max);
                 let saved = std::time::SystemTime::now()
-                    .checked_sub(std::time::Duration::from_secs_f64(cps.age_secs()))
+                    .checked_sub(std::time::Duration::from_secs_f64(age))
                     .unwrap_or(std::time::UNIX_EPOCH);
                 m.checkpoint_time.set(
                     saved
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64()),
                 );
-                m.buffered_bytes
-                    .set(i64::try_from(budget.used_kib() * 1024).unwrap_or(i64::MAX));
+                let used: u64 = budgets.iter().map(|b| b.used_kib() * 1024).sum();
+                m.buffered_bytes.set(i64::try_from(used).unwrap_or(i64::MAX));
                 let _ = tokio::task::spawn_blocking(logship_common::trim_free_memory).await;
             }
         })
@@ -156,10 +147,14 @@ pub async fn run(
     for s in &settings.sources {
         by_kind.entry(s.kind.clone()).or_default().push(s.clone());
     }
+    // Every sink's lane runs every source of its own.
     let mut sources = Vec::new();
-    for (kind, list) in by_kind {
-        let src = source::build(&kind, list, &settings)?;
-        sources.push(tokio::spawn(src.run(pipes.clone())));
+    for (lane, pipes) in lanes.iter().zip(&pipes) {
+        let lane_settings = lane.source_settings(&settings);
+        for (kind, list) in &by_kind {
+            let src = source::build(kind, list.clone(), &lane_settings)?;
+            sources.push(tokio::spawn(src.run(pipes.clone())));
+        }
     }
     tracing::info!(host = %settings.host, files = source::expand(&settings.sources).len(), "agent running");
 
@@ -190,9 +185,9 @@ pub async fn run(
         ),
     }
     saver.abort();
-    checkpoints
-        .save()
-        .context("saving checkpoints at shutdown")?;
+    for c in &all_checkpoints {
+        c.save().context("saving checkpoints at shutdown")?;
+    }
     tracing::info!("checkpoints saved; bye");
     if finite {
         // Standard input cannot be read again: say (exit code 1) whether all of it was

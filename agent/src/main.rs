@@ -115,7 +115,7 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
         settings.lines_per_sec,
         settings.bytes_per_sec
     );
-    let configured = &settings.sink;
+    for (n, configured) in settings.sinks.iter().enumerate() {
     let what = match configured.kind.as_str() {
         "aggregator" => format!("the multi-file compact form (each line with its read time; one file per request in the older form to an aggregator that does not announce it), up to {} bytes per request; lines placed by number, 2 batches of a file in flight", configured.max_request_bytes),
         "loki" => format!(
@@ -130,11 +130,22 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
         ),
         _ => "JSON lines on stdout".to_string(),
     };
+    let state = logship_agent::lanes::state_dir(settings, n);
     out!(
-        "# sink: {} → {}: {what}",
+        "# sink {:?}: {} → {}: {what}; state in {}",
+        configured.name,
         configured.kind,
-        configured.urls.join(", ")
+        configured.urls.join(", "),
+        state.display()
     );
+    }
+    if settings.sinks.len() > 1 {
+        out!(
+            "# {} sinks: each reads every file itself from its own checkpoint, with {} bytes of the memory budget",
+            settings.sinks.len(),
+            logship_agent::lanes::budget_share(settings)
+        );
+    }
     let d = |t: std::time::Duration| humantime::format_duration(t).to_string();
     for (i, s) in settings.sources.iter().enumerate() {
         let o = &s.options;
@@ -205,58 +216,74 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
             .enable_all()
             .build()
             .context("starting the runtime")?;
-        let built = logship_agent::sink::build(
-            &settings.sink,
-            &logship_agent::metrics::EndpointMetrics::default(),
-        )
-        .map_err(|e| config::ConfigError(format!("sink: {e:#}")))?;
-        let said = runtime.block_on(logship_agent::preflight::check_sink(
-            settings,
-            built.as_ref(),
-        ))?;
-        out!("# {said}");
+        for configured in &settings.sinks {
+            let built = logship_agent::sink::build(
+                configured,
+                &logship_agent::metrics::EndpointMetrics::default(),
+            )
+            .map_err(|e| config::ConfigError(format!("sink {:?}: {e:#}", configured.name)))?;
+            let said = runtime.block_on(logship_agent::preflight::check_sink(
+                settings,
+                configured,
+                built.as_ref(),
+            ))?;
+            out!("# {said}");
+        }
     }
     Ok(())
 }
 
 fn dead_letters(what: DeadLetters, settings: &Settings) -> anyhow::Result<()> {
     use logship_agent::dead_letter;
-    let dir = dead_letter::dir(&settings.state_dir);
-    match what {
-        DeadLetters::List => {
-            let letters =
-                dead_letter::list(&dir).with_context(|| format!("reading {}", dir.display()))?;
-            for l in &letters {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut kept = 0;
+    // Each sink keeps the batches it refused; each goes back to its own sink.
+    for (n, configured) in settings.sinks.iter().enumerate() {
+        let dir = dead_letter::dir(&logship_agent::lanes::state_dir(settings, n));
+        let of = if settings.sinks.len() > 1 {
+            format!(" (sink {:?})", configured.name)
+        } else {
+            String::new()
+        };
+        match what {
+            DeadLetters::List => {
+                let letters = dead_letter::list(&dir)
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                for l in &letters {
+                    logship_common::out!(
+                        "{}\t{} bytes\t{}\t{}",
+                        l.path.display(),
+                        l.bytes,
+                        l.summary,
+                        l.reason
+                    );
+                }
                 logship_common::out!(
-                    "{}\t{} bytes\t{}\t{}",
-                    l.path.display(),
-                    l.bytes,
-                    l.summary,
-                    l.reason
+                    "# {} dead letter(s) in {}{of}",
+                    letters.len(),
+                    dir.display()
                 );
             }
-            logship_common::out!("# {} dead letter(s) in {}", letters.len(), dir.display());
-            Ok(())
-        }
-        DeadLetters::Replay => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let sink = logship_agent::sink::build(
-                &settings.sink,
-                &logship_agent::metrics::EndpointMetrics::default(),
-            )?;
-            let done = runtime
-                .block_on(dead_letter::replay(&dir, sink.as_ref(), |line| {
-                    logship_common::out!("{line}")
-                }))
-                .with_context(|| format!("replaying {}", dir.display()))?;
-            logship_common::out!("# delivered {}, left {}", done.delivered, done.kept);
-            if done.kept > 0 {
-                anyhow::bail!("{} dead letter(s) were not delivered", done.kept);
+            DeadLetters::Replay => {
+                let sink = logship_agent::sink::build(
+                    configured,
+                    &logship_agent::metrics::EndpointMetrics::default(),
+                )?;
+                let done = runtime
+                    .block_on(dead_letter::replay(&dir, sink.as_ref(), |line| {
+                        logship_common::out!("{line}")
+                    }))
+                    .with_context(|| format!("replaying {}", dir.display()))?;
+                logship_common::out!("# delivered {}, left {}{of}", done.delivered, done.kept);
+                kept += done.kept;
             }
-            Ok(())
         }
     }
+    if kept > 0 {
+        anyhow::bail!("{kept} dead letter(s) were not delivered");
+    }
+    Ok(())
 }

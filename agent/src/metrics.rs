@@ -15,9 +15,25 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A file's series; with several sinks, each sink's (`sink="…"`): each sink reads and
+/// acknowledges a file at its own pace.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct FileLabel {
+    pub sink: Option<Arc<str>>,
     pub file: String,
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for FileLabel {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        if let Some(sink) = &self.sink {
+            ("sink", sink.as_ref()).encode(encoder.encode_label())?;
+        }
+        ("file", self.file.as_str()).encode(encoder.encode_label())
+    }
 }
 
 pub use crate::sink::endpoint_metrics::{EndpointLabel, EndpointMetrics, EndpointOutcome};
@@ -32,8 +48,10 @@ pub struct Metrics {
     bytes_acked: Family<FileLabel, Counter>,
     /// Bytes of each file not yet acknowledged.
     unshipped: Family<FileLabel, Gauge>,
-    /// What `unshipped` and `oldest_unacked` are computed from.
-    lag: crate::lag::Lag,
+    /// What `unshipped` and `oldest_unacked` are computed from (every sink's files).
+    lag: Arc<crate::lag::Lag>,
+    /// The sink whose pipelines report here, when there are several (see [`Metrics::for_sink`]).
+    sink: Option<Arc<str>>,
     /// How long the oldest line read but not acknowledged has waited; set at each scrape.
     oldest_unacked: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub retries: Counter,
@@ -56,7 +74,7 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// Pipelines alive per file label: a file's series go when its last pipeline ends (a
     /// rotated file's old pipeline may end after the new one started).
-    live: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    live: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// Files matched but not shipped, by reason: `name` (one the server cannot take),
     /// `symlink` (out of the source's directories), `permission` (cannot be opened).
     pub files_refused: Family<ReasonLabel, Counter>,
@@ -90,7 +108,8 @@ impl Metrics {
             lines_acked: Family::default(),
             bytes_acked: Family::default(),
             unshipped: Family::default(),
-            lag: crate::lag::Lag::default(),
+            lag: Arc::default(),
+            sink: None,
             oldest_unacked: Gauge::default(),
             retries: Counter::default(),
             dead_letters: Counter::default(),
@@ -105,7 +124,7 @@ impl Metrics {
             deleted_held: Gauge::default(),
             checkpoint_time: Gauge::default(),
             buffered_bytes: Gauge::default(),
-            live: std::sync::Mutex::default(),
+            live: Arc::default(),
             parked: Gauge::default(),
             files_refused: Family::default(),
             endpoints: EndpointMetrics::default(),
@@ -258,9 +277,55 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    fn label(file: &str) -> FileLabel {
+    /// The same metrics for the pipelines of one of several sinks: every series is shared,
+    /// and a file's own carry `sink="name"`. Only `self` serves the registry.
+    pub fn for_sink(&self, name: &str) -> Metrics {
+        Metrics {
+            registry: Registry::default(),
+            sink: Some(Arc::from(name)),
+            lines_read: self.lines_read.clone(),
+            bytes_read: self.bytes_read.clone(),
+            lines_acked: self.lines_acked.clone(),
+            bytes_acked: self.bytes_acked.clone(),
+            unshipped: self.unshipped.clone(),
+            lag: self.lag.clone(),
+            oldest_unacked: self.oldest_unacked.clone(),
+            retries: self.retries.clone(),
+            dead_letters: self.dead_letters.clone(),
+            dead_letters_waiting: self.dead_letters_waiting.clone(),
+            lines_truncated: self.lines_truncated.clone(),
+            truncations: self.truncations.clone(),
+            files_open: self.files_open.clone(),
+            files_tracked: self.files_tracked.clone(),
+            files_waiting: self.files_waiting.clone(),
+            files_on_own_thread: self.files_on_own_thread.clone(),
+            checkpoints_forgotten: self.checkpoints_forgotten.clone(),
+            deleted_held: self.deleted_held.clone(),
+            checkpoint_time: self.checkpoint_time.clone(),
+            buffered_bytes: self.buffered_bytes.clone(),
+            live: self.live.clone(),
+            files_refused: self.files_refused.clone(),
+            parked: self.parked.clone(),
+            endpoints: self.endpoints.clone(),
+            reloads: self.reloads.clone(),
+            reload_failures: self.reload_failures.clone(),
+            config_info: self.config_info.clone(),
+        }
+    }
+
+    fn label(&self, file: &str) -> FileLabel {
         FileLabel {
+            sink: self.sink.clone(),
             file: file.to_owned(),
+        }
+    }
+
+    /// The key of `file` in the shared lag and live maps: its name, after the sink's when
+    /// there are several.
+    fn key<'a>(&self, file: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.sink {
+            None => file.into(),
+            Some(sink) => format!("{sink}\u{0}{file}").into(),
         }
     }
 
@@ -270,7 +335,7 @@ impl Metrics {
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *live.entry(file.to_owned()).or_default() += 1;
+        *live.entry(self.key(file).into_owned()).or_default() += 1;
     }
 
     /// A pipeline for `file` ended; with the last one its per-file series go, so thousands of
@@ -280,61 +345,64 @@ impl Metrics {
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(n) = live.get_mut(file) else { return };
+        let key = self.key(file);
+        let Some(n) = live.get_mut(key.as_ref()) else {
+            return;
+        };
         *n -= 1;
         if *n > 0 {
             return;
         }
-        live.remove(file);
-        let l = Self::label(file);
+        live.remove(key.as_ref());
+        let l = self.label(file);
         self.lines_read.remove(&l);
         self.bytes_read.remove(&l);
         self.lines_acked.remove(&l);
         self.bytes_acked.remove(&l);
         self.unshipped.remove(&l);
-        self.lag.forget(file);
+        self.lag.forget(&key);
     }
 
     fn set_unshipped(&self, file: &str, bytes: u64) {
         self.unshipped
-            .get_or_create(&Self::label(file))
+            .get_or_create(&self.label(file))
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Reading `file` starts (again) at `offset`, which counts as acknowledged: its
     /// checkpoint, the start or end of the file, or 0 after a truncation.
     pub fn read_from(&self, file: &str, offset: u64) {
-        self.set_unshipped(file, self.lag.start(file, offset));
+        self.set_unshipped(file, self.lag.start(&self.key(file), offset));
     }
 
     /// The tailer saw `file` at `size` bytes.
     pub fn file_size(&self, file: &str, size: u64) {
-        self.set_unshipped(file, self.lag.size(file, size));
+        self.set_unshipped(file, self.lag.size(&self.key(file), size));
     }
 
     /// A batch of `file` whose first line was read at `read_at` went out for delivery.
     pub fn batch_out(&self, file: &str, read_at: std::time::Instant) {
-        self.lag.waiting(file, read_at);
+        self.lag.waiting(&self.key(file), read_at);
     }
 
     /// `file` is acknowledged up to `offset`; `next` is when the oldest batch still out was
     /// read.
     pub fn acked_to(&self, file: &str, offset: u64, next: Option<std::time::Instant>) {
-        self.set_unshipped(file, self.lag.acked(file, offset, next));
+        self.set_unshipped(file, self.lag.acked(&self.key(file), offset, next));
     }
 
     pub fn lines_read(&self, file: &str, n: u64) {
         if n > 0 {
-            self.lines_read.get_or_create(&Self::label(file)).inc_by(n);
+            self.lines_read.get_or_create(&self.label(file)).inc_by(n);
         }
     }
 
     pub fn bytes_read(&self, file: &str, n: u64) {
-        self.bytes_read.get_or_create(&Self::label(file)).inc_by(n);
+        self.bytes_read.get_or_create(&self.label(file)).inc_by(n);
     }
 
     pub fn acked(&self, file: &str, lines: u64, bytes: u64) {
-        let l = Self::label(file);
+        let l = self.label(file);
         self.lines_acked.get_or_create(&l).inc_by(lines);
         self.bytes_acked.get_or_create(&l).inc_by(bytes);
     }
@@ -350,6 +418,21 @@ impl Metrics {
     }
 }
 
+/// Why the agent is not ready: the first sink that cannot be reached (every sink must be,
+/// or its lines only wait). `None` when all can.
+async fn not_ready(sinks: &[(Arc<str>, Arc<crate::sink::CurrentSink>)]) -> Option<String> {
+    for (name, sink) in sinks {
+        if let Err(e) = sink.get().ready().await {
+            return Some(if sinks.len() > 1 {
+                format!("sink {name:?} not reachable: {e}")
+            } else {
+                format!("sink not reachable: {e}")
+            });
+        }
+    }
+    None
+}
+
 /// The content type of `/metrics`, the same as the aggregator's.
 const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -358,8 +441,9 @@ const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    sink: Arc<crate::sink::CurrentSink>,
+    sinks: Vec<(Arc<str>, Arc<crate::sink::CurrentSink>)>,
 ) -> std::io::Result<()> {
+    let sinks = Arc::new(sinks);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "agent metrics listening");
     tokio::spawn(async move {
@@ -373,20 +457,20 @@ pub async fn serve(
                     continue;
                 }
             };
-            let (m, sink) = (metrics.clone(), sink.clone());
+            let (m, sinks) = (metrics.clone(), sinks.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (m, sink) = (m.clone(), sink.clone());
+                    let (m, sinks) = (m.clone(), sinks.clone());
                     async move {
                         let (status, ctype, body) = match req.uri().path() {
                             "/metrics" => (StatusCode::OK, METRICS_TYPE, m.render()),
                             "/healthz" => (StatusCode::OK, "application/json", r#"{"status":"alive"}"#.to_owned()),
-                            "/readyz" => match sink.get().ready().await {
-                                Ok(()) => (StatusCode::OK, "application/json", r#"{"status":"ready"}"#.to_owned()),
-                                Err(e) => (
+                            "/readyz" => match not_ready(&sinks).await {
+                                None => (StatusCode::OK, "application/json", r#"{"status":"ready"}"#.to_owned()),
+                                Some(e) => (
                                     StatusCode::SERVICE_UNAVAILABLE,
                                     "application/json",
-                                    serde_json::json!({ "error": format!("sink not reachable: {e}") }).to_string(),
+                                    serde_json::json!({ "error": e }).to_string(),
                                 ),
                             },
                             _ => (

@@ -87,10 +87,14 @@ pub fn check(settings: &Settings) -> Findings {
 /// Sends `sink` one batch with no lines (the aggregator stores nothing for it): the answer
 /// says whether the URL, TLS and token are right. A refusal is the config's fault
 /// ([`ConfigError`], exit 78); an unreachable sink may be a moment's, so it is a plain error.
-pub async fn check_sink(settings: &Settings, sink: &dyn Sink) -> anyhow::Result<String> {
+pub async fn check_sink(
+    settings: &Settings,
+    configured: &crate::config::SinkSettings,
+    sink: &dyn Sink,
+) -> anyhow::Result<String> {
     let body = logship_wire::compact::Writer::new(&settings.host, "/agent-check-sink", "check", 0)
         .finish();
-    let urls = settings.sink.urls.join(", ");
+    let urls = configured.urls.join(", ");
     match sink.send(&body).await {
         Outcome::Ok => Ok(format!("sink {urls}: reachable, and it accepted an authenticated batch")),
         Outcome::Park { endpoint, reason } => Err(ConfigError(format!(

@@ -1,7 +1,7 @@
 //! Configuration reload on SIGHUP, without losing or repeating a line.
 //!
 //! The file is re-read and validated first; a bad file is logged and the running
-//! configuration stays. Then: the sink (URL, token, compression, timeout) and the agent-wide
+//! configuration stays. Then: each sink (URL, token, compression, timeout; matched by name) and the agent-wide
 //! rate limits are swapped for every request from now on — batches parked on a refused token
 //! go through with the new one; the new list of sources goes to discovery, which keeps the
 //! pipeline (and position) of every file still shipped with the same options, drains the
@@ -19,7 +19,7 @@ use crate::sender::{Limit, SendEnv};
 /// Reloads on every SIGHUP.
 pub fn on_sighup(
     running: Settings,
-    send: Arc<SendEnv>,
+    send: Vec<(Arc<str>, Arc<SendEnv>)>,
     sources: watch::Sender<Arc<Vec<SourceSettings>>>,
     load: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
 ) {
@@ -30,7 +30,9 @@ pub fn on_sighup(
             running = new;
         }
         Err(e) => {
-            send.metrics.reload_failures.inc();
+            if let Some((_, send)) = send.first() {
+                send.metrics.reload_failures.inc();
+            }
             tracing::error!(error = %e, "config reload failed; the running configuration stays")
         }
     });
@@ -39,7 +41,7 @@ pub fn on_sighup(
 fn apply(
     old: &Settings,
     new: &Settings,
-    send: &SendEnv,
+    lanes: &[(Arc<str>, Arc<SendEnv>)],
     sources: &watch::Sender<Arc<Vec<SourceSettings>>>,
 ) {
     macro_rules! restart_only {
@@ -65,38 +67,53 @@ fn apply(
         log_format => "log_format",
         log_level => "log_level",
     );
-    if new.sink != old.sink {
-        match crate::sink::build(&new.sink, &send.metrics.endpoints) {
-            Ok(sink) => {
-                send.sink.replace(sink);
-                for gone in old.sink.urls.iter().filter(|u| !new.sink.urls.contains(u)) {
-                    send.metrics.endpoints.forget(gone);
+    let names = |s: &Settings| s.sinks.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    if names(new) != names(old) {
+        tracing::warn!(
+            key = "sinks",
+            "sinks added, removed, renamed or reordered in the config file; takes effect after a restart"
+        );
+    }
+    for (name, send) in lanes {
+        let (Some(was), Some(now)) = (
+            old.sinks.iter().find(|s| *s.name == **name),
+            new.sinks.iter().find(|s| *s.name == **name),
+        ) else {
+            continue;
+        };
+        if now != was {
+            match crate::sink::build(now, &send.metrics.endpoints) {
+                Ok(sink) => {
+                    send.sink.replace(sink);
+                    let still = |u: &String| new.sinks.iter().any(|s| s.urls.contains(u));
+                    for gone in was.urls.iter().filter(|u| !still(u)) {
+                        send.metrics.endpoints.forget(gone);
+                    }
+                    tracing::info!(sink = %name, urls = %now.urls.join(","), "sink reconfigured");
                 }
-                tracing::info!(
-                    urls = %new.sink.urls.join(","),
-                    "sink reconfigured"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "new sink settings rejected; the running sink stays")
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "new sink settings rejected; the running sink stays")
+                }
             }
         }
-    }
-    if (new.lines_per_sec, new.bytes_per_sec) != (old.lines_per_sec, old.bytes_per_sec) {
-        *send
-            .global
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((
-            Limit::per_second(u64::from(new.lines_per_sec)),
-            Limit::per_second(new.bytes_per_sec),
-        ));
+        if (new.lines_per_sec, new.bytes_per_sec) != (old.lines_per_sec, old.bytes_per_sec) {
+            *send
+                .global
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((
+                Limit::per_second(u64::from(new.lines_per_sec)),
+                Limit::per_second(new.bytes_per_sec),
+            ));
+        }
     }
     sources.send_replace(Arc::new(new.sources.clone()));
     let hash = new.fingerprint.hash();
-    send.metrics.reloads.inc();
-    send.metrics
-        .config_info
-        .in_force(Some(&old.fingerprint.hash()), &hash);
+    if let Some((_, send)) = lanes.first() {
+        send.metrics.reloads.inc();
+        send.metrics
+            .config_info
+            .in_force(Some(&old.fingerprint.hash()), &hash);
+    }
     tracing::info!(
         sources = new.sources.len(),
         changed = %old.fingerprint.changed(&new.fingerprint).join(", "),

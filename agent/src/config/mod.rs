@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 mod sink;
 mod source;
 
-use sink::validate_sink;
 pub use source::literal_root;
 use source::validate_source;
 
@@ -49,8 +48,11 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Log filter when `RUST_LOG` is not set, e.g. `"info"` or `"warn,logship_agent=debug"`.
     pub log_level: Option<String>,
+    /// One sink (`[sink]`), or several (`[[sinks]]`), not both.
+    pub sink: Option<SinkConfig>,
+    /// Several sinks: every line goes to each, each at its own pace.
     #[serde(default)]
-    pub sink: SinkConfig,
+    pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub defaults: SourceConfig,
     #[serde(default)]
@@ -78,10 +80,13 @@ impl UrlList {
     }
 }
 
-/// `[sink]`.
+/// `[sink]`, or one `[[sinks]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
+    /// The sink's name in logs, metrics and its state directory (`state_dir/sinks/<name>`
+    /// for every sink after the first); default: its type.
+    pub name: Option<String>,
     /// `"aggregator"` (HTTP), `"loki"` (Loki's push API), `"otlp"` (OTLP/HTTP logs) or
     /// `"stdout"` (JSON lines, for dry runs).
     #[serde(rename = "type")]
@@ -136,6 +141,7 @@ pub struct SinkConfig {
 impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
+            name: None,
             kind: "aggregator".into(),
             url: None,
             token: None,
@@ -334,6 +340,8 @@ pub struct SourceSettings {
 /// Validated sink settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkSettings {
+    /// Unique among the sinks: `[A-Za-z0-9_-]`.
+    pub name: String,
     pub kind: String,
     /// Every aggregator URL, in the order configured (empty for other sinks).
     pub urls: Vec<String>,
@@ -373,7 +381,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub checkpoint_interval: Duration,
     pub poll_interval: Duration,
-    pub sink: SinkSettings,
+    /// At least one; the first keeps its state (checkpoints, dead letters) in `state_dir`
+    /// itself, so an agent moved from `[sink]` to `[[sinks]]` resumes where it was.
+    pub sinks: Vec<SinkSettings>,
     pub sources: Vec<SourceSettings>,
     pub bytes_per_sec: u64,
     pub lines_per_sec: u32,
@@ -452,7 +462,7 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
         })
         .transpose()?;
 
-    let sink = validate_sink(&c.sink, &base)?;
+    let sinks = sink::validate_sinks(c, &base)?;
     if c.sources.is_empty() {
         return Err((
             "sources".into(),
@@ -494,6 +504,12 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
             logship_wire::validate_names(&host, &name, "g")
                 .map_err(|e| (format!("sources[{i}].name"), e.to_string()))?;
         }
+        if v.kind == "stdin" && sinks.len() > 1 {
+            return Err((
+                format!("sources[{i}].type"),
+                format!("standard input can be read only once, so a stdin source takes one sink, and {} are configured", sinks.len()),
+            ));
+        }
         sources.push(v);
     }
     let open_default = (nofile_limit() / 4).clamp(16, 16_384) as usize;
@@ -521,7 +537,7 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
         shutdown_timeout: dur("shutdown_timeout", &c.shutdown_timeout, "30s")?,
         checkpoint_interval: dur("checkpoint_interval", &c.checkpoint_interval, "1s")?,
         poll_interval: dur("poll_interval", &c.poll_interval, "5s")?.max(Duration::from_millis(10)),
-        sink,
+        sinks,
         sources,
         bytes_per_sec: size("limits.bytes_per_sec", &c.limits.bytes_per_sec, "0")?,
         lines_per_sec: c.limits.lines_per_sec.unwrap_or(0),
@@ -613,6 +629,49 @@ mod tests {
     }
 
     #[test]
+    fn several_sinks_are_named_and_their_mistakes_name_the_entry_and_line() {
+        let src = "[[sources]]\npaths = [\"/a\"]\n";
+        let two = format!(
+            "[[sinks]]\nurl = \"http://a:1/store/batch\"\n[[sinks]]\ntype = \"loki\"\nurl = \"http://b:2/loki/api/v1/push\"\nlabels = {{ job = \"x\" }}\n{src}"
+        );
+        let s = load(&two).unwrap();
+        let names: Vec<&str> = s.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["aggregator", "loki"]);
+        assert_eq!(s.sinks[1].labels, [("job".to_owned(), "x".to_owned())]);
+        let cases = [
+            (
+                format!("[sink]\nurl = \"http://a:1/x\"\n{two}"),
+                "sinks",
+                "not both",
+            ),
+            (
+                format!("[[sinks]]\nurl = \"http://a:1/x\"\n[[sinks]]\nurl = \"http://b:1/x\"\n{src}"),
+                "agent.toml:3: sinks[1]",
+                "two sinks are named \"aggregator\"",
+            ),
+            (
+                format!("[[sinks]]\nurl = \"http://a:1/x\"\n[[sinks]]\nurl = \"ftp://b/x\"\n{src}"),
+                "agent.toml:4: sinks[1].url",
+                "http://",
+            ),
+            (
+                format!("[[sinks]]\nname = \"a/b\"\nurl = \"http://a:1/x\"\n{src}"),
+                "agent.toml:2: sinks[0].name",
+                "letters, digits",
+            ),
+            (
+                format!("{}[[sources]]\ntype = \"stdin\"\n", &two[..two.len() - src.len()]),
+                "sources[0].type",
+                "2 are configured",
+            ),
+        ];
+        for (text, key, why) in cases {
+            let e = load(&text).expect_err(&text);
+            assert!(e.contains(key) && e.contains(why), "{text}\n→ {e}");
+        }
+    }
+
+    #[test]
     fn sink_url_may_be_a_list_and_each_entry_is_checked() {
         let src = "[[sources]]\npaths = [\"/a\"]\n";
         let s = load(&format!(
@@ -620,14 +679,14 @@ mod tests {
         ))
         .expect("a list");
         assert_eq!(
-            s.sink.urls,
+            s.sinks[0].urls,
             ["http://a:1/store/batch", "http://b:2/store/batch"]
         );
         let s = load(&format!(
             "[sink]\nurl = \"http://a:1/store/batch, http://b:2/store/batch\"\n{src}"
         ))
         .expect("a comma list (what an AGENT_SINK__URL variable holds)");
-        assert_eq!(s.sink.urls.len(), 2);
+        assert_eq!(s.sinks[0].urls.len(), 2);
         for (text, key) in [
             ("url = [\"http://a:1/x\", \"ftp://b/x\"]", "sink.url.1"),
             ("url = [\"http://a:1/x\", \"http://a:1/x\"]", "listed twice"),

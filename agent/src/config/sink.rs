@@ -1,9 +1,67 @@
-//! Validation of `[sink]`: the sink's kind, URLs, TLS material, token, compression and the
-//! kind's own keys.
+//! Validation of `[sink]` or `[[sinks]]`: each sink's name, kind, URLs, TLS material, token,
+//! compression and the kind's own keys.
 
 use super::*;
 
-pub(super) fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> {
+/// The sinks: `[sink]` alone, or every `[[sinks]]` entry (errors name `sinks[i].key`).
+pub(super) fn validate_sinks(c: &Config, base: &Path) -> Result<Vec<SinkSettings>, KeyError> {
+    let listed: Vec<(Option<usize>, &SinkConfig)> = match (&c.sink, c.sinks.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err((
+                "sinks".into(),
+                "set either [sink] or [[sinks]], not both".into(),
+            ))
+        }
+        (Some(one), []) => vec![(None, one)],
+        (None, []) => {
+            // No sink at all: the default (an aggregator) says what it lacks.
+            return Ok(vec![validate_sink(&SinkConfig::default(), base)?]);
+        }
+        (None, many) => many.iter().enumerate().map(|(i, s)| (Some(i), s)).collect(),
+    };
+    let mut sinks: Vec<SinkSettings> = Vec::new();
+    for (i, s) in listed {
+        let rekey = |(key, msg): KeyError| match i {
+            Some(_) if key.starts_with("sinks[") => (key, msg),
+            Some(i) => (
+                format!("sinks[{i}].{}", key.strip_prefix("sink.").unwrap_or(&key)),
+                msg,
+            ),
+            None => (key, msg),
+        };
+        let v = validate_sink(s, base).map_err(rekey)?;
+        let name_ok = !v.name.is_empty()
+            && v.name.len() <= 64
+            && v
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(rekey((
+                "sink.name".into(),
+                format!("{:?}: a sink name is 1 to 64 letters, digits, - and _", v.name),
+            )));
+        }
+        if sinks.iter().any(|o| o.name == v.name) {
+            // A name left to default is found at the entry's header.
+            let key = match (i, &s.name) {
+                (Some(i), None) => format!("sinks[{i}]"),
+                _ => "sink.name".into(),
+            };
+            return Err(rekey((
+                key,
+                format!(
+                    "two sinks are named {:?}; give each its own `name` (it names its state directory)",
+                    v.name
+                ),
+            )));
+        }
+        sinks.push(v);
+    }
+    Ok(sinks)
+}
+
+fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings, KeyError> {
     let compression = match s.compression.as_str() {
         "none" => Compression::None,
         "gzip" => Compression::Gzip,
@@ -135,6 +193,7 @@ pub(super) fn validate_sink(s: &SinkConfig, base: &Path) -> Result<SinkSettings,
         return Err(("sink.tenant".into(), "only used by the loki sink".into()));
     }
     Ok(SinkSettings {
+        name: s.name.clone().unwrap_or_else(|| s.kind.clone()),
         kind: s.kind.clone(),
         urls,
         token,

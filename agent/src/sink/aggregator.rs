@@ -818,6 +818,7 @@ mod tests {
             }
         });
         let settings = SinkSettings {
+            name: "aggregator".into(),
             kind: "aggregator".into(),
             urls: vec![format!("http://{addr}/store/batch")],
             token: None,
