@@ -89,6 +89,15 @@ pub struct Args {
     /// Extra TOML for the agent's `[sink]` table, e.g. `compression = "none"`.
     #[arg(long, default_value = "")]
     pub sink_extra: String,
+    /// `agent`: also ship the same files to this many discarding sinks at once (`[[sinks]]`,
+    /// each line to each) and report it as a share of one sink's lines/s.
+    #[arg(long, default_value_t = 1)]
+    pub sinks: usize,
+    /// `agent`: also run two sinks with the second down: the first's lines/s beside one
+    /// sink's and the agent's peak RSS while it is down, then the second comes up after this
+    /// many more seconds and must get every line once (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub sink_down_secs: u64,
     /// Also run `ingest` and `system` over TLS (a CA and certificate generated for the run)
     /// and report the TLS throughput as a share of plaintext measured in the same run.
     #[arg(long)]

@@ -1,4 +1,8 @@
-//! `agent`: files → agent → a discarding sink, beside `cat`.
+//! `agent`: files → agent → a discarding sink, beside `cat`; with `--sinks N`, the same files
+//! to N sinks at once; with `--sink-down-secs S`, two sinks with one down.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 
@@ -10,9 +14,9 @@ pub(super) async fn agent_alone(
     r: &mut Report,
 ) -> anyhow::Result<()> {
     let (paths, bytes) = make_files(args, dir, args.files, args.lines)?;
-    let (addr, seen) = sink::start().await?;
     let want = (args.files * args.lines) as u64;
     let pattern = format!("{}/logs/*.log", dir.display());
+    let (addr, seen) = sink::start().await?;
     let cmd = agent_cmd(
         args,
         bins,
@@ -27,32 +31,10 @@ pub(super) async fn agent_alone(
     })
     .await?;
     let secs = t.elapsed().as_secs_f64();
-    {
-        let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        for p in &paths {
-            let (n, b) = s
-                .files
-                .get(&*p.to_string_lossy())
-                .copied()
-                .unwrap_or_default();
-            let len = std::fs::metadata(p)?.len();
-            if n != args.lines as u64 || b + n != len {
-                bail!(
-                    "{}: sink saw {n} lines / {} bytes, file has {} / {len}",
-                    p.display(),
-                    b + n,
-                    args.lines
-                );
-            }
-        }
-    }
+    check_every_line(&seen, &paths, args.lines)?;
     let cpu = agent.cpu_secs();
-    r.add(
-        "agent",
-        "lines/s (to a discarding sink)",
-        want as f64 / secs,
-        "lines/s",
-    );
+    let one_sink = want as f64 / secs;
+    r.add("agent", "lines/s (to a discarding sink)", one_sink, "lines/s");
     r.add("agent", "MB/s", bytes as f64 / secs / 1e6, "MB/s");
     r.add(
         "agent",
@@ -66,6 +48,7 @@ pub(super) async fn agent_alone(
         agent.peak_rss() as f64 / 1048576.0,
         "MiB",
     );
+    drop(agent);
     let t = Instant::now();
     for p in &paths {
         Command::new("cat")
@@ -79,5 +62,164 @@ pub(super) async fn agent_alone(
         bytes as f64 / t.elapsed().as_secs_f64() / 1e6,
         "MB/s",
     );
+    if args.sinks > 1 {
+        several_sinks(args, bins, dir, &pattern, &paths, one_sink, r).await?;
+    }
+    if args.sink_down_secs > 0 {
+        one_sink_down(args, bins, dir, &pattern, &paths, one_sink, r).await?;
+    }
+    Ok(())
+}
+
+/// The same files to `--sinks` discarding sinks at once.
+async fn several_sinks(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    pattern: &str,
+    paths: &[PathBuf],
+    one_sink: f64,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let want = (args.files * args.lines) as u64;
+    let mut sinks = Vec::new();
+    for _ in 0..args.sinks {
+        sinks.push(sink::start().await?);
+    }
+    let urls: Vec<String> = sinks
+        .iter()
+        .map(|(a, _)| format!("http://{a}/store/batch"))
+        .collect();
+    let run = dir.join("several-sinks");
+    std::fs::create_dir_all(&run)?;
+    let t = Instant::now();
+    let agent = Measured::spawn(agent_cmd_sinks(args, bins, &run, &urls, pattern)?)?;
+    wait_for(Duration::from_secs(600), async || {
+        Ok(sinks
+            .iter()
+            .all(|(_, seen)| seen.lock().map_or(0, |s| s.total_lines()) >= want))
+    })
+    .await?;
+    let rate = want as f64 / t.elapsed().as_secs_f64();
+    let cpu = agent.cpu_secs();
+    for (_, seen) in &sinks {
+        check_every_line(seen, paths, args.lines)?;
+    }
+    let n = args.sinks;
+    r.add(
+        "agent",
+        &format!("lines/s with {n} sinks (every line to each)"),
+        rate,
+        "lines/s",
+    );
+    r.add(
+        "agent",
+        &format!("{n} sinks ÷ 1 sink, lines/s"),
+        100.0 * rate / one_sink,
+        "%",
+    );
+    let bytes: u64 = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    r.add(
+        "agent",
+        &format!("agent CPU per GB delivered to each of {n} sinks"),
+        cpu / (bytes as f64 * n as f64 / 1e9),
+        "s/GB",
+    );
+    r.add(
+        "agent",
+        &format!("agent peak RSS with {n} sinks"),
+        agent.peak_rss() as f64 / 1048576.0,
+        "MiB",
+    );
+    Ok(())
+}
+
+/// Two sinks, the second down: the first ships while it is; `--sink-down-secs` later the
+/// second comes up on the address the agent has been trying and must get every line once.
+async fn one_sink_down(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    pattern: &str,
+    paths: &[PathBuf],
+    one_sink: f64,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let want = (args.files * args.lines) as u64;
+    let (up_addr, up) = sink::start().await?;
+    // An address nothing listens on until the second sink starts there.
+    let down_addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let urls = [
+        format!("http://{up_addr}/store/batch"),
+        format!("http://{down_addr}/store/batch"),
+    ];
+    let run = dir.join("sink-down");
+    std::fs::create_dir_all(&run)?;
+    let t = Instant::now();
+    let agent = Measured::spawn(agent_cmd_sinks(args, bins, &run, &urls, pattern)?)?;
+    wait_for(Duration::from_secs(600), async || {
+        Ok(up.lock().map_or(0, |s| s.total_lines()) >= want)
+    })
+    .await?;
+    let rate = want as f64 / t.elapsed().as_secs_f64();
+    check_every_line(&up, paths, args.lines)?;
+    tokio::time::sleep(Duration::from_secs(args.sink_down_secs)).await;
+    let rss_down = agent.peak_rss() as f64 / 1048576.0;
+    let t = Instant::now();
+    let (_, back) = sink::start_on(down_addr).await?;
+    // Its first delivery waits out the retry backoff reached while it was down (up to
+    // `retry.max`), so this is the time to every line, not a rate.
+    wait_for(Duration::from_secs(600), async || {
+        Ok(back.lock().map_or(0, |s| s.total_lines()) >= want)
+    })
+    .await?;
+    let catch_up = t.elapsed().as_secs_f64();
+    check_every_line(&back, paths, args.lines)?;
+    r.add(
+        "agent",
+        "one of 2 sinks down: the other's lines/s ÷ 1 sink",
+        100.0 * rate / one_sink,
+        "%",
+    );
+    r.add(
+        "agent",
+        "one of 2 sinks down: agent peak RSS (max_buffered_bytes 32 MiB)",
+        rss_down,
+        "MiB",
+    );
+    r.add(
+        "agent",
+        "the down sink back: seconds until it had every line, once (retry backoff included)",
+        catch_up,
+        "s",
+    );
+    Ok(())
+}
+
+/// Every file reached the sink whole: each line once, its bytes exact.
+fn check_every_line(
+    seen: &Arc<Mutex<sink::Seen>>,
+    paths: &[PathBuf],
+    lines: usize,
+) -> anyhow::Result<()> {
+    let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for p in paths {
+        let (n, b) = s
+            .files
+            .get(&*p.to_string_lossy())
+            .copied()
+            .unwrap_or_default();
+        let len = std::fs::metadata(p)?.len();
+        if n != lines as u64 || b + n != len {
+            bail!(
+                "{}: sink saw {n} lines / {} bytes, file has {lines} / {len}",
+                p.display(),
+                b + n,
+            );
+        }
+    }
     Ok(())
 }

@@ -243,6 +243,33 @@ pub(super) fn agent_cmd_with(
     Ok(cmd)
 }
 
+/// An agent shipping `pattern` to every URL of `urls`, one `[[sinks]]` entry each (named
+/// `s0`, `s1`, …, with `--sink-extra`), its config and state in `dir`.
+pub(super) fn agent_cmd_sinks(
+    args: &Args,
+    bins: &Path,
+    dir: &Path,
+    urls: &[String],
+    pattern: &str,
+) -> anyhow::Result<Command> {
+    let cfg = dir.join("agent.toml");
+    let sinks: String = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| format!("[[sinks]]\nname = \"s{i}\"\nurl = {url:?}\n{}\n", args.sink_extra))
+        .collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "host = \"bench\"\nstate_dir = {:?}\n{sinks}\n[[sources]]\npaths = [{pattern:?}]\n",
+            dir.join("state").to_string_lossy(),
+        ),
+    )?;
+    let mut cmd = Command::new(bins.join("agent"));
+    cmd.arg("--config").arg(cfg).env("RUST_LOG", "warn");
+    Ok(cmd)
+}
+
 pub(super) async fn wait_for(
     deadline: Duration,
     mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
