@@ -1,7 +1,8 @@
 //! Issue 34.3: several sinks at once (`[[sinks]]`). Every line reaches every sink; a sink
 //! that is down holds up neither the others nor the agent's memory, and when it comes back
 //! it gets every line exactly once; each sink resumes from its own checkpoint after a
-//! restart, so a sink that appends (Loki) gets nothing twice.
+//! restart, so a sink that appends (Loki) gets nothing twice; standard input, read once,
+//! reaches every sink.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,7 +132,9 @@ fn each_sink_resumes_from_its_own_checkpoint_so_an_appending_sink_gets_nothing_t
     let mut agent = Agent::start(&cfg);
     assert_all_shipped(&agg, "h", &files, Duration::from_secs(30));
     assert!(
-        wait_until(Duration::from_secs(30), || files.iter().all(|p| loki_exact(p))),
+        wait_until(Duration::from_secs(30), || files
+            .iter()
+            .all(|p| loki_exact(p))),
         "not shipped exactly through the loki sink"
     );
     // A graceful stop saves both sinks' checkpoints; lines appended while stopped go to
@@ -148,7 +151,9 @@ fn each_sink_resumes_from_its_own_checkpoint_so_an_appending_sink_gets_nothing_t
     let _agent = Agent::start(&cfg);
     assert_all_shipped(&agg, "h", &files, Duration::from_secs(30));
     assert!(
-        wait_until(Duration::from_secs(30), || files.iter().all(|p| loki_exact(p))),
+        wait_until(Duration::from_secs(30), || files
+            .iter()
+            .all(|p| loki_exact(p))),
         "after a restart the loki sink's copy is not the file: {:?} bytes stored, {:?} in the file",
         agg.log("h", &via_loki(&files[0]), "").map(|b| b.len()),
         std::fs::metadata(&files[0]).map(|m| m.len())
@@ -178,4 +183,41 @@ fn check_config_lists_every_sink_with_its_state() {
             && out.contains("2 sinks: each reads every file itself"),
         "{out}"
     );
+}
+
+#[test]
+fn standard_input_read_once_goes_to_every_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Aggregator::start(&dir.path().join("a"), &[]);
+    let b = Aggregator::start(&dir.path().join("b"), &[]);
+    let mut input = Vec::new();
+    for i in 0..20_000u32 {
+        input.extend_from_slice(format!("stdin line {i} \u{e9}\n").as_bytes());
+    }
+    input.extend_from_slice(b"\xff no newline at the end");
+    let file = dir.path().join("input");
+    std::fs::write(&file, &input).expect("write input");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host = \"h\"\nstate_dir = {:?}\n[[sinks]]\nname = \"a\"\nurl = {:?}\n[[sinks]]\nname = \"b\"\nurl = {:?}\n[defaults]\nlinger = \"50ms\"\n[[sources]]\ntype = \"stdin\"\nname = \"/pipes/app\"\n",
+            dir.path().join("state").to_string_lossy(),
+            a.url("/store/batch"),
+            b.url("/store/batch"),
+        ),
+    )
+    .expect("write config");
+    let mut agent = Agent::start_with_stdin(
+        &cfg,
+        std::process::Stdio::from(std::fs::File::open(&file).expect("open input")),
+    );
+    let status = agent
+        .proc
+        .wait_exit(Duration::from_secs(60))
+        .expect("the agent exits after the end of input");
+    assert_eq!(status.code(), Some(0));
+    // Both acknowledged before it exited.
+    assert_eq!(a.log("h", "/pipes/app", "").expect("stored at a"), input);
+    assert_eq!(b.log("h", "/pipes/app", "").expect("stored at b"), input);
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::config::PipelineOptions;
 
 /// Lines read from a file, handed to the batcher.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Chunk {
     pub generation: Arc<str>,
     /// Number of the first line in `data`.

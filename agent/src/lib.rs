@@ -22,8 +22,8 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod generation;
-pub mod lanes;
 pub mod lag;
+pub mod lanes;
 pub mod metrics;
 pub mod open_file;
 pub mod pipeline;
@@ -92,7 +92,10 @@ pub async fn run(
     // Only now, with SIGHUP handled, does the agent answer on its metrics address: a reload
     // sent as soon as it answers must not meet SIGHUP's default action (terminate).
     if let Some(addr) = settings.metrics_listen {
-        let sinks = lanes.iter().map(|l| (l.name.clone(), l.sink.clone())).collect();
+        let sinks = lanes
+            .iter()
+            .map(|l| (l.name.clone(), l.sink.clone()))
+            .collect();
         metrics::serve(addr, metrics.clone(), sinks)
             .await
             .with_context(|| format!("binding metrics_listen {addr}"))?;
@@ -113,10 +116,9 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 let cps2 = cps.clone();
-                let saved = tokio::task::spawn_blocking(move || {
-                    cps2.iter().try_for_each(|c| c.save())
-                })
-                .await;
+                let saved =
+                    tokio::task::spawn_blocking(move || cps2.iter().try_for_each(|c| c.save()))
+                        .await;
                 match saved {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -137,7 +139,8 @@ pub async fn run(
                         .map_or(0.0, |d| d.as_secs_f64()),
                 );
                 let used: u64 = budgets.iter().map(|b| b.used_kib() * 1024).sum();
-                m.buffered_bytes.set(i64::try_from(used).unwrap_or(i64::MAX));
+                m.buffered_bytes
+                    .set(i64::try_from(used).unwrap_or(i64::MAX));
                 let _ = tokio::task::spawn_blocking(logship_common::trim_free_memory).await;
             }
         })
@@ -148,12 +151,18 @@ pub async fn run(
         by_kind.entry(s.kind.clone()).or_default().push(s.clone());
     }
     // Every sink's lane runs every source of its own.
+    // A source that can be read only once (stdin) runs once, feeding every lane.
     let mut sources = Vec::new();
-    for (lane, pipes) in lanes.iter().zip(&pipes) {
-        let lane_settings = lane.source_settings(&settings);
-        for (kind, list) in &by_kind {
-            let src = source::build(kind, list.clone(), &lane_settings)?;
-            sources.push(tokio::spawn(src.run(pipes.clone())));
+    for (kind, list) in &by_kind {
+        for (i, (lane, lane_pipes)) in lanes.iter().zip(&pipes).enumerate() {
+            let src = source::build(kind, list.clone(), &lane.source_settings(&settings))?;
+            if src.read_once() {
+                if i == 0 {
+                    sources.push(tokio::spawn(src.run_for_every_sink(pipes.clone())));
+                }
+                continue;
+            }
+            sources.push(tokio::spawn(src.run(lane_pipes.clone())));
         }
     }
     tracing::info!(host = %settings.host, files = source::expand(&settings.sources).len(), "agent running");

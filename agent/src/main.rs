@@ -116,7 +116,7 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
         settings.bytes_per_sec
     );
     for (n, configured) in settings.sinks.iter().enumerate() {
-    let what = match configured.kind.as_str() {
+        let what = match configured.kind.as_str() {
         "aggregator" => format!("the multi-file compact form (each line with its read time; one file per request in the older form to an aggregator that does not announce it), up to {} bytes per request; lines placed by number, 2 batches of a file in flight", configured.max_request_bytes),
         "loki" => format!(
             "Loki push ({}), labels host, filename{}{}; one batch of a file in flight; partial lines wait until complete",
@@ -130,14 +130,14 @@ fn preflight(loaded: &config::Loaded, settings: &Settings, sink: bool) -> anyhow
         ),
         _ => "JSON lines on stdout".to_string(),
     };
-    let state = logship_agent::lanes::state_dir(settings, n);
-    out!(
-        "# sink {:?}: {} → {}: {what}; state in {}",
-        configured.name,
-        configured.kind,
-        configured.urls.join(", "),
-        state.display()
-    );
+        let state = logship_agent::lanes::state_dir(settings, n);
+        out!(
+            "# sink {:?}: {} → {}: {what}; state in {}",
+            configured.name,
+            configured.kind,
+            configured.urls.join(", "),
+            state.display()
+        );
     }
     if settings.sinks.len() > 1 {
         out!(

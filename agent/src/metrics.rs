@@ -464,9 +464,17 @@ pub async fn serve(
                     async move {
                         let (status, ctype, body) = match req.uri().path() {
                             "/metrics" => (StatusCode::OK, METRICS_TYPE, m.render()),
-                            "/healthz" => (StatusCode::OK, "application/json", r#"{"status":"alive"}"#.to_owned()),
+                            "/healthz" => (
+                                StatusCode::OK,
+                                "application/json",
+                                r#"{"status":"alive"}"#.to_owned(),
+                            ),
                             "/readyz" => match not_ready(&sinks).await {
-                                None => (StatusCode::OK, "application/json", r#"{"status":"ready"}"#.to_owned()),
+                                None => (
+                                    StatusCode::OK,
+                                    "application/json",
+                                    r#"{"status":"ready"}"#.to_owned(),
+                                ),
                                 Some(e) => (
                                     StatusCode::SERVICE_UNAVAILABLE,
                                     "application/json",
@@ -476,7 +484,8 @@ pub async fn serve(
                             _ => (
                                 StatusCode::NOT_FOUND,
                                 "application/json",
-                                r#"{"error":"no such route; try /metrics, /healthz or /readyz"}"#.to_owned(),
+                                r#"{"error":"no such route; try /metrics, /healthz or /readyz"}"#
+                                    .to_owned(),
                             ),
                         };
                         let mut resp = Response::new(Full::new(Bytes::from(body)));

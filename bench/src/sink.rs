@@ -223,7 +223,10 @@ fn loki_lines(body: &[u8]) -> Option<Vec<(String, Vec<u64>)>> {
             .iter()
             .find(|(k, _)| k == "filename")
             .map(|(_, v)| v.clone())?;
-        out.push((file, s.entries.iter().map(|e| e.line.len() as u64).collect()));
+        out.push((
+            file,
+            s.entries.iter().map(|e| e.line.len() as u64).collect(),
+        ));
     }
     Some(out)
 }

@@ -504,12 +504,6 @@ fn validate(c: &Config, base: &Path) -> Result<Settings, KeyError> {
             logship_wire::validate_names(&host, &name, "g")
                 .map_err(|e| (format!("sources[{i}].name"), e.to_string()))?;
         }
-        if v.kind == "stdin" && sinks.len() > 1 {
-            return Err((
-                format!("sources[{i}].type"),
-                format!("standard input can be read only once, so a stdin source takes one sink, and {} are configured", sinks.len()),
-            ));
-        }
         sources.push(v);
     }
     let open_default = (nofile_limit() / 4).clamp(16, 16_384) as usize;
@@ -645,7 +639,9 @@ mod tests {
                 "not both",
             ),
             (
-                format!("[[sinks]]\nurl = \"http://a:1/x\"\n[[sinks]]\nurl = \"http://b:1/x\"\n{src}"),
+                format!(
+                    "[[sinks]]\nurl = \"http://a:1/x\"\n[[sinks]]\nurl = \"http://b:1/x\"\n{src}"
+                ),
                 "agent.toml:3: sinks[1]",
                 "two sinks are named \"aggregator\"",
             ),
@@ -658,11 +654,6 @@ mod tests {
                 format!("[[sinks]]\nname = \"a/b\"\nurl = \"http://a:1/x\"\n{src}"),
                 "agent.toml:2: sinks[0].name",
                 "letters, digits",
-            ),
-            (
-                format!("{}[[sources]]\ntype = \"stdin\"\n", &two[..two.len() - src.len()]),
-                "sources[0].type",
-                "2 are configured",
             ),
         ];
         for (text, key, why) in cases {

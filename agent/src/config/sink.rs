@@ -32,14 +32,16 @@ pub(super) fn validate_sinks(c: &Config, base: &Path) -> Result<Vec<SinkSettings
         let v = validate_sink(s, base).map_err(rekey)?;
         let name_ok = !v.name.is_empty()
             && v.name.len() <= 64
-            && v
-                .name
+            && v.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
             return Err(rekey((
                 "sink.name".into(),
-                format!("{:?}: a sink name is 1 to 64 letters, digits, - and _", v.name),
+                format!(
+                    "{:?}: a sink name is 1 to 64 letters, digits, - and _",
+                    v.name
+                ),
             )));
         }
         if sinks.iter().any(|o| o.name == v.name) {

@@ -18,6 +18,23 @@ use crate::pipeline::Pipelines;
 pub trait Source: Send + 'static {
     /// Finds streams and starts their pipelines until `pipelines.shutdown` turns true.
     fn run(self: Box<Self>, pipelines: Pipelines) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Whether the source can be read only once (standard input): then it runs once, with
+    /// [`run_for_every_sink`](Source::run_for_every_sink), instead of once per sink.
+    fn read_once(&self) -> bool {
+        false
+    }
+
+    /// Runs with every sink's pipelines at once, giving each every line.
+    fn run_for_every_sink(
+        self: Box<Self>,
+        all: Vec<Pipelines>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match all.into_iter().next() {
+            Some(first) => self.run(first),
+            None => Box::pin(async {}),
+        }
+    }
 }
 
 /// Builds one source of kind `kind` from every `[[sources]]` entry of that kind.

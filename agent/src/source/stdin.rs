@@ -42,94 +42,127 @@ impl StdinSource {
 
 impl Source for StdinSource {
     fn run(self: Box<Self>, pipes: Pipelines) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move { self.ship(pipes).await })
+        Box::pin(async move { self.ship(vec![pipes]).await })
+    }
+
+    fn read_once(&self) -> bool {
+        true
+    }
+
+    fn run_for_every_sink(
+        self: Box<Self>,
+        all: Vec<Pipelines>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move { self.ship(all).await })
     }
 }
 
 impl StdinSource {
-    async fn ship(self, pipes: Pipelines) {
+    /// Reads standard input once and hands every block to a batcher of each sink's lane.
+    /// With several sinks it goes at the pace of the slowest: the input cannot be read
+    /// again, and memory stays within each lane's budget.
+    async fn ship(self, lanes: Vec<Pipelines>) {
+        let Some(first) = lanes.first() else { return };
         let name: Arc<str> = Arc::from(self.settings.name.as_deref().unwrap_or("stdin"));
         let options = self.settings.options.clone();
         let generation: Arc<str> = Arc::from(format!("stdin-{}-{}", wall_ms(), std::process::id()));
-        let (batch_tx, batch_rx) = mpsc::channel(1);
-        let mut batcher = Batcher::new(
-            pipes.host.clone(),
-            name.clone(),
-            options.clone(),
-            pipes.budget.clone(),
-            batch_tx,
-        );
-        let sender = Sender {
-            env: pipes.send.clone(),
-            file: name.clone(),
-            id: None,
-            on_ack: None,
-            options: options.clone(),
-            ctl: Arc::new(Control::default()),
-        };
-        let metrics = pipes.metrics.clone();
-        metrics.files_tracked.inc();
-        metrics.attach(&name);
-        let done = pipes.done.clone();
-        let mut sending = {
-            let (metrics, name) = (metrics.clone(), name.clone());
-            tokio::spawn(async move {
+        let mut batchers = Vec::with_capacity(lanes.len());
+        let mut sending = Vec::with_capacity(lanes.len());
+        for pipes in &lanes {
+            let (batch_tx, batch_rx) = mpsc::channel(1);
+            batchers.push(Batcher::new(
+                pipes.host.clone(),
+                name.clone(),
+                options.clone(),
+                pipes.budget.clone(),
+                batch_tx,
+            ));
+            let sender = Sender {
+                env: pipes.send.clone(),
+                file: name.clone(),
+                id: None,
+                on_ack: None,
+                options: options.clone(),
+                ctl: Arc::new(Control::default()),
+            };
+            let (metrics, name, done) = (pipes.metrics.clone(), name.clone(), pipes.done.clone());
+            metrics.files_tracked.inc();
+            metrics.attach(&name);
+            sending.push(tokio::spawn(async move {
                 sender.run(batch_rx).await;
                 metrics.files_tracked.dec();
                 metrics.detach(&name);
                 drop(done);
-            })
-        };
-        tracing::info!(file = %name, %generation, "reading standard input");
+            }));
+        }
+        tracing::info!(file = %name, %generation, sinks = lanes.len(), "reading standard input");
         let mut blocks = read_on_own_thread();
         let mut lines = Lines::new(generation, options.max_line_bytes);
-        let mut shutdown = pipes.shutdown.clone();
+        let mut shutdown = first.shutdown.clone();
         let mut stopped = false;
-        loop {
-            let due = batcher.deadline();
+        let mut gone = false;
+        while !gone {
+            let due = batchers.iter().filter_map(Batcher::deadline).min();
             let linger = async {
                 match due {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
-            let added = tokio::select! {
+            tokio::select! {
                 block = blocks.recv() => match block {
                     Some(block) => {
-                        metrics.bytes_read(&name, block.len() as u64);
-                        batcher.add(lines.split(&block)).await
+                        for pipes in &lanes {
+                            pipes.metrics.bytes_read(&name, block.len() as u64);
+                        }
+                        gone = add_to_each(&mut batchers, lines.split(&block)).await;
                     }
                     None => {
                         if let Some(last) = lines.finish() {
-                            if batcher.add(last).await.is_err() {
-                                break;
-                            }
+                            let _ = add_to_each(&mut batchers, last).await;
                         }
                         tracing::info!(file = %name, lines = lines.next, "end of standard input; waiting for the acknowledgements");
                         break;
                     }
                 },
-                () = linger => batcher.seal_if_due(tokio::time::Instant::now()).await,
+                () = linger => {
+                    let now = tokio::time::Instant::now();
+                    for b in &mut batchers {
+                        gone |= b.seal_if_due(now).await.is_err();
+                    }
+                }
                 _ = shutdown.changed() => {
                     stopped = true;
                     break;
                 }
-            };
-            if added.is_err() {
-                break;
             }
         }
-        let _ = batcher.seal().await;
-        drop(batcher);
+        for b in &mut batchers {
+            let _ = b.seal().await;
+        }
+        drop(batchers);
         if stopped {
-            // The agent's drain waits for the sender (up to `shutdown_timeout`).
+            // The agent's drain waits for the senders (up to `shutdown_timeout`).
             return;
         }
         tokio::select! {
-            _ = &mut sending => {}
+            _ = futures_util::future::join_all(sending) => {}
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Hands `chunk` to every batcher (a copy each but the last); true when one is gone (its
+/// sender ended), which ends the reading.
+async fn add_to_each(batchers: &mut [Batcher], chunk: Chunk) -> bool {
+    let Some((last, others)) = batchers.split_last_mut() else {
+        return true;
+    };
+    let mut gone = false;
+    for b in others {
+        gone |= b.add(chunk.clone()).await.is_err();
+    }
+    gone | last.add(chunk).await.is_err()
 }
 
 /// Reads standard input on a thread of its own, a block at a time; the channel closes at

@@ -21,7 +21,7 @@ pub(super) async fn agent_alone(
         args,
         bins,
         dir,
-        &format!("http://{addr}/store/batch"),
+        format!("http://{addr}/store/batch"),
         &pattern,
     )?;
     let t = Instant::now();
@@ -34,7 +34,12 @@ pub(super) async fn agent_alone(
     check_every_line(&seen, &paths, args.lines)?;
     let cpu = agent.cpu_secs();
     let one_sink = want as f64 / secs;
-    r.add("agent", "lines/s (to a discarding sink)", one_sink, "lines/s");
+    r.add(
+        "agent",
+        "lines/s (to a discarding sink)",
+        one_sink,
+        "lines/s",
+    );
     r.add("agent", "MB/s", bytes as f64 / secs / 1e6, "MB/s");
     r.add(
         "agent",
@@ -108,13 +113,13 @@ async fn several_sinks(
     let n = args.sinks;
     r.add(
         "agent",
-        &format!("lines/s with {n} sinks (every line to each)"),
+        format!("lines/s with {n} sinks (every line to each)"),
         rate,
         "lines/s",
     );
     r.add(
         "agent",
-        &format!("{n} sinks ÷ 1 sink, lines/s"),
+        format!("{n} sinks ÷ 1 sink, lines/s"),
         100.0 * rate / one_sink,
         "%",
     );
@@ -124,13 +129,13 @@ async fn several_sinks(
         .sum();
     r.add(
         "agent",
-        &format!("agent CPU per GB delivered to each of {n} sinks"),
+        format!("agent CPU per GB delivered to each of {n} sinks"),
         cpu / (bytes as f64 * n as f64 / 1e9),
         "s/GB",
     );
     r.add(
         "agent",
-        &format!("agent peak RSS with {n} sinks"),
+        format!("agent peak RSS with {n} sinks"),
         agent.peak_rss() as f64 / 1048576.0,
         "MiB",
     );

@@ -256,7 +256,12 @@ pub(super) fn agent_cmd_sinks(
     let sinks: String = urls
         .iter()
         .enumerate()
-        .map(|(i, url)| format!("[[sinks]]\nname = \"s{i}\"\nurl = {url:?}\n{}\n", args.sink_extra))
+        .map(|(i, url)| {
+            format!(
+                "[[sinks]]\nname = \"s{i}\"\nurl = {url:?}\n{}\n",
+                args.sink_extra
+            )
+        })
         .collect();
     std::fs::write(
         &cfg,
