@@ -21,7 +21,7 @@ pub(super) async fn agent_alone(
         args,
         bins,
         dir,
-        format!("http://{addr}/store/batch"),
+        &format!("http://{addr}/store/batch"),
         &pattern,
     )?;
     let t = Instant::now();
