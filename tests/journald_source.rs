@@ -207,3 +207,60 @@ fn a_journald_source_is_checked_before_it_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn with_two_sinks_each_keeps_its_own_cursor_and_a_late_one_gets_every_entry_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    std::fs::create_dir_all(&journal).expect("mkdir");
+    let a = Aggregator::start(&dir.path().join("a"), &[]);
+    let b_addr = free_addr();
+    let mut all = batch(1, 300);
+    journal_file(&journal, "one", &all);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "host = \"h\"\nstate_dir = {:?}\ncheckpoint_interval = \"100ms\"\nshutdown_timeout = \"1s\"\n[[sinks]]\nname = \"a\"\nurl = {:?}\n[[sinks]]\nname = \"b\"\nurl = \"http://{b_addr}/store/batch\"\n[defaults]\nlinger = \"50ms\"\nretry = {{ initial = \"20ms\", max = \"300ms\" }}\n[[sources]]\ntype = \"journald\"\ndirectory = {:?}\n",
+            dir.path().join("state").to_string_lossy(),
+            a.url("/store/batch"),
+            journal.to_string_lossy(),
+        ),
+    )
+    .expect("write config");
+    // Sink b is down: a gets the journal; a stop (which waits 1 s for b) and a restart
+    // resume a at its cursor.
+    let mut agent = Agent::start(&cfg);
+    assert!(
+        wait_until(Duration::from_secs(30), || units_match(&a, &all)),
+        "sink a did not get the journal while b was down: {}",
+        get(&a.url("/store/files?host=h")).text()
+    );
+    agent.proc.signal("TERM");
+    assert!(agent.proc.wait_exit(Duration::from_secs(30)).is_some());
+    let more = batch(301, 300);
+    journal_file(&journal, "two", &more);
+    all.extend(more);
+    let _agent = Agent::start(&cfg);
+    // b comes up: it gets every entry from the start, a each new one once.
+    let b = Aggregator::start_on(&dir.path().join("b"), &b_addr, &[]);
+    for (name, agg) in [("a", &a), ("b", &b)] {
+        assert!(
+            wait_until(Duration::from_secs(30), || units_match(agg, &all)),
+            "sink {name}: the streams are not exactly the journal's"
+        );
+        let files = get(&agg.url("/store/files?host=h")).json();
+        for f in files["files"].as_array().expect("files") {
+            assert_eq!(f["generations"].as_array().map(Vec::len), Some(1), "{f}");
+        }
+    }
+    // Saved every checkpoint_interval once acknowledged.
+    assert!(
+        wait_until(Duration::from_secs(10), || dir
+            .path()
+            .join("state/journald.json")
+            .is_file()
+            && dir.path().join("state/sinks/b/journald.json").is_file()),
+        "each sink keeps its own journal cursor"
+    );
+}
