@@ -222,3 +222,40 @@ fn standard_input_read_once_goes_to_every_sink() {
     assert_eq!(a.log("h", "/pipes/app", "").expect("stored at a"), input);
     assert_eq!(b.log("h", "/pipes/app", "").expect("stored at b"), input);
 }
+
+#[test]
+fn a_reload_moves_one_sink_by_name_and_its_waiting_lines_follow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Aggregator::start(&dir.path().join("a"), &[]);
+    let b = Aggregator::start(&dir.path().join("b"), &[]);
+    let metrics = free_addr();
+    let files = write_logs(dir.path(), 2, 1_000);
+    let sinks = |b_url: &str| {
+        format!(
+            "[[sinks]]\nname = \"a\"\nurl = {:?}\n\n[[sinks]]\nname = \"b\"\nurl = {b_url:?}\n",
+            a.url("/store/batch")
+        )
+    };
+    // Sink b points at an address nothing listens on.
+    let cfg = config(
+        dir.path(),
+        &metrics,
+        &sinks(&format!("http://{}/store/batch", free_addr())),
+    );
+    let agent = Agent::start(&cfg);
+    assert_all_shipped(&a, "h", &files, Duration::from_secs(30));
+    // Metrics answer once SIGHUP is handled.
+    assert!(wait_until(Duration::from_secs(10), || agent_metric(
+        &metrics,
+        "agent_files_tracked "
+    ) >= 0.0));
+    config(dir.path(), &metrics, &sinks(&b.url("/store/batch")));
+    agent.proc.signal("HUP");
+    assert_all_shipped(&b, "h", &files, Duration::from_secs(30));
+    // a was left as it was: it gets appends, once.
+    for (f, p) in files.iter().enumerate() {
+        append_lines(p, &format!("f{f}"), 1_000..1_500);
+    }
+    assert_all_shipped(&a, "h", &files, Duration::from_secs(30));
+    assert_all_shipped(&b, "h", &files, Duration::from_secs(30));
+}
