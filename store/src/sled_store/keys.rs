@@ -109,8 +109,8 @@ pub(super) fn parse_file_key(key: &[u8]) -> Option<(String, String, String)> {
     Some((host, file, generation))
 }
 
-/// Most pieces a bucket's index value names; a write that would add one more, overlap the
-/// lines already there or fill the bucket rewrites it as one piece.
+/// Most pieces a bucket's index value names; a write that would add one more or overlap the
+/// lines already there rewrites it as one piece.
 pub(super) const MAX_PIECES: usize = 6;
 /// Most bytes a bucket may hold in pieces: readers merge the pieces in memory, so they stay
 /// within what a reader holds of one bucket anyway (the segment cursor's buffer).
@@ -259,7 +259,8 @@ impl IndexValue {
     /// Whether the bucket holds a line at every offset (or was written whole before offsets
     /// were recorded): nothing more will be added to it but resends.
     pub(super) fn is_full(&self) -> bool {
-        self.pieces.len() == 1 && matches!(self.present, None | Some(FULL))
+        // No map: one piece written whole (or before maps existed).
+        matches!(self.present, None | Some(FULL))
     }
 
     /// Bytes stored for the bucket, all pieces together (for a sealed bucket, its block's).

@@ -212,8 +212,8 @@ mod tests {
         assert_eq!(raw.len(), 32, "a whole bucket keeps the 32-byte value");
         let v = IndexValue::decode(&raw).expect("decodes");
         assert_eq!((v.pieces.len(), v.present), (1, None));
-        // Written in three parts instead, it is in pieces until its last lines come, and
-        // then one piece again: readers of a full bucket read it in one go.
+        // Written in three parts instead, it stays in pieces, full (the sealer makes it
+        // part of a block, reading the pieces once), and reads back merged.
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path(), &Default::default()).expect("open");
         write(&store, &refs[..40]).await;
@@ -223,7 +223,8 @@ mod tests {
         assert_eq!(v.present, Some(FULL >> 88 | (FULL >> 80) << 80));
         assert_eq!(write(&store, &refs[40..80]).await, 40);
         let v = bucket_zero(&store).await;
-        assert_eq!((v.pieces.len(), v.present), (1, None));
+        assert_eq!((v.pieces.len(), v.present), (3, Some(FULL)));
+        assert!(v.is_full(), "{v:?}");
         let expected: String = lines.iter().map(|(_, s)| format!("{s}\n")).collect();
         assert_eq!(read(&store).await, expected);
     }

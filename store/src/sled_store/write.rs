@@ -88,11 +88,12 @@ impl Inner {
             // At most what the piece's encoding takes (a header is at most 11 bytes).
             let piece_bytes: u64 = new.iter().map(|e| e.content.len() as u64 + 11).sum();
             let (bytes, added, first_ms, earlier, present) = match old {
-                // New lines only, not the last ones the bucket lacks, and room for a piece:
-                // stored as one, nothing read back.
+                // New lines only, and room for a piece: stored as one, nothing read back —
+                // the bucket's last lines too. The sealer soon makes a full bucket part of a
+                // block, reading its pieces once; rewriting it whole first (as before)
+                // wrote every line of a bucket filled a few at a time twice.
                 Some(v)
-                    if v.present
-                        .is_some_and(|p| p & new_offsets == 0 && p | new_offsets != keys::FULL)
+                    if v.present.is_some_and(|p| p & new_offsets == 0)
                         && v.pieces.len() < keys::MAX_PIECES
                         && v.len() + piece_bytes <= keys::MAX_PIECES_BYTES
                         && !v.pieces.iter().any(|l| compacting.contains(&l.segment)) =>
@@ -102,10 +103,9 @@ impl Inner {
                     let first = v.first_ms.min(lo);
                     (piece, new.len() as u64, first, v.pieces, present)
                 }
-                // Lines already there (last write wins), the bucket's last lines (a full
-                // bucket is read as one piece), too many pieces, a bucket stored before
-                // pieces existed, or pieces in a segment being compacted: read back, merged,
-                // rewritten as one piece.
+                // Lines already there (last write wins), too many pieces, a bucket stored
+                // before pieces existed, or pieces in a segment being compacted: read back,
+                // merged, rewritten as one piece.
                 Some(v) => {
                     let stored = self.read_bucket(&bucket_key, &v)?;
                     let old_entries = bucket::decode(&stored).ok_or_else(|| {
