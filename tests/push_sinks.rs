@@ -31,18 +31,6 @@ fn sink_config(
     p
 }
 
-fn write_logs(dir: &Path, files: usize, lines: usize) -> Vec<std::path::PathBuf> {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).expect("logs dir");
-    (0..files)
-        .map(|f| {
-            let p = logs.join(format!("app{f}.log"));
-            append_lines(&p, &format!("f{f}"), 0..lines);
-            p
-        })
-        .collect()
-}
-
 #[test]
 fn files_shipped_through_the_loki_and_otlp_sinks_download_byte_identical() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -22,18 +22,6 @@ fn config(dir: &Path, metrics: &str, sinks: &str) -> PathBuf {
     p
 }
 
-fn write_logs(dir: &Path, files: usize, lines: usize) -> Vec<PathBuf> {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).expect("logs dir");
-    (0..files)
-        .map(|f| {
-            let p = logs.join(format!("app{f}.log"));
-            append_lines(&p, &format!("f{f}"), 0..lines);
-            p
-        })
-        .collect()
-}
-
 /// The sum of `name`'s series that carry `label` (e.g. `sink="b"`); -1 when the agent does
 /// not answer.
 fn labelled_metric(addr: &str, name: &str, label: &str) -> f64 {

@@ -497,6 +497,19 @@ pub fn agent_config(
     p
 }
 
+/// Writes `files` files `dir/logs/app{f}.log` of `lines` lines each (prefixed `f{f}`).
+pub fn write_logs(dir: &Path, files: usize, lines: usize) -> Vec<PathBuf> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    (0..files)
+        .map(|f| {
+            let p = logs.join(format!("app{f}.log"));
+            append_lines(&p, &format!("f{f}"), 0..lines);
+            p
+        })
+        .collect()
+}
+
 /// Whether the aggregator serves `path` (as shipped by `host`) byte-identical to the file.
 pub fn shipped_exactly(agg: &Aggregator, host: &str, path: &Path) -> bool {
     let want = std::fs::read(path).expect("read source file");
