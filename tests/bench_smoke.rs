@@ -12,6 +12,7 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
     let out = Command::new(bin("logship-bench"))
         .arg("--quick")
         .arg("--tls")
+        .args(["--sinks", "2", "--sink-down-secs", "1"])
         .arg("--json")
         .arg(&json)
         .output()
@@ -39,6 +40,17 @@ fn quick_benchmark_runs_every_scenario_and_writes_json() {
     ] {
         let n = rows.iter().filter(|r| r["scenario"] == scenario).count();
         assert!(n > 0, "no figures for scenario {scenario}");
+    }
+    for metric in [
+        "2 sinks ÷ 1 sink",
+        "one of 2 sinks down",
+        "the down sink back",
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r["metric"].as_str().is_some_and(|m| m.starts_with(metric))),
+            "no figure {metric:?}"
+        );
     }
     assert!(rows
         .iter()
