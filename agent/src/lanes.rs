@@ -2,7 +2,8 @@
 //!
 //! A lane is everything a sink's deliveries need of their own: its checkpoints, dead
 //! letters and journald cursor (in its state directory), its sink, in-flight cap, rate
-//! limits, share of the memory budget, descriptor budget, and its own run of every source.
+//! limits, share of the memory budget and of the descriptor budget, and its own run of every
+//! source.
 //! So each sink reads the files itself, at its own pace, as Filebeat's registry does per
 //! output: a sink that is down for an hour holds no lines in memory for later (its
 //! tailers stop at their share of the budget and wait; the file is the buffer), and when
@@ -58,6 +59,12 @@ pub fn state_dir(settings: &Settings, index: usize) -> PathBuf {
 /// together, one of them down, stay within it.
 pub fn budget_share(settings: &Settings) -> u64 {
     (settings.max_buffered_bytes / settings.sinks.len().max(1) as u64).max(1 << 20)
+}
+
+/// The descriptors each lane may hold: `max_open_files` shared evenly (at least 4 each), so
+/// the agent's total stays within it however many sinks read the files.
+pub fn open_files_share(settings: &Settings) -> usize {
+    (settings.max_open_files / settings.sinks.len().max(1)).max(4)
 }
 
 impl Lane {
@@ -144,6 +151,7 @@ mod tests {
         assert_eq!(state_dir(&s, 0), s.state_dir);
         assert_eq!(state_dir(&s, 1), s.state_dir.join("sinks").join("loki"));
         assert_eq!(budget_share(&s), 16 << 20, "32 MiB shared by two sinks");
+        assert_eq!(open_files_share(&s), s.max_open_files / 2);
         let one = settings("[sink]\nurl = \"http://a:1/store/batch\"\n");
         assert_eq!(state_dir(&one, 0), one.state_dir);
         assert_eq!(budget_share(&one), 32 << 20);

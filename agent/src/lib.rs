@@ -73,7 +73,7 @@ pub async fn run(
             metrics: lane.metrics.clone(),
             checkpoints: lane.checkpoints.clone(),
             budget: lane.budget.clone(),
-            open_files: Arc::new(Semaphore::new(settings.max_open_files)),
+            open_files: Arc::new(Semaphore::new(lanes::open_files_share(&settings))),
             shutdown: stop_rx.clone(),
             done: done_tx.clone(),
             reloaded: sources_rx.clone(),
