@@ -54,7 +54,8 @@ fn a_down_sink_holds_up_nothing_and_gets_every_line_exactly_once_when_back() {
             a.url("/store/batch")
         ),
     );
-    let agent = Agent::start(&cfg);
+    let log = dir.path().join("agent.log");
+    let agent = Agent::start_logged(&cfg, &[("RUST_LOG", "warn")], &log);
 
     // Sink b refuses connections: a gets everything regardless, and keeps getting appends.
     assert_all_shipped(&a, "h", &files, Duration::from_secs(30));
@@ -85,6 +86,14 @@ fn a_down_sink_holds_up_nothing_and_gets_every_line_exactly_once_when_back() {
         }
         other => panic!("readyz with sink b down: {other:?}"),
     }
+    // The log says which sink fails.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("sink{sink=b}") && l.contains("delivery failed")),
+        "{logged}"
+    );
     // Sink b keeps its state apart from a's.
     assert!(
         dir.path().join("state/sinks/b").is_dir(),

@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
 
 use batcher::Budget;
 use checkpoint::Checkpoints;
@@ -151,7 +152,9 @@ pub async fn run(
         by_kind.entry(s.kind.clone()).or_default().push(s.clone());
     }
     // Every sink's lane runs every source of its own.
-    // A source that can be read only once (stdin) runs once, feeding every lane.
+    // A source that can be read only once (stdin) runs once, feeding every lane. With
+    // several sinks, each lane's sources run in a span naming the sink, so its pipelines'
+    // log lines say which sink they are about.
     let mut sources = Vec::new();
     for (kind, list) in &by_kind {
         for (i, (lane, lane_pipes)) in lanes.iter().zip(&pipes).enumerate() {
@@ -162,7 +165,13 @@ pub async fn run(
                 }
                 continue;
             }
-            sources.push(tokio::spawn(src.run(lane_pipes.clone())));
+            let span = if lanes.len() > 1 {
+                // At the error level, so that no log filter drops it from the lines it holds.
+                tracing::error_span!("sink", sink = %lane.name)
+            } else {
+                tracing::Span::none()
+            };
+            sources.push(tokio::spawn(src.run(lane_pipes.clone()).instrument(span)));
         }
     }
     tracing::info!(host = %settings.host, files = source::expand(&settings.sources).len(), "agent running");

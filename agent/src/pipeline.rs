@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::batcher::{Batcher, Budget};
 use crate::checkpoint::{Checkpoints, FileId};
@@ -78,7 +79,7 @@ impl Pipelines {
         );
         match runner {
             Ok(tailer) => {
-                tokio::spawn(tailer.run(batcher));
+                tokio::spawn(tailer.run(batcher).in_current_span());
             }
             Err(make) => self.read_on_own_thread(&file, make, batcher)?,
         }
@@ -95,13 +96,15 @@ impl Pipelines {
         let ctl2 = ctl.clone();
         metrics.files_tracked.inc();
         metrics.attach(&file_label);
-        tokio::spawn(async move {
+        let sending = async move {
             sender.run(batch_rx).await;
             metrics.files_tracked.dec();
             metrics.detach(&file_label);
             ctl2.exited.store(true, Ordering::SeqCst);
             drop(done);
-        });
+        };
+        // In the source's span: with several sinks, the sink's name is on every log line.
+        tokio::spawn(sending.in_current_span());
         Ok(ctl)
     }
 

@@ -210,13 +210,13 @@ impl Sender {
         again: bool,
     ) -> tokio::task::JoinHandle<()> {
         let task = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             if again {
                 tokio::time::sleep(task.options.retry_max).await;
             }
             let mut backoff = Backoff::new(task.options.retry_initial, task.options.retry_max);
             task.deliver(body, read_at_ms, &mut backoff).await;
-        })
+        }))
     }
 
     /// Moves the checkpoint past an acknowledged batch and releases its budget; `next` is

@@ -172,13 +172,13 @@ impl JournaldSource {
             self.save_every,
         ));
         let (tx, mut entries) = mpsc::channel(AHEAD);
-        let reader = tokio::spawn(read_journal(
+        let reader = tokio::spawn(tracing::Instrument::in_current_span(read_journal(
             journalctl_args(&self.settings),
             state.cursor.clone(),
             self.settings.options.max_line_bytes,
             tx,
             pipes.shutdown.clone(),
-        ));
+        )));
         tracing::info!(cursor = ?state.cursor, %generation, "reading the journal");
         // By unit, as the journal names it.
         let mut streams: HashMap<String, Stream> = HashMap::new();
@@ -312,12 +312,12 @@ impl JournaldSource {
         metrics.files_tracked.inc();
         metrics.attach(&file);
         let done = pipes.done.clone();
-        let sending = tokio::spawn(async move {
+        let sending = tokio::spawn(tracing::Instrument::in_current_span(async move {
             sender.run(batch_rx).await;
             metrics.files_tracked.dec();
             metrics.detach(&file);
             drop(done);
-        });
+        }));
         tracing::info!(stream = %name, first_line = next, "journal stream started");
         Stream {
             index,
