@@ -56,7 +56,8 @@ pub fn state_dir(settings: &Settings, index: usize) -> PathBuf {
 }
 
 /// The memory budget each lane gets: `max_buffered_bytes` shared evenly, so all sinks
-/// together, one of them down, stay within it.
+/// together, one of them down, stay within it (each gets at least 1 MiB, the smallest
+/// budget one sink may have).
 pub fn budget_share(settings: &Settings) -> u64 {
     (settings.max_buffered_bytes / settings.sinks.len().max(1) as u64).max(1 << 20)
 }

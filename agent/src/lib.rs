@@ -151,19 +151,17 @@ pub async fn run(
     for s in &settings.sources {
         by_kind.entry(s.kind.clone()).or_default().push(s.clone());
     }
-    // Every sink's lane runs every source of its own.
-    // A source that can be read only once (stdin) runs once, feeding every lane. With
-    // several sinks, each lane's sources run in a span naming the sink, so its pipelines'
-    // log lines say which sink they are about.
+    // Every sink's lane runs every source of its own, but a source that can be read only
+    // once (stdin) runs once, feeding every lane. With several sinks, each lane's sources
+    // run in a span naming the sink, so its pipelines' log lines say which sink they are
+    // about.
     let mut sources = Vec::new();
     for (kind, list) in &by_kind {
-        for (i, (lane, lane_pipes)) in lanes.iter().zip(&pipes).enumerate() {
+        for (lane, lane_pipes) in lanes.iter().zip(&pipes) {
             let src = source::build(kind, list.clone(), &lane.source_settings(&settings))?;
             if src.read_once() {
-                if i == 0 {
-                    sources.push(tokio::spawn(src.run_for_every_sink(pipes.clone())));
-                }
-                continue;
+                sources.push(tokio::spawn(src.run_for_every_sink(pipes.clone())));
+                break;
             }
             let span = if lanes.len() > 1 {
                 // At the error level, so that no log filter drops it from the lines it holds.
