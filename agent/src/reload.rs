@@ -75,6 +75,16 @@ fn apply(
         );
     }
     for (name, send) in lanes {
+        // Agent-wide limits reach every lane, its sink renamed in the file or not.
+        if (new.lines_per_sec, new.bytes_per_sec) != (old.lines_per_sec, old.bytes_per_sec) {
+            *send
+                .global
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((
+                Limit::per_second(u64::from(new.lines_per_sec)),
+                Limit::per_second(new.bytes_per_sec),
+            ));
+        }
         let (Some(was), Some(now)) = (
             old.sinks.iter().find(|s| *s.name == **name),
             new.sinks.iter().find(|s| *s.name == **name),
@@ -95,15 +105,6 @@ fn apply(
                     tracing::error!(sink = %name, error = %e, "new sink settings rejected; the running sink stays")
                 }
             }
-        }
-        if (new.lines_per_sec, new.bytes_per_sec) != (old.lines_per_sec, old.bytes_per_sec) {
-            *send
-                .global
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((
-                Limit::per_second(u64::from(new.lines_per_sec)),
-                Limit::per_second(new.bytes_per_sec),
-            ));
         }
     }
     sources.send_replace(Arc::new(new.sources.clone()));
