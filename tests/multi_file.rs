@@ -109,8 +109,11 @@ fn files_read_during_an_outage_arrive_in_joined_requests_with_the_time_they_were
     }
     let requests = agent_metric(&metrics, "agent_joined_requests_total");
     let batches = agent_metric(&metrics, "agent_joined_batches_total");
+    // Retries are jittered and a batch goes alone when a request slot is free, so how
+    // many share a request varies (1.99 per request in one CI run against the 2.0 this
+    // asked before); without joining it is exactly 1.
     assert!(
-        requests >= 1.0 && batches >= 2.0 * requests,
+        requests >= 1.0 && batches >= 1.25 * requests,
         "{batches} batches in {requests} joined requests: files did not share requests"
     );
     assert_eq!(dead_letters(dir.path()), 0);
